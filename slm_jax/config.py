@@ -1,0 +1,390 @@
+"""Typed, frozen, nested configs: YAML files plus dotted ``--set a.b=value`` overrides.
+
+``load_config(path, overrides)`` is the one entry point. Resolution order, later wins:
+dataclass defaults < the named preset's fields (``model.preset``) < YAML < ``--set``.
+Every key is checked against the dataclasses (the closest valid key is suggested), every
+value against its field's type, and sizes against each other (``validate``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from slm_jax.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class RGLRUConfig:
+    """Griffin recurrent block options (De et al. 2024, arXiv:2402.19427)."""
+
+    width: int = 0  # recurrence width; 0 -> round(4/3 * d_model) as in the paper
+    n_heads: int = 0  # block-diagonal gate heads; 0 -> model.n_heads
+    conv_width: int = 4
+    c: float = 8.0  # the fixed scalar in a_t = a^(c * r_t)
+    a_min: float = 0.9  # a^c is initialised uniformly in [a_min^2, a_max^2] (paper, Sec. 2.4)
+    a_max: float = 0.999
+
+
+@dataclass(frozen=True)
+class MambaConfig:
+    """Mamba-1 selective SSM options (Gu & Dao 2023, arXiv:2312.00752)."""
+
+    d_state: int = 16
+    expand: int = 2
+    conv_width: int = 4
+    dt_rank: int = 0  # 0 -> ceil(d_model / 16)
+    dt_min: float = 0.001
+    dt_max: float = 0.1
+    selective: bool = True  # False: dt, B, C are input-independent parameters (an LTI ablation)
+
+
+@dataclass(frozen=True)
+class Mamba2Config:
+    """Mamba-2 SSD options (Dao & Gu 2024, arXiv:2405.21060)."""
+
+    d_state: int = 64
+    expand: int = 2
+    head_dim: int = 32
+    n_groups: int = 1
+    conv_width: int = 4
+    chunk_size: int = 64
+    dt_min: float = 0.001
+    dt_max: float = 0.1
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The architecture. ``layer_pattern`` (mixer names) is cycled to ``n_layers``."""
+
+    preset: str = "transformer"
+    layer_pattern: tuple[str, ...] = ()  # () -> the preset's pattern
+    n_layers: int = 4
+    d_model: int = 128
+    n_heads: int = 4
+    n_kv_heads: int = 0  # 0 -> n_heads (MHA); 1 -> MQA; otherwise GQA
+    head_dim: int = 0  # 0 -> d_model // n_heads
+    vocab_size: int = 0  # 0 -> taken from the data
+    mlp: str = "swiglu"  # swiglu | geglu | none
+    d_ff: int = 0  # 0 -> 8/3 * d_model rounded up to a multiple of 16
+    tie_embeddings: bool = True
+    rope_theta: float = 10000.0
+    window: int = 0  # sliding window of the `attention` mixer; 0 -> global causal
+    local_window: int = 128  # window of the `local_attention` mixer (a ring-buffer cache)
+    norm_eps: float = 1e-5
+    logit_softcap: float = 0.0  # 0 -> off; else cap * tanh(logits / cap)
+    init_std: float = 0.02
+    dtype: str = "float32"  # compute dtype
+    param_dtype: str = "float32"
+    scan_layers: bool = False  # nn.scan over repeats of the pattern period
+    remat: bool = False
+    rglru: RGLRUConfig = field(default_factory=RGLRUConfig)
+    mamba: MambaConfig = field(default_factory=MambaConfig)
+    mamba2: Mamba2Config = field(default_factory=Mamba2Config)
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def attn_head_dim(self) -> int:
+        return self.head_dim or self.d_model // self.n_heads
+
+    @property
+    def ff_width(self) -> int:
+        return self.d_ff or 16 * -(-(8 * self.d_model // 3) // 16)
+
+    @property
+    def pattern(self) -> tuple[str, ...]:
+        """The layer pattern (one period), from the field or else the preset."""
+        from slm_jax.models.presets import preset_pattern
+
+        return self.layer_pattern or preset_pattern(self.preset)
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        """Mixer name of every layer: the pattern cycled to ``n_layers``."""
+        p = self.pattern
+        return tuple(p[i % len(p)] for i in range(self.n_layers))
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where tokens come from: a text file, a prepared directory, or a generated corpus."""
+
+    path: str = ""  # raw text file (prepared on the fly, cached) or a prepared directory
+    synthetic: str = ""  # name of a generated corpus, used when path is empty (see data/corpora.py)
+    tokenizer: str = "char"  # char | byte (for raw text files)
+    val_fraction: float = 0.1
+    cache_dir: str = ""  # where raw files are prepared; "" -> $SLM_JAX_CACHE or ~/.cache/slm_jax
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with a decay mask, warmup + cosine or warmup-stable-decay, clipping."""
+
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    schedule: str = "cosine"  # cosine | wsd | constant
+    warmup_steps: int = 100
+    decay_fraction: float = 0.2  # wsd: share of steps spent decaying at the end
+    weight_decay: float = 0.1
+    no_decay: tuple[str, ...] = ("norm", "embed", "bias", "scale")  # parameter-path substrings
+    frozen: tuple[str, ...] = ()  # parameter-path substrings that are not trained
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # global norm; 0 -> off
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 2000
+    batch_size: int = 12
+    seq_len: int = 64
+    seed: int = 0
+    grad_accum: int = 1  # micro-batches per step; batch_size is the total over them
+    z_loss: float = 0.0  # weight of log(Z)^2 (PaLM); 0 -> off
+    log_every: int = 10
+    peak_flops: float = 0.0  # device peak FLOP/s for MFU; 0 -> table for GPU/TPU, measured on CPU
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    every: int = 250  # steps between validation passes; 0 -> only at the end
+    batches: int = 20  # batches of (batch_size, seq_len) per validation pass
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    every: int = 500  # steps between saves; the final step is always saved
+    keep: int = 2  # most recent checkpoints kept
+    keep_best: bool = True  # also keep the best by validation loss in checkpoints/best
+    async_save: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = "default"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+
+# ----------------------------------------------------------------------------- building
+
+
+def all_keys(cls: type = Config, prefix: str = "") -> list[str]:
+    """Every dotted leaf key of a config dataclass, e.g. ``model.rglru.width``."""
+    keys = []
+    for f in dataclasses.fields(cls):
+        t = _field_types(cls)[f.name]
+        if dataclasses.is_dataclass(t):
+            keys += all_keys(t, f"{prefix}{f.name}.")
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _unknown_key(key: str) -> ConfigError:
+    close = difflib.get_close_matches(key, all_keys(), n=1, cutoff=0.5)
+    hint = f"did you mean {close[0]!r}?" if close else "run `slm config show` to list valid keys."
+    return ConfigError(f"Unknown config key {key!r}; {hint}")
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check ``value`` against the field type ``tp``; allow int->float and list->tuple."""
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        (item_tp, _) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"Config key {key!r} expects a list, got {value!r}; write e.g. [a, b].")
+        return tuple(_coerce(key, v, item_tp) for v in value)
+    if origin in (typing.Union, types.UnionType):
+        raise TypeError(f"Union field types are not supported ({key}).")
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):
+        try:  # YAML reads 1e-3 (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
+    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        raise ConfigError(
+            f"Config key {key!r} expects {tp.__name__}, got {type(value).__name__} {value!r}."
+        )
+    return value
+
+
+def _build(cls: type, raw: dict, prefix: str) -> Any:
+    types_ = _field_types(cls)
+    kwargs = {}
+    for name, value in raw.items():
+        key = prefix + name
+        if name not in types_:
+            raise _unknown_key(key)
+        tp = types_[name]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise ConfigError(f"Config key {key!r} is a section; give it a mapping of keys.")
+            kwargs[name] = _build(tp, value, key + ".")
+        else:
+            kwargs[name] = _coerce(key, value, tp)
+    return cls(**kwargs)
+
+
+def _set_dotted(raw: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = raw
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise _unknown_key(key)
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"train.steps=10"`` -> ``("train.steps", 10)``; the value is read as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"Override {text!r} has no '='; write it as key=value, e.g. train.steps=100.")
+    key, value = text.split("=", 1)
+    return key.strip(), yaml.safe_load(value) if value.strip() else ""
+
+
+def config_from_dict(raw: dict, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Build and validate a Config from a nested dict plus ``key=value`` overrides."""
+    from slm_jax.models.presets import preset_fields
+
+    raw = _deep_copy(raw or {})
+    for text in overrides:
+        key, value = parse_override(text)
+        if key not in all_keys():
+            raise _unknown_key(key)
+        _set_dotted(raw, key, value)
+    model_raw = raw.get("model", {})
+    if not isinstance(model_raw, dict):
+        raise ConfigError("Config key 'model' is a section; give it a mapping of keys.")
+    preset = model_raw.get("preset", ModelConfig.preset)
+    raw["model"] = _merge(preset_fields(preset), model_raw)
+    cfg = _build(Config, raw, "")
+    validate(cfg)
+    return cfg
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML config (or only defaults when ``path`` is None) and apply overrides."""
+    raw: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"Config file {str(p)!r} does not exist; pass a YAML file such as configs/experiments/shakespeare_char.yaml.")
+        raw = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"Config file {str(p)!r} must hold a mapping of sections (model:, train:, ...).")
+    return config_from_dict(raw, overrides)
+
+
+def to_dict(cfg: Any) -> dict:
+    """A plain nested dict (tuples as lists) of a config, for YAML/JSON."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(v):
+            v = to_dict(v)
+        elif isinstance(v, tuple):
+            v = list(v)
+        out[f.name] = v
+    return out
+
+
+def to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def replace(cfg: Config, **dotted: Any) -> Config:
+    """A copy of ``cfg`` with dotted keys changed, e.g. ``replace(cfg, **{"model.vocab_size": 65})``."""
+    raw = to_dict(cfg)
+    for key, value in dotted.items():
+        if key not in all_keys():
+            raise _unknown_key(key)
+        _set_dotted(raw, key, value)
+    out = _build(Config, raw, "")
+    validate(out)
+    return out
+
+
+def _merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _deep_copy(d: dict) -> dict:
+    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in d.items()}
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def validate(cfg: Config) -> None:
+    """Check sizes and names against each other; raise one clear ConfigError."""
+    from slm_jax.mixers.registry import get_mixer
+
+    m, t, o = cfg.model, cfg.train, cfg.optim
+    for key in ("n_layers", "d_model", "n_heads"):
+        _require(getattr(m, key) > 0, f"model.{key} must be positive, got {getattr(m, key)}.")
+    _require(
+        m.head_dim > 0 or m.d_model % m.n_heads == 0,
+        f"model.d_model ({m.d_model}) must be divisible by model.n_heads ({m.n_heads}); change one, or set model.head_dim.",
+    )
+    _require(m.kv_heads > 0, f"model.n_kv_heads must be >= 0, got {m.n_kv_heads}.")
+    _require(
+        m.n_heads % m.kv_heads == 0,
+        f"model.n_heads ({m.n_heads}) must be divisible by model.n_kv_heads ({m.kv_heads}); pick a divisor such as 1 or {m.n_heads}.",
+    )
+    _require(m.attn_head_dim % 2 == 0, f"The attention head width ({m.attn_head_dim}) must be even for RoPE; change model.d_model or model.n_heads.")
+    _require(m.mlp in ("swiglu", "geglu", "none"), f"model.mlp must be swiglu, geglu or none, got {m.mlp!r}.")
+    for key in ("dtype", "param_dtype"):
+        _require(getattr(m, key) in ("float32", "bfloat16", "float16"), f"model.{key} must be float32, bfloat16 or float16, got {getattr(m, key)!r}.")
+    _require(m.window >= 0 and m.local_window > 0, "model.window must be >= 0 and model.local_window > 0.")
+    _require(len(m.pattern) > 0, "model.layer_pattern is empty; give mixer names, e.g. [attention].")
+    for name in m.pattern:
+        get_mixer(name)
+    _require(m.vocab_size >= 0, f"model.vocab_size must be >= 0 (0 takes it from the data), got {m.vocab_size}.")
+    for key in ("steps", "batch_size", "seq_len", "grad_accum", "log_every"):
+        _require(getattr(t, key) > 0, f"train.{key} must be positive, got {getattr(t, key)}.")
+    _require(
+        t.batch_size % t.grad_accum == 0,
+        f"train.batch_size ({t.batch_size}) must be divisible by train.grad_accum ({t.grad_accum}).",
+    )
+    _require(o.schedule in ("cosine", "wsd", "constant"), f"optim.schedule must be cosine, wsd or constant, got {o.schedule!r}.")
+    _require(o.lr > 0 and o.min_lr >= 0, f"optim.lr must be > 0 and optim.min_lr >= 0, got {o.lr} and {o.min_lr}.")
+    _require(0 <= o.warmup_steps, "optim.warmup_steps must be >= 0.")
+    _require(0.0 < o.decay_fraction <= 1.0, "optim.decay_fraction must be in (0, 1].")
+    d = cfg.data
+    _require(d.tokenizer in ("char", "byte"), f"data.tokenizer must be char or byte, got {d.tokenizer!r}.")
+    _require(0.0 < d.val_fraction < 1.0, f"data.val_fraction must be in (0, 1), got {d.val_fraction}.")
+    _require(cfg.eval.batches > 0 and cfg.eval.every >= 0, "eval.batches must be > 0 and eval.every >= 0.")
+    _require(cfg.checkpoint.every > 0 and cfg.checkpoint.keep > 0, "checkpoint.every and checkpoint.keep must be positive.")

@@ -1,0 +1,55 @@
+"""Closed-form model accounting: parameters, FLOPs per token, decode-state bytes.
+
+Conventions: a multiply-add is 2 FLOPs; training costs 3x the forward pass (backward ~ 2x
+forward, Kaplan et al. 2020); attention counts the causal half of the score matrix, so at
+sequence length T the mean context is (T + 1) / 2 (bounded by the window). Embedding
+look-ups are free; the output head is a matmul. Tests check ``param_count`` against the
+real parameter tree, so these formulas cannot silently drift.
+"""
+
+from typing import Any
+
+import jax.numpy as jnp
+
+from slm_jax.config import ModelConfig
+from slm_jax.mixers.registry import get_mixer
+from slm_jax.modules.mlp import gated_mlp_params
+
+
+def _block_params(cfg: ModelConfig, mixer_name: str) -> int:
+    mlp = gated_mlp_params(cfg.d_model, cfg.ff_width) + cfg.d_model if cfg.mlp != "none" else 0
+    return get_mixer(mixer_name).num_params(cfg) + cfg.d_model + mlp  # + the mixer's pre-norm
+
+
+def param_count(cfg: ModelConfig, include_embeddings: bool = True) -> int:
+    """Number of parameters of ``CausalLM(cfg)``."""
+    head = 0 if cfg.tie_embeddings else cfg.vocab_size * cfg.d_model
+    embed = cfg.vocab_size * cfg.d_model if include_embeddings else 0
+    return embed + head + cfg.d_model + sum(_block_params(cfg, name) for name in cfg.layers)
+
+
+def forward_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+    """Forward FLOPs per token at training length ``seq_len``."""
+    mlp = 2 * gated_mlp_params(cfg.d_model, cfg.ff_width) if cfg.mlp != "none" else 0
+    layers = sum(get_mixer(name).flops_per_token(cfg, seq_len) + mlp for name in cfg.layers)
+    return layers + 2 * cfg.vocab_size * cfg.d_model
+
+
+def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+    """Forward + backward FLOPs per trained token."""
+    return 3 * forward_flops_per_token(cfg, seq_len)
+
+
+def decode_state_bytes(cfg: ModelConfig, batch: int, max_len: int, dtype: Any = jnp.float32) -> int:
+    """Bytes of the decode cache for ``batch`` sequences of ``max_len`` tokens."""
+    return sum(get_mixer(name).from_config(cfg).state_size(batch, max_len, dtype) for name in cfg.layers)
+
+
+def summary(cfg: ModelConfig, seq_len: int) -> dict:
+    """The numbers every run logs about its model."""
+    return {
+        "params": param_count(cfg),
+        "params_non_embedding": param_count(cfg, include_embeddings=False),
+        "flops_per_token": train_flops_per_token(cfg, seq_len),
+        "decode_state_bytes_per_seq": decode_state_bytes(cfg, 1, seq_len),
+    }

@@ -1,0 +1,58 @@
+"""Pre-norm residual block: x + mixer(norm(x)), then x + mlp(norm(x)) (GPT-2 / Llama layout)."""
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from slm_jax.array_typing import Array, PyTree
+from slm_jax.mixers.registry import get_mixer
+from slm_jax.modules.linear import dtype_of, scaled_init
+from slm_jax.modules.mlp import GatedMLP
+from slm_jax.modules.norms import RMSNorm
+
+
+class Block(nn.Module):
+    """f32[b, t, d] -> f32[b, t, d] with a token mixer and an optional gated MLP."""
+
+    mixer: nn.Module  # an unbound mixer, adopted here under the name "mixer"
+    mlp: str = "swiglu"  # swiglu | geglu | none
+    d_ff: int = 0
+    norm_eps: float = 1e-5
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    init_std: float = 0.02
+    n_layers: int = 1
+
+    @nn.compact
+    def __call__(self, x: Array, positions: Array, cache: PyTree = None) -> tuple[Array, PyTree]:
+        norm = lambda name: RMSNorm(self.norm_eps, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+        y, cache = self.mixer(norm("mixer_norm")(x), positions, cache)
+        x = x + y
+        if self.mlp != "none":
+            mlp = GatedMLP(
+                self.d_ff,
+                self.mlp,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                init_std=self.init_std,
+                out_init=scaled_init(self.init_std, self.n_layers),
+                name="mlp",
+            )
+            x = x + mlp(norm("mlp_norm")(x))
+        return x, cache
+
+
+def build_block(cfg, mixer_name: str, block_cls: type = Block, name: str | None = None) -> Block:
+    """A Block for one layer of ``cfg`` (a ModelConfig) whose mixer is ``mixer_name``."""
+    return block_cls(
+        mixer=get_mixer(mixer_name).from_config(cfg),
+        mlp=cfg.mlp,
+        d_ff=cfg.ff_width,
+        norm_eps=cfg.norm_eps,
+        dtype=dtype_of(cfg.dtype),
+        param_dtype=dtype_of(cfg.param_dtype),
+        init_std=cfg.init_std,
+        n_layers=cfg.n_layers,
+        name=name,
+    )

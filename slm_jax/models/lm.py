@@ -1,0 +1,133 @@
+"""CausalLM: embedding, a stack of blocks from the layer pattern, final norm, output head.
+
+Model contract (DESIGN.md): ``params = model.init(rng, tokens, positions)`` and
+``logits, cache = model.apply(params, tokens, positions, cache)``; the cache is an explicit
+pytree created by ``model.init_cache(batch, max_len)`` and passed in and out, None when not
+decoding. With ``scan_layers`` the repeats of the pattern's period are stacked with
+``nn.scan`` (compile time flat in depth); layers left over when the period does not divide
+``n_layers`` are unrolled after them. Parameter paths therefore differ between the two modes:
+``stack_layers`` / ``unstack_layers`` convert between them.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from slm_jax.array_typing import Array, PyTree
+from slm_jax.config import ModelConfig
+from slm_jax.mixers.registry import get_mixer
+from slm_jax.models.block import Block, build_block
+from slm_jax.modules.embed import Embed, soft_cap
+from slm_jax.modules.linear import Linear, dtype_of
+from slm_jax.modules.norms import RMSNorm
+
+
+class Period(nn.Module):
+    """One repeat of the layer pattern; the unit that ``nn.scan`` stacks."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: Array, positions: Array, caches: PyTree) -> tuple[Array, PyTree]:
+        block_cls = nn.remat(Block, prevent_cse=False) if self.cfg.remat else Block
+        new = []
+        for j, mixer_name in enumerate(self.cfg.pattern):
+            x, c = build_block(self.cfg, mixer_name, block_cls, name=f"block_{j}")(
+                x, positions, None if caches is None else caches[j]
+            )
+            new.append(c)
+        return x, None if caches is None else tuple(new)
+
+
+def _layout(cfg: ModelConfig) -> tuple[int, int]:
+    """(number of scanned periods, index of the first unrolled layer)."""
+    if not cfg.scan_layers:
+        return 0, 0
+    n_rep = cfg.n_layers // len(cfg.pattern)
+    return n_rep, n_rep * len(cfg.pattern)
+
+
+class CausalLM(nn.Module):
+    """tokens i32[b, t], positions i32[b, t] -> logits f32[b, t, v] (and the updated cache)."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, tokens: Array, positions: Array | None = None, cache: PyTree = None) -> tuple[Array, PyTree]:
+        cfg = self.cfg
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
+        dtype, param_dtype = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
+        embed = Embed(cfg.vocab_size, cfg.d_model, dtype, param_dtype, cfg.init_std, name="embed")
+        x = embed(tokens)
+        n_rep, first = _layout(cfg)
+        new_cache = {}
+        if n_rep:
+            period = Period
+            if cfg.remat:
+                period = nn.remat(Period, prevent_cse=False)
+            scanned = nn.scan(
+                period,
+                variable_axes={"params": 0},
+                split_rngs={"params": True},
+                in_axes=(nn.broadcast, 0),
+                length=n_rep,
+            )
+            x, new_cache["periods"] = scanned(cfg, name="periods")(x, positions, None if cache is None else cache["periods"])
+        block_cls = nn.remat(Block) if cfg.remat else Block
+        layer_caches = []
+        for i in range(first, cfg.n_layers):
+            layer_cache = None if cache is None else cache["layers"][i - first]
+            x, layer_cache = build_block(cfg, cfg.layers[i], block_cls, name=f"layers_{i}")(x, positions, layer_cache)
+            layer_caches.append(layer_cache)
+        new_cache["layers"] = tuple(layer_caches)
+        x = RMSNorm(cfg.norm_eps, dtype=dtype, param_dtype=param_dtype, name="final_norm")(x)
+        if cfg.tie_embeddings:
+            logits = embed.attend(x)
+        else:
+            logits = Linear(cfg.vocab_size, dtype=dtype, param_dtype=param_dtype, name="head")(x)
+        logits = soft_cap(logits.astype(jnp.float32), cfg.logit_softcap)
+        return logits, None if cache is None else new_cache
+
+    def init_cache(self, batch: int, max_len: int, dtype: Any = None) -> PyTree:
+        """An empty decode cache for ``batch`` sequences of up to ``max_len`` tokens."""
+        cfg = self.cfg
+        dtype = dtype or dtype_of(cfg.dtype)
+        one = lambda name: get_mixer(name).from_config(cfg).init_cache(batch, max_len, dtype)
+        n_rep, first = _layout(cfg)
+        cache = {"layers": tuple(one(cfg.layers[i]) for i in range(first, cfg.n_layers))}
+        if n_rep:
+            stack = lambda a: jnp.broadcast_to(a, (n_rep,) + a.shape)
+            cache["periods"] = tuple(jax.tree.map(stack, one(name)) for name in cfg.pattern)
+        return cache
+
+
+def cache_bytes(cache: PyTree) -> int:
+    """Bytes held by a decode cache."""
+    return sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(cache))
+
+
+def stack_layers(params: PyTree, cfg: ModelConfig) -> PyTree:
+    """Per-layer params (``layers_i``) -> the ``scan_layers`` layout (``periods/block_j`` stacked)."""
+    period = len(cfg.pattern)
+    n_rep = cfg.n_layers // period
+    p = dict(params["params"])
+    blocks = {
+        f"block_{j}": jax.tree.map(lambda *xs: jnp.stack(xs), *[p.pop(f"layers_{r * period + j}") for r in range(n_rep)])
+        for j in range(period)
+    }
+    return {"params": {**p, "periods": blocks}}
+
+
+def unstack_layers(params: PyTree, cfg: ModelConfig) -> PyTree:
+    """Inverse of ``stack_layers``."""
+    period = len(cfg.pattern)
+    p = dict(params["params"])
+    blocks = p.pop("periods")
+    n_rep = cfg.n_layers // period
+    for r in range(n_rep):
+        for j in range(period):
+            p[f"layers_{r * period + j}"] = jax.tree.map(lambda a: a[r], blocks[f"block_{j}"])
+    return {"params": p}

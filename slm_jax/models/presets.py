@@ -1,0 +1,34 @@
+"""Named architectures as config values: a layer pattern plus mixer options.
+
+A preset only supplies defaults for ``ModelConfig`` fields; anything set in YAML or with
+``--set`` wins. A new architecture is one mixer file, one registry line and one entry here.
+"""
+
+from slm_jax.errors import ConfigError
+
+PRESETS: dict[str, dict] = {
+    # Llama-style decoder (Touvron et al. 2023): RoPE attention, RMSNorm, SwiGLU.
+    "transformer": {"layer_pattern": ("attention",), "mlp": "swiglu"},
+    # Hawk and Griffin (De et al. 2024, arXiv:2402.19427): RG-LRU blocks, with local attention
+    # every third layer for Griffin. Both use a GeGLU MLP in the paper.
+    "hawk": {"layer_pattern": ("rglru",), "mlp": "geglu"},
+    "griffin": {"layer_pattern": ("rglru", "rglru", "local_attention"), "mlp": "geglu"},
+    # Mamba (Gu & Dao 2023) and Mamba-2 (Dao & Gu 2024): the mixer is the whole block, no MLP.
+    "mamba": {"layer_pattern": ("mamba",), "mlp": "none"},
+    "mamba2": {"layer_pattern": ("mamba2",), "mlp": "none"},
+    # Samba (Ren et al. 2024, arXiv:2406.07522): Mamba and sliding-window attention alternating.
+    "samba": {"layer_pattern": ("mamba", "local_attention"), "mlp": "swiglu"},
+    # Jamba-like (Lieber et al. 2024, arXiv:2403.19887): one attention layer per 8, rest Mamba.
+    "jamba_like": {"layer_pattern": ("mamba",) * 7 + ("attention",), "mlp": "swiglu"},
+}
+
+
+def preset_fields(name: str) -> dict:
+    """The ModelConfig fields a preset sets (layer_pattern as a list, like YAML gives it)."""
+    if name not in PRESETS:
+        raise ConfigError(f"Unknown model.preset {name!r}; use one of {', '.join(sorted(PRESETS))}.")
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in PRESETS[name].items()}
+
+
+def preset_pattern(name: str) -> tuple[str, ...]:
+    return tuple(preset_fields(name)["layer_pattern"])

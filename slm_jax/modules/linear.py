@@ -1,0 +1,50 @@
+"""The one projection layer: every dense map in slm_jax goes through ``Linear``.
+
+Keeping a single projection means LoRA, weight quantization and sharding annotations have
+exactly one place to hook in.
+"""
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from slm_jax.array_typing import Array
+
+
+def dtype_of(name: str) -> Any:
+    """``"bfloat16"`` -> ``jnp.bfloat16`` (config strings to dtypes)."""
+    return jnp.dtype(name)
+
+
+class Linear(nn.Module):
+    """y = x @ W (+ b) over the last axis: f32[..., d_in] -> f32[..., features].
+
+    The matmul accumulates in float32 (``preferred_element_type``), which is both more
+    accurate and, on CPU, the only way bfloat16 reaches the matmul peak.
+    """
+
+    features: int
+    use_bias: bool = False
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    kernel_init: Callable = nn.initializers.normal(0.02)
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), self.param_dtype)
+        y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype), preferred_element_type=jnp.float32)
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+        return y.astype(self.dtype)
+
+
+def linear_params(d_in: int, d_out: int, bias: bool = False) -> int:
+    """Parameter count of a ``Linear`` (used by models/accounting.py)."""
+    return d_in * d_out + (d_out if bias else 0)
+
+
+def scaled_init(std: float, n_layers: int) -> Callable:
+    """GPT-2's residual-output init: std / sqrt(2 * n_layers) keeps the residual stream's scale."""
+    return nn.initializers.normal(std / (2 * n_layers) ** 0.5)
+

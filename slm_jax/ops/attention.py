@@ -1,0 +1,67 @@
+"""Scaled dot-product attention with grouped key/value heads and position-based masks.
+
+Masks are built from absolute positions rather than indices, so one function serves the
+parallel path (keys = queries), prefill and decode against a cache (keys = cached + new), and
+ring-buffer caches whose slots are out of order. Empty cache slots carry position -1.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from slm_jax.array_typing import Array
+
+
+def attention_mask(q_pos: Array, k_pos: Array, window: int = 0) -> Array:
+    """bool[b, t, s]: key s is visible from query t (causal, filled, inside the window).
+
+    q_pos: i32[b, t]; k_pos: i32[b, s] (-1 marks an empty slot); window 0 means unbounded.
+    """
+    q, k = q_pos[:, :, None], k_pos[:, None, :]
+    visible = (k <= q) & (k >= 0)
+    if window:
+        visible &= k > q - window  # the query itself plus window - 1 earlier tokens
+    return visible
+
+
+def attend(q: Array, k: Array, v: Array, q_pos: Array, k_pos: Array, window: int = 0) -> Array:
+    """softmax(q k^T / sqrt(e)) v with GQA: q f32[b, t, h, e], k/v f32[b, s, k, e] -> f32[b, t, h, e].
+
+    Query heads are grouped as h = k * g so each key/value head serves g query heads
+    (Ainslie et al. 2023, GQA) without materialising repeated keys. Scores and softmax
+    statistics are float32 whatever the compute dtype.
+    """
+    b, t, h, e = q.shape
+    n_kv = k.shape[2]
+    qg = q.reshape(b, t, n_kv, h // n_kv, e)  # [b, t, k, g, e]
+    scores = jnp.einsum("btkge,bske->bkgts", qg, k, preferred_element_type=jnp.float32)
+    scores = scores * (e**-0.5)
+    mask = attention_mask(q_pos, k_pos, window)[:, None, None]  # [b, 1, 1, t, s]
+    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bske->btkge", probs, v, preferred_element_type=jnp.float32)
+    return out.reshape(b, t, h, e).astype(q.dtype)
+
+
+def reference_attention(q: Array, k: Array, v: Array, q_pos: Array, k_pos: Array, window: int = 0) -> Array:
+    """Slow, obviously correct attention for tests: loops over batch, heads and queries."""
+    import numpy as np
+
+    q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
+    q_pos, k_pos = np.asarray(q_pos), np.asarray(k_pos)
+    b, t, h, e = q.shape
+    group = h // k.shape[2]
+    out = np.zeros_like(q)
+    for bi in range(b):
+        for hi in range(h):
+            kv = hi // group  # query head hi reads key/value head hi // g
+            for ti in range(t):
+                keep = [
+                    si
+                    for si in range(k.shape[1])
+                    if 0 <= k_pos[bi, si] <= q_pos[bi, ti] and (not window or k_pos[bi, si] > q_pos[bi, ti] - window)
+                ]
+                s = np.array([q[bi, ti, hi] @ k[bi, si, kv] for si in keep]) / np.sqrt(e)
+                p = np.exp(s - s.max())
+                p /= p.sum()
+                out[bi, ti, hi] = sum(pi * v[bi, si, kv] for pi, si in zip(p, keep))
+    return out
