@@ -166,7 +166,7 @@ class EvalConfig:
 class CheckpointConfig:
     every: int = 500  # steps between saves; the final step is always saved
     keep: int = 2  # most recent checkpoints kept
-    keep_best: bool = True  # also keep the best by validation loss in checkpoints/best
+    keep_best: bool = True  # also keep the best step by validation loss (beyond `keep`)
     async_save: bool = True
 
 

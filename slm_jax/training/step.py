@@ -1,0 +1,76 @@
+"""Pure train and eval steps. ``train_step(state, batch) -> (state, metrics)`` is compiled once.
+
+The train state is a plain dict: ``{"params", "opt_state", "step": i32[], "rng": u32[2]}``.
+A batch is i32[b, t + 1]: inputs are its first t tokens, targets its last t.
+"""
+
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from slm_jax.array_typing import Array, PyTree
+from slm_jax.training.loss import cross_entropy
+
+
+def init_state(model: nn.Module, optimizer: optax.GradientTransformation, seed: int, seq_len: int) -> PyTree:
+    """Fresh parameters and optimizer state from ``seed``."""
+    init_key, run_key = jax.random.split(jax.random.key(seed))
+    params = model.init(init_key, jnp.zeros((1, seq_len), jnp.int32))
+    return {
+        "params": params,
+        "opt_state": optimizer.init(params),
+        "step": jnp.zeros((), jnp.int32),
+        "rng": jax.random.key_data(run_key),
+    }
+
+
+def make_loss_fn(model: nn.Module, z_loss: float = 0.0) -> Callable:
+    def loss_fn(params: PyTree, batch: Array) -> tuple[Array, dict]:
+        logits, _ = model.apply(params, batch[:, :-1])
+        return cross_entropy(logits, batch[:, 1:], z_loss=z_loss)
+
+    return loss_fn
+
+
+def make_train_step(
+    model: nn.Module, optimizer: optax.GradientTransformation, schedule: Callable, z_loss: float = 0.0, grad_accum: int = 1
+) -> Callable:
+    """The update function: gradients (averaged over ``grad_accum`` micro-batches), then AdamW."""
+    grad_fn = jax.value_and_grad(make_loss_fn(model, z_loss), has_aux=True)
+
+    def train_step(state: PyTree, batch: Array) -> tuple[PyTree, dict]:
+        params = state["params"]
+        if grad_accum == 1:
+            (_, metrics), grads = grad_fn(params, batch)
+        else:
+            micro = batch.reshape(grad_accum, batch.shape[0] // grad_accum, batch.shape[1])
+
+            def accumulate(carry, mb):
+                (_, m), g = grad_fn(params, mb)
+                return jax.tree.map(jnp.add, carry, (g, m)), None
+
+            zero = jnp.zeros((), jnp.float32)
+            start = (jax.tree.map(jnp.zeros_like, params), {"loss": zero, "accuracy": zero, "tokens": zero})
+            (grads, metrics), _ = jax.lax.scan(accumulate, start, micro)
+            grads = jax.tree.map(lambda g: g / grad_accum, grads)
+            metrics = {**metrics, "loss": metrics["loss"] / grad_accum, "accuracy": metrics["accuracy"] / grad_accum}
+        updates, opt_state = optimizer.update(grads, state["opt_state"], params)
+        new_state = {**state, "params": optax.apply_updates(params, updates), "opt_state": opt_state, "step": state["step"] + 1}
+        metrics = {**metrics, "grad_norm": optax.global_norm(grads), "lr": schedule(state["step"])}
+        return new_state, metrics
+
+    return train_step
+
+
+def make_eval_step(model: nn.Module) -> Callable:
+    """``eval_step(params, batch) -> {"loss_sum", "tokens"}`` for exact averaging over batches."""
+    loss_fn = make_loss_fn(model)
+
+    def eval_step(params: PyTree, batch: Array) -> dict:
+        _, m = loss_fn(params, batch)
+        return {"loss_sum": m["loss"] * m["tokens"], "tokens": m["tokens"]}
+
+    return eval_step
