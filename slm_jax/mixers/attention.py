@@ -60,9 +60,11 @@ class Attention(nn.Module):
         dense = lambda f, name, init=nn.initializers.normal(self.init_std): Linear(
             f, dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=init, name=name
         )
-        q = apply_rope(dense(h * e, "q")(x).reshape(b, t, h, e), positions, self.rope_theta)
-        key = apply_rope(dense(k * e, "k")(x).reshape(b, t, k, e), positions, self.rope_theta)
-        value = dense(k * e, "v")(x).reshape(b, t, k, e)
+        # One fused projection: a single wider matmul is faster than three narrow ones on CPU.
+        q, key, value = jnp.split(dense((h + 2 * k) * e, "qkv")(x), [h * e, (h + k) * e], axis=-1)
+        q = apply_rope(q.reshape(b, t, h, e), positions, self.rope_theta)
+        key = apply_rope(key.reshape(b, t, k, e), positions, self.rope_theta)
+        value = value.reshape(b, t, k, e)
 
         if cache is None:
             out = attend(q, key, value, positions, positions, self.window)

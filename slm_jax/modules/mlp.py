@@ -29,7 +29,8 @@ class GatedMLP(nn.Module):
     def __call__(self, x: Array) -> Array:
         dense = lambda f, name, init: Linear(f, dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=init, name=name)
         init = nn.initializers.normal(self.init_std)
-        h = ACTIVATIONS[self.kind](dense(self.hidden, "gate", init)(x)) * dense(self.hidden, "up", init)(x)
+        gate, up = jnp.split(dense(2 * self.hidden, "gate_up", init)(x), 2, axis=-1)
+        h = ACTIVATIONS[self.kind](gate) * up
         return dense(x.shape[-1], "down", self.out_init)(h)
 
 
