@@ -9,6 +9,7 @@ the absolute position it holds, and the mask is computed from positions (ops/att
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from slm_jax.array_typing import Array, PyTree
@@ -63,15 +64,22 @@ class Attention(nn.Module):
         # One fused projection: a single wider matmul is faster than three narrow ones on CPU.
         q, key, value = jnp.split(dense((h + 2 * k) * e, "qkv")(x), [h * e, (h + k) * e], axis=-1)
         q = apply_rope(q.reshape(b, t, h, e), positions, self.rope_theta)
-        key = apply_rope(key.reshape(b, t, k, e), positions, self.rope_theta)
-        value = value.reshape(b, t, k, e)
+        # Keys and values head-major, [b, k, t, e]: the layout of the cache and of ops.attend.
+        key = apply_rope(key.reshape(b, t, k, e), positions, self.rope_theta).transpose(0, 2, 1, 3)
+        value = value.reshape(b, t, k, e).transpose(0, 2, 1, 3)
 
         if cache is None:
             out = attend(q, key, value, positions, positions, self.window)
+        elif t == 1:
+            # Decode: write the token in place, then attend over the slots. The slot it
+            # overwrites in a ring buffer holds position p - window, already outside the window.
+            cache = _write_slots(cache, key, value, positions)
+            out = attend(q, cache["k"].astype(self.dtype), cache["v"].astype(self.dtype), positions, cache["pos"], self.window)
         else:
-            # Attend over [cached slots ; new tokens], then write the new tokens into the slots.
-            keys = jnp.concatenate([cache["k"], key.astype(cache["k"].dtype)], axis=1)  # [b, L + t, k, e]
-            values = jnp.concatenate([cache["v"], value.astype(cache["v"].dtype)], axis=1)
+            # Prefill: attend over [cached slots ; new tokens] first, since the new tokens may
+            # overwrite ring slots that earlier queries of this chunk still see.
+            keys = jnp.concatenate([cache["k"], key.astype(cache["k"].dtype)], axis=2)  # [b, k, L + t, e]
+            values = jnp.concatenate([cache["v"], value.astype(cache["v"].dtype)], axis=2)
             k_pos = jnp.concatenate([cache["pos"], positions], axis=1)  # [b, L + t]
             out = attend(q, keys.astype(self.dtype), values.astype(self.dtype), positions, k_pos, self.window)
             cache = _write_slots(cache, key, value, positions)
@@ -83,7 +91,7 @@ class Attention(nn.Module):
 
     def init_cache(self, batch: int, max_len: int, dtype: Any = jnp.float32) -> PyTree:
         n = self.cache_len(max_len)
-        kv = jnp.zeros((batch, n, self.num_kv_heads, self.head_dim), dtype)
+        kv = jnp.zeros((batch, self.num_kv_heads, n, self.head_dim), dtype)
         return {"k": kv, "v": kv, "pos": jnp.full((batch, n), -1, jnp.int32), "end": jnp.zeros((), jnp.int32)}
 
     def state_size(self, batch: int, max_len: int, dtype: Any = jnp.float32) -> int:
@@ -113,14 +121,21 @@ class LocalAttention(Attention):
 
 
 def _write_slots(cache: PyTree, key: Array, value: Array, positions: Array) -> PyTree:
-    """Store the last min(t, L) new tokens at slots (end + i) mod L."""
-    n, t = cache["k"].shape[1], key.shape[1]
-    kept = min(t, n)  # with t > L only the newest L tokens can stay
-    slots = (cache["end"] + (t - kept) + jnp.arange(kept)) % n
-    put = lambda buf, new: buf.at[:, slots].set(new[:, t - kept :].astype(buf.dtype))
+    """Store the last min(t, L) new tokens at slots (end + i) mod L; key/value: [b, k, t, e]."""
+    n, t = cache["k"].shape[2], key.shape[2]
+    if t == 1:  # one contiguous slot: an in-place update inside a compiled decode loop
+        slot = cache["end"] % n
+        put = lambda buf, new, axis: jax.lax.dynamic_update_slice_in_dim(buf, new.astype(buf.dtype), slot, axis=axis)
+    else:
+        kept = min(t, n)  # with t > L only the newest L tokens can stay
+        slots = (cache["end"] + (t - kept) + jnp.arange(kept)) % n
+        def put(buf, new, axis):
+            index = (slice(None),) * axis + (slots,)
+            return buf.at[index].set(jax.lax.slice_in_dim(new, t - kept, t, axis=axis).astype(buf.dtype))
+
     return {
-        "k": put(cache["k"], key),
-        "v": put(cache["v"], value),
-        "pos": put(cache["pos"], positions),
+        "k": put(cache["k"], key, 2),
+        "v": put(cache["v"], value, 2),
+        "pos": put(cache["pos"], positions, 1),
         "end": cache["end"] + t,
     }

@@ -24,16 +24,17 @@ def attention_mask(q_pos: Array, k_pos: Array, window: int = 0) -> Array:
 
 
 def attend(q: Array, k: Array, v: Array, q_pos: Array, k_pos: Array, window: int = 0) -> Array:
-    """softmax(q k^T / sqrt(e)) v with GQA: q f32[b, t, h, e], k/v f32[b, s, k, e] -> f32[b, t, h, e].
+    """softmax(q k^T / sqrt(e)) v with GQA: q f32[b, t, h, e], k/v f32[b, k, s, e] -> f32[b, t, h, e].
 
     Query heads are grouped as h = k * g so each key/value head serves g query heads
     (Ainslie et al. 2023, GQA) without materialising repeated keys. Scores and softmax
-    statistics are float32 whatever the compute dtype.
+    statistics are float32 whatever the compute dtype. Keys and values are head-major
+    ([b, k, s, e]) so that a decode cache in this layout is read and updated in place.
     """
     b, t, h, e = q.shape
-    n_kv = k.shape[2]
+    n_kv = k.shape[1]
     qg = q.reshape(b, t, n_kv, h // n_kv, e)  # [b, t, k, g, e]
-    scores = jnp.einsum("btkge,bske->bkgts", qg, k, preferred_element_type=jnp.float32)
+    scores = jnp.einsum("btkge,bkse->bkgts", qg, k, preferred_element_type=jnp.float32)
     scores = scores * (e**-0.5)
     mask = attention_mask(q_pos, k_pos, window)[:, None, None]  # [b, 1, 1, t, s]
     scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
@@ -41,18 +42,18 @@ def attend(q: Array, k: Array, v: Array, q_pos: Array, k_pos: Array, window: int
     # transpose-copy kernel (measured: -25 ms/step at batch 16 x 256 in train_throughput.py).
     weights = jnp.exp(scores - jax.lax.stop_gradient(scores.max(axis=-1, keepdims=True)))
     probs = (weights * jnp.reciprocal(weights.sum(axis=-1, keepdims=True))).astype(v.dtype)
-    out = jnp.einsum("bkgts,bske->btkge", probs, v, preferred_element_type=jnp.float32)
-    return out.reshape(b, t, h, e).astype(q.dtype)
+    out = jnp.einsum("bkgts,bkse->bkgte", probs, v, preferred_element_type=jnp.float32)
+    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, e).astype(q.dtype)  # [b, t, k, g, e] -> [b, t, h, e]
 
 
 def reference_attention(q: Array, k: Array, v: Array, q_pos: Array, k_pos: Array, window: int = 0) -> Array:
-    """Slow, obviously correct attention for tests: loops over batch, heads and queries."""
+    """Slow, obviously correct attention for tests (same layouts as ``attend``): plain loops."""
     import numpy as np
 
     q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
     q_pos, k_pos = np.asarray(q_pos), np.asarray(k_pos)
     b, t, h, e = q.shape
-    group = h // k.shape[2]
+    group = h // k.shape[1]
     out = np.zeros_like(q)
     for bi in range(b):
         for hi in range(h):
@@ -60,11 +61,11 @@ def reference_attention(q: Array, k: Array, v: Array, q_pos: Array, k_pos: Array
             for ti in range(t):
                 keep = [
                     si
-                    for si in range(k.shape[1])
+                    for si in range(k.shape[2])
                     if 0 <= k_pos[bi, si] <= q_pos[bi, ti] and (not window or k_pos[bi, si] > q_pos[bi, ti] - window)
                 ]
-                s = np.array([q[bi, ti, hi] @ k[bi, si, kv] for si in keep]) / np.sqrt(e)
+                s = np.array([q[bi, ti, hi] @ k[bi, kv, si] for si in keep]) / np.sqrt(e)
                 p = np.exp(s - s.max())
                 p /= p.sum()
-                out[bi, ti, hi] = sum(pi * v[bi, si, kv] for pi, si in zip(p, keep))
+                out[bi, ti, hi] = sum(pi * v[bi, kv, si] for pi, si in zip(p, keep))
     return out

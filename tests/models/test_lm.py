@@ -83,8 +83,8 @@ def test_local_attention_ring_buffer_is_bounded_and_exact():
     full, _ = model.apply(params, toks)
     stepped, cache = decode_logits(model, params, toks, split=9)  # prefill longer than the window
     np.testing.assert_allclose(stepped, full, rtol=1e-5, atol=1e-5)
-    assert cache["layers"][0]["k"].shape[1] == 4  # local layer: window slots
-    assert cache["layers"][1]["k"].shape[1] == 23  # global layer: the whole context
+    assert cache["layers"][0]["k"].shape[2] == 4  # local layer: window slots
+    assert cache["layers"][1]["k"].shape[2] == 23  # global layer: the whole context
 
 
 @pytest.mark.parametrize("n_layers,pattern", [(4, ("attention",)), (3, ("attention", "local_attention"))])

@@ -9,8 +9,8 @@ from slm_jax.ops.attention import attend, attention_mask, reference_attention
 def _qkv(b, t, s, h, k, e, seed=0, dtype=jnp.float32):
     keys = jax.random.split(jax.random.key(seed), 3)
     q = jax.random.normal(keys[0], (b, t, h, e), dtype)
-    kk = jax.random.normal(keys[1], (b, s, k, e), dtype)
-    v = jax.random.normal(keys[2], (b, s, k, e), dtype)
+    kk = jax.random.normal(keys[1], (b, k, s, e), dtype)  # head-major, as ops.attend takes them
+    v = jax.random.normal(keys[2], (b, k, s, e), dtype)
     return q, kk, v
 
 
@@ -55,7 +55,7 @@ def test_gradients_match_reference_formula():
     pos = jnp.broadcast_to(jnp.arange(t), (b, t))
 
     def dense(q, kk, v):
-        kr, vr = jnp.repeat(kk, h // k, axis=2), jnp.repeat(v, h // k, axis=2)
+        kr, vr = (jnp.repeat(a.transpose(0, 2, 1, 3), h // k, axis=2) for a in (kk, v))
         s = jnp.einsum("bthe,bshe->bhts", q, kr) / jnp.sqrt(e)
         s = jnp.where(jnp.tril(jnp.ones((t, t), bool)), s, -jnp.inf)
         return jnp.einsum("bhts,bshe->bthe", jax.nn.softmax(s, -1), vr)
