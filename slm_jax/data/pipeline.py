@@ -1,0 +1,141 @@
+"""Batches of token windows: a grain iterator for training, a fixed list for evaluation.
+
+Training batches are nanoGPT's: ``batch_size`` windows of ``seq_len + 1`` tokens at uniformly
+random offsets into the split (inputs are ``batch[:, :-1]``, targets ``batch[:, 1:]``).
+Batch ``i`` is a pure function of ``(seed, i)``: its offsets come from
+``np.random.default_rng([seed, i])``. That makes the pipeline
+
+- deterministic: the same seed gives the same batches on any machine;
+- cheap to checkpoint: the iterator state is only the next batch index;
+- shardable without communication: every process draws the offsets of the *global* batch and
+  gathers only its own contiguous rows, so the union over processes is the single-process batch.
+
+Each batch is one vectorised numpy gather from a sliding-window view of the (memory-mapped)
+tokens, which measured ~1.6x faster than fancy indexing with an offsets + arange matrix and
+~4x faster than stacking per-window slices.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import grain
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from slm_jax.errors import DataError
+
+# The iterator is endless in practice: a training run stops by step count, not by data.
+_ENDLESS = 2**62
+# No prefetch threads: a batch costs ~25 us, far below a train step, and measured on tinyshakespeare
+# (16 x 257) the plain iterator gave ~40k batches/s against ~16k with one prefetch thread and ~8k
+# with grain's default (16 threads, 500 batches ahead, which also burns cores we share with XLA).
+_READ_OPTIONS = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
+
+
+def _check_sizes(n_tokens: int, batch_size: int, seq_len: int) -> None:
+    if batch_size < 1 or seq_len < 1:
+        raise DataError(f"batch_size and seq_len must be positive, got batch_size={batch_size}, seq_len={seq_len}; fix train.batch_size / train.seq_len.")
+    if seq_len + 1 > n_tokens:
+        raise DataError(
+            f"A window of seq_len + 1 = {seq_len + 1} tokens does not fit in a split of {n_tokens} tokens; "
+            "lower train.seq_len or use more data."
+        )
+
+
+def _fingerprint(tokens: np.ndarray) -> str:
+    """A short content hash of a token array, cheap even for a large memmap (it hashes a sample)."""
+    h = hashlib.sha256(f"{tokens.dtype.str}:{len(tokens)}".encode())
+    stride = max(1, len(tokens) // 4096)  # <= ~4k evenly spaced tokens plus the last one
+    h.update(np.ascontiguousarray(tokens[::stride]).tobytes())
+    h.update(np.ascontiguousarray(tokens[-1:]).tobytes())
+    return h.hexdigest()[:12]
+
+
+class RandomWindowBatches:
+    """A grain random-access source whose item ``i`` is training batch ``i`` (this process's rows).
+
+    Args:
+        tokens: (n,) token ids (any integer dtype; a read-only memmap is fine).
+        batch_size: global batch size (summed over processes).
+        seq_len: tokens per model input; each window has ``seq_len + 1`` tokens.
+        seed: non-negative seed; batch ``i`` uses ``np.random.default_rng([seed, i])``.
+        process_index, process_count: this process takes rows
+            ``[process_index * b, (process_index + 1) * b)`` of each global batch, ``b = batch_size // process_count``.
+    """
+
+    def __init__(self, tokens: np.ndarray, batch_size: int, seq_len: int, seed: int, process_index: int = 0, process_count: int = 1):
+        tokens = np.asarray(tokens)  # a memmap stays a view: nothing is read here
+        _check_sizes(len(tokens), batch_size, seq_len)
+        if process_count < 1 or not 0 <= process_index < process_count:
+            raise DataError(f"process_index={process_index} must be in [0, process_count={process_count}); pass jax.process_index() and jax.process_count().")
+        if batch_size % process_count:
+            raise DataError(f"train.batch_size ({batch_size}) is not divisible by the number of processes ({process_count}); set it to a multiple of {process_count}.")
+        if seed < 0:
+            raise DataError(f"The data seed must be non-negative, got {seed}; set train.seed >= 0.")
+        self.batch_size, self.seq_len, self.seed = batch_size, seq_len, seed
+        self.process_index, self.process_count = process_index, process_count
+        self.local_batch = batch_size // process_count
+        self._n_tokens = len(tokens)
+        self._fingerprint = _fingerprint(tokens)
+        self._windows = sliding_window_view(tokens, seq_len + 1)  # (n - seq_len, seq_len + 1), a view: no copy
+
+    def offsets(self, index: int) -> np.ndarray:
+        """Start offsets of the global batch ``index``: (batch_size,) int64 in [0, n - seq_len - 1]."""
+        rng = np.random.default_rng([self.seed, index])
+        return rng.integers(0, self._n_tokens - self.seq_len, size=self.batch_size)
+
+    def __len__(self) -> int:
+        return _ENDLESS
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        """Batch ``index``: (batch_size // process_count, seq_len + 1) int32."""
+        start = self.process_index * self.local_batch
+        rows = self.offsets(int(index))[start : start + self.local_batch]
+        return self._windows[rows].astype(np.int32)  # one gather: (b, seq_len + 1)
+
+    def __repr__(self) -> str:
+        # Stable across runs (no object address): grain checkpoints validate sources by repr.
+        return (
+            f"RandomWindowBatches(tokens={self._n_tokens}@{self._fingerprint}, batch_size={self.batch_size}, "
+            f"seq_len={self.seq_len}, seed={self.seed}, process={self.process_index}/{self.process_count})"
+        )
+
+
+def train_batches(
+    tokens: np.ndarray, batch_size: int, seq_len: int, seed: int, process_index: int = 0, process_count: int = 1
+) -> grain.DatasetIterator:
+    """An endless iterator of training batches (see ``RandomWindowBatches`` for the arguments).
+
+    Returns:
+        A grain ``DatasetIterator`` yielding (batch_size // process_count, seq_len + 1) int32 arrays.
+        ``it.get_state()`` is a JSON-serialisable dict; ``set_state`` on a fresh iterator built
+        with the same arguments continues with exactly the batches the first one would have given.
+    """
+    source = RandomWindowBatches(tokens, batch_size, seq_len, seed, process_index, process_count)
+    return iter(grain.MapDataset.source(source).to_iter_dataset(_READ_OPTIONS))
+
+
+def eval_batches(tokens: np.ndarray, batch_size: int, seq_len: int, n_batches: int) -> list[np.ndarray]:
+    """Fixed evaluation batches: windows at evenly spaced offsets across the split, no randomness.
+
+    Args:
+        tokens: (n,) token ids of the validation split.
+        batch_size, seq_len: batch shape is (batch_size, seq_len + 1).
+        n_batches: batches wanted; fewer are returned when the split holds fewer than
+            ``n_batches * batch_size`` non-overlapping windows, but always at least one
+            (whose windows then overlap).
+
+    Returns:
+        A list of (batch_size, seq_len + 1) int32 arrays.
+    """
+    tokens = np.asarray(tokens)
+    _check_sizes(len(tokens), batch_size, seq_len)
+    if n_batches < 1:
+        raise DataError(f"The number of eval batches must be positive, got {n_batches}; set eval.batches >= 1.")
+    window = seq_len + 1
+    n = max(1, min(n_batches, (len(tokens) // window) // batch_size))
+    # Spread the windows over the whole split, first one at 0 and last one ending at the end.
+    offsets = np.linspace(0, len(tokens) - window, n * batch_size).round().astype(np.int64)  # (n * batch_size,)
+    windows = sliding_window_view(tokens, window)[offsets].astype(np.int32)  # (n * batch_size, window)
+    return list(windows.reshape(n, batch_size, window))
