@@ -25,7 +25,6 @@ from orbax.checkpoint import checkpoint_managers
 from slm_jax.array_typing import PyTree
 from slm_jax.errors import CheckpointError
 
-ITEMS = ("state", "data_state", "config")
 METRIC = "val_loss"
 
 
@@ -51,7 +50,9 @@ def _open_manager(directory: Path, keep: int | None, keep_best: bool, async_save
         create=not read_only,
         read_only=read_only,
     )
-    return ocp.CheckpointManager(directory, options=options, item_names=ITEMS)
+    # Handlers named up front, so a fresh manager can read metadata before its first restore.
+    handlers = {"state": ocp.StandardCheckpointHandler(), "data_state": ocp.JsonCheckpointHandler(), "config": ocp.JsonCheckpointHandler()}
+    return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
 
 
 def _path_str(path: tuple) -> str:

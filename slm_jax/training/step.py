@@ -59,7 +59,7 @@ def make_train_step(
             metrics = {**metrics, "loss": metrics["loss"] / grad_accum, "accuracy": metrics["accuracy"] / grad_accum}
         updates, opt_state = optimizer.update(grads, state["opt_state"], params)
         new_state = {**state, "params": optax.apply_updates(params, updates), "opt_state": opt_state, "step": state["step"] + 1}
-        metrics = {**metrics, "grad_norm": optax.global_norm(grads), "lr": schedule(state["step"])}
+        metrics = {**metrics, "grad_norm": optax.tree.norm(grads), "lr": schedule(state["step"])}
         return new_state, metrics
 
     return train_step

@@ -1,0 +1,146 @@
+"""The ``slm`` command: train, eval, generate, data prepare, config show.
+
+Mistakes a user can fix (``SlmError``) print one line and exit with status 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from slm_jax.errors import SlmError
+
+
+def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("config", nargs=None if required else "?", help="YAML config file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set train.steps=100 (repeatable)")
+
+
+def cmd_train(args) -> None:
+    from slm_jax.config import load_config
+    from slm_jax.training.train import train
+
+    cfg = load_config(args.config, args.overrides)
+    summary = train(cfg, args.run_dir, until_step=args.until_step, progress=not args.no_progress)
+    print(json.dumps(summary, indent=1))
+
+
+def cmd_eval(args) -> None:
+    import jax
+    import numpy as np
+
+    from slm_jax.config import replace
+    from slm_jax.data.pipeline import eval_batches
+    from slm_jax.data.source import load_dataset
+    from slm_jax.errors import DataError
+    from slm_jax.eval.perplexity import evaluate
+    from slm_jax.inference.run import load_run
+    from slm_jax.training.step import make_eval_step
+
+    run = load_run(args.run_dir, best=args.best)
+    tc = run.cfg.train
+    if args.data and Path(args.data).is_file():
+        # A raw text file is encoded with the run's own tokenizer and evaluated whole.
+        tokens = np.asarray(run.tokenizer.encode(Path(args.data).read_text(encoding="utf-8")), np.int32)
+    else:
+        data = load_dataset(replace(run.cfg, **{"data.path": args.data}).data if args.data else run.cfg.data)
+        if data.tokenizer.to_dict() != run.tokenizer.to_dict():
+            raise DataError(
+                f"The data in {data.data_dir} was tokenized with another vocabulary than the run; "
+                "pass a raw text file with --data instead."
+            )
+        tokens = data.val
+    batches = eval_batches(tokens, tc.batch_size, tc.seq_len, args.batches)
+    unit = {"char": "char", "byte": "byte"}.get(run.tokenizer.to_dict().get("type"), "token")
+    result = evaluate(jax.jit(make_eval_step(run.model)), run.params, batches, unit)
+    print(json.dumps({"run_dir": str(args.run_dir), "step": run.step, **result}, indent=1))
+
+
+def cmd_generate(args) -> None:
+    import numpy as np
+
+    from slm_jax.inference.generate import generate
+    from slm_jax.inference.run import load_run
+
+    run = load_run(args.run_dir, best=args.best)
+    prompt = np.asarray(run.tokenizer.encode(args.prompt), np.int32)[None]
+    print(args.prompt, end="", flush=True)
+    for tokens in generate(run.model, run.params, prompt, args.max_new_tokens, seed=args.seed,
+                           temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, chunk=args.chunk):
+        print(run.tokenizer.decode(tokens[0]), end="", flush=True)
+    print()
+
+
+def cmd_data_prepare(args) -> None:
+    from slm_jax.data.prepare import prepare
+
+    meta = prepare(args.input, args.tokenizer, args.out, args.val_fraction)
+    print(json.dumps(meta, indent=1))
+
+
+def cmd_config_show(args) -> None:
+    from slm_jax.config import load_config, to_yaml
+
+    print(to_yaml(load_config(args.config, args.overrides)), end="")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="slm", description="Small language models in JAX.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model from a config")
+    _add_config_args(p)
+    p.add_argument("--run-dir", default=None, help="run directory (default runs/<name>); resumes if it has checkpoints")
+    p.add_argument("--until-step", type=int, default=None, help="stop after this step with a checkpoint (resume later)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="validation loss and bits per char/byte of a run")
+    p.add_argument("run_dir")
+    p.add_argument("--data", default=None, help="text file or prepared directory (default: the run's val split)")
+    p.add_argument("--batches", type=int, default=50)
+    p.add_argument("--best", action="store_true", help="use the best checkpoint by validation loss")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("generate", help="sample text from a run")
+    p.add_argument("run_dir")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--chunk", type=int, default=16, help="tokens per compiled decode loop between prints")
+    p.add_argument("--best", action="store_true")
+    p.set_defaults(func=cmd_generate)
+
+    data = sub.add_parser("data", help="data preparation").add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("prepare", help="tokenize text files into train.bin / val.bin / meta.json")
+    p.add_argument("--input", nargs="+", required=True)
+    p.add_argument("--tokenizer", choices=["char", "byte"], default="char")
+    p.add_argument("--out", required=True)
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.set_defaults(func=cmd_data_prepare)
+
+    config = sub.add_parser("config", help="configs").add_subparsers(dest="config_command", required=True)
+    p = config.add_parser("show", help="print the resolved config")
+    _add_config_args(p, required=False)
+    p.set_defaults(func=cmd_config_show)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except SlmError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

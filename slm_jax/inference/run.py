@@ -1,0 +1,49 @@
+"""Load a trained run directory: its resolved config, model, parameters and tokenizer."""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from slm_jax.array_typing import PyTree
+from slm_jax.config import Config, config_from_dict
+from slm_jax.data.tokenizers import load_tokenizer
+from slm_jax.errors import CheckpointError
+from slm_jax.models.lm import CausalLM
+from slm_jax.training.checkpoint import Checkpointer, read_run_config
+from slm_jax.training.optim import make_optimizer
+from slm_jax.training.step import init_state
+
+
+@dataclass(frozen=True)
+class LoadedRun:
+    cfg: Config
+    model: CausalLM
+    params: PyTree
+    tokenizer: Any
+    step: int
+
+
+def load_run(run_dir: str | Path, best: bool = False) -> LoadedRun:
+    """The latest (or best-by-validation) checkpoint of ``run_dir``."""
+    run_dir = Path(run_dir)
+    cfg = config_from_dict(read_run_config(run_dir))
+    tok_path = run_dir / "tokenizer.json"
+    if not tok_path.is_file():
+        raise CheckpointError(f"{run_dir} has no tokenizer.json; it is not a run directory written by `slm train`.")
+    model = CausalLM(cfg.model)
+    ckpt = Checkpointer(run_dir, cfg.checkpoint.every, cfg.checkpoint.keep, cfg.checkpoint.keep_best, async_save=False)
+    try:
+        if (ckpt.best_step() if best else ckpt.latest_step()) is None:
+            which = "best " if best else ""
+            raise CheckpointError(f"{run_dir} has no {which}checkpoint yet; train it first with `slm train`.")
+        tc = cfg.train
+        abstract_params = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, tc.seq_len), np.int32)))
+        optimizer, _ = make_optimizer(cfg.optim, tc.steps, abstract_params)
+        abstract = jax.eval_shape(lambda: init_state(model, optimizer, tc.seed, tc.seq_len))
+        state, _, _ = ckpt.restore(abstract, best=best)
+    finally:
+        ckpt.close()
+    return LoadedRun(cfg, model, state["params"], load_tokenizer(tok_path), int(state["step"]))

@@ -1,0 +1,96 @@
+"""End-to-end training: loss goes down, resume equals uninterrupted, errors are clear."""
+
+import json
+import math
+import pathlib
+
+import pytest
+
+from slm_jax.config import config_from_dict
+from slm_jax.errors import CheckpointError, ConfigError, DataError
+from slm_jax.training.tracking import read_metrics
+from slm_jax.training.train import TrainingDiverged, train
+
+
+def corpus(tmp_path, n=20000):
+    words = ["to be", "or not", "that is", "the question", "whether tis", "nobler"]
+    text = "".join(f"{words[i % 6]} {words[(i * 5) % 6]}\n" for i in range(n // 16))
+    path = tmp_path / "corpus.txt"
+    path.write_text(text)
+    return path
+
+
+def tiny_cfg(tmp_path, *overrides):
+    return config_from_dict(
+        {
+            "name": "t",
+            "model": {"n_layers": 2, "d_model": 32, "n_heads": 2},
+            "data": {"path": str(corpus(tmp_path)), "cache_dir": str(tmp_path / "cache")},
+            "train": {"steps": 40, "batch_size": 8, "seq_len": 32, "log_every": 1},
+            "optim": {"lr": 1e-2, "warmup_steps": 5},
+            "eval": {"every": 20, "batches": 4},
+            "checkpoint": {"every": 10, "keep": 2},
+        },
+        list(overrides),
+    )
+
+
+def losses(run_dir):
+    return {m["step"]: m["loss"] for m in read_metrics(run_dir) if "loss" in m}
+
+
+def test_short_run_lowers_loss_and_writes_run_dir(tmp_path):
+    run = tmp_path / "run"
+    summary = train(tiny_cfg(tmp_path), run, progress=False)
+    l = losses(run)
+    assert sorted(l) == list(range(1, 41))
+    assert sum(list(l.values())[-5:]) / 5 < sum(list(l.values())[:5]) / 5 - 0.5
+    for name in ("config.yaml", "run.json", "metrics.jsonl", "tokenizer.json"):
+        assert (run / name).is_file(), name
+    assert (run / "tb").is_dir()
+    vals = [m for m in read_metrics(run) if "val_loss" in m]
+    assert [m["step"] for m in vals] == [20, 40] and math.isfinite(vals[-1]["val_loss"])
+    assert summary["step"] == 40 and summary["params"] > 0 and summary["flops_per_token"] > 0
+    record = json.loads((run / "run.json").read_text())
+    assert "jax" in json.dumps(record)
+
+
+def test_kill_and_resume_reproduces_losses(tmp_path):
+    cfg = tiny_cfg(tmp_path)
+    train(cfg, tmp_path / "full", progress=False)
+    train(cfg, tmp_path / "split", until_step=13, progress=False)  # "killed" after step 13
+    assert max(losses(tmp_path / "split")) == 13
+    train(cfg, tmp_path / "split", progress=False)  # same command again resumes
+    full, split = losses(tmp_path / "full"), losses(tmp_path / "split")
+    assert sorted(split) == sorted(full)
+    for step in full:
+        assert split[step] == pytest.approx(full[step], rel=1e-6, abs=1e-6), step
+
+
+def test_grad_accumulation_matches_full_batch(tmp_path):
+    a = train(tiny_cfg(tmp_path, "train.steps=5"), tmp_path / "a", progress=False)
+    b = train(tiny_cfg(tmp_path, "train.steps=5", "train.grad_accum=2"), tmp_path / "b", progress=False)
+    for step, loss in losses(tmp_path / "a").items():
+        assert losses(tmp_path / "b")[step] == pytest.approx(loss, rel=1e-4)
+    assert a["step"] == b["step"] == 5
+
+
+def test_diverging_loss_stops_with_clear_error_and_keeps_checkpoint(tmp_path):
+    cfg = tiny_cfg(tmp_path, "optim.lr=1e12", "optim.grad_clip=0", "optim.warmup_steps=0", "train.steps=40")
+    with pytest.raises(TrainingDiverged, match="last good checkpoint"):
+        train(cfg, tmp_path / "nan", progress=False)
+
+
+def test_resuming_with_another_model_is_refused(tmp_path):
+    train(tiny_cfg(tmp_path, "train.steps=10"), tmp_path / "r", progress=False)
+    with pytest.raises(CheckpointError, match="model.d_model"):
+        train(tiny_cfg(tmp_path, "train.steps=10", "model.d_model=64"), tmp_path / "r", progress=False)
+
+
+def test_bad_data_inputs(tmp_path):
+    with pytest.raises(DataError):
+        train(tiny_cfg(tmp_path, f"data.path={tmp_path / 'missing.txt'}"), tmp_path / "m", progress=False)
+    with pytest.raises(DataError, match="seq_len"):
+        train(tiny_cfg(tmp_path, "train.seq_len=100000"), tmp_path / "s", progress=False)
+    with pytest.raises(ConfigError, match="vocab_size"):
+        train(tiny_cfg(tmp_path, "model.vocab_size=3"), tmp_path / "v", progress=False)
