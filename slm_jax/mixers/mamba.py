@@ -1,0 +1,253 @@
+"""Mamba-1: the selective state-space mixer (Gu & Dao 2023, arXiv:2312.00752, Alg. 2, Sec. 3.6).
+
+    x, z   = in_proj(u)                                   u: [b, t, d] -> x, z: [b, t, w]
+    x      = silu(conv1d(x))                              causal depthwise, width k
+    dt, B, C = x_proj(x)                                  dt: [b, t, r], B, C: [b, t, n]
+    dt     = softplus(dt_proj(dt))                        [b, t, w]  (dt_proj has a bias)
+    A      = -exp(A_log)                                  [w, n], S4D-real init A_log = log(1..n)
+    h_t    = exp(dt_t A) o h_{t-1} + (dt_t x_t) B_t^T     h: [b, w, n] (zero-order hold on A,
+                                                          Euler on B, as in the paper, Sec. 3.6)
+    y_t    = h_t C_t + D o x_t                            [b, t, w], D init 1
+    out    = out_proj(y o silu(z))                        [b, t, d]
+
+with w = expand * d inner channels, n = d_state and r = dt_rank. ``selective=False`` is the
+non-selective (LTI, S4D-like) ablation: dt (per channel), B and C (per state) are learned
+parameters that do not depend on the input; the block is otherwise identical.
+
+Parameter names follow Hugging Face's ``MambaMixer`` (in_proj, conv1d, x_proj, dt_proj,
+A_log, D, out_proj) so that a checkpoint converter is a rename plus transposes. The reference
+implementation is state-spaces/mamba ``mamba_ssm/modules/mamba_simple.py``.
+
+The decode cache is {"conv": [b, k - 1, w] (last conv inputs), "h": f32[b, w, n]}: constant in
+the context length. The recurrence runs in float32 whatever the compute dtype.
+"""
+
+import math
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from slm_jax.array_typing import Array, PyTree
+from slm_jax.errors import ConfigError
+from slm_jax.mixers.registry import register_mixer
+from slm_jax.modules.conv1d import CausalConv1D
+from slm_jax.modules.linear import Linear, dtype_of, linear_params, scaled_init
+from slm_jax.ops.scan import ScanImpl, linear_scan, scan_step
+
+_f32 = jnp.float32
+
+
+def dt_bias_init(dt_min: float, dt_max: float, floor: float = 1e-4) -> Callable:
+    """Bias such that softplus(bias) is log-uniform in [dt_min, dt_max] (Mamba, Sec. 3.6 / App.).
+
+    The inverse of softplus is dt + log(-expm1(-dt)); dt is floored at ``floor`` as in the
+    reference implementation.
+    """
+
+    def init(key: Array, shape: tuple[int, ...], dtype: Any = _f32) -> Array:
+        u = jax.random.uniform(key, shape, _f32)
+        dt = jnp.exp(u * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = jnp.maximum(dt, floor)
+        return (dt + jnp.log(-jnp.expm1(-dt))).astype(dtype)
+
+    return init
+
+
+def conv_params(channels: int, kernel_size: int) -> int:
+    """Parameters of a depthwise ``CausalConv1D``: one kernel tap per channel and position, plus a bias."""
+    return channels * kernel_size + channels
+
+
+class _BiasedLinear(Linear):
+    """``Linear`` (bias off) plus a bias with its own initializer; Linear's bias starts at zero."""
+
+    bias_init: Callable = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        y = super().__call__(x)
+        return y + self.param("bias", self.bias_init, (self.features,), self.param_dtype).astype(y.dtype)
+
+
+@register_mixer("mamba")
+class Mamba(nn.Module):
+    """Mamba-1 mixer: f32[b, t, d] -> f32[b, t, d] with w inner channels and an n-dim state each."""
+
+    width: int  # d
+    inner_width: int  # w = expand * d
+    d_state: int = 16  # n
+    dt_rank: int = 1  # r
+    conv_width: int = 4  # k
+    dt_min: float = 0.001
+    dt_max: float = 0.1
+    selective: bool = True
+    scan_impl: ScanImpl = ScanImpl.AUTO
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    init_std: float = 0.02
+    n_layers: int = 1  # only for the output projection's init scale
+
+    @staticmethod
+    def _sizes(cfg) -> tuple[int, int, int]:
+        """(w, n, r) of a ModelConfig, checked."""
+        m = cfg.mamba
+        for key in ("d_state", "expand", "conv_width"):
+            if getattr(m, key) <= 0:
+                raise ConfigError(f"model.mamba.{key} must be positive, got {getattr(m, key)}.")
+        if m.dt_rank < 0:
+            raise ConfigError(f"model.mamba.dt_rank must be >= 0 (0 -> ceil(d_model / 16)), got {m.dt_rank}.")
+        if not 0 < m.dt_min <= m.dt_max:
+            raise ConfigError(f"model.mamba needs 0 < dt_min <= dt_max, got dt_min={m.dt_min}, dt_max={m.dt_max}.")
+        return m.expand * cfg.d_model, m.d_state, m.dt_rank or math.ceil(cfg.d_model / 16)
+
+    @classmethod
+    def from_config(cls, cfg) -> "Mamba":
+        w, n, r = cls._sizes(cfg)
+        m = cfg.mamba
+        return cls(
+            width=cfg.d_model,
+            inner_width=w,
+            d_state=n,
+            dt_rank=r,
+            conv_width=m.conv_width,
+            dt_min=m.dt_min,
+            dt_max=m.dt_max,
+            selective=m.selective,
+            dtype=dtype_of(cfg.dtype),
+            param_dtype=dtype_of(cfg.param_dtype),
+            init_std=cfg.init_std,
+            n_layers=cfg.n_layers,
+            parent=None,  # unbound: the Block adopts it as "mixer"
+        )
+
+    def _conv(self) -> CausalConv1D:
+        return CausalConv1D(
+            features=self.inner_width,
+            kernel_size=self.conv_width,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="conv1d",
+        )
+
+    def _dt_b_c(self, x: Array) -> tuple[Array, Array, Array]:
+        """dt f32[b, t, w] (after softplus), B and C f32[b, t, n] (or f32[n] when not selective)."""
+        w, n, r = self.inner_width, self.d_state, self.dt_rank
+        dt_init = dt_bias_init(self.dt_min, self.dt_max)
+        if not self.selective:
+            dt = self.param("dt_bias", dt_init, (w,), self.param_dtype).astype(_f32)
+            b = self.param("B", nn.initializers.ones, (n,), self.param_dtype).astype(_f32)  # S4D: B = 1
+            c = self.param("C", nn.initializers.normal(1.0), (n,), self.param_dtype).astype(_f32)  # S4D: C ~ N(0, 1)
+            return jax.nn.softplus(dt), b, c
+        dbc = Linear(
+            r + 2 * n, dtype=self.dtype, param_dtype=self.param_dtype,
+            kernel_init=nn.initializers.normal(self.init_std), name="x_proj",
+        )(x)
+        dt, b, c = jnp.split(dbc.astype(_f32), [r, r + n], axis=-1)
+        # dt_proj runs in float32: softplus and exp(dt A) amplify bfloat16 rounding of dt. Its
+        # weights are uniform in +-r^-0.5 (variance preserving), as in the reference.
+        dt = _BiasedLinear(
+            w, dtype=_f32, param_dtype=self.param_dtype,
+            kernel_init=_uniform(r**-0.5),
+            bias_init=dt_init, name="dt_proj",
+        )(dt)
+        return jax.nn.softplus(dt), b, c
+
+    @nn.compact
+    def __call__(self, x: Array, positions: Array, cache: PyTree = None) -> tuple[Array, PyTree]:
+        """x f32[b, t, d] (positions are unused: the state carries order) -> (f32[b, t, d], cache)."""
+        del positions
+        w, n = self.inner_width, self.d_state
+        xz = Linear(
+            2 * w, dtype=self.dtype, param_dtype=self.param_dtype,
+            kernel_init=nn.initializers.normal(self.init_std), name="in_proj",
+        )(x)
+        xs, z = jnp.split(xz, 2, axis=-1)  # [b, t, w] each
+        xs, conv_cache = self._conv()(xs, None if cache is None else cache["conv"])
+        xs = jax.nn.silu(xs)
+        dt, b, c = self._dt_b_c(xs)
+        for name, value in (("dt", dt), ("B", b), ("C", c)):  # inspectable with mutable=["intermediates"]
+            self.sow("intermediates", name, value)
+
+        a_log = self.param("A_log", _s4d_real_init, (w, n), self.param_dtype)
+        d_skip = self.param("D", nn.initializers.ones, (w,), self.param_dtype).astype(_f32)
+        a = -jnp.exp(a_log.astype(_f32))  # [w, n]
+        x32 = xs.astype(_f32)
+        dt = jnp.broadcast_to(dt, x32.shape)  # [b, t, w] (a constant [w] when not selective)
+        decay = jnp.exp(dt[..., None] * a)  # [b, t, w, n]: A_bar = exp(dt A)
+        drive = (dt * x32)[..., None] * b[..., None, :]  # [b, t, w, n]: B_bar x = dt B x
+
+        if cache is not None and x.shape[1] == 1:  # one decode step
+            last = scan_step(decay[:, 0], drive[:, 0], cache["h"])
+            states = last[:, None]  # [b, 1, w, n]
+        else:  # training (h0 = 0) or prefill (h0 from the cache)
+            states, last = linear_scan(decay, drive, None if cache is None else cache["h"], impl=self.scan_impl)
+        cc = c if c.ndim == 1 else c[..., None, :]  # broadcast over w
+        y = jnp.sum(states.astype(_f32) * cc, axis=-1) + d_skip * x32  # [b, t, w]
+        y = y * jax.nn.silu(z.astype(_f32))
+        out = Linear(
+            self.width, dtype=self.dtype, param_dtype=self.param_dtype,
+            kernel_init=scaled_init(self.init_std, self.n_layers), name="out_proj",
+        )(y.astype(self.dtype))
+        new_cache = None if cache is None else {"conv": conv_cache, "h": last.astype(_f32)}
+        return out, new_cache
+
+    def init_cache(self, batch: int, max_len: int, dtype: Any = jnp.float32) -> PyTree:
+        """{"conv": dtype[b, k - 1, w], "h": f32[b, w, n]}: zeros, independent of ``max_len``."""
+        del max_len
+        conv = jnp.zeros((batch, self.conv_width - 1, self.inner_width), dtype)
+        return {"conv": conv, "h": jnp.zeros((batch, self.inner_width, self.d_state), _f32)}
+
+    def state_size(self, batch: int, max_len: int, dtype: Any = jnp.float32) -> int:
+        del max_len
+        conv = batch * (self.conv_width - 1) * self.inner_width * jnp.dtype(dtype).itemsize
+        return conv + batch * self.inner_width * self.d_state * 4
+
+    @classmethod
+    def num_params(cls, cfg) -> int:
+        w, n, r = cls._sizes(cfg)
+        d = cfg.d_model
+        if cfg.mamba.selective:
+            dt_b_c = linear_params(w, r + 2 * n) + linear_params(r, w, bias=True)
+        else:
+            dt_b_c = w + 2 * n
+        return (
+            linear_params(d, 2 * w)
+            + conv_params(w, cfg.mamba.conv_width)
+            + dt_b_c
+            + w * n  # A_log
+            + w  # D
+            + linear_params(w, d)
+        )
+
+    @classmethod
+    def flops_per_token(cls, cfg, seq_len: int) -> float:
+        """Forward FLOPs per token: 2 per matmul weight and conv tap, plus the scan's elementwise work.
+
+        Convention: every elementwise op (exp, softplus and silu included) counts 1 FLOP. Per
+        state element: dt*A, exp, (dt x)*B, the h update (mul + add) and C.h (mul + add) = 7;
+        per channel: conv bias, silu, softplus, dt*x, D*x + y, silu(z), the gate = 8.
+        """
+        del seq_len  # the recurrence costs the same at every position
+        w, n, r = cls._sizes(cfg)
+        d, k = cfg.d_model, cfg.mamba.conv_width
+        matmul = linear_params(d, 2 * w) + linear_params(w, d)
+        if cfg.mamba.selective:
+            matmul += linear_params(w, r + 2 * n) + linear_params(r, w)
+        return 2 * matmul + 2 * k * w + 7 * w * n + 8 * w
+
+
+def _s4d_real_init(key: Array, shape: tuple[int, ...], dtype: Any = _f32) -> Array:
+    """A_log[w, n] = log(1, 2, ..., n) for every channel, i.e. A = -(1..n) (S4D-real, Gu et al. 2022)."""
+    del key
+    return jnp.log(jnp.broadcast_to(jnp.arange(1, shape[-1] + 1, dtype=_f32), shape)).astype(dtype)
+
+
+def _uniform(scale: float) -> Callable:
+    """U(-scale, scale) initializer."""
+
+    def init(key: Array, shape: tuple[int, ...], dtype: Any = _f32) -> Array:
+        return jax.random.uniform(key, shape, _f32, -scale, scale).astype(dtype)
+
+    return init

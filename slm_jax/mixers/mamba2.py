@@ -1,0 +1,221 @@
+"""Mamba-2: the SSD mixer (Dao & Gu 2024, "Transformers are SSMs", arXiv:2405.21060, Sec. 7).
+
+    z, x, B, C, dt = in_proj(u)          z, x: [b, t, w]; B, C: [b, t, k*n]; dt: [b, t, h]
+    x, B, C = silu(conv1d([x, B, C]))    one causal depthwise conv over the w + 2kn channels
+    dt      = softplus(dt + dt_bias)     [b, t, h]; softplus(dt_bias) log-uniform in [dt_min, dt_max]
+    A       = -exp(A_log)                one scalar per head, A_log init log U[1, 16]
+    h_t     = exp(dt_t A) h_{t-1} + dt_t x_t B_t^T       per head: h [e, n], x_t [e]
+    y_t     = h_t C_t + D x_t                            D per head, init 1
+    out     = out_proj(norm(y o silu(z)))                gated RMSNorm, one group per B/C group
+
+with w = expand * d inner channels split into h = w / e heads of width e, and k = n_groups
+groups of (B, C) each shared by h / k heads (like keys in grouped-query attention). The
+training / prefill path is the chunked SSD algorithm (ops/ssd.py), the decode path the
+recurrence (``ssd_step``); both accumulate in float32.
+
+Parameter names follow Hugging Face's ``Mamba2Mixer`` (in_proj, conv1d, dt_bias, A_log, D,
+norm, out_proj); the reference implementation is state-spaces/mamba
+``mamba_ssm/modules/mamba2_simple.py`` (in-projection order [z, x, B, C, dt]). The gated norm
+is ``RMSNormGated(norm_before_gate=False, group_size=w / k)`` there: normalise y * silu(z) in
+k groups, then scale.
+
+Decode cache: {"conv": [b, k_conv - 1, w + 2kn], "h": f32[b, h, e, n]}, constant in context length.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from slm_jax.array_typing import Array, PyTree
+from slm_jax.errors import ConfigError
+from slm_jax.mixers.mamba import conv_params, dt_bias_init
+from slm_jax.mixers.registry import register_mixer
+from slm_jax.modules.conv1d import CausalConv1D
+from slm_jax.modules.linear import Linear, dtype_of, linear_params, scaled_init
+from slm_jax.ops.ssd import ssd, ssd_flops_per_token, ssd_step
+
+_f32 = jnp.float32
+
+
+class GatedRMSNorm(nn.Module):
+    """rmsnorm(y o silu(z)) * scale, statistics in float32 over ``groups`` equal slices of the last axis.
+
+    y, z: [..., w] -> dtype[..., w]. Gate before norm (``norm_before_gate=False`` in Mamba-2).
+    """
+
+    groups: int = 1
+    eps: float = 1e-5
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, y: Array, z: Array) -> Array:
+        w = y.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (w,), self.param_dtype)
+        v = y.astype(_f32) * jax.nn.silu(z.astype(_f32))
+        v = v.reshape(*v.shape[:-1], self.groups, w // self.groups)  # [..., k, w / k]
+        v = v * jax.lax.rsqrt(jnp.mean(v * v, axis=-1, keepdims=True) + self.eps)
+        return (v.reshape(y.shape) * scale.astype(_f32)).astype(self.dtype)
+
+
+def _a_log_init(key: Array, shape: tuple[int, ...], dtype: Any = _f32) -> Array:
+    """A_log = log(A) with A ~ U[1, 16] per head (the reference's A_init_range)."""
+    return jnp.log(jax.random.uniform(key, shape, _f32, 1.0, 16.0)).astype(dtype)
+
+
+@register_mixer("mamba2")
+class Mamba2(nn.Module):
+    """Mamba-2 mixer: f32[b, t, d] -> f32[b, t, d] with h heads of width e and state size n."""
+
+    width: int  # d
+    inner_width: int  # w = expand * d = h * e
+    d_state: int = 64  # n
+    head_dim: int = 32  # e
+    n_groups: int = 1  # k
+    conv_width: int = 4
+    chunk_size: int = 64  # c
+    dt_min: float = 0.001
+    dt_max: float = 0.1
+    norm_eps: float = 1e-5
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    init_std: float = 0.02
+    n_layers: int = 1  # only for the output projection's init scale
+
+    @property
+    def num_heads(self) -> int:
+        return self.inner_width // self.head_dim
+
+    @property
+    def conv_channels(self) -> int:
+        return self.inner_width + 2 * self.n_groups * self.d_state
+
+    @staticmethod
+    def _sizes(cfg) -> tuple[int, int]:
+        """(w, h) of a ModelConfig, checked."""
+        m = cfg.mamba2
+        for key in ("d_state", "expand", "head_dim", "n_groups", "conv_width", "chunk_size"):
+            if getattr(m, key) <= 0:
+                raise ConfigError(f"model.mamba2.{key} must be positive, got {getattr(m, key)}.")
+        w = m.expand * cfg.d_model
+        if w % m.head_dim:
+            raise ConfigError(
+                f"model.mamba2.expand * model.d_model ({w}) must be divisible by model.mamba2.head_dim ({m.head_dim}); change one of them."
+            )
+        h = w // m.head_dim
+        if h % m.n_groups:
+            raise ConfigError(
+                f"The Mamba-2 head count ({h} = {w} / head_dim) must be divisible by model.mamba2.n_groups ({m.n_groups}); pick a divisor such as 1."
+            )
+        if not 0 < m.dt_min <= m.dt_max:
+            raise ConfigError(f"model.mamba2 needs 0 < dt_min <= dt_max, got dt_min={m.dt_min}, dt_max={m.dt_max}.")
+        return w, h
+
+    @classmethod
+    def from_config(cls, cfg) -> "Mamba2":
+        w, _ = cls._sizes(cfg)
+        m = cfg.mamba2
+        return cls(
+            width=cfg.d_model,
+            inner_width=w,
+            d_state=m.d_state,
+            head_dim=m.head_dim,
+            n_groups=m.n_groups,
+            conv_width=m.conv_width,
+            chunk_size=m.chunk_size,
+            dt_min=m.dt_min,
+            dt_max=m.dt_max,
+            norm_eps=cfg.norm_eps,
+            dtype=dtype_of(cfg.dtype),
+            param_dtype=dtype_of(cfg.param_dtype),
+            init_std=cfg.init_std,
+            n_layers=cfg.n_layers,
+            parent=None,  # unbound: the Block adopts it as "mixer"
+        )
+
+    @nn.compact
+    def __call__(self, x: Array, positions: Array, cache: PyTree = None) -> tuple[Array, PyTree]:
+        """x f32[b, t, d] (positions are unused: the state carries order) -> (f32[b, t, d], cache)."""
+        del positions
+        bsz, t, _ = x.shape
+        w, n, k, h, e = self.inner_width, self.d_state, self.n_groups, self.num_heads, self.head_dim
+        proj = Linear(
+            2 * w + 2 * k * n + h, dtype=self.dtype, param_dtype=self.param_dtype,
+            kernel_init=nn.initializers.normal(self.init_std), name="in_proj",
+        )(x)
+        z, xbc, dt = jnp.split(proj, [w, 2 * w + 2 * k * n], axis=-1)
+        conv = CausalConv1D(
+            features=self.conv_channels, kernel_size=self.conv_width,
+            dtype=self.dtype, param_dtype=self.param_dtype, name="conv1d",
+        )
+        xbc, conv_cache = conv(xbc, None if cache is None else cache["conv"])
+        xbc = jax.nn.silu(xbc)
+        xs, b, c = jnp.split(xbc, [w, w + k * n], axis=-1)
+        xs = xs.reshape(bsz, t, h, e)
+        b, c = b.reshape(bsz, t, k, n), c.reshape(bsz, t, k, n)
+
+        dt_bias = self.param("dt_bias", dt_bias_init(self.dt_min, self.dt_max), (h,), self.param_dtype)
+        a_log = self.param("A_log", _a_log_init, (h,), self.param_dtype)
+        d_skip = self.param("D", nn.initializers.ones, (h,), self.param_dtype).astype(_f32)
+        dt = jax.nn.softplus(dt.astype(_f32) + dt_bias.astype(_f32))  # [b, t, h]
+        a = -jnp.exp(a_log.astype(_f32))  # [h]
+
+        if cache is None:
+            y, last = ssd(xs, dt, a, b, c, self.chunk_size)
+        elif t == 1:  # one decode step
+            y, last = ssd_step(xs[:, 0], dt[:, 0], a, b[:, 0], c[:, 0], cache["h"])
+            y = y[:, None]
+        else:  # prefill continuing the cached state
+            y, last = ssd(xs, dt, a, b, c, self.chunk_size, h0=cache["h"])
+        y = y.astype(_f32) + d_skip[:, None] * xs.astype(_f32)  # [b, t, h, e]
+        y = GatedRMSNorm(k, self.norm_eps, dtype=self.dtype, param_dtype=self.param_dtype, name="norm")(
+            y.reshape(bsz, t, w), z
+        )
+        out = Linear(
+            self.width, dtype=self.dtype, param_dtype=self.param_dtype,
+            kernel_init=scaled_init(self.init_std, self.n_layers), name="out_proj",
+        )(y)
+        new_cache = None if cache is None else {"conv": conv_cache, "h": last}
+        return out, new_cache
+
+    def init_cache(self, batch: int, max_len: int, dtype: Any = jnp.float32) -> PyTree:
+        """{"conv": dtype[b, k_conv - 1, w + 2kn], "h": f32[b, h, e, n]}: zeros, independent of ``max_len``."""
+        del max_len
+        conv = jnp.zeros((batch, self.conv_width - 1, self.conv_channels), dtype)
+        return {"conv": conv, "h": jnp.zeros((batch, self.num_heads, self.head_dim, self.d_state), _f32)}
+
+    def state_size(self, batch: int, max_len: int, dtype: Any = jnp.float32) -> int:
+        del max_len
+        conv = batch * (self.conv_width - 1) * self.conv_channels * jnp.dtype(dtype).itemsize
+        return conv + batch * self.num_heads * self.head_dim * self.d_state * 4
+
+    @classmethod
+    def num_params(cls, cfg) -> int:
+        w, h = cls._sizes(cfg)
+        m, d = cfg.mamba2, cfg.d_model
+        gn = m.n_groups * m.d_state
+        return (
+            linear_params(d, 2 * w + 2 * gn + h)  # in_proj
+            + conv_params(w + 2 * gn, m.conv_width)
+            + 3 * h  # dt_bias, A_log, D
+            + w  # norm scale
+            + linear_params(w, d)  # out_proj
+        )
+
+    @classmethod
+    def flops_per_token(cls, cfg, seq_len: int) -> float:
+        """Forward FLOPs per token: 2 per matmul weight and conv tap, plus the chunked SSD's work.
+
+        Convention: SSD is counted as the chunked algorithm runs it (``ssd_flops_per_token``,
+        chunk = min(chunk_size, seq_len)); other elementwise ops (silu, softplus, norm, gate, D
+        skip) count 1 FLOP each, about 10 per inner channel.
+        """
+        w, h = cls._sizes(cfg)
+        m, d = cfg.mamba2, cfg.d_model
+        gn = m.n_groups * m.d_state
+        matmul = linear_params(d, 2 * w + 2 * gn + h) + linear_params(w, d)
+        conv = 2 * m.conv_width * (w + 2 * gn)
+        chunk = min(m.chunk_size, seq_len)
+        return 2 * matmul + conv + ssd_flops_per_token(h, m.head_dim, m.d_state, m.n_groups, chunk) + 10 * w
