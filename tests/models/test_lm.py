@@ -136,6 +136,22 @@ def test_decode_state_bytes_grow_with_context_for_attention_only():
     assert cache_bytes(model.init_cache(1, 512)) == sizes[1]
 
 
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_cache_shapes_by_preset(preset):
+    """Recurrent presets hold a context-independent state, attention grows, windows are bounded."""
+    _preset_ready(preset)
+    model = CausalLM(small(preset=preset, n_layers=len(PRESETS[preset]["layer_pattern"])))
+    shapes = lambda n: jax.tree.map(lambda a: a.shape, jax.eval_shape(lambda: model.init_cache(2, n)))
+    sizes = {n: cache_bytes(jax.eval_shape(lambda: model.init_cache(2, n))) for n in (64, 128, 256)}
+    assert sizes[128] == accounting.decode_state_bytes(model.cfg, 2, 128)
+    pattern = set(PRESETS[preset]["layer_pattern"])
+    if "attention" in pattern:  # global attention: linear growth
+        assert sizes[256] - sizes[128] == 2 * (sizes[128] - sizes[64]) > 0
+    else:  # recurrent state and/or a ring buffer of local_window = 6 positions
+        assert shapes(64) == shapes(256)
+        assert sizes[64] == sizes[256]
+
+
 def test_flops_per_token_is_about_6n_plus_attention():
     cfg = small(vocab_size=37, n_layers=2)
     n = accounting.param_count(cfg, include_embeddings=False) + cfg.vocab_size * cfg.d_model  # + tied head matmul
@@ -153,3 +169,25 @@ def test_bfloat16_compute_close_to_float32():
     low, _ = CausalLM(small(dtype="bfloat16")).apply(params, toks)
     assert low.dtype == jnp.float32  # logits are always float32
     np.testing.assert_allclose(low, ref, atol=0.1)
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_short_training_run_lowers_the_loss(preset):
+    """40 AdamW steps on a periodic sequence: every preset must learn to continue it."""
+    _preset_ready(preset)
+    from slm_jax.training.optim import make_optimizer
+    from slm_jax.training.step import init_state, make_train_step
+
+    cfg = config_from_dict({"model": {**SMALL, "preset": preset, "n_layers": 2}, "optim": {"lr": 1e-2, "warmup_steps": 5}})
+    model = CausalLM(cfg.model)
+    abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), tokens()))
+    optimizer, schedule = make_optimizer(cfg.optim, 40, abstract)
+    state = init_state(model, optimizer, 0, 8)
+    step = jax.jit(make_train_step(model, optimizer, schedule))
+    period = jax.random.randint(jax.random.key(1), (4, 7), 0, 37)
+    batch = jnp.tile(period, (1, 5))[:, :33]  # every row repeats its own 7 tokens
+    losses = []
+    for _ in range(40):
+        state, metrics = step(state, batch)
+        losses.append(float(metrics["loss"]))
+    assert losses[-1] < 0.5 * losses[0], losses[::8]
