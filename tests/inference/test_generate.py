@@ -7,7 +7,9 @@ from slm_jax.config import config_from_dict
 from slm_jax.errors import ConfigError
 from slm_jax.inference.generate import generate
 from slm_jax.inference.sampling import sample
+from slm_jax.mixers.registry import mixer_names
 from slm_jax.models.lm import CausalLM
+from slm_jax.models.presets import PRESETS
 
 
 def test_greedy_is_argmax():
@@ -26,22 +28,30 @@ def test_top_k_and_top_p_restrict_support():
     assert full == {0, 1, 2, 3}
 
 
-def _model():
-    cfg = config_from_dict({"model": {"vocab_size": 23, "d_model": 32, "n_heads": 2, "n_layers": 2, "window": 6}}).model
+def _model(**model):
+    cfg = config_from_dict({"model": {"vocab_size": 23, "d_model": 32, "n_heads": 2, "n_layers": 2, "window": 6, **model}}).model
     model = CausalLM(cfg)
     return model, model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))
 
 
-@pytest.mark.parametrize("chunk", [None, 4, 7])
-def test_compiled_greedy_decode_equals_naive_rerun(chunk):
-    model, params = _model()
+@pytest.mark.parametrize(
+    "chunk, preset", [(None, "transformer"), (4, "transformer"), (7, "transformer")] + [(5, p) for p in sorted(set(PRESETS) - {"transformer"})]
+)
+def test_compiled_greedy_decode_equals_naive_rerun(chunk, preset):
+    missing = set(PRESETS[preset]["layer_pattern"]) - set(mixer_names())
+    if missing:
+        pytest.skip(f"preset {preset} needs mixers not implemented yet: {sorted(missing)}")
+    model, params = _model(preset=preset, local_window=4)
     prompt = np.array([[3, 1, 4, 1, 5], [9, 2, 6, 5, 3]], np.int32)
     out = np.concatenate(list(generate(model, params, prompt, 12, temperature=0.0, chunk=chunk)), axis=1)
     assert out.shape == (2, 12)
-    seq = prompt
-    for _ in range(12):  # re-run the whole sequence each time: no cache involved
-        logits, _ = model.apply(params, jnp.asarray(seq))
-        seq = np.concatenate([seq, np.asarray(jnp.argmax(logits[:, -1], -1))[:, None]], axis=1)
+    # Re-run the whole (zero-padded) sequence each time, no cache involved: the model is causal,
+    # so the logits at position i ignore the padding after it, and one compiled forward serves.
+    forward = jax.jit(lambda seq: model.apply(params, seq)[0])
+    seq = np.zeros((2, 17), np.int32)
+    seq[:, :5] = prompt
+    for i in range(5, 17):
+        seq[:, i] = np.asarray(jnp.argmax(forward(seq)[:, i - 1], -1))
     np.testing.assert_array_equal(out, seq[:, 5:])
 
 
