@@ -18,7 +18,8 @@ Parameter names follow Hugging Face's ``MambaMixer`` (in_proj, conv1d, x_proj, d
 A_log, D, out_proj) so that a checkpoint converter is a rename plus transposes. The reference
 implementation is state-spaces/mamba ``mamba_ssm/modules/mamba_simple.py``.
 
-The decode cache is {"conv": [b, k - 1, w] (last conv inputs), "h": f32[b, w, n]}: constant in
+The scan is ``ops/selective_scan.py`` (fused on CPU). The decode cache is
+{"conv": [b, k - 1, w] (last conv inputs), "h": f32[b, w, n]}: constant in
 the context length. The recurrence runs in float32 whatever the compute dtype.
 """
 
@@ -34,7 +35,8 @@ from slm_jax.errors import ConfigError
 from slm_jax.mixers.registry import register_mixer
 from slm_jax.modules.conv1d import CausalConv1D
 from slm_jax.modules.linear import Linear, dtype_of, linear_params, scaled_init
-from slm_jax.ops.scan import ScanImpl, linear_scan, scan_step
+from slm_jax.ops.scan import ScanImpl
+from slm_jax.ops.selective_scan import selective_scan
 
 _f32 = jnp.float32
 
@@ -172,19 +174,14 @@ class Mamba(nn.Module):
 
         a_log = self.param("A_log", _s4d_real_init, (w, n), self.param_dtype)
         d_skip = self.param("D", nn.initializers.ones, (w,), self.param_dtype).astype(_f32)
-        a = -jnp.exp(a_log.astype(_f32))  # [w, n]
         x32 = xs.astype(_f32)
         dt = jnp.broadcast_to(dt, x32.shape)  # [b, t, w] (a constant [w] when not selective)
-        decay = jnp.exp(dt[..., None] * a)  # [b, t, w, n]: A_bar = exp(dt A)
-        drive = (dt * x32)[..., None] * b[..., None, :]  # [b, t, w, n]: B_bar x = dt B x
-
-        if cache is not None and x.shape[1] == 1:  # one decode step
-            last = scan_step(decay[:, 0], drive[:, 0], cache["h"])
-            states = last[:, None]  # [b, 1, w, n]
-        else:  # training (h0 = 0) or prefill (h0 from the cache)
-            states, last = linear_scan(decay, drive, None if cache is None else cache["h"], impl=self.scan_impl)
-        cc = c if c.ndim == 1 else c[..., None, :]  # broadcast over w
-        y = jnp.sum(states.astype(_f32) * cc, axis=-1) + d_skip * x32  # [b, t, w]
+        bc_shape = x32.shape[:2] + (n,)  # [b, t, n] (constants [n] when not selective)
+        y, last = selective_scan(
+            x32, dt, -jnp.exp(a_log.astype(_f32)), jnp.broadcast_to(b, bc_shape), jnp.broadcast_to(c, bc_shape),
+            None if cache is None else cache["h"], impl=self.scan_impl,
+        )  # training (h0 = 0), prefill and one-token decode (h0 from the cache) alike
+        y = y + d_skip * x32  # [b, t, w]
         y = y * jax.nn.silu(z.astype(_f32))
         out = Linear(
             self.width, dtype=self.dtype, param_dtype=self.param_dtype,
