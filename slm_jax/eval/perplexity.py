@@ -1,4 +1,5 @@
-"""Validation loss, perplexity and bits per token (per character or byte for those tokenizers)."""
+"""Validation loss, perplexity, bits per token (per character or byte for those tokenizers) and
+accuracy of the scored next-token predictions."""
 
 import math
 from typing import Callable, Iterable
@@ -9,15 +10,17 @@ import numpy as np
 from slm_jax.array_typing import PyTree
 
 
-def evaluate(eval_step: Callable, params: PyTree, batches: Iterable[np.ndarray], unit: str = "token") -> dict:
-    """Token-weighted mean loss over ``batches``; ``unit`` names the bits metric (char/byte/token)."""
-    loss_sum, tokens = 0.0, 0.0
+def evaluate(eval_step: Callable, params: PyTree, batches: Iterable, unit: str = "token") -> dict:
+    """Token-weighted mean loss and accuracy over ``batches``; ``unit`` names the bits metric (char/byte/token)."""
+    loss_sum, correct, tokens = 0.0, 0.0, 0.0
     for batch in batches:
         m = jax.device_get(eval_step(params, batch))
         loss_sum += float(m["loss_sum"])
+        correct += float(m["correct"])
         tokens += float(m["tokens"])
     loss = loss_sum / max(tokens, 1.0)
     return {
+        "val_accuracy": correct / max(tokens, 1.0),
         "val_loss": loss,
         "val_ppl": math.exp(min(loss, 50.0)),
         f"val_bits_per_{unit}": loss / math.log(2),

@@ -1,7 +1,10 @@
 """Pure train and eval steps. ``train_step(state, batch) -> (state, metrics)`` is compiled once.
 
 The train state is a plain dict: ``{"params", "opt_state", "step": i32[], "rng": u32[2]}``.
-A batch is i32[b, t + 1]: inputs are its first t tokens, targets its last t.
+A batch is either i32[b, t + 1] text windows (inputs are the first t tokens, targets the last
+t) or a task dict: ``{"inputs": i32[b, t], "targets": i32[b, t]}`` with target -1 where a
+position is not scored, or its compact form ``{"inputs", "label_positions": i32[b, m],
+"labels": i32[b, m]}``, for which the model computes logits only at the m labelled positions.
 """
 
 from typing import Callable
@@ -28,9 +31,16 @@ def init_state(model: nn.Module, optimizer: optax.GradientTransformation, seed: 
 
 
 def make_loss_fn(model: nn.Module, z_loss: float = 0.0) -> Callable:
-    def loss_fn(params: PyTree, batch: Array) -> tuple[Array, dict]:
-        logits, _ = model.apply(params, batch[:, :-1])
-        return cross_entropy(logits, batch[:, 1:], z_loss=z_loss)
+    """``loss_fn(params, batch) -> (loss, metrics)`` for either batch form (module docstring)."""
+
+    def loss_fn(params: PyTree, batch: Array | dict) -> tuple[Array, dict]:
+        if not isinstance(batch, dict):  # text windows: every next token is scored
+            logits, _ = model.apply(params, batch[:, :-1])
+            return cross_entropy(logits, batch[:, 1:], z_loss=z_loss)
+        positions = batch.get("label_positions")
+        logits, _ = model.apply(params, batch["inputs"], logit_positions=positions)
+        targets = batch["labels"] if positions is not None else batch["targets"]
+        return cross_entropy(logits, jnp.maximum(targets, 0), mask=targets >= 0, z_loss=z_loss)
 
     return loss_fn
 
@@ -46,7 +56,7 @@ def make_train_step(
         if grad_accum == 1:
             (_, metrics), grads = grad_fn(params, batch)
         else:
-            micro = batch.reshape(grad_accum, batch.shape[0] // grad_accum, batch.shape[1])
+            micro = jax.tree.map(lambda a: a.reshape(grad_accum, a.shape[0] // grad_accum, *a.shape[1:]), batch)
 
             def accumulate(carry, mb):
                 (_, m), g = grad_fn(params, mb)
@@ -66,11 +76,11 @@ def make_train_step(
 
 
 def make_eval_step(model: nn.Module) -> Callable:
-    """``eval_step(params, batch) -> {"loss_sum", "tokens"}`` for exact averaging over batches."""
+    """``eval_step(params, batch) -> {"loss_sum", "correct", "tokens"}``: sums, for exact averages over batches."""
     loss_fn = make_loss_fn(model)
 
-    def eval_step(params: PyTree, batch: Array) -> dict:
+    def eval_step(params: PyTree, batch: Array | dict) -> dict:
         _, m = loss_fn(params, batch)
-        return {"loss_sum": m["loss"] * m["tokens"], "tokens": m["tokens"]}
+        return {"loss_sum": m["loss"] * m["tokens"], "correct": m["accuracy"] * m["tokens"], "tokens": m["tokens"]}
 
     return eval_step
