@@ -1,4 +1,4 @@
-"""The ``slm`` command: train, eval, generate, data prepare, config show.
+"""The ``slm`` command: train, eval, generate, sweep, data prepare, config show.
 
 Mistakes a user can fix (``SlmError``) print one line and exit with status 2, no traceback.
 """
@@ -74,6 +74,22 @@ def cmd_generate(args) -> None:
     print()
 
 
+def cmd_sweep(args) -> None:
+    from slm_jax.sweep.report import write_report
+    from slm_jax.sweep.runner import run_sweep
+    from slm_jax.sweep.spec import describe, expand, load_sweep
+
+    sweep = load_sweep(args.sweep)
+    points = expand(sweep)
+    print(f"{sweep.name}: {len(points)} points x {max(len(sweep.lrs), 1)} learning rate(s)\n{describe(points)}", flush=True)
+    if args.dry_run:
+        return
+    out = Path(args.out or Path("runs") / "sweeps" / sweep.name)
+    records = run_sweep(sweep, points, out, progress=not args.no_progress)
+    print(write_report(sweep, records, out))
+    print(f"results: {out / 'results.md'}, {out / 'results.csv'} and plots in {out}")
+
+
 def cmd_data_prepare(args) -> None:
     from slm_jax.data.prepare import prepare
 
@@ -116,6 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk", type=int, default=16, help="tokens per compiled decode loop between prints")
     p.add_argument("--best", action="store_true")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("sweep", help="train every point of a sweep file; write results.csv/.md and plots")
+    p.add_argument("sweep", help="sweep YAML (see configs/sweeps/)")
+    p.add_argument("--out", default=None, help="output directory (default runs/sweeps/<name>); re-running resumes")
+    p.add_argument("--dry-run", action="store_true", help="list the points and their budgets, train nothing")
+    p.add_argument("--no-progress", action="store_true", help="no per-run progress bar")
+    p.set_defaults(func=cmd_sweep)
 
     data = sub.add_parser("data", help="data preparation").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("prepare", help="tokenize text files into train.bin / val.bin / meta.json")

@@ -14,7 +14,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import yaml
 
@@ -267,13 +267,17 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), yaml.safe_load(value) if value.strip() else ""
 
 
-def config_from_dict(raw: dict, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Build and validate a Config from a nested dict plus ``key=value`` overrides."""
+def config_from_dict(raw: dict, overrides: Sequence[str | tuple[str, Any]] = ()) -> Config:
+    """Build and validate a Config from a nested dict plus overrides.
+
+    Each override is ``"key=value"`` text (the value read as YAML) or a ``(key, value)`` pair.
+    Overrides are applied before the preset, so changing ``model.preset`` brings its fields.
+    """
     from slm_jax.models.presets import preset_fields
 
     raw = _deep_copy(raw or {})
-    for text in overrides:
-        key, value = parse_override(text)
+    for item in overrides:
+        key, value = parse_override(item) if isinstance(item, str) else item
         if key not in all_keys():
             raise _unknown_key(key)
         _set_dotted(raw, key, value)
@@ -287,17 +291,20 @@ def config_from_dict(raw: dict, overrides: list[str] | tuple[str, ...] = ()) -> 
     return cfg
 
 
-def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+def read_yaml_config(path: str | Path) -> dict:
+    """The raw mapping of a YAML config file, before defaults, presets and checks."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"Config file {str(p)!r} does not exist; pass a YAML file such as configs/experiments/shakespeare_char.yaml.")
+    raw = yaml.safe_load(p.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"Config file {str(p)!r} must hold a mapping of sections (model:, train:, ...).")
+    return raw
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str | tuple[str, Any]] = ()) -> Config:
     """Read a YAML config (or only defaults when ``path`` is None) and apply overrides."""
-    raw: dict = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"Config file {str(p)!r} does not exist; pass a YAML file such as configs/experiments/shakespeare_char.yaml.")
-        raw = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(raw, dict):
-            raise ConfigError(f"Config file {str(p)!r} must hold a mapping of sections (model:, train:, ...).")
-    return config_from_dict(raw, overrides)
+    return config_from_dict(read_yaml_config(path) if path is not None else {}, overrides)
 
 
 def to_dict(cfg: Any) -> dict:
