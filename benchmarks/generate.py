@@ -18,16 +18,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from slm_jax.config import config_from_dict
 from slm_jax.errors import ConfigError
 from slm_jax.models import accounting
 from slm_jax.models.lm import CausalLM
 from slm_jax.inference.generate import decode, prefill
 
-BASE = {"vocab_size": 512, "d_model": 256, "n_layers": 4, "n_heads": 4, "d_ff": 688, "tie_embeddings": False}
-# Per-preset shape tweaks so each matches its peer: Griffin's pattern R,R,A,R with MQA.
-TWEAKS = {"griffin": {"layer_pattern": ["rglru", "rglru", "local_attention", "rglru"], "n_kv_heads": 1, "local_window": 1024}}
-
+from peer_shapes import peer_config
 
 def time_call(fn, repeats: int) -> float:
     """Median seconds of ``fn()`` (already compiled), results blocked on."""
@@ -40,7 +36,7 @@ def time_call(fn, repeats: int) -> float:
 
 
 def measure(preset: str, batch: int, prompt_len: int, new_tokens: int, repeats: int) -> dict:
-    cfg = config_from_dict({"model": {**BASE, "preset": preset, **TWEAKS.get(preset, {})}}).model
+    cfg = peer_config(preset).model
     model = CausalLM(cfg)
     params = model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))
     prompt = jnp.asarray(np.random.default_rng(0).integers(0, cfg.vocab_size, (batch, prompt_len)), jnp.int32)
@@ -68,7 +64,7 @@ def measure(preset: str, batch: int, prompt_len: int, new_tokens: int, repeats: 
 
 
 def cache_growth(preset: str, contexts: list[int]) -> dict:
-    cfg = config_from_dict({"model": {**BASE, "preset": preset, **TWEAKS.get(preset, {})}}).model
+    cfg = peer_config(preset).model
     return {"preset": preset, **{f"cache_bytes@{n}": accounting.decode_state_bytes(cfg, 1, n) for n in contexts}}
 
 

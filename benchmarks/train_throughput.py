@@ -1,11 +1,11 @@
 """Training throughput: tokens/s, FLOPs per token, achieved FLOP/s and MFU against a matmul
 peak measured in the same process. Prints one JSON line per model, then a table.
 
-Default shape = ../shared/peers/torch_bench.py's HF Llama (vocab 512, width 256, 4 layers,
-4 heads, SwiGLU 688, batch 16 x 256, float32, AdamW), for a side-by-side comparison:
+Default shapes = the peers' (benchmarks/peer_shapes.py: HF Llama, recurrentgemma's Griffin;
+batch 16 x 256, float32, AdamW), for a side-by-side comparison:
 
     python benchmarks/train_throughput.py
-    python benchmarks/train_throughput.py --set model.preset=griffin --set model.n_heads=4
+    python benchmarks/train_throughput.py --presets transformer,griffin,mamba
 """
 
 import argparse
@@ -16,18 +16,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from slm_jax.config import config_from_dict
 from slm_jax.models import accounting
 from slm_jax.models.lm import CausalLM
 from slm_jax.training.hardware import measured_matmul_peak
 from slm_jax.training.optim import make_optimizer
 from slm_jax.training.step import init_state, make_train_step
 
-BASE = {
-    "model": {"vocab_size": 512, "d_model": 256, "n_layers": 4, "n_heads": 4, "d_ff": 688, "tie_embeddings": False},
-    "train": {"batch_size": 16, "seq_len": 256},
-    "optim": {"warmup_steps": 10},
-}
+from peer_shapes import peer_config
 
 
 def measure(cfg, steps: int, peak: float) -> dict:
@@ -79,8 +74,7 @@ def main():
     peak = measured_matmul_peak(jnp.float32, n=2048, repeats=3)
     rows = []
     for preset in args.presets.split(",") if args.presets else [None]:
-        extra = [f"model.preset={preset}"] if preset else []
-        cfg = config_from_dict(BASE, extra + args.overrides)
+        cfg = peer_config(preset, args.overrides)
         row = measure(cfg, args.steps, peak)
         print(json.dumps(row), flush=True)
         rows.append(row)
