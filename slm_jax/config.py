@@ -116,14 +116,32 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class TaskConfig:
+    """A generated sequence task (data/synthetic.py), scored only at its labelled positions.
+
+    Sequences have ``train.seq_len`` tokens from ``model.vocab_size`` (which must be set).
+    """
+
+    name: str = ""  # mqar | selective_copying | induction_heads; "" -> text data
+    n_pairs: int = 8  # mqar: key-value pairs per sequence (Zoology's D)
+    alpha: float = 0.01  # mqar: power-law exponent of the query gaps (Zoology)
+    random_filler: bool = False  # mqar: random tokens instead of zeros between queries
+    n_tokens: int = 16  # selective_copying: tokens to remember and copy
+    train_examples: int = 100_000  # distinct training sequences (repeated in epochs)
+    val_examples: int = 1_000
+    eval_lengths: tuple[int, ...] = ()  # also evaluate at these lengths (length extrapolation)
+
+
+@dataclass(frozen=True)
 class DataConfig:
-    """Where tokens come from: a text file, a prepared directory, or a generated corpus."""
+    """Where tokens come from: a text file, a prepared directory, a generated corpus or a task."""
 
     path: str = ""  # raw text file (prepared on the fly, cached) or a prepared directory
     synthetic: str = ""  # name of a generated corpus, used when path is empty (see data/corpora.py)
     tokenizer: str = "char"  # char | byte (for raw text files)
     val_fraction: float = 0.1
     cache_dir: str = ""  # where raw files are prepared; "" -> $SLM_JAX_CACHE or ~/.cache/slm_jax
+    task: TaskConfig = field(default_factory=TaskConfig)  # a synthetic task instead of text, when named
 
 
 @dataclass(frozen=True)

@@ -87,3 +87,24 @@ def test_every_config_in_repo_parses_and_builds(path):
     cfg = replace(raw_cfg, **{"model.vocab_size": raw_cfg.model.vocab_size or 65})
     params = jax.eval_shape(lambda: CausalLM(cfg.model).init(jax.random.key(0), np.zeros((1, 8), np.int32)))
     assert params
+
+
+def test_every_key_is_documented():
+    """docs/config.md names every key, in full or as `section.*` with the leaf name in the row."""
+    from pathlib import Path
+
+    from slm_jax.config import all_keys
+
+    doc = (Path(__file__).parent.parent / "docs" / "config.md").read_text()
+    rows = {line.split("|")[1].strip(): line for line in doc.splitlines() if line.startswith("| `")}
+    missing = []
+    for key in all_keys():
+        if f"`{key}`" in doc:
+            continue
+        parts = key.split(".")
+        groups = [rows.get(f"`{'.'.join(parts[:i])}.*`", "") for i in range(1, len(parts))]
+        if not any(f"`{parts[-1]}`" in g or f" {parts[-1]} " in g or f"`{parts[-1]}` " in g for g in groups) and not any(
+            f"`{parts[-1]}`" in line for k, line in rows.items() if k.startswith(f"`{parts[0]}.")
+        ):
+            missing.append(key)
+    assert not missing, f"document these keys in docs/config.md: {missing}"
