@@ -25,7 +25,7 @@ from slm_jax.errors import ConfigError
 class RGLRUConfig:
     """Griffin recurrent block options (De et al. 2024, arXiv:2402.19427)."""
 
-    width: int = 0  # recurrence width; 0 -> round(4/3 * d_model) as in the paper
+    width: int = 0  # recurrence width; 0 -> the multiple of n_heads nearest 4/3 * d_model (the paper)
     n_heads: int = 0  # block-diagonal gate heads; 0 -> model.n_heads
     conv_width: int = 4
     c: float = 8.0  # the fixed scalar in a_t = a^(c * r_t)

@@ -1,0 +1,228 @@
+"""Griffin's recurrent block with the RG-LRU (De et al. 2024, arXiv:2402.19427, Fig. 2, Sec. 2.4).
+
+    g, u   = in_proj(x)                                   x: [b, t, d] -> g, u: [b, t, w]
+    g      = gelu(g)                                      tanh approximation (as the GeGLU MLP)
+    u      = conv1d(u)                                    causal depthwise, width k, no activation
+    r_t    = sigmoid(W_a u_t + b_a)                       recurrence gate  } W_a, W_x block-diagonal:
+    i_t    = sigmoid(W_x u_t + b_x)                       input gate       } h heads of w/h x w/h
+    log a_t = -c softplus(-Lambda) r_t                    i.e. a_t = sigmoid(Lambda)^(c r_t), eq. 4
+    h_t    = a_t o h_{t-1} + sqrt(1 - a_t^2) o (i_t o u_t)                  h: f32[b, w], eq. 3
+    out    = out_proj(h o g)                              [b, t, d]
+
+with w = ``model.rglru.width`` recurrence channels (0 -> the multiple of the head count nearest 4/3 d, the paper's D_RNN) and c = 8.
+``Lambda`` is initialised so that a^c = sigmoid(Lambda)^c is uniform in [a_min^2, a_max^2]
+(Sec. 2.4: between 0.9^2 and 0.999^2). The gates start near 0.5 (small weights, zero bias), so
+the initial per-step decay a^(c r) is about a^(c / 2), in [a_min, a_max]. The gate weights use
+LeCun-normal init per block (variance 1 / (w / h)); the projections use ``init_std`` and the
+GPT-2 scaled init for ``out_proj``, like the other mixers.
+
+The gates, log a_t, sqrt(1 - a_t^2) = sqrt(-expm1(2 log a_t)) (accurate as a_t -> 1) and the
+recurrence run in float32 whatever the compute dtype; the recurrence is ``ops/scan.py``
+(``linear_scan`` for the parallel path and prefill, ``scan_step`` for one-token decode). Unlike
+recurrentgemma we do not reset the state at document boundaries.
+
+Parameter names are close to google-deepmind/recurrentgemma's ``RecurrentBlock`` / ``RGLRU``
+(conv1d, a_param, out_proj; the block-diagonal gates are gate_a / gate_x with ``kernel``
+[h, w/h, w/h] and ``bias`` [w]); its linear_x / linear_y are fused here into one ``in_proj``
+[d, 2 w] whose first half is the GeLU branch (linear_y) and second half the recurrent branch
+(linear_x). The decode cache is {"conv": [b, k - 1, w], "h": f32[b, w]}: constant in the
+context length.
+"""
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from slm_jax.array_typing import Array, PyTree
+from slm_jax.errors import ConfigError
+from slm_jax.mixers.mamba import conv_params
+from slm_jax.mixers.registry import register_mixer
+from slm_jax.modules.conv1d import CausalConv1D
+from slm_jax.modules.linear import Linear, dtype_of, linear_params, scaled_init
+from slm_jax.ops.scan import ScanImpl, linear_scan, scan_step
+
+_f32 = jnp.float32
+
+
+def a_param_init(a_min: float, a_max: float, c: float) -> Callable:
+    """Lambda [w] with sigmoid(Lambda)^c uniform in [a_min^2, a_max^2] (Griffin, Sec. 2.4).
+
+    v ~ U(a_min^2, a_max^2), a = v^(1 / c), Lambda = logit(a) = log(a) - log1p(-a).
+    """
+
+    def init(key: Array, shape: tuple[int, ...], dtype: Any = _f32) -> Array:
+        v = jax.random.uniform(key, shape, _f32, a_min**2, a_max**2)
+        log_a = jnp.log(v) / c
+        return (log_a - jnp.log(-jnp.expm1(log_a))).astype(dtype)
+
+    return init
+
+
+def block_diagonal(x: Array, params: list[tuple[Array, Array]]) -> Array:
+    """x [..., w] times block-diagonal maps: f32[..., n w] for n = len(params) (kernel, bias) pairs.
+
+    Each kernel is [h, w/h, w/h] (head j maps channels j w/h .. (j + 1) w/h - 1 to the same
+    range) and each bias [w]. All maps run in one einsum over heads (the kernels concatenated
+    on the output axis), in float32: XLA:CPU has no batched bfloat16 x bfloat16 -> float32 dot,
+    and these maps are a small share of the block's FLOPs (h times fewer than a dense w x w).
+    Output slab m is map m.
+    """
+    h, bw = params[0][0].shape[:2]
+    n = len(params)
+    kernel = jnp.concatenate([k for k, _ in params], axis=-1).astype(_f32)  # [h, bw, n bw]
+    bias = jnp.concatenate([b.reshape(h, bw) for _, b in params], axis=-1).astype(_f32)  # [h, n bw]
+    xh = x.astype(_f32).reshape(*x.shape[:-1], h, bw)
+    y = jnp.einsum("...hi,hij->...hj", xh, kernel) + bias  # [..., h, n bw]
+    y = jnp.moveaxis(y.reshape(*y.shape[:-1], n, bw), -2, -3)  # [..., n, h, bw]
+    return y.reshape(*x.shape[:-1], n * h * bw)
+
+
+class _BlockParams(nn.Module):
+    """The parameters of one block-diagonal map: ``kernel`` [h, w/h, w/h], ``bias`` [w]."""
+
+    num_heads: int
+    block_width: int
+    kernel_init: Callable
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self) -> tuple[Array, Array]:
+        h, bw = self.num_heads, self.block_width
+        kernel = self.param("kernel", self.kernel_init, (h, bw, bw), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (h * bw,), self.param_dtype)
+        return kernel, bias
+
+
+@register_mixer("rglru")
+class RGLRU(nn.Module):
+    """Griffin recurrent block: f32[b, t, d] -> f32[b, t, d] with a w-channel diagonal state."""
+
+    width: int  # d
+    rnn_width: int  # w
+    num_heads: int = 1  # h, blocks of the gate matrices
+    conv_width: int = 4  # k
+    c: float = 8.0
+    a_min: float = 0.9
+    a_max: float = 0.999
+    scan_impl: ScanImpl = ScanImpl.AUTO
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    init_std: float = 0.02
+    n_layers: int = 1  # only for the output projection's init scale
+
+    @staticmethod
+    def _sizes(cfg) -> tuple[int, int]:
+        """(w, h) of a ModelConfig, checked."""
+        m = cfg.rglru
+        h = m.n_heads or cfg.n_heads
+        if h <= 0:
+            raise ConfigError(f"model.rglru.n_heads must be positive (0 -> model.n_heads), got {h}.")
+        if m.width < 0:
+            raise ConfigError(f"model.rglru.width must be >= 0 (0 -> about 4/3 * model.d_model), got {m.width}.")
+        # 0: the paper's 4/3 d, rounded to the nearest multiple of the head count (so that the
+        # default works for any d_model); equal to round(4/3 d) whenever that is divisible.
+        w = m.width or h * max(1, round(4 * cfg.d_model / (3 * h)))
+        if w % h:
+            raise ConfigError(
+                f"model.rglru.width ({w}) must be divisible by model.rglru.n_heads ({h}, 0 -> model.n_heads); change one of them."
+            )
+        if m.conv_width <= 0:
+            raise ConfigError(f"model.rglru.conv_width must be positive, got {m.conv_width}.")
+        if m.c <= 0:
+            raise ConfigError(f"model.rglru.c must be positive, got {m.c}.")
+        if not 0 < m.a_min < m.a_max < 1:
+            raise ConfigError(f"model.rglru needs 0 < a_min < a_max < 1, got a_min={m.a_min}, a_max={m.a_max}.")
+        return w, h
+
+    @classmethod
+    def from_config(cls, cfg) -> "RGLRU":
+        w, h = cls._sizes(cfg)
+        m = cfg.rglru
+        return cls(
+            width=cfg.d_model,
+            rnn_width=w,
+            num_heads=h,
+            conv_width=m.conv_width,
+            c=m.c,
+            a_min=m.a_min,
+            a_max=m.a_max,
+            dtype=dtype_of(cfg.dtype),
+            param_dtype=dtype_of(cfg.param_dtype),
+            init_std=cfg.init_std,
+            n_layers=cfg.n_layers,
+            parent=None,  # unbound: the Block adopts it as "mixer"
+        )
+
+    @nn.compact
+    def __call__(self, x: Array, positions: Array, cache: PyTree = None) -> tuple[Array, PyTree]:
+        """x f32[b, t, d] (positions are unused: the state carries order) -> (f32[b, t, d], cache)."""
+        del positions
+        w = self.rnn_width
+        gu = Linear(
+            2 * w, dtype=self.dtype, param_dtype=self.param_dtype,
+            kernel_init=nn.initializers.normal(self.init_std), name="in_proj",
+        )(x)
+        g, u = jnp.split(gu, 2, axis=-1)  # [b, t, w] each
+        u, conv_cache = CausalConv1D(
+            features=w, kernel_size=self.conv_width, dtype=self.dtype, param_dtype=self.param_dtype, name="conv1d",
+        )(u, None if cache is None else cache["conv"])
+
+        bw = w // self.num_heads
+        gate_params = [
+            _BlockParams(self.num_heads, bw, nn.initializers.normal(bw**-0.5), self.param_dtype, name=name)()
+            for name in ("gate_a", "gate_x")
+        ]  # LeCun normal per block
+        gates = block_diagonal(u, gate_params)  # f32[b, t, 2 w]: [W_a u + b_a, W_x u + b_x]
+        r, i = jnp.split(jax.nn.sigmoid(gates), 2, axis=-1)
+        lam = self.param("a_param", a_param_init(self.a_min, self.a_max, self.c), (w,), self.param_dtype)
+        log_a = -self.c * jax.nn.softplus(-lam.astype(_f32)) * r  # log a_t = c r_t log sigmoid(Lambda) <= 0
+        a = jnp.exp(log_a)
+        b = jnp.sqrt(-jnp.expm1(2.0 * log_a)) * (i * u.astype(_f32))  # sqrt(1 - a_t^2) i_t u_t
+        if cache is not None and x.shape[1] == 1:  # one decode step
+            last = scan_step(a[:, 0], b[:, 0], cache["h"])
+            hs = last[:, None]
+        else:  # training (h0 = 0) and prefill (h0 from the cache)
+            hs, last = linear_scan(a, b, None if cache is None else cache["h"], impl=self.scan_impl)
+        y = hs * jax.nn.gelu(g.astype(_f32), approximate=True)
+        out = Linear(
+            self.width, dtype=self.dtype, param_dtype=self.param_dtype,
+            kernel_init=scaled_init(self.init_std, self.n_layers), name="out_proj",
+        )(y.astype(self.dtype))
+        new_cache = None if cache is None else {"conv": conv_cache, "h": last.astype(_f32)}
+        return out, new_cache
+
+    def init_cache(self, batch: int, max_len: int, dtype: Any = jnp.float32) -> PyTree:
+        """{"conv": dtype[b, k - 1, w], "h": f32[b, w]}: zeros, independent of ``max_len``."""
+        del max_len
+        conv = jnp.zeros((batch, self.conv_width - 1, self.rnn_width), dtype)
+        return {"conv": conv, "h": jnp.zeros((batch, self.rnn_width), _f32)}
+
+    def state_size(self, batch: int, max_len: int, dtype: Any = jnp.float32) -> int:
+        del max_len
+        conv = batch * (self.conv_width - 1) * self.rnn_width * jnp.dtype(dtype).itemsize
+        return conv + batch * self.rnn_width * 4
+
+    @classmethod
+    def num_params(cls, cfg) -> int:
+        w, h = cls._sizes(cfg)
+        d = cfg.d_model
+        gate = w * (w // h) + w  # h blocks of (w/h)^2, plus a bias
+        return linear_params(d, 2 * w) + conv_params(w, cfg.rglru.conv_width) + 2 * gate + w + linear_params(w, d)
+
+    @classmethod
+    def flops_per_token(cls, cfg, seq_len: int) -> float:
+        """Forward FLOPs per token: 2 per matmul weight (gates: the blocks only) and conv tap, plus elementwise.
+
+        Convention: every elementwise op (exp, expm1, sqrt, sigmoid, gelu included) counts 1
+        FLOP. Per channel: conv bias, gelu, two gate biases, two sigmoids, log a_t (the
+        per-channel c softplus(-Lambda) is a constant), exp, 2 log a_t and its expm1, sqrt,
+        i u, the sqrt scaling, the h update (mul + add), the output gate = 16.
+        """
+        del seq_len  # the recurrence costs the same at every position
+        w, h = cls._sizes(cfg)
+        d, k = cfg.d_model, cfg.rglru.conv_width
+        matmul = linear_params(d, 2 * w) + 2 * w * (w // h) + linear_params(w, d)
+        return 2 * matmul + 2 * k * w + 16 * w
+
