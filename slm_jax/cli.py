@@ -42,6 +42,17 @@ def cmd_eval(args) -> None:
 
     run = load_run(args.run_dir, best=args.best)
     tc = run.cfg.train
+    eval_fn = jax.jit(make_eval_step(run.model))
+    if run.tokenizer is None:  # a generated task: its validation sets at every eval length
+        from slm_jax.data.task_data import load_task, val_sets
+
+        if args.data:
+            raise DataError(f"{args.run_dir} was trained on the generated task {run.cfg.data.task.name!r}, which has no text; drop --data.")
+        result = {}
+        for suffix, batches in val_sets(load_task(run.cfg), tc.batch_size, args.batches).items():
+            result.update({k + suffix: v for k, v in evaluate(eval_fn, run.params, batches).items()})
+        print(json.dumps({"run_dir": str(args.run_dir), "step": run.step, **result}, indent=1))
+        return
     if args.data and Path(args.data).is_file():
         # A raw text file is encoded with the run's own tokenizer and evaluated whole.
         tokens = np.asarray(run.tokenizer.encode(Path(args.data).read_text(encoding="utf-8")), np.int32)
@@ -55,17 +66,20 @@ def cmd_eval(args) -> None:
         tokens = data.val
     batches = eval_batches(tokens, tc.batch_size, tc.seq_len, args.batches)
     unit = {"char": "char", "byte": "byte"}.get(run.tokenizer.to_dict().get("type"), "token")
-    result = evaluate(jax.jit(make_eval_step(run.model)), run.params, batches, unit)
+    result = evaluate(eval_fn, run.params, batches, unit)
     print(json.dumps({"run_dir": str(args.run_dir), "step": run.step, **result}, indent=1))
 
 
 def cmd_generate(args) -> None:
     import numpy as np
 
+    from slm_jax.errors import DataError
     from slm_jax.inference.generate import generate
     from slm_jax.inference.run import load_run
 
     run = load_run(args.run_dir, best=args.best)
+    if run.tokenizer is None:
+        raise DataError(f"{args.run_dir} was trained on the generated task {run.cfg.data.task.name!r} and has no tokenizer to read a text prompt; evaluate it with `slm eval {args.run_dir}`.")
     prompt = np.asarray(run.tokenizer.encode(args.prompt), np.int32)[None]
     print(args.prompt, end="", flush=True)
     for tokens in generate(run.model, run.params, prompt, args.max_new_tokens, seed=args.seed,

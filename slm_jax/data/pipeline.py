@@ -30,7 +30,7 @@ _ENDLESS = 2**62
 # No prefetch threads: a batch costs ~25 us, far below a train step, and measured on tinyshakespeare
 # (16 x 257) the plain iterator gave ~40k batches/s against ~16k with one prefetch thread and ~8k
 # with grain's default (16 threads, 500 batches ahead, which also burns cores we share with XLA).
-_READ_OPTIONS = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
+READ_OPTIONS = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
 
 
 def _check_sizes(n_tokens: int, batch_size: int, seq_len: int) -> None:
@@ -113,7 +113,7 @@ def train_batches(
         with the same arguments continues with exactly the batches the first one would have given.
     """
     source = RandomWindowBatches(tokens, batch_size, seq_len, seed, process_index, process_count)
-    return iter(grain.MapDataset.source(source).to_iter_dataset(_READ_OPTIONS))
+    return iter(grain.MapDataset.source(source).to_iter_dataset(READ_OPTIONS))
 
 
 def eval_batches(tokens: np.ndarray, batch_size: int, seq_len: int, n_batches: int) -> list[np.ndarray]:

@@ -22,7 +22,7 @@ from typing import Callable
 import grain
 import numpy as np
 
-from slm_jax.data.pipeline import _READ_OPTIONS  # the same measured no-prefetch setting as text batches
+from slm_jax.data.pipeline import READ_OPTIONS  # the same measured no-prefetch setting as text batches
 from slm_jax.errors import ConfigError, DataError
 
 SPLITS = {"train": 0, "val": 1}
@@ -71,7 +71,9 @@ def mqar(rng: np.random.Generator, seq_len: int, vocab_size: int, n_pairs: int, 
     values = half + rng.choice(vocab_size - half, size=n_pairs, replace=False)  # (D,) in [half, vocab)
     n_slots = (seq_len - 2 * n_pairs) // 2
     weights = np.arange(1, n_slots + 1, dtype=np.float64) ** (alpha - 1)
-    slots = rng.choice(n_slots, size=n_pairs, replace=False, p=weights / weights.sum())  # (D,) slot of each key's query
+    # Weighted draw without replacement as the D smallest Exp(1) / weight keys (Efraimidis & Spirakis
+    # 2006): the same distribution as successive weighted draws, ~10x faster than rng.choice with p.
+    slots = np.argsort(rng.exponential(size=n_slots) / weights)[:n_pairs]  # (D,) slot of each key's query
     if random_filler:
         allowed = np.delete(np.arange(vocab_size), keys)  # a filler key could pose as a second query or pair
         inputs = allowed[rng.integers(len(allowed), size=seq_len)]
@@ -194,7 +196,8 @@ class TaskSource:
     def __getitem__(self, index: int) -> Example:
         if not 0 <= index < self.num_examples:
             raise IndexError(f"Example {index} is out of range for a source of {self.num_examples} examples.")
-        return make_example(self.task, self.seed, self.split, int(index), self.seq_len, self.vocab_size, **self.options)
+        rng = np.random.default_rng([self.seed, SPLITS[self.split], int(index)])  # as make_example, validated once
+        return TASKS[self.task](rng, self.seq_len, self.vocab_size, **self.options)
 
     def __repr__(self) -> str:
         # Stable across runs (no object address): grain checkpoints validate sources by repr.
@@ -228,7 +231,7 @@ def task_batches(source: TaskSource, batch_size: int, seed: int, shuffle: bool =
     if shuffle:
         ds = ds.shuffle(seed=seed)  # before repeat: grain reseeds the shuffle every epoch
     ds = ds.repeat().batch(batch_size, drop_remainder=True)
-    return iter(ds.to_iter_dataset(_READ_OPTIONS))
+    return iter(ds.to_iter_dataset(READ_OPTIONS))
 
 
 def task_eval_batches(source: TaskSource, batch_size: int, n_batches: int) -> list[Example]:

@@ -22,7 +22,7 @@ class LoadedRun:
     cfg: Config
     model: CausalLM
     params: PyTree
-    tokenizer: Any
+    tokenizer: Any  # None for a run trained on a generated task
     step: int
 
 
@@ -31,7 +31,7 @@ def load_run(run_dir: str | Path, best: bool = False) -> LoadedRun:
     run_dir = Path(run_dir)
     cfg = config_from_dict(read_run_config(run_dir))
     tok_path = run_dir / "tokenizer.json"
-    if not tok_path.is_file():
+    if not tok_path.is_file() and not cfg.data.task.name:  # a generated task has token ids, no text
         raise CheckpointError(f"{run_dir} has no tokenizer.json; it is not a run directory written by `slm train`.")
     model = CausalLM(cfg.model)
     ckpt = Checkpointer(run_dir, cfg.checkpoint.every, cfg.checkpoint.keep, cfg.checkpoint.keep_best, async_save=False)
@@ -46,4 +46,5 @@ def load_run(run_dir: str | Path, best: bool = False) -> LoadedRun:
         state, _, _ = ckpt.restore(abstract, best=best)
     finally:
         ckpt.close()
-    return LoadedRun(cfg, model, state["params"], load_tokenizer(tok_path), int(state["step"]))
+    tokenizer = load_tokenizer(tok_path) if tok_path.is_file() else None
+    return LoadedRun(cfg, model, state["params"], tokenizer, int(state["step"]))

@@ -21,6 +21,9 @@ import optax
 from slm_jax.config import Config, replace, to_dict, to_yaml
 from slm_jax.data.pipeline import eval_batches, train_batches
 from slm_jax.data.source import Dataset, load_dataset
+from slm_jax.data.synthetic import task_batches
+from slm_jax.data.task_data import compact_labels, load_task, n_labels
+from slm_jax.data.task_data import val_sets as task_val_sets
 from slm_jax.data.tokenizers import save_tokenizer
 from slm_jax.errors import CheckpointError, ConfigError, SlmError
 from slm_jax.eval.perplexity import evaluate
@@ -100,13 +103,16 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, until_step: int | N
     # ---------------------------------------------------------------- run directory & data
     run_dir = Path(run_dir) if run_dir else default_run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
-    data = load_dataset(cfg.data)
-    cfg = with_data_vocab(cfg, data)
+    task = load_task(cfg) if cfg.data.task.name else None
+    if task is None:
+        data = load_dataset(cfg.data)
+        cfg = with_data_vocab(cfg, data)
     tc = cfg.train
     ckpt = Checkpointer(run_dir, cfg.checkpoint.every, cfg.checkpoint.keep, cfg.checkpoint.keep_best, cfg.checkpoint.async_save)
     check_resumable(run_dir, cfg, ckpt.latest_step() is not None)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
-    save_tokenizer(data.tokenizer, run_dir / "tokenizer.json")  # generate/eval need no data dir
+    if task is None:
+        save_tokenizer(data.tokenizer, run_dir / "tokenizer.json")  # generate/eval need no data dir
 
     # ---------------------------------------------------------------- model, optimizer, state
     model = CausalLM(cfg.model)
@@ -121,16 +127,27 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, until_step: int | N
     start = int(jax.device_get(state["step"]))
 
     # ---------------------------------------------------------------- data iterators
-    batches = train_batches(data.train, tc.batch_size, tc.seq_len, tc.seed)
+    # Text: i32[b, t + 1] windows. Task: compact labels, so logits are computed only where scored.
+    if task is None:
+        batches = train_batches(data.train, tc.batch_size, tc.seq_len, tc.seed)
+        to_step_batch = lambda batch: batch
+        batch_spec = jax.ShapeDtypeStruct((tc.batch_size, tc.seq_len + 1), np.int32)
+        val_sets = {"": eval_batches(data.val, tc.batch_size, tc.seq_len, cfg.eval.batches)}
+        unit = {"char": "char", "byte": "byte"}.get(data.meta.get("tokenizer"), "token")
+    else:
+        m = n_labels(task.train)
+        batches = task_batches(task.train, tc.batch_size, tc.seed)
+        to_step_batch = lambda batch: compact_labels(batch, m)
+        batch_spec = {"inputs": jax.ShapeDtypeStruct((tc.batch_size, tc.seq_len), np.int32),
+                      **{k: jax.ShapeDtypeStruct((tc.batch_size, m), np.int32) for k in ("label_positions", "labels")}}
+        val_sets = task_val_sets(task, tc.batch_size, cfg.eval.batches)
+        unit = "token"
     if data_state:
         batches.set_state(data_state)
-    val_batches = eval_batches(data.val, tc.batch_size, tc.seq_len, cfg.eval.batches)
-    unit = {"char": "char", "byte": "byte"}.get(data.meta.get("tokenizer"), "token")
 
     # ---------------------------------------------------------------- compile (timed apart)
     t0 = time.perf_counter()
     step_fn = jax.jit(make_train_step(model, optimizer, schedule, tc.z_loss, tc.grad_accum), donate_argnums=0)
-    batch_spec = jax.ShapeDtypeStruct((tc.batch_size, tc.seq_len + 1), np.int32)
     step_fn = step_fn.lower(state, batch_spec).compile()
     eval_fn = jax.jit(make_eval_step(model))
     compile_s = time.perf_counter() - t0
@@ -154,7 +171,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, until_step: int | N
     last, val = {}, {}
     try:
         for step in range(start + 1, end + 1):
-            state, metrics = step_fn(state, next(batches))
+            state, metrics = step_fn(state, to_step_batch(next(batches)))
             final = step == end or stop.requested
             if step % tc.log_every == 0 or final:
                 last = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -174,9 +191,12 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, until_step: int | N
                 bar.update(step, loss=f"{last['loss']:.4f}", tok_s=f"{tok_s:,.0f}")
             val = {}
             if (cfg.eval.every and step % cfg.eval.every == 0) or step == tc.steps:
-                val = evaluate(eval_fn, state["params"], val_batches, unit)
+                for suffix, val_batches in val_sets.items():
+                    val.update({k + suffix: v for k, v in evaluate(eval_fn, state["params"], val_batches, unit).items()})
                 log.write(step, **val)
-                bar.write(f"step {step}: val_loss {val['val_loss']:.4f} ({val[f'val_bits_per_{unit}']:.3f} bits/{unit})")
+                bar.write(f"step {step}: val_loss {val['val_loss']:.4f} " + (
+                    f"({val[f'val_bits_per_{unit}']:.3f} bits/{unit})" if task is None
+                    else "val_accuracy " + ", ".join(f"{val['val_accuracy' + suffix]:.3f}{suffix}" for suffix in val_sets)))
             if step % cfg.checkpoint.every == 0 or final:
                 if not _finite(state):
                     raise TrainingDiverged(
