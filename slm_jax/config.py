@@ -31,6 +31,8 @@ class RGLRUConfig:
     c: float = 8.0  # the fixed scalar in a_t = a^(c * r_t)
     a_min: float = 0.9  # a^c is initialised uniformly in [a_min^2, a_max^2] (paper, Sec. 2.4)
     a_max: float = 0.999
+    bias: bool = False  # biases on in_proj and out_proj (recurrentgemma has them)
+    reset_at_zero: bool = False  # at position 0: zero state and unscaled input (recurrentgemma's document reset)
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,17 @@ class Mamba2Config:
 
 
 @dataclass(frozen=True)
+class RopeScalingConfig:
+    """RoPE frequency scaling for long context, as imported checkpoints use it; ``none`` keeps them."""
+
+    kind: str = "none"  # none | linear (frequencies / factor) | llama3 (Llama 3.1's banded scaling)
+    factor: float = 1.0
+    low_freq_factor: float = 1.0  # llama3 only
+    high_freq_factor: float = 4.0  # llama3 only
+    original_max_len: int = 8192  # llama3 only: the pretraining context length
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """The architecture. ``layer_pattern`` (mixer names) is cycled to ``n_layers``."""
 
@@ -76,6 +89,14 @@ class ModelConfig:
     d_ff: int = 0  # 0 -> 8/3 * d_model rounded up to a multiple of 16
     tie_embeddings: bool = True
     rope_theta: float = 10000.0
+    rotary_fraction: float = 1.0  # share of each head's width that RoPE rotates (Phi-3, RecurrentGemma: partial)
+    rope_scaling: RopeScalingConfig = field(default_factory=RopeScalingConfig)
+    qk_norm: bool = False  # RMSNorm over the head width of queries and keys before RoPE (Qwen3)
+    qkv_bias: bool = False  # biases on the query/key/value projection (Qwen2)
+    attn_out_bias: bool = False  # bias on the attention output projection
+    mlp_bias: bool = False  # biases on the MLP projections
+    embed_scale: float = 1.0  # input embeddings are multiplied by this (Gemma: sqrt(d_model))
+    norm_offset: float = 0.0  # RMSNorm multiplies by (offset + scale): 1 is Gemma's (1 + w)
     window: int = 0  # sliding window of the `attention` mixer; 0 -> global causal
     local_window: int = 128  # window of the `local_attention` mixer (a ring-buffer cache)
     norm_eps: float = 1e-5
@@ -96,6 +117,11 @@ class ModelConfig:
     @property
     def attn_head_dim(self) -> int:
         return self.head_dim or self.d_model // self.n_heads
+
+    @property
+    def rotary_dim(self) -> int:
+        """Leading channels of each head that RoPE rotates (HF: int(head_dim * partial_rotary_factor))."""
+        return int(self.attn_head_dim * self.rotary_fraction)
 
     @property
     def ff_width(self) -> int:
@@ -178,6 +204,7 @@ class TrainConfig:
 class EvalConfig:
     every: int = 250  # steps between validation passes; 0 -> only at the end
     batches: int = 20  # batches of (batch_size, seq_len) per validation pass
+    batch_size: int = 0  # sequences per validation batch; 0 -> train.batch_size (lower it for long eval_lengths)
 
 
 @dataclass(frozen=True)
@@ -389,7 +416,20 @@ def validate(cfg: Config) -> None:
         m.n_heads % m.kv_heads == 0,
         f"model.n_heads ({m.n_heads}) must be divisible by model.n_kv_heads ({m.kv_heads}); pick a divisor such as 1 or {m.n_heads}.",
     )
-    _require(m.attn_head_dim % 2 == 0, f"The attention head width ({m.attn_head_dim}) must be even for RoPE; change model.d_model or model.n_heads.")
+    _require(0.0 <= m.rotary_fraction <= 1.0, f"model.rotary_fraction must be in [0, 1], got {m.rotary_fraction}.")
+    _require(
+        m.rotary_dim % 2 == 0,
+        f"RoPE rotates {m.rotary_dim} channels per head (head width {m.attn_head_dim} x model.rotary_fraction {m.rotary_fraction}), "
+        "which must be even; change model.d_model, model.n_heads or model.rotary_fraction.",
+    )
+    rs = m.rope_scaling
+    _require(rs.kind in ("none", "linear", "llama3"), f"model.rope_scaling.kind must be none, linear or llama3, got {rs.kind!r}.")
+    _require(rs.factor > 0, f"model.rope_scaling.factor must be positive, got {rs.factor}.")
+    _require(
+        rs.kind != "llama3" or (0 < rs.low_freq_factor < rs.high_freq_factor and rs.original_max_len > 0),
+        "model.rope_scaling (llama3) needs 0 < low_freq_factor < high_freq_factor and original_max_len > 0.",
+    )
+    _require(m.embed_scale > 0, f"model.embed_scale must be positive (1 = no scaling), got {m.embed_scale}.")
     _require(m.mlp in ("swiglu", "geglu", "none"), f"model.mlp must be swiglu, geglu or none, got {m.mlp!r}.")
     for key in ("dtype", "param_dtype"):
         _require(getattr(m, key) in ("float32", "bfloat16", "float16"), f"model.{key} must be float32, bfloat16 or float16, got {getattr(m, key)!r}.")
@@ -412,4 +452,5 @@ def validate(cfg: Config) -> None:
     _require(d.tokenizer in ("char", "byte"), f"data.tokenizer must be char or byte, got {d.tokenizer!r}.")
     _require(0.0 < d.val_fraction < 1.0, f"data.val_fraction must be in (0, 1), got {d.val_fraction}.")
     _require(cfg.eval.batches > 0 and cfg.eval.every >= 0, "eval.batches must be > 0 and eval.every >= 0.")
+    _require(cfg.eval.batch_size >= 0, f"eval.batch_size must be >= 0 (0 = train.batch_size), got {cfg.eval.batch_size}.")
     _require(cfg.checkpoint.every > 0 and cfg.checkpoint.keep > 0, "checkpoint.every and checkpoint.keep must be positive.")

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from slm_jax.array_typing import Array, PyTree
 from slm_jax.mixers.registry import register_mixer
 from slm_jax.modules.linear import Linear, dtype_of, linear_params, scaled_init
+from slm_jax.modules.norms import RMSNorm
 from slm_jax.modules.rope import apply_rope
 from slm_jax.ops.attention import attend
 
@@ -28,7 +29,14 @@ class Attention(nn.Module):
     num_kv_heads: int
     head_dim: int
     rope_theta: float = 10000.0
+    rotary_dim: int | None = None  # leading channels of a head that RoPE rotates; None -> all
+    rope_scaling: Any = None  # a RopeScalingConfig (frequency scaling), or None
     window: int = 0  # 0 -> global causal attention
+    qk_norm: bool = False  # RMSNorm of each query/key head before RoPE (Qwen3)
+    qkv_bias: bool = False
+    out_bias: bool = False
+    norm_eps: float = 1e-5  # of the qk norms
+    norm_offset: float = 0.0  # of the qk norms: 1 -> (1 + w)
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     init_std: float = 0.02
@@ -46,7 +54,14 @@ class Attention(nn.Module):
             num_kv_heads=cfg.kv_heads,
             head_dim=cfg.attn_head_dim,
             rope_theta=cfg.rope_theta,
+            rotary_dim=cfg.rotary_dim,
+            rope_scaling=cfg.rope_scaling,
             window=cls.window_of(cfg),
+            qk_norm=cfg.qk_norm,
+            qkv_bias=cfg.qkv_bias,
+            out_bias=cfg.attn_out_bias,
+            norm_eps=cfg.norm_eps,
+            norm_offset=cfg.norm_offset,
             dtype=dtype_of(cfg.dtype),
             param_dtype=dtype_of(cfg.param_dtype),
             init_std=cfg.init_std,
@@ -58,14 +73,19 @@ class Attention(nn.Module):
     def __call__(self, x: Array, positions: Array, cache: PyTree = None) -> tuple[Array, PyTree]:
         b, t, _ = x.shape
         h, k, e = self.num_heads, self.num_kv_heads, self.head_dim
-        dense = lambda f, name, init=nn.initializers.normal(self.init_std): Linear(
-            f, dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=init, name=name
+        dense = lambda f, name, bias=False, init=nn.initializers.normal(self.init_std): Linear(
+            f, use_bias=bias, dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=init, name=name
         )
         # One fused projection: a single wider matmul is faster than three narrow ones on CPU.
-        q, key, value = jnp.split(dense((h + 2 * k) * e, "qkv")(x), [h * e, (h + k) * e], axis=-1)
-        q = apply_rope(q.reshape(b, t, h, e), positions, self.rope_theta)
+        q, key, value = jnp.split(dense((h + 2 * k) * e, "qkv", self.qkv_bias)(x), [h * e, (h + k) * e], axis=-1)
+        q, key = q.reshape(b, t, h, e), key.reshape(b, t, k, e)
+        if self.qk_norm:
+            norm = lambda name: RMSNorm(self.norm_eps, self.norm_offset, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+            q, key = norm("q_norm")(q), norm("k_norm")(key)
+        rope = lambda a: apply_rope(a, positions, self.rope_theta, self.rotary_dim, self.rope_scaling)
+        q = rope(q)
         # Keys and values head-major, [b, k, t, e]: the layout of the cache and of ops.attend.
-        key = apply_rope(key.reshape(b, t, k, e), positions, self.rope_theta).transpose(0, 2, 1, 3)
+        key = rope(key).transpose(0, 2, 1, 3)
         value = value.reshape(b, t, k, e).transpose(0, 2, 1, 3)
 
         if cache is None:
@@ -83,7 +103,7 @@ class Attention(nn.Module):
             k_pos = jnp.concatenate([cache["pos"], positions], axis=1)  # [b, L + t]
             out = attend(q, keys.astype(self.dtype), values.astype(self.dtype), positions, k_pos, self.window)
             cache = _write_slots(cache, key, value, positions)
-        y = dense(self.width, "o", scaled_init(self.init_std, self.n_layers))(out.reshape(b, t, h * e))
+        y = dense(self.width, "o", self.out_bias, scaled_init(self.init_std, self.n_layers))(out.reshape(b, t, h * e))
         return y, cache
 
     def cache_len(self, max_len: int) -> int:
@@ -101,14 +121,17 @@ class Attention(nn.Module):
     @staticmethod
     def num_params(cfg) -> int:
         e, h, k, d = cfg.attn_head_dim, cfg.n_heads, cfg.kv_heads, cfg.d_model
-        return linear_params(d, h * e) + 2 * linear_params(d, k * e) + linear_params(h * e, d)
+        qkv = linear_params(d, (h + 2 * k) * e, bias=cfg.qkv_bias)
+        return qkv + linear_params(h * e, d, bias=cfg.attn_out_bias) + (2 * e if cfg.qk_norm else 0)
 
     @classmethod
     def flops_per_token(cls, cfg, seq_len: int) -> float:
         """Forward FLOPs per token: projections plus scores and weighted sum over the causal context."""
         context = min(seq_len, cls.window_of(cfg) or seq_len)
         mean_context = (context + 1) / 2 if context == seq_len else context  # causal average
-        return 2 * cls.num_params(cfg) + 4 * cfg.n_heads * cfg.attn_head_dim * mean_context
+        e, h, k, d = cfg.attn_head_dim, cfg.n_heads, cfg.kv_heads, cfg.d_model
+        weights = linear_params(d, (h + 2 * k) * e) + linear_params(h * e, d)
+        return 2 * weights + 4 * cfg.n_heads * cfg.attn_head_dim * mean_context
 
 
 @register_mixer("local_attention")

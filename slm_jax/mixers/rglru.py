@@ -18,8 +18,10 @@ GPT-2 scaled init for ``out_proj``, like the other mixers.
 
 The gates, log a_t, sqrt(1 - a_t^2) = sqrt(-expm1(2 log a_t)) (accurate as a_t -> 1) and the
 recurrence run in float32 whatever the compute dtype; the recurrence is ``ops/scan.py``
-(``linear_scan`` for the parallel path and prefill, ``scan_step`` for one-token decode). Unlike
-recurrentgemma we do not reset the state at document boundaries.
+(``linear_scan`` for the parallel path and prefill, ``scan_step`` for one-token decode). By
+default, unlike recurrentgemma, the state is not reset at document boundaries; ``reset_at_zero``
+(``model.rglru.reset_at_zero``, set for imported checkpoints) does as recurrentgemma does at
+position 0: a_0 = 0 and the input is not scaled by sqrt(1 - a_0^2).
 
 Parameter names are close to google-deepmind/recurrentgemma's ``RecurrentBlock`` / ``RGLRU``
 (conv1d, a_param, out_proj; the block-diagonal gates are gate_a / gate_x with ``kernel``
@@ -106,6 +108,8 @@ class RGLRU(nn.Module):
     c: float = 8.0
     a_min: float = 0.9
     a_max: float = 0.999
+    use_bias: bool = False  # biases on in_proj and out_proj (recurrentgemma)
+    reset_at_zero: bool = False  # at position 0: a_t = 0 and no sqrt(1 - a_t^2) input scaling (recurrentgemma)
     scan_impl: ScanImpl = ScanImpl.AUTO
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
@@ -148,6 +152,8 @@ class RGLRU(nn.Module):
             c=m.c,
             a_min=m.a_min,
             a_max=m.a_max,
+            use_bias=m.bias,
+            reset_at_zero=m.reset_at_zero,
             dtype=dtype_of(cfg.dtype),
             param_dtype=dtype_of(cfg.param_dtype),
             init_std=cfg.init_std,
@@ -157,11 +163,10 @@ class RGLRU(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, positions: Array, cache: PyTree = None) -> tuple[Array, PyTree]:
-        """x f32[b, t, d] (positions are unused: the state carries order) -> (f32[b, t, d], cache)."""
-        del positions
+        """x f32[b, t, d], positions i32[b, t] (used only by reset_at_zero) -> (f32[b, t, d], cache)."""
         w = self.rnn_width
         gu = Linear(
-            2 * w, dtype=self.dtype, param_dtype=self.param_dtype,
+            2 * w, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
             kernel_init=nn.initializers.normal(self.init_std), name="in_proj",
         )(x)
         g, u = jnp.split(gu, 2, axis=-1)  # [b, t, w] each
@@ -179,7 +184,11 @@ class RGLRU(nn.Module):
         lam = self.param("a_param", a_param_init(self.a_min, self.a_max, self.c), (w,), self.param_dtype)
         log_a = -self.c * jax.nn.softplus(-lam.astype(_f32)) * r  # log a_t = c r_t log sigmoid(Lambda) <= 0
         a = jnp.exp(log_a)
-        b = jnp.sqrt(-jnp.expm1(2.0 * log_a)) * (i * u.astype(_f32))  # sqrt(1 - a_t^2) i_t u_t
+        scale = jnp.sqrt(-jnp.expm1(2.0 * log_a))  # sqrt(1 - a_t^2)
+        if self.reset_at_zero:  # a document starts at position 0: forget the state, keep the input whole
+            start = (positions == 0)[..., None]  # [b, t, 1]
+            a, scale = jnp.where(start, 0.0, a), jnp.where(start, 1.0, scale)
+        b = scale * (i * u.astype(_f32))  # sqrt(1 - a_t^2) i_t u_t
         if cache is not None and x.shape[1] == 1:  # one decode step
             last = scan_step(a[:, 0], b[:, 0], cache["h"])
             hs = last[:, None]
@@ -187,7 +196,7 @@ class RGLRU(nn.Module):
             hs, last = linear_scan(a, b, None if cache is None else cache["h"], impl=self.scan_impl)
         y = hs * jax.nn.gelu(g.astype(_f32), approximate=True)
         out = Linear(
-            self.width, dtype=self.dtype, param_dtype=self.param_dtype,
+            self.width, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
             kernel_init=scaled_init(self.init_std, self.n_layers), name="out_proj",
         )(y.astype(self.dtype))
         new_cache = None if cache is None else {"conv": conv_cache, "h": last.astype(_f32)}
@@ -209,7 +218,10 @@ class RGLRU(nn.Module):
         w, h = cls._sizes(cfg)
         d = cfg.d_model
         gate = w * (w // h) + w  # h blocks of (w/h)^2, plus a bias
-        return linear_params(d, 2 * w) + conv_params(w, cfg.rglru.conv_width) + 2 * gate + w + linear_params(w, d)
+        bias = cfg.rglru.bias
+        return (
+            linear_params(d, 2 * w, bias) + conv_params(w, cfg.rglru.conv_width) + 2 * gate + w + linear_params(w, d, bias)
+        )
 
     @classmethod
     def flops_per_token(cls, cfg, seq_len: int) -> float:

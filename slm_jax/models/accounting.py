@@ -17,7 +17,7 @@ from slm_jax.modules.mlp import gated_mlp_params
 
 
 def _block_params(cfg: ModelConfig, mixer_name: str) -> int:
-    mlp = gated_mlp_params(cfg.d_model, cfg.ff_width) + cfg.d_model if cfg.mlp != "none" else 0
+    mlp = gated_mlp_params(cfg.d_model, cfg.ff_width, cfg.mlp_bias) + cfg.d_model if cfg.mlp != "none" else 0
     return get_mixer(mixer_name).num_params(cfg) + cfg.d_model + mlp  # + the mixer's pre-norm
 
 
@@ -28,16 +28,17 @@ def param_count(cfg: ModelConfig, include_embeddings: bool = True) -> int:
     return embed + head + cfg.d_model + sum(_block_params(cfg, name) for name in cfg.layers)
 
 
-def forward_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
-    """Forward FLOPs per token at training length ``seq_len``."""
+def forward_flops_per_token(cfg: ModelConfig, seq_len: int, head_fraction: float = 1.0) -> float:
+    """Forward FLOPs per token at training length ``seq_len``; the output head runs on
+    ``head_fraction`` of the positions (below 1 when only labelled positions get logits)."""
     mlp = 2 * gated_mlp_params(cfg.d_model, cfg.ff_width) if cfg.mlp != "none" else 0
     layers = sum(get_mixer(name).flops_per_token(cfg, seq_len) + mlp for name in cfg.layers)
-    return layers + 2 * cfg.vocab_size * cfg.d_model
+    return layers + head_fraction * 2 * cfg.vocab_size * cfg.d_model
 
 
-def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+def train_flops_per_token(cfg: ModelConfig, seq_len: int, head_fraction: float = 1.0) -> float:
     """Forward + backward FLOPs per trained token."""
-    return 3 * forward_flops_per_token(cfg, seq_len)
+    return 3 * forward_flops_per_token(cfg, seq_len, head_fraction)
 
 
 def decode_state_bytes(cfg: ModelConfig, batch: int, max_len: int, dtype: Any = jnp.float32) -> int:
@@ -45,11 +46,11 @@ def decode_state_bytes(cfg: ModelConfig, batch: int, max_len: int, dtype: Any = 
     return sum(get_mixer(name).from_config(cfg).state_size(batch, max_len, dtype) for name in cfg.layers)
 
 
-def summary(cfg: ModelConfig, seq_len: int) -> dict:
-    """The numbers every run logs about its model."""
+def summary(cfg: ModelConfig, seq_len: int, head_fraction: float = 1.0) -> dict:
+    """The numbers every run logs about its model (``head_fraction`` as in ``forward_flops_per_token``)."""
     return {
         "params": param_count(cfg),
         "params_non_embedding": param_count(cfg, include_embeddings=False),
-        "flops_per_token": train_flops_per_token(cfg, seq_len),
+        "flops_per_token": train_flops_per_token(cfg, seq_len, head_fraction),
         "decode_state_bytes_per_seq": decode_state_bytes(cfg, 1, seq_len),
     }

@@ -18,7 +18,9 @@ class Block(nn.Module):
     mixer: nn.Module  # an unbound mixer, adopted here under the name "mixer"
     mlp: str = "swiglu"  # swiglu | geglu | none
     d_ff: int = 0
+    mlp_bias: bool = False
     norm_eps: float = 1e-5
+    norm_offset: float = 0.0  # 1 -> Gemma's (1 + w) RMSNorm
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     init_std: float = 0.02
@@ -26,13 +28,14 @@ class Block(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, positions: Array, cache: PyTree = None) -> tuple[Array, PyTree]:
-        norm = lambda name: RMSNorm(self.norm_eps, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+        norm = lambda name: RMSNorm(self.norm_eps, self.norm_offset, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
         y, cache = self.mixer(norm("mixer_norm")(x), positions, cache)
         x = x + y
         if self.mlp != "none":
             mlp = GatedMLP(
                 self.d_ff,
                 self.mlp,
+                self.mlp_bias,
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
                 init_std=self.init_std,
@@ -49,7 +52,9 @@ def build_block(cfg, mixer_name: str, block_cls: type = Block, name: str | None 
         mixer=get_mixer(mixer_name).from_config(cfg),
         mlp=cfg.mlp,
         d_ff=cfg.ff_width,
+        mlp_bias=cfg.mlp_bias,
         norm_eps=cfg.norm_eps,
+        norm_offset=cfg.norm_offset,
         dtype=dtype_of(cfg.dtype),
         param_dtype=dtype_of(cfg.param_dtype),
         init_std=cfg.init_std,

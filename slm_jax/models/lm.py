@@ -69,6 +69,8 @@ class CausalLM(nn.Module):
         dtype, param_dtype = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
         embed = Embed(cfg.vocab_size, cfg.d_model, dtype, param_dtype, cfg.init_std, name="embed")
         x = embed(tokens)
+        if cfg.embed_scale != 1.0:  # Gemma: sqrt(d_model), rounded to the compute dtype like HF
+            x = x * jnp.asarray(cfg.embed_scale, x.dtype)
         n_rep, first = _layout(cfg)
         new_cache = {}
         if n_rep:
@@ -92,7 +94,7 @@ class CausalLM(nn.Module):
         new_cache["layers"] = tuple(layer_caches)
         if logit_positions is not None:
             x = jnp.take_along_axis(x, logit_positions[..., None], axis=1)  # [b, m, d]
-        x = RMSNorm(cfg.norm_eps, dtype=dtype, param_dtype=param_dtype, name="final_norm")(x)
+        x = RMSNorm(cfg.norm_eps, cfg.norm_offset, dtype=dtype, param_dtype=param_dtype, name="final_norm")(x)
         if cfg.tie_embeddings:
             logits = embed.attend(x)
         else:

@@ -20,6 +20,7 @@ class GatedMLP(nn.Module):
 
     hidden: int
     kind: str = "swiglu"
+    use_bias: bool = False  # biases on gate/up and down (RecurrentGemma, Llama's mlp_bias)
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     init_std: float = 0.02
@@ -27,12 +28,14 @@ class GatedMLP(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        dense = lambda f, name, init: Linear(f, dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=init, name=name)
+        dense = lambda f, name, init: Linear(
+            f, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=init, name=name
+        )
         init = nn.initializers.normal(self.init_std)
         gate, up = jnp.split(dense(2 * self.hidden, "gate_up", init)(x), 2, axis=-1)
         h = ACTIVATIONS[self.kind](gate) * up
         return dense(x.shape[-1], "down", self.out_init)(h)
 
 
-def gated_mlp_params(d: int, f: int) -> int:
-    return 2 * linear_params(d, f) + linear_params(f, d)
+def gated_mlp_params(d: int, f: int, bias: bool = False) -> int:
+    return 2 * linear_params(d, f, bias) + linear_params(f, d, bias)
