@@ -1,4 +1,4 @@
-"""The ``slm`` command: train, eval, generate, sweep, data prepare, config show.
+"""The ``slm`` command: train, eval, generate, sweep, data prepare, convert, config show.
 
 Mistakes a user can fix (``SlmError``) print one line and exit with status 2, no traceback.
 """
@@ -43,13 +43,13 @@ def cmd_eval(args) -> None:
     run = load_run(args.run_dir, best=args.best)
     tc = run.cfg.train
     eval_fn = jax.jit(make_eval_step(run.model))
-    if run.tokenizer is None:  # a generated task: its validation sets at every eval length
+    if run.cfg.data.task.name:  # a generated task: its validation sets at every eval length
         from slm_jax.data.task_data import load_task, val_sets
 
         if args.data:
             raise DataError(f"{args.run_dir} was trained on the generated task {run.cfg.data.task.name!r}, which has no text; drop --data.")
         result = {}
-        for suffix, batches in val_sets(load_task(run.cfg), tc.batch_size, args.batches).items():
+        for suffix, batches in val_sets(load_task(run.cfg), run.cfg.eval.batch_size or tc.batch_size, args.batches).items():
             result.update({k + suffix: v for k, v in evaluate(eval_fn, run.params, batches).items()})
         print(json.dumps({"run_dir": str(args.run_dir), "step": run.step, **result}, indent=1))
         return
@@ -64,7 +64,7 @@ def cmd_eval(args) -> None:
                 "pass a raw text file with --data instead."
             )
         tokens = data.val
-    batches = eval_batches(tokens, tc.batch_size, tc.seq_len, args.batches)
+    batches = eval_batches(tokens, run.cfg.eval.batch_size or tc.batch_size, tc.seq_len, args.batches)
     unit = {"char": "char", "byte": "byte"}.get(run.tokenizer.to_dict().get("type"), "token")
     result = evaluate(eval_fn, run.params, batches, unit)
     print(json.dumps({"run_dir": str(args.run_dir), "step": run.step, **result}, indent=1))
@@ -109,6 +109,19 @@ def cmd_data_prepare(args) -> None:
 
     meta = prepare(args.input, args.tokenizer, args.out, args.val_fraction)
     print(json.dumps(meta, indent=1))
+
+
+def cmd_convert_from_hf(args) -> None:
+    from slm_jax.interop.convert import from_hf
+
+    print(json.dumps(from_hf(args.hf_dir, args.run_dir, name=args.name), indent=1))
+
+
+def cmd_convert_to_hf(args) -> None:
+    from slm_jax.interop.convert import to_hf
+
+    summary = to_hf(args.run_dir, args.hf_dir, family=args.family, best=args.best, max_shard_bytes=int(args.max_shard_mb * 2**20))
+    print(json.dumps(summary, indent=1))
 
 
 def cmd_config_show(args) -> None:
@@ -161,6 +174,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.set_defaults(func=cmd_data_prepare)
+
+    convert = sub.add_parser("convert", help="Hugging Face checkpoints (safetensors) to and from run directories")
+    convert = convert.add_subparsers(dest="convert_command", required=True)
+    p = convert.add_parser("from-hf", help="import a Hugging Face model directory as a run directory")
+    p.add_argument("hf_dir", help="directory with config.json and *.safetensors (save_pretrained output)")
+    p.add_argument("run_dir", help="new run directory to write")
+    p.add_argument("--name", default=None, help="config name (default: the run directory's name)")
+    p.set_defaults(func=cmd_convert_from_hf)
+    p = convert.add_parser("to-hf", help="export a run's checkpoint as a Hugging Face model directory")
+    p.add_argument("run_dir")
+    p.add_argument("hf_dir", help="new output directory")
+    p.add_argument("--family", default=None,
+                   help="llama, qwen2, qwen3, phi3, gemma, mamba, mamba2 or recurrent_gemma (default: the imported family, else inferred)")
+    p.add_argument("--best", action="store_true", help="export the best checkpoint by validation loss")
+    p.add_argument("--max-shard-mb", type=float, default=2048, help="shard the safetensors above this size")
+    p.set_defaults(func=cmd_convert_to_hf)
 
     config = sub.add_parser("config", help="configs").add_subparsers(dest="config_command", required=True)
     p = config.add_parser("show", help="print the resolved config")

@@ -9,7 +9,6 @@ import numpy as np
 
 from slm_jax.array_typing import PyTree
 from slm_jax.config import Config, config_from_dict
-from slm_jax.data.tokenizers import load_tokenizer
 from slm_jax.errors import CheckpointError
 from slm_jax.models.lm import CausalLM
 from slm_jax.training.checkpoint import Checkpointer, read_run_config
@@ -27,12 +26,26 @@ class LoadedRun:
 
 
 def load_run(run_dir: str | Path, best: bool = False) -> LoadedRun:
-    """The latest (or best-by-validation) checkpoint of ``run_dir``."""
+    """The latest (or best-by-validation) checkpoint of ``run_dir``.
+
+    The tokenizer is ours (char/byte) or, in a run imported by ``slm convert from-hf``, the
+    model's Hugging Face ``tokenizer.json`` (slm_jax/interop/hf_tokenizer.py).
+    """
+    from slm_jax.interop.hf_tokenizer import load_run_tokenizer
+
     run_dir = Path(run_dir)
     cfg = config_from_dict(read_run_config(run_dir))
     tok_path = run_dir / "tokenizer.json"
     if not tok_path.is_file() and not cfg.data.task.name:  # a generated task has token ids, no text
         raise CheckpointError(f"{run_dir} has no tokenizer.json; it is not a run directory written by `slm train`.")
+    params, step = restore_params(run_dir, cfg, best)
+    tokenizer = load_run_tokenizer(tok_path) if tok_path.is_file() else None
+    return LoadedRun(cfg, CausalLM(cfg.model), params, tokenizer, step)
+
+
+def restore_params(run_dir: str | Path, cfg: Config, best: bool = False) -> tuple[PyTree, int]:
+    """(params, step) of the latest (or best) checkpoint of ``run_dir`` whose resolved config is ``cfg``."""
+    run_dir = Path(run_dir)
     model = CausalLM(cfg.model)
     ckpt = Checkpointer(run_dir, cfg.checkpoint.every, cfg.checkpoint.keep, cfg.checkpoint.keep_best, async_save=False)
     try:
@@ -46,5 +59,4 @@ def load_run(run_dir: str | Path, best: bool = False) -> LoadedRun:
         state, _, _ = ckpt.restore(abstract, best=best)
     finally:
         ckpt.close()
-    tokenizer = load_tokenizer(tok_path) if tok_path.is_file() else None
-    return LoadedRun(cfg, model, state["params"], tokenizer, int(state["step"]))
+    return state["params"], int(state["step"])

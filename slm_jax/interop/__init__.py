@@ -1,0 +1,1 @@
+"""Hugging Face checkpoint import and export (safetensors + config.json; no torch needed)."""

@@ -1,0 +1,1 @@
+"""One converter module per group of Hugging Face architectures."""

@@ -1,0 +1,78 @@
+"""Tensor bookkeeping shared by the family converters: take by name with shape checks, layout changes.
+
+Layouts: a torch ``nn.Linear`` weight is [out, in] and ours (``Linear.kernel``) is [in, out];
+a depthwise ``nn.Conv1d`` weight is [c, 1, k] and ours (``CausalConv1D.kernel``) is [k, c]
+(both compute y_t = sum_j w[j] x_{t - (k - 1) + j}, so only the axes move).
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from slm_jax.errors import CheckpointError
+
+# Buffers some older checkpoints saved next to the weights; they are recomputed, never read.
+_IGNORED = (re.compile(r".*rotary_emb\.inv_freq$"), re.compile(r".*\.masked_bias$"), re.compile(r".*\.attn\.bias$"))
+
+
+class Tensors:
+    """A checkpoint's tensors, taken one by one; ``finish()`` fails on any tensor left unused.
+
+    Every tensor is returned as float32 (the converters' working precision).
+    """
+
+    def __init__(self, tensors: dict[str, np.ndarray], where: str):
+        self._tensors = dict(tensors)
+        self._used: set[str] = set()
+        self.where = where
+
+    def has(self, name: str) -> bool:
+        return name in self._tensors
+
+    def take(self, name: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
+        """The tensor ``name`` as float32, checked against ``shape`` when given."""
+        if name not in self._tensors:
+            raise CheckpointError(f"{self.where} has no tensor {name}, which its config.json implies; the checkpoint and config do not match.")
+        a = np.asarray(self._tensors[name], dtype=np.float32)
+        if shape is not None and tuple(a.shape) != tuple(shape):
+            raise CheckpointError(
+                f"Tensor {name} in {self.where} has shape {tuple(a.shape)} but config.json implies {tuple(shape)}; the checkpoint and config do not match."
+            )
+        self._used.add(name)
+        return a
+
+    def finish(self) -> None:
+        """Raise if a tensor was never taken: it would be a silently dropped part of the model."""
+        left = sorted(n for n in self._tensors if n not in self._used and not any(p.match(n) for p in _IGNORED))
+        if left:
+            raise CheckpointError(
+                f"{self.where} holds tensor {left[0]} ({len(left)} unused in all) that the converter does not map; "
+                "this architecture variant is not supported, so nothing was converted."
+            )
+
+
+def linear_in(weight: np.ndarray) -> np.ndarray:
+    """torch Linear weight [out, in] -> our kernel [in, out]."""
+    return np.ascontiguousarray(weight.T)
+
+
+def linear_out(kernel: np.ndarray) -> np.ndarray:
+    """Our kernel [in, out] -> torch Linear weight [out, in]."""
+    return np.ascontiguousarray(np.asarray(kernel, np.float32).T)
+
+
+def conv_in(weight: np.ndarray) -> np.ndarray:
+    """torch depthwise Conv1d weight [c, 1, k] -> our kernel [k, c]."""
+    return np.ascontiguousarray(weight[:, 0, :].T)
+
+
+def conv_out(kernel: np.ndarray) -> np.ndarray:
+    """Our kernel [k, c] -> torch depthwise Conv1d weight [c, 1, k]."""
+    return np.ascontiguousarray(np.asarray(kernel, np.float32).T[:, None, :])
+
+
+def f32(a) -> np.ndarray:
+    """Any array (jax or numpy) as a float32 numpy array."""
+    return np.asarray(a, dtype=np.float32)
