@@ -6,6 +6,7 @@ Files written into the sweep directory:
   all_runs.csv               every (point, lr) run
   metric_vs_<x>.png          the metric against a numeric axis, one line per series
   metric_vs_state.png        the metric against decode-state bytes (log scale)
+  metric_vs_length.png       the metric at each evaluation length (data.task.eval_lengths), one line per point
   loss_curves.png            training loss of each point's best run, overlaid
 """
 
@@ -33,8 +34,20 @@ def best_per_point(sweep: Sweep, records: list[dict]) -> list[dict]:
     return [best[i] for i in sorted(best)]
 
 
+def _redundant(key: str) -> bool:
+    """Token counts, perplexity, and bits at extra eval lengths: derivable from the loss columns."""
+    return key.startswith(("val_tokens", "val_ppl")) or (key.startswith("val_bits") and "@" in key)
+
+
+def _lengths(metric: str, r: dict) -> list[tuple[int, float]]:
+    """(eval length, value) for ``metric`` at the training length and every ``metric@L`` of run ``r``."""
+    pts = [(r["seq_len"], r[metric])] if r.get(metric) is not None and "seq_len" in r else []
+    pts += [(int(k.split("@")[1]), v) for k, v in r.items() if k.startswith(metric + "@") and v is not None]
+    return sorted(pts)
+
+
 def _columns(sweep: Sweep, rows: list[dict]) -> list[str]:
-    metrics = sorted({k for r in rows for k in r if k.startswith("val_") and k not in ("val_tokens", "val_ppl")})
+    metrics = sorted({k for r in rows for k in r if k.startswith("val_") and not _redundant(k)})
     metrics.sort(key=lambda k: k != sweep.metric)  # the sweep's metric first
     return sweep.axes + ["lr"] + metrics + list(NUMBERS) + ["run"]
 
@@ -120,6 +133,20 @@ def plot(sweep: Sweep, rows: list[dict], out: Path) -> list[Path]:
     if x:
         scatter(lambda r: r["values"][x], x, f"metric_vs_{x.split('.')[-1]}.png")
     scatter(lambda r: max(r["decode_state_bytes_per_seq"], 1), "decode-state bytes per sequence", "metric_vs_state.png", logx=True)
+    if any(len(_lengths(sweep.metric, r)) > 1 for r in rows):  # evaluated at several lengths: extrapolation
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for r in rows:
+            ax.plot(*zip(*_lengths(sweep.metric, r)), marker="o", label=r["run"])
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("evaluation sequence length")
+        ax.set_ylabel(sweep.metric)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        ax.set_title(f"{sweep.name}: {sweep.metric} by length")
+        fig.tight_layout()
+        fig.savefig(out / "metric_vs_length.png", dpi=120)
+        plt.close(fig)
+        written.append(out / "metric_vs_length.png")
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in rows:

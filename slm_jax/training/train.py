@@ -128,11 +128,12 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, until_step: int | N
 
     # ---------------------------------------------------------------- data iterators
     # Text: i32[b, t + 1] windows. Task: compact labels, so logits are computed only where scored.
+    eval_batch = cfg.eval.batch_size or tc.batch_size
     if task is None:
         batches = train_batches(data.train, tc.batch_size, tc.seq_len, tc.seed)
         to_step_batch = lambda batch: batch
         batch_spec = jax.ShapeDtypeStruct((tc.batch_size, tc.seq_len + 1), np.int32)
-        val_sets = {"": eval_batches(data.val, tc.batch_size, tc.seq_len, cfg.eval.batches)}
+        val_sets = {"": eval_batches(data.val, eval_batch, tc.seq_len, cfg.eval.batches)}
         unit = {"char": "char", "byte": "byte"}.get(data.meta.get("tokenizer"), "token")
     else:
         m = n_labels(task.train)
@@ -140,7 +141,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, until_step: int | N
         to_step_batch = lambda batch: compact_labels(batch, m)
         batch_spec = {"inputs": jax.ShapeDtypeStruct((tc.batch_size, tc.seq_len), np.int32),
                       **{k: jax.ShapeDtypeStruct((tc.batch_size, m), np.int32) for k in ("label_positions", "labels")}}
-        val_sets = task_val_sets(task, tc.batch_size, cfg.eval.batches)
+        val_sets = task_val_sets(task, eval_batch, cfg.eval.batches)
         unit = "token"
     if data_state:
         batches.set_state(data_state)
@@ -153,7 +154,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, until_step: int | N
     compile_s = time.perf_counter() - t0
 
     # ---------------------------------------------------------------- accounting & tracking
-    info = accounting.summary(cfg.model, tc.seq_len)
+    info = accounting.summary(cfg.model, tc.seq_len, head_fraction=1.0 if task is None else m / tc.seq_len)
     peak = peak_flops(cfg.model.dtype, tc.peak_flops) * jax.device_count()
     write_run_record(run_dir, {**info, "compile_s": compile_s, "peak_flops": peak, "resumed_from": start})
     log = MetricsLog(run_dir, resume_step=start)
@@ -224,5 +225,6 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, until_step: int | N
         "ms_per_step": ms,
         "tokens_per_s": tokens_per_step * 1e3 / ms if ms else None,
         "compile_s": compile_s,
+        "seq_len": tc.seq_len,
         **info,
     }
