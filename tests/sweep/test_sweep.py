@@ -89,3 +89,10 @@ def test_interrupted_run_stops_the_sweep_with_a_resume_hint(tmp_path, monkeypatc
     monkeypatch.setattr(runner, "train", lambda cfg, run_dir, progress: real_train(cfg, run_dir, until_step=2, progress=False))
     with pytest.raises(runner.SweepInterrupted, match="run the same sweep command again"):
         run_sweep(sweep, expand(sweep), tmp_path / "out", progress=False)
+
+
+def test_list_values_make_glob_safe_directory_names(tmp_path):
+    sweep = write(tmp_path, {"points": [{"model.layer_pattern": ["rglru", "local_attention"], "model.local_window": 4}]})
+    (point,) = expand(sweep)
+    assert point.slug == "layer_pattern=rglru+local_attention,local_window=4"
+    assert point.cfg.model.pattern == ("rglru", "local_attention")
