@@ -2,7 +2,7 @@
 
 Layout of the output directory::
 
-    <out>/sweep.yaml            the sweep as read (for the record)
+    <out>/sweep.resolved.yaml   the sweep as read, paths absolute (for the record; never the source file)
     <out>/runs/<slug>[,lr=..]/  one ordinary run directory per point and learning rate
     <out>/runs/.../summary.json written when that run finished: the marker that it is done
     <out>/results.csv, results.md, all_runs.csv, *.png   (report.py)
@@ -43,7 +43,7 @@ def run_sweep(sweep: Sweep, points: list[Point], out: Path, progress: bool = Tru
     index), ``values`` (its axis values) and ``lr``.
     """
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep.yaml").write_text(dump(sweep))
+    (out / "sweep.resolved.yaml").write_text(dump(sweep))
     jobs = [(i, p, name, cfg) for i, p in enumerate(points) for name, cfg in _runs_of(sweep, p)]
     records, spent, trained = [], 0.0, 0
     for k, (i, point, name, cfg) in enumerate(jobs, 1):
