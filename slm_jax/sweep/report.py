@@ -65,6 +65,8 @@ def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
 
 
 def _cell(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return "+".join(map(str, value))
     if isinstance(value, float):
         return f"{value:.4g}" if abs(value) < 1e4 else f"{value:,.0f}"
     if isinstance(value, int):
