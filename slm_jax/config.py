@@ -74,6 +74,14 @@ class RopeScalingConfig:
 
 
 @dataclass(frozen=True)
+class QuantConfig:
+    """Post-training weight-only quantization of every ``Linear`` kernel, set by ``slm quantize`` (slm_jax/quant/)."""
+
+    bits: int = 0  # 0 -> float weights; 8 -> int8; 4 -> int4 packed two per byte
+    group_size: int = 0  # inputs per scale; 0 -> int8: the whole input width (per output channel), int4: largest divisor <= 64
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """The architecture. ``layer_pattern`` (mixer names) is cycled to ``n_layers``."""
 
@@ -109,6 +117,7 @@ class ModelConfig:
     rglru: RGLRUConfig = field(default_factory=RGLRUConfig)
     mamba: MambaConfig = field(default_factory=MambaConfig)
     mamba2: Mamba2Config = field(default_factory=Mamba2Config)
+    quant: QuantConfig = field(default_factory=QuantConfig)
 
     @property
     def kv_heads(self) -> int:
@@ -437,6 +446,10 @@ def validate(cfg: Config) -> None:
     _require(len(m.pattern) > 0, "model.layer_pattern is empty; give mixer names, e.g. [attention].")
     for name in m.pattern:
         get_mixer(name)
+    _require(
+        m.quant.bits in (0, 4, 8) and m.quant.group_size >= 0,
+        f"model.quant.bits must be 0, 4 or 8 and model.quant.group_size >= 0, got {m.quant.bits} and {m.quant.group_size}.",
+    )
     _require(m.vocab_size >= 0, f"model.vocab_size must be >= 0 (0 takes it from the data), got {m.vocab_size}.")
     for key in ("steps", "batch_size", "seq_len", "grad_accum", "log_every"):
         _require(getattr(t, key) > 0, f"train.{key} must be positive, got {getattr(t, key)}.")

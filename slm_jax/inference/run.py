@@ -53,9 +53,14 @@ def restore_params(run_dir: str | Path, cfg: Config, best: bool = False) -> tupl
             which = "best " if best else ""
             raise CheckpointError(f"{run_dir} has no {which}checkpoint yet; train it first with `slm train`.")
         tc = cfg.train
-        abstract_params = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, tc.seq_len), np.int32)))
-        optimizer, _ = make_optimizer(cfg.optim, tc.steps, abstract_params)
-        abstract = jax.eval_shape(lambda: init_state(model, optimizer, tc.seed, tc.seq_len))
+        if cfg.model.quant.bits:  # written by `slm quantize`: params (ints and scales) and step only
+            from slm_jax.quant.params import abstract_quantized
+
+            abstract = {"params": abstract_quantized(cfg.model), "step": jax.ShapeDtypeStruct((), np.int32)}
+        else:
+            abstract_params = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, tc.seq_len), np.int32)))
+            optimizer, _ = make_optimizer(cfg.optim, tc.steps, abstract_params)
+            abstract = jax.eval_shape(lambda: init_state(model, optimizer, tc.seed, tc.seq_len))
         state, _, _ = ckpt.restore(abstract, best=best)
     finally:
         ckpt.close()

@@ -1,7 +1,9 @@
 """The one projection layer: every dense map in slm_jax goes through ``Linear``.
 
 Keeping a single projection means LoRA, weight quantization and sharding annotations have
-exactly one place to hook in.
+exactly one place to hook in. A run written by ``slm quantize`` holds, in place of a
+``kernel``, its int8 or packed int4 integers and scales (slm_jax/quant/kernels.py); ``Linear``
+sees them in its params and dequantizes the kernel at apply time (weight-only quantization).
 """
 
 from typing import Any, Callable
@@ -10,6 +12,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from slm_jax.array_typing import Array
+from slm_jax.quant.kernels import dequantize_kernel, quantized_leaf_names
 
 
 def dtype_of(name: str) -> Any:
@@ -34,7 +37,11 @@ class Linear(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), self.param_dtype)
+        quantized = {n: self.get_variable("params", n) for n in quantized_leaf_names() if self.has_variable("params", n)}
+        if quantized:  # a quantized run: dequantize here, so every model runs it unchanged
+            kernel = dequantize_kernel(quantized, x.shape[-1])
+        else:
+            kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), self.param_dtype)
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1]).astype(self.dtype)  # [b * t, d_in]
         y = jnp.dot(x2, kernel.astype(self.dtype), preferred_element_type=jnp.float32).reshape(*lead, self.features)

@@ -1,0 +1,65 @@
+"""Symmetric quantization of one projection kernel W [d_in, f] (or stacked: [..., d_in, f]).
+
+The input axis is split into groups of ``g`` rows, with one float32 scale per group and
+output column: ``W ~= q * scale``, ``scale = max|W_group| / qmax``, ``q = round(W / scale)``.
+int8 (qmax 127) defaults to one group spanning the whole input, i.e. a scale per output
+channel (LLM.int8's vector-wise weights, Dettmers et al. 2022, arXiv:2208.07339, without the
+outlier split); int4 (qmax 7) uses groups of 64 by default, as GPTQ/AWQ checkpoints do
+(Frantar et al. 2022, arXiv:2210.17323; Lin et al. 2023, arXiv:2306.00978) but with plain
+round-to-nearest. Stored leaves, which replace ``kernel`` in a ``Linear``'s params:
+
+  int8: ``kernel_int8`` i8[..., d_in, f],           ``kernel_scale`` f32[..., d_in / g, f]
+  int4: ``kernel_int4`` u8[..., ceil(d_in / 2), f], ``kernel_scale`` f32[..., d_in / g, f]
+"""
+
+import jax.numpy as jnp
+
+from slm_jax.array_typing import Array
+from slm_jax.errors import ConfigError
+from slm_jax.quant.packing import pack_int4, unpack_int4
+
+QMAX = {8: 127, 4: 7}
+LEAVES = {8: "kernel_int8", 4: "kernel_int4"}
+SCALE = "kernel_scale"
+DEFAULT_INT4_GROUP = 64
+
+
+def group_for(d_in: int, bits: int, group_size: int, where: str = "a projection") -> int:
+    """Rows per scale for a kernel with ``d_in`` inputs; ``group_size`` 0 picks the default.
+
+    Default: int8 -> ``d_in`` (per output channel); int4 -> the largest divisor of ``d_in``
+    that is at most 64. An explicit size must divide ``d_in``.
+    """
+    if group_size == 0:
+        return d_in if bits == 8 else max(g for g in range(1, min(d_in, DEFAULT_INT4_GROUP) + 1) if d_in % g == 0)
+    if d_in % group_size:
+        raise ConfigError(
+            f"--group-size {group_size} does not divide the input width {d_in} of {where}; "
+            "pass a divisor of every projection's input width, or omit --group-size for the default."
+        )
+    return group_size
+
+
+def quantize_kernel(w: Array, bits: int, group: int) -> dict[str, Array]:
+    """f[..., d_in, f] -> {LEAVES[bits]: ints, SCALE: f32[..., d_in / group, f]} (module docstring)."""
+    *lead, d_in, f = w.shape
+    wg = w.astype(jnp.float32).reshape(*lead, d_in // group, group, f)  # [..., G, g, f]
+    scale = jnp.max(jnp.abs(wg), axis=-2) / QMAX[bits]  # [..., G, f]
+    scale = jnp.where(scale > 0, scale, 1.0)  # an all-zero group: any scale reproduces it
+    q = jnp.clip(jnp.round(wg / scale[..., None, :]), -QMAX[bits], QMAX[bits]).astype(jnp.int8)
+    q = q.reshape(*lead, d_in, f)
+    return {LEAVES[bits]: pack_int4(q) if bits == 4 else q, SCALE: scale}
+
+
+def dequantize_kernel(leaves: dict[str, Array], d_in: int) -> Array:
+    """The stored leaves of a quantized kernel -> f32[..., d_in, f] (inverse of ``quantize_kernel`` up to rounding)."""
+    scale = leaves[SCALE]  # [..., G, f]
+    q = leaves[LEAVES[8]] if LEAVES[8] in leaves else unpack_int4(leaves[LEAVES[4]], d_in)
+    *lead, n_groups, f = scale.shape
+    w = q.astype(jnp.float32).reshape(*lead, n_groups, d_in // n_groups, f) * scale[..., None, :]
+    return w.reshape(*lead, d_in, f)
+
+
+def quantized_leaf_names() -> tuple[str, ...]:
+    """Names a quantized ``Linear`` holds instead of ``kernel``."""
+    return (*LEAVES.values(), SCALE)

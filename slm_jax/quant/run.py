@@ -1,0 +1,67 @@
+"""``quantize_run(run_dir, out_dir, bits)``: a float run directory -> a quantized run directory.
+
+The output is an ordinary run directory that ``slm eval``, ``slm generate`` and ``slm export``
+read like any other:
+
+  config.yaml      the source's resolved config with ``model.quant.bits`` / ``group_size`` set
+  tokenizer.json   copied from the source
+  checkpoints/S/   Orbax, state ``{"params", "step"}`` at the source's step S: each ``Linear``
+                   holds ``kernel_int8`` or ``kernel_int4`` plus ``kernel_scale`` instead of
+                   ``kernel``; no optimizer state (a quantized run is not trained further)
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from slm_jax.config import config_from_dict, replace, to_dict, to_yaml
+from slm_jax.errors import CheckpointError, ConfigError
+from slm_jax.quant.kernels import LEAVES
+from slm_jax.quant.params import linear_paths, quantize_params, tree_bytes
+
+
+def directory_bytes(path: str | Path) -> int:
+    """Total size of the files under ``path``."""
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def quantize_run(run_dir: str | Path, out_dir: str | Path, bits: int, group_size: int = 0, best: bool = False) -> dict:
+    """Quantize the latest (or best) checkpoint of ``run_dir`` into the new run directory ``out_dir``; returns a summary."""
+    from slm_jax.inference.run import restore_params
+    from slm_jax.training.checkpoint import Checkpointer, read_run_config
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    if bits not in LEAVES:
+        raise ConfigError(f"--bits must be 4 or 8, got {bits}.")
+    cfg = config_from_dict(read_run_config(run_dir))
+    if cfg.model.quant.bits:
+        raise CheckpointError(f"{run_dir} is already quantized (int{cfg.model.quant.bits}); quantize the float run it was made from.")
+    if (out_dir / "checkpoints").exists() or (out_dir / "config.yaml").exists():
+        raise CheckpointError(f"{out_dir} already holds a run; pass a new output directory.")
+    params, step = restore_params(run_dir, cfg, best)
+    paths = linear_paths(cfg.model)
+    qparams = jax.device_get(quantize_params(params, paths, bits, group_size))
+    qcfg = replace(cfg, **{"model.quant.bits": bits, "model.quant.group_size": group_size})
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.yaml").write_text(to_yaml(qcfg))
+    for name in ("tokenizer.json", "hf_source.json"):
+        if (run_dir / name).is_file():
+            shutil.copyfile(run_dir / name, out_dir / name)
+    ck = qcfg.checkpoint
+    with Checkpointer(out_dir, ck.every, ck.keep, keep_best=False, async_save=False) as ckpt:
+        ckpt.save(step, {"params": qparams, "step": np.asarray(step, np.int32)}, {}, to_dict(qcfg), force=True)
+    return {
+        "run_dir": str(out_dir),
+        "bits": bits,
+        "group_size": group_size,
+        "step": step,
+        "linear_layers": len(paths),
+        "projection_bytes": {"float": tree_bytes(params, paths), "quantized": tree_bytes(qparams, paths)},
+        "param_bytes": {"float": tree_bytes(params), "quantized": tree_bytes(qparams)},
+        "checkpoint_bytes_on_disk": directory_bytes(out_dir / "checkpoints"),
+    }

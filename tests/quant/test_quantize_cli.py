@@ -1,0 +1,60 @@
+"""slm quantize end to end: a tiny trained run -> int8 / int4 runs that slm eval and slm generate read; its errors."""
+
+import json
+
+import pytest
+
+from slm_jax.cli import main
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def float_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("quant")
+    text = tmp / "corpus.txt"
+    text.write_text("the cat sat on the mat. " * 400)
+    run_dir = tmp / "run"
+    overrides = ["model.n_layers=1", "model.d_model=64", "model.n_heads=2", "model.tie_embeddings=false", "train.steps=40",
+                 "train.batch_size=8", "train.seq_len=32", "eval.every=40", "eval.batches=2", "checkpoint.every=40",
+                 f"data.path={text}", f"data.cache_dir={tmp / 'cache'}"]
+    args = ["train", "configs/experiments/shakespeare_char.yaml", "--run-dir", str(run_dir), "--no-progress"]
+    assert main(args + sum((["--set", o] for o in overrides), [])) == 0
+    return run_dir
+
+
+def test_quantized_runs_eval_and_generate(capsys, float_run, tmp_path):
+    code, out, _ = run(capsys, "eval", float_run, "--batches", "2")
+    base = json.loads(out)["val_loss"]
+    for bits, tol in ((8, 0.01), (4, 0.1)):
+        out_dir = tmp_path / f"int{bits}"
+        code, out, err = run(capsys, "quantize", float_run, "--bits", bits, "--out", out_dir)
+        summary = json.loads(out)
+        assert code == 0, err
+        ratio = summary["projection_bytes"]["float"] / summary["projection_bytes"]["quantized"]
+        assert ratio > (3.5 if bits == 8 else 6.5), summary  # scales: 4 bytes per column (int8), per 64 inputs (int4)
+        code, out, _ = run(capsys, "eval", out_dir, "--batches", "2")
+        assert code == 0 and abs(json.loads(out)["val_loss"] - base) < tol
+    code, out, _ = run(capsys, "generate", out_dir, "--prompt", "the ", "--max-new-tokens", "8", "--temperature", "0")  # int4
+    assert code == 0 and out.startswith("the ") and len(out.rstrip("\n")) == 12
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [(["--bits", "3"], "--bits must be 4 or 8"), (["--bits", "4", "--group-size", "48"], "does not divide the input width 64")],
+)
+def test_quantize_errors(capsys, float_run, tmp_path, extra, message):
+    code, out, err = run(capsys, "quantize", float_run, "--out", tmp_path / "q", *extra)
+    assert code == 2 and out == "" and message in err and err.count("\n") == 1
+
+
+def test_quantizing_a_quantized_run_is_an_error(capsys, float_run, tmp_path):
+    assert run(capsys, "quantize", float_run, "--bits", "8", "--out", tmp_path / "q8")[0] == 0
+    code, _, err = run(capsys, "quantize", tmp_path / "q8", "--bits", "4", "--out", tmp_path / "q4")
+    assert code == 2 and "already quantized (int8)" in err and err.count("\n") == 1
+    code, _, err = run(capsys, "convert", "to-hf", tmp_path / "q8", tmp_path / "hf")
+    assert code == 2 and "needs float weights" in err
