@@ -1,4 +1,4 @@
-"""The ``slm`` command: train, eval, generate, sweep, data prepare, convert, config show.
+"""The ``slm`` command: train, eval, generate, sweep, data prepare, convert, quantize, export, config show.
 
 Mistakes a user can fix (``SlmError``) print one line and exit with status 2, no traceback.
 """
@@ -24,6 +24,10 @@ def cmd_train(args) -> None:
     from slm_jax.training.train import train
 
     cfg = load_config(args.config, args.overrides)
+    if cfg.model.quant.bits:
+        from slm_jax.errors import ConfigError
+
+        raise ConfigError("This config has model.quant.bits set, and a quantized run cannot be trained; train the float config and run `slm quantize` afterwards.")
     summary = train(cfg, args.run_dir, until_step=args.until_step, progress=not args.no_progress)
     print(json.dumps(summary, indent=1))
 
@@ -120,7 +124,27 @@ def cmd_convert_from_hf(args) -> None:
 def cmd_convert_to_hf(args) -> None:
     from slm_jax.interop.convert import to_hf
 
+    from slm_jax.config import config_from_dict
+    from slm_jax.training.checkpoint import read_run_config
+
+    if config_from_dict(read_run_config(args.run_dir)).model.quant.bits:
+        from slm_jax.errors import CheckpointError
+
+        raise CheckpointError(f"{args.run_dir} is quantized and Hugging Face export needs float weights; convert the float run it was made from.")
     summary = to_hf(args.run_dir, args.hf_dir, family=args.family, best=args.best, max_shard_bytes=int(args.max_shard_mb * 2**20))
+    print(json.dumps(summary, indent=1))
+
+
+def cmd_quantize(args) -> None:
+    from slm_jax.quant.run import quantize_run
+
+    print(json.dumps(quantize_run(args.run_dir, args.out, args.bits, args.group_size, best=args.best), indent=1))
+
+
+def cmd_export(args) -> None:
+    from slm_jax.export.stablehlo import export_run
+
+    summary = export_run(args.run_dir, args.out, args.format, max_len=args.max_len, prefill_chunk=args.prefill_chunk, best=args.best)
     print(json.dumps(summary, indent=1))
 
 
@@ -190,6 +214,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--best", action="store_true", help="export the best checkpoint by validation loss")
     p.add_argument("--max-shard-mb", type=float, default=2048, help="shard the safetensors above this size")
     p.set_defaults(func=cmd_convert_to_hf)
+
+    p = sub.add_parser("quantize", help="weight-only int8/int4 quantization of a run's projections into a new run directory")
+    p.add_argument("run_dir")
+    p.add_argument("--bits", type=int, required=True, help="8 (per output channel) or 4 (group-wise, two per byte)")
+    p.add_argument("--out", required=True, help="new run directory to write")
+    p.add_argument("--group-size", type=int, default=0, help="inputs per scale (default: int8 per channel, int4 the largest divisor <= 64)")
+    p.add_argument("--best", action="store_true", help="quantize the best checkpoint by validation loss")
+    p.set_defaults(func=cmd_quantize)
+
+    p = sub.add_parser("export", help="export prefill and one-token decode (cache in, cache out) for a standalone runner")
+    p.add_argument("run_dir")
+    p.add_argument("--format", default="stablehlo", help="stablehlo (jax.export); the only format so far")
+    p.add_argument("--out", required=True, help="new output directory")
+    p.add_argument("--max-len", type=int, default=256, help="fixed maximum sequence length (prompt + generated tokens)")
+    p.add_argument("--prefill-chunk", type=int, default=16, help="tokens per exported prefill call")
+    p.add_argument("--best", action="store_true", help="export the best checkpoint by validation loss")
+    p.set_defaults(func=cmd_export)
 
     config = sub.add_parser("config", help="configs").add_subparsers(dest="config_command", required=True)
     p = config.add_parser("show", help="print the resolved config")
