@@ -49,11 +49,13 @@ def _lengths(metric: str, r: dict) -> list[tuple[int, float]]:
 def _columns(sweep: Sweep, rows: list[dict]) -> list[str]:
     metrics = sorted({k for r in rows for k in r if k.startswith("val_") and not _redundant(k)})
     metrics.sort(key=lambda k: k != sweep.metric)  # the sweep's metric first
-    return sweep.axes + ["lr"] + metrics + list(NUMBERS) + ["run"]
+    lr = [] if "optim.lr" in sweep.axes else ["lr"]  # a swept lr is already an axis column
+    return sweep.axes + lr + metrics + list(NUMBERS) + ["run"]
 
 
 def _flat(r: dict, columns: list[str]) -> dict:
-    return {c: r["values"].get(c, "") if c in r["values"] else r.get(c, "") for c in columns}
+    value = lambda c: r["values"][c] if c in r["values"] else r.get("lr" if c == "optim.lr" else c, "")
+    return {c: value(c) for c in columns}
 
 
 def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
