@@ -66,3 +66,11 @@ def val_sets(task: TaskData, batch_size: int, n_batches: int) -> dict[str, list[
     """Metric suffix -> the first ``n_batches`` label-compacted validation batches at that length."""
     return {suffix: [compact_labels(b, n_labels(source)) for b in task_eval_batches(source, batch_size, n_batches)]
             for suffix, source in task.evals.items()}
+
+
+def head_fraction(cfg: Config) -> float:
+    """Share of positions whose logits a training step computes: 1 for text, scored / seq_len for a task
+    (what ``accounting.summary`` needs to count the output head's FLOPs)."""
+    if not cfg.data.task.name:
+        return 1.0
+    return n_labels(load_task(cfg).train) / cfg.train.seq_len

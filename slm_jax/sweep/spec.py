@@ -32,6 +32,7 @@ import yaml
 
 from slm_jax.config import Config, all_keys, config_from_dict, read_yaml_config
 from slm_jax.errors import ConfigError
+from slm_jax.data.task_data import head_fraction
 from slm_jax.models import accounting
 
 BUDGET_QUANTITIES = ("params", "flops_per_token", "decode_state_bytes")
@@ -130,7 +131,7 @@ def load_sweep(path: str | Path) -> Sweep:
 
 def quantity(cfg: Config, name: str) -> float:
     """params, flops_per_token (training, forward + backward) or decode_state_bytes (one sequence)."""
-    info = accounting.summary(cfg.model, cfg.train.seq_len)
+    info = accounting.summary(cfg.model, cfg.train.seq_len, head_fraction(cfg))
     return float(info["decode_state_bytes_per_seq" if name == "decode_state_bytes" else name])
 
 
@@ -180,7 +181,7 @@ def describe(points: list[Point]) -> str:
     """A text table of the points and their budgets (``slm sweep --dry-run``)."""
     lines = []
     for i, p in enumerate(points, 1):
-        info = accounting.summary(p.cfg.model, p.cfg.train.seq_len)
+        info = accounting.summary(p.cfg.model, p.cfg.train.seq_len, head_fraction(p.cfg))
         lines.append(
             f"{i:3d}. {p.slug:48s} params {info['params']:>10,}  MFLOP/token {info['flops_per_token'] / 1e6:8.2f}  "
             f"state {info['decode_state_bytes_per_seq']:>10,} B"

@@ -22,7 +22,7 @@ from slm_jax.config import Config, replace, to_dict, to_yaml
 from slm_jax.data.pipeline import eval_batches, train_batches
 from slm_jax.data.source import Dataset, load_dataset
 from slm_jax.data.synthetic import task_batches
-from slm_jax.data.task_data import compact_labels, load_task, n_labels
+from slm_jax.data.task_data import compact_labels, head_fraction, load_task, n_labels
 from slm_jax.data.task_data import val_sets as task_val_sets
 from slm_jax.data.tokenizers import save_tokenizer
 from slm_jax.errors import CheckpointError, ConfigError, SlmError
@@ -154,7 +154,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, until_step: int | N
     compile_s = time.perf_counter() - t0
 
     # ---------------------------------------------------------------- accounting & tracking
-    info = accounting.summary(cfg.model, tc.seq_len, head_fraction=1.0 if task is None else m / tc.seq_len)
+    info = accounting.summary(cfg.model, tc.seq_len, head_fraction(cfg))
     peak = peak_flops(cfg.model.dtype, tc.peak_flops) * jax.device_count()
     write_run_record(run_dir, {**info, "compile_s": compile_s, "peak_flops": peak, "resumed_from": start})
     log = MetricsLog(run_dir, resume_step=start)
