@@ -13,8 +13,8 @@ import jax
 import jax.numpy as jnp
 
 from slm_jax.array_typing import Array, PyTree
-from slm_jax.mixers.registry import register_mixer
-from slm_jax.modules.linear import Linear, dtype_of, linear_params, scaled_init
+from slm_jax.mixers.registry import module_fields, register_mixer
+from slm_jax.modules.linear import Linear, linear_params, scaled_init
 from slm_jax.modules.norms import RMSNorm
 from slm_jax.modules.rope import apply_rope
 from slm_jax.ops.attention import attend
@@ -62,11 +62,7 @@ class Attention(nn.Module):
             out_bias=cfg.attn_out_bias,
             norm_eps=cfg.norm_eps,
             norm_offset=cfg.norm_offset,
-            dtype=dtype_of(cfg.dtype),
-            param_dtype=dtype_of(cfg.param_dtype),
-            init_std=cfg.init_std,
-            n_layers=cfg.n_layers,
-            parent=None,  # unbound: the Block that receives it adopts it as "mixer"
+            **module_fields(cfg),
         )
 
     @nn.compact

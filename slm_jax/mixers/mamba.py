@@ -32,9 +32,9 @@ import jax.numpy as jnp
 
 from slm_jax.array_typing import Array, PyTree
 from slm_jax.errors import ConfigError
-from slm_jax.mixers.registry import register_mixer
+from slm_jax.mixers.registry import module_fields, register_mixer
 from slm_jax.modules.conv1d import CausalConv1D
-from slm_jax.modules.linear import Linear, dtype_of, linear_params, scaled_init
+from slm_jax.modules.linear import Linear, linear_params, scaled_init
 from slm_jax.ops.scan import ScanImpl
 from slm_jax.ops.selective_scan import selective_scan
 
@@ -117,11 +117,7 @@ class Mamba(nn.Module):
             dt_min=m.dt_min,
             dt_max=m.dt_max,
             selective=m.selective,
-            dtype=dtype_of(cfg.dtype),
-            param_dtype=dtype_of(cfg.param_dtype),
-            init_std=cfg.init_std,
-            n_layers=cfg.n_layers,
-            parent=None,  # unbound: the Block adopts it as "mixer"
+            **module_fields(cfg),
         )
 
     def _conv(self) -> CausalConv1D:

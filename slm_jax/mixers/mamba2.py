@@ -31,9 +31,9 @@ import jax.numpy as jnp
 from slm_jax.array_typing import Array, PyTree
 from slm_jax.errors import ConfigError
 from slm_jax.mixers.mamba import conv_params, dt_bias_init
-from slm_jax.mixers.registry import register_mixer
+from slm_jax.mixers.registry import module_fields, register_mixer
 from slm_jax.modules.conv1d import CausalConv1D
-from slm_jax.modules.linear import Linear, dtype_of, linear_params, scaled_init
+from slm_jax.modules.linear import Linear, linear_params, scaled_init
 from slm_jax.ops.ssd import ssd, ssd_flops_per_token, ssd_step
 
 _f32 = jnp.float32
@@ -128,11 +128,7 @@ class Mamba2(nn.Module):
             dt_min=m.dt_min,
             dt_max=m.dt_max,
             norm_eps=cfg.norm_eps,
-            dtype=dtype_of(cfg.dtype),
-            param_dtype=dtype_of(cfg.param_dtype),
-            init_std=cfg.init_std,
-            n_layers=cfg.n_layers,
-            parent=None,  # unbound: the Block adopts it as "mixer"
+            **module_fields(cfg),
         )
 
     @nn.compact

@@ -21,6 +21,7 @@ Register with ``@register_mixer("name")`` on the class. Unknown names fail at co
 from typing import Callable
 
 from slm_jax.errors import ConfigError
+from slm_jax.modules.linear import dtype_of
 
 _MIXERS: dict[str, type] = {}
 
@@ -56,3 +57,12 @@ def get_mixer(name: str) -> type:
 def _import_builtin_mixers() -> None:
     # Importing the package runs every mixer module's @register_mixer line.
     import slm_jax.mixers.builtin  # noqa: F401
+
+
+def module_fields(cfg) -> dict:
+    """The constructor fields every mixer takes from ``ModelConfig`` alike, for ``from_config``:
+    dtypes, init scale, depth (for the scaled output init) and ``parent=None`` (unbound: the
+    Block that receives the mixer adopts it as "mixer")."""
+    return {"dtype": dtype_of(cfg.dtype), "param_dtype": dtype_of(cfg.param_dtype), "init_std": cfg.init_std,
+            "n_layers": cfg.n_layers, "parent": None}
+

@@ -40,9 +40,9 @@ import jax.numpy as jnp
 from slm_jax.array_typing import Array, PyTree
 from slm_jax.errors import ConfigError
 from slm_jax.mixers.mamba import conv_params
-from slm_jax.mixers.registry import register_mixer
+from slm_jax.mixers.registry import module_fields, register_mixer
 from slm_jax.modules.conv1d import CausalConv1D
-from slm_jax.modules.linear import Linear, dtype_of, linear_params, scaled_init
+from slm_jax.modules.linear import Linear, linear_params, scaled_init
 from slm_jax.ops.scan import ScanImpl, linear_scan, scan_step
 
 _f32 = jnp.float32
@@ -154,11 +154,7 @@ class RGLRU(nn.Module):
             a_max=m.a_max,
             use_bias=m.bias,
             reset_at_zero=m.reset_at_zero,
-            dtype=dtype_of(cfg.dtype),
-            param_dtype=dtype_of(cfg.param_dtype),
-            init_std=cfg.init_std,
-            n_layers=cfg.n_layers,
-            parent=None,  # unbound: the Block adopts it as "mixer"
+            **module_fields(cfg),
         )
 
     @nn.compact
