@@ -85,22 +85,27 @@ def close(a, b, tol=1e-5):
     np.testing.assert_allclose(a, b, rtol=tol, atol=tol * np.abs(b).max())
 
 
-@pytest.mark.parametrize("t", [63, 1])
-@pytest.mark.parametrize("selective", [True, False])
-def test_parallel_equals_step_equals_reference(t, selective):
-    mixer, params, x, pos = setup(t=t, selective=selective)
-    y_ref, h_ref = reference_mamba(params, x, mixer)
+def check_paths_match_reference(mixer, params, x, pos, y_ref, h_ref):
+    """Parallel, token-by-token and one-shot prefill outputs and final states equal the reference's."""
     y_par, none = mixer.apply(params, x, pos)
     assert none is None
     y_step, cache = step_by_step(mixer, params, x, pos)
     close(y_par, y_ref)
     close(y_step, y_ref)
     close(cache["h"], h_ref)
-    # the prefill path (t tokens at once with a cache) reaches the same state
-    y_pre, cache_pre = mixer.apply(params, x, pos, mixer.init_cache(2, t))
+    # the prefill path (all tokens at once with a cache) reaches the same state
+    y_pre, cache_pre = mixer.apply(params, x, pos, mixer.init_cache(x.shape[0], x.shape[1]))
     close(y_pre, y_ref)
     close(cache_pre["h"], h_ref)
     np.testing.assert_allclose(cache_pre["conv"], cache["conv"], atol=1e-6)
+
+
+@pytest.mark.parametrize("t", [63, 1])
+@pytest.mark.parametrize("selective", [True, False])
+def test_parallel_equals_step_equals_reference(t, selective):
+    mixer, params, x, pos = setup(t=t, selective=selective)
+    y_ref, h_ref = reference_mamba(params, x, mixer)
+    check_paths_match_reference(mixer, params, x, pos, y_ref, h_ref)
 
 
 def test_prefill_then_step():

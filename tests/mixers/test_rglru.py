@@ -11,7 +11,7 @@ from slm_jax.errors import ConfigError
 from slm_jax.mixers.rglru import RGLRU, block_diagonal
 from slm_jax.models import accounting
 from slm_jax.models.lm import CausalLM, cache_bytes
-from tests.mixers.test_mamba import causal_conv, close, step_by_step
+from tests.mixers.test_mamba import causal_conv, check_paths_match_reference, close, step_by_step
 
 D, W, H = 24, 36, 3  # widths not powers of two; gate blocks of 12
 
@@ -67,17 +67,7 @@ def reference_rglru(params, x, mixer):
 def test_parallel_equals_step_equals_reference(t):
     mixer, params, x, pos = setup(t=t)
     y_ref, h_ref = reference_rglru(params, x, mixer)
-    y_par, none = mixer.apply(params, x, pos)
-    assert none is None
-    y_step, cache = step_by_step(mixer, params, x, pos)
-    close(y_par, y_ref)
-    close(y_step, y_ref)
-    close(cache["h"], h_ref)
-    # the prefill path (t tokens at once with a cache) reaches the same state
-    y_pre, cache_pre = mixer.apply(params, x, pos, mixer.init_cache(2, t))
-    close(y_pre, y_ref)
-    close(cache_pre["h"], h_ref)
-    np.testing.assert_allclose(cache_pre["conv"], cache["conv"], atol=1e-6)
+    check_paths_match_reference(mixer, params, x, pos, y_ref, h_ref)
 
 
 def test_prefill_then_step():
