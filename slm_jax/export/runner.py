@@ -1,12 +1,14 @@
-"""Standalone greedy generation from an ``slm export`` artifact: jax, numpy and json only.
+"""Standalone greedy generation from an ``slm export`` artifact: numpy and json, plus jax or onnxruntime.
 
     python slm_jax/export/runner.py ARTIFACT_DIR --prompt "ROMEO:" --max-new-tokens 100
 
 Nothing from slm_jax is imported (the model code travels as StableHLO inside the
-``*.jax_export`` files), so this file can be copied next to an artifact and run with only
-``pip install jax``. The calling convention is the one stablehlo.py documents: whole
-``prefill_chunk``-token chunks of the prompt go through ``prefill``, the rest of the prompt and
-every generated token through ``decode``, the cache going in and out of every call.
+``*.jax_export`` files, or as ONNX graphs in ``*.onnx``), so this file can be copied next to an
+artifact and run with only ``pip install jax`` (``--format stablehlo``) or only
+``pip install onnxruntime`` (``--format onnx``: jax is never imported). The calling convention
+is the one stablehlo.py documents: whole ``prefill_chunk``-token chunks of the prompt go
+through ``prefill``, the rest of the prompt and every generated token through ``decode``, the
+cache going in and out of every call.
 Tokenizers: the char and byte kinds of slm_jax's ``tokenizer.json``, reimplemented below.
 """
 
@@ -17,11 +19,37 @@ import json
 import sys
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-FORMAT = "slm_jax.stablehlo/1"
+
+def _jax_steps(d: Path) -> tuple:
+    import jax
+
+    load = lambda name: jax.jit(jax.export.deserialize((d / f"{name}.jax_export").read_bytes()).call)
+    return load("prefill"), load("decode")
+
+
+def _onnx_steps(d: Path) -> tuple:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only
+
+    def load(name):
+        session = ort.InferenceSession(str(d / f"{name}.onnx"), options, providers=ort.get_available_providers())
+        names = [i.name for i in session.get_inputs()]  # weights, tokens, start, cache
+
+        def step(weights, tokens, start, cache):
+            logits, *new_cache = session.run(None, dict(zip(names, [*weights, tokens, start, *cache])))
+            return logits, new_cache
+
+        return step
+
+    return load("prefill"), load("decode")
+
+
+# manifest "format" -> (prefill, decode), each (weights, tokens i32[1, t], start i32[], cache) -> (logits f32[1, v], cache)
+BACKENDS = {"slm_jax.stablehlo/1": _jax_steps, "slm_jax.onnx/1": _onnx_steps}
 
 
 class Artifact:
@@ -32,13 +60,13 @@ class Artifact:
         if not (d / "manifest.json").is_file():
             raise SystemExit(f"error: {d} has no manifest.json; pass a directory written by `slm export`.")
         self.manifest = json.loads((d / "manifest.json").read_text())
-        if self.manifest.get("format") != FORMAT:
-            raise SystemExit(f"error: {d} holds format {self.manifest.get('format')!r}, this runner reads {FORMAT!r}; re-export it.")
+        fmt = self.manifest.get("format")
+        if fmt not in BACKENDS:
+            raise SystemExit(f"error: {d} holds format {fmt!r}, this runner reads {' and '.join(map(repr, BACKENDS))}; re-export it.")
         self.max_len, self.chunk = self.manifest["max_len"], self.manifest["prefill_chunk"]
         self.weights = _load_flat(d / "weights.npz", self.manifest["weights"]["dtypes"])
         self.empty_cache = _load_flat(d / "cache.npz", self.manifest["cache"]["dtypes"])
-        self.prefill = jax.jit(jax.export.deserialize((d / "prefill.jax_export").read_bytes()).call)
-        self.decode = jax.jit(jax.export.deserialize((d / "decode.jax_export").read_bytes()).call)
+        self.prefill, self.decode = BACKENDS[fmt](d)
         tok = d / "tokenizer.json"
         self.tokenizer = json.loads(tok.read_text(encoding="utf-8")) if tok.is_file() else None
 
@@ -52,15 +80,15 @@ class Artifact:
         cache, pos = self.empty_cache, 0
         n_full = len(prompt) // self.chunk * self.chunk
         for i in range(0, n_full, self.chunk):
-            logits, cache = self.prefill(self.weights, np.asarray([prompt[i : i + self.chunk]], np.int32), np.int32(i), cache)
+            logits, cache = self.prefill(self.weights, np.asarray([prompt[i : i + self.chunk]], np.int32), np.asarray(i, np.int32), cache)
         for pos in range(n_full, len(prompt)):
-            logits, cache = self.decode(self.weights, np.asarray([[prompt[pos]]], np.int32), np.int32(pos), cache)
+            logits, cache = self.decode(self.weights, np.asarray([[prompt[pos]]], np.int32), np.asarray(pos, np.int32), cache)
         new, seen = [], []
         for pos in range(len(prompt), len(prompt) + max_new_tokens):
             seen.append(np.asarray(logits[0]))
             new.append(int(np.argmax(seen[-1])))
             if pos < len(prompt) + max_new_tokens - 1:  # the last token needs no step
-                logits, cache = self.decode(self.weights, np.asarray([[new[-1]]], np.int32), np.int32(pos), cache)
+                logits, cache = self.decode(self.weights, np.asarray([[new[-1]]], np.int32), np.asarray(pos, np.int32), cache)
         return new, seen
 
     def encode(self, text: str) -> list[int]:
@@ -86,11 +114,21 @@ class Artifact:
 def _load_flat(path: Path, dtypes: list[str]) -> list[np.ndarray]:
     """Arrays "0000", "0001", ... of an .npz (no pickle), raw-bit dtypes such as bfloat16 viewed back."""
     with np.load(path, allow_pickle=False) as z:
-        return [z[f"{i:04d}"].view(jnp.dtype(name)) for i, name in enumerate(dtypes)]
+        return [z[f"{i:04d}"].view(_dtype(name)) for i, name in enumerate(dtypes)]
+
+
+def _dtype(name: str) -> np.dtype:
+    """A numpy dtype by name; bfloat16 and other ML types come from ml_dtypes (installed with jax)."""
+    try:
+        return np.dtype(name)
+    except TypeError:
+        import ml_dtypes
+
+        return np.dtype(getattr(ml_dtypes, name))
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Greedy generation from an `slm export --format stablehlo` directory.")
+    ap = argparse.ArgumentParser(description="Greedy generation from an `slm export` directory (stablehlo or onnx).")
     ap.add_argument("artifact")
     ap.add_argument("--prompt", default=None, help="text (char/byte tokenizers)")
     ap.add_argument("--ids", default=None, help="comma-separated prompt token ids instead of --prompt; prints ids")

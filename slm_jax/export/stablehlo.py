@@ -24,6 +24,9 @@ graph), and ``weights.npz`` is read with ``allow_pickle=False``. Files written:
   weights.npz, cache.npz                  flat arrays "0000", "0001", ... (dtype names in the manifest)
   manifest.json                           shapes, dtypes, parameter paths, max_len, tokenizer kind
   tokenizer.json                          copied from the run
+
+With ``fmt="onnx"`` the two steps are ``prefill.onnx`` and ``decode.onnx`` instead (onnx_export.py);
+the other files are the same, and runner.py reads both formats.
 """
 
 from __future__ import annotations
@@ -41,8 +44,7 @@ from slm_jax.array_typing import PyTree
 from slm_jax.errors import CheckpointError, ConfigError
 from slm_jax.models.lm import CausalLM, cache_bytes
 
-FORMAT = "slm_jax.stablehlo/1"
-FORMATS = ("stablehlo",)
+FORMATS = ("stablehlo", "onnx")  # onnx: the same two steps as ONNX models (onnx_export.py)
 
 
 def make_step(model: CausalLM, params_def: PyTree, cache_def: PyTree) -> Callable:
@@ -87,7 +89,7 @@ def export_run(
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if fmt not in FORMATS:
-        raise ConfigError(f"Export format {fmt!r} is not supported; use --format stablehlo (ONNX export is not implemented).")
+        raise ConfigError(f"Export format {fmt!r} is not supported; use --format stablehlo or --format onnx.")
     if max_len <= 0 or not 0 < prefill_chunk <= max_len:
         raise ConfigError(f"--max-len must be positive and --prefill-chunk in [1, max-len], got {max_len} and {prefill_chunk}.")
     if (out_dir / "manifest.json").exists():
@@ -99,17 +101,23 @@ def export_run(
     cache_leaves, cache_def = jax.tree_util.tree_flatten_with_path(cache)
     cache_list = [leaf for _, leaf in cache_leaves]
     step = make_step(run.model, jax.tree.structure(run.params), jax.tree.structure(cache))
+    if fmt == "onnx":
+        from slm_jax.export.onnx_export import onnx_steps
+
+        files = onnx_steps(step, weights, cache_list, prefill_chunk, [_path(p) for p, _ in weight_leaves], [_path(p) for p, _ in cache_leaves])
+    else:
+        files = {f"{name}.jax_export": export_step(step, weights, cache_list, t) for name, t in (("prefill", prefill_chunk), ("decode", 1))}
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "prefill.jax_export").write_bytes(export_step(step, weights, cache_list, prefill_chunk))
-    (out_dir / "decode.jax_export").write_bytes(export_step(step, weights, cache_list, 1))
+    for name, data in files.items():
+        (out_dir / name).write_bytes(data)
     tokenizer = None
     if (run_dir / "tokenizer.json").is_file():
         shutil.copyfile(run_dir / "tokenizer.json", out_dir / "tokenizer.json")
         tokenizer = json.loads((run_dir / "tokenizer.json").read_text()).get("type", "hf")
     m = run.cfg.model
     manifest = {
-        "format": FORMAT,
+        "format": f"slm_jax.{fmt}/1",
         "run_dir": str(run_dir),
         "step": run.step,
         "layer_pattern": list(m.layers),

@@ -92,7 +92,7 @@ def test_quantized_run_exports(tmp_path, capsys):
     assert len(new) == 5
 
 
-@pytest.mark.parametrize("extra, message", [(["--format", "onnx"], "not supported; use --format stablehlo"),
+@pytest.mark.parametrize("extra, message", [(["--format", "tflite"], "not supported; use --format stablehlo or --format onnx"),
                                             (["--max-len", "8", "--prefill-chunk", "16"], "--prefill-chunk in [1, max-len]")])
 def test_export_errors(tmp_path, capsys, extra, message):
     make_run(tmp_path / "run", "transformer", n_layers=1)

@@ -1,0 +1,66 @@
+"""``slm export --format onnx``: the prefill and decode steps as two ONNX models, from their jaxprs.
+
+The same step function as the StableHLO export (``stablehlo.make_step``), traced with
+``jax.make_jaxpr`` at the two fixed shapes and translated by ``onnx_graph`` (opset 18). No
+jax2onnx: it pins an orbax-checkpoint older than slm_jax's, and it cannot export Flax
+``nn.scan`` over layers or ``lax.associative_scan``, both of which this translator handles.
+Exporting needs only the ``onnx`` package; running, only ``onnxruntime`` and numpy.
+
+Graph signature of both models (names are the flat parameter and cache paths):
+
+  inputs:  weights in weights.npz order, named by parameter path ("params/embed/embedding", ...)
+           "tokens" i32[1, t], "start" i32[] (position of tokens[:, 0])
+           the cache in cache.npz order, named "cache/<path>"
+  outputs: "logits" f32[1, v] at the last token, then the new cache, named "new_cache/<path>"
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from jax.extend import core
+
+from slm_jax.errors import ConfigError
+
+
+def _dtypes(jaxpr) -> set:
+    """Every dtype a jaxpr (and the jaxprs inside it) computes with."""
+    found = {v.aval.dtype for v in jaxpr.invars} | {v.aval.dtype for e in jaxpr.eqns for v in e.outvars}
+    for sub in core.subjaxprs(jaxpr):
+        found |= _dtypes(sub)
+    return found
+
+
+def onnx_steps(
+    step: Callable, weights: list, cache: list, prefill_chunk: int, weight_names: list[str], cache_names: list[str]
+) -> dict[str, bytes]:
+    """{"prefill.onnx": ..., "decode.onnx": ...}: serialized, checked ONNX models of ``step`` at ``prefill_chunk`` and 1 tokens."""
+    try:
+        import onnx
+
+        from slm_jax.export.onnx_graph import jaxpr_to_onnx
+        from slm_jax.export.onnx_ops import UnsupportedPrimitive
+    except ImportError as e:
+        raise ConfigError(f"ONNX export needs the onnx package ({e}); install it with `pip install -e '.[onnx]'`, or use --format stablehlo.") from None
+    inputs = [*weight_names, "tokens", "start", *(f"cache/{n}" for n in cache_names)]
+    outputs = ["logits", *(f"new_cache/{n}" for n in cache_names)]
+    spec = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)
+    files = {}
+    for name, t in (("prefill", prefill_chunk), ("decode", 1)):
+        closed = jax.make_jaxpr(step)([spec(a) for a in weights], jax.ShapeDtypeStruct((1, t), jnp.int32),
+                                      jax.ShapeDtypeStruct((), jnp.int32), [spec(a) for a in cache])
+        other = sorted(str(d) for d in _dtypes(closed.jaxpr) if jnp.issubdtype(d, jnp.floating) and d != jnp.float32)
+        if other:
+            raise ConfigError(
+                f"ONNX export supports float32 models only, and this run computes or stores {other[0]} "
+                "(model.dtype / model.param_dtype); export it with --format stablehlo."
+            )
+        try:
+            model = jaxpr_to_onnx(closed, inputs, outputs, name=f"slm_jax_{name}")
+        except UnsupportedPrimitive as e:
+            raise ConfigError(f"ONNX export cannot translate the JAX operation {e} that this model uses; export it with --format stablehlo.") from None
+        onnx.checker.check_model(model)
+        files[f"{name}.onnx"] = model.SerializeToString()
+    return files

@@ -1,0 +1,154 @@
+"""slm export --format onnx: the jaxpr -> ONNX translation, checked in onnxruntime against JAX."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from slm_jax.cli import main  # noqa: E402
+from slm_jax.config import config_from_dict  # noqa: E402
+from slm_jax.errors import ConfigError  # noqa: E402
+from slm_jax.export.onnx_export import onnx_steps  # noqa: E402
+from slm_jax.export.onnx_graph import jaxpr_to_onnx  # noqa: E402
+from slm_jax.export.runner import Artifact  # noqa: E402
+from slm_jax.export.stablehlo import export_run, make_step  # noqa: E402
+from slm_jax.inference.run import load_run  # noqa: E402
+from slm_jax.models.lm import CausalLM  # noqa: E402
+from slm_jax.ops import scan as scan_ops  # noqa: E402
+from tests.export.test_stablehlo import N_NEW, PROMPT, make_run, reference_logits  # noqa: E402
+
+
+def run_onnx(fn, *args):
+    """fn(*args) through jaxpr -> ONNX -> onnxruntime; returns the flat outputs."""
+    closed = jax.make_jaxpr(fn)(*args)
+    flat = jax.tree.leaves(args)
+    model = jaxpr_to_onnx(closed, [f"in{i}" for i in range(len(flat))], [f"out{i}" for i in range(len(closed.jaxpr.outvars))])
+    onnx.checker.check_model(model, full_check=True)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {f"in{i}": np.asarray(a) for i, a in enumerate(flat)})
+
+
+def assert_same(fn, *args, atol=1e-6, rtol=1e-5):
+    want = jax.tree.leaves(jax.jit(fn)(*args))
+    got = run_onnx(fn, *args)
+    assert len(got) == len(want)
+    for w, g in zip(want, got):
+        assert g.shape == w.shape and g.dtype == w.dtype
+        np.testing.assert_allclose(g, np.asarray(w), atol=atol, rtol=rtol)
+
+
+def test_primitives_keep_jax_semantics():
+    r = np.random.RandomState(0)
+    x = jnp.asarray(r.randn(3, 4, 5), jnp.float32)
+    i = jnp.asarray([-7, -1, 0, 5, 9], jnp.int32)
+    # rem truncates and dynamic slices clamp out-of-range starts, unlike ONNX's defaults
+    assert_same(lambda i: (jax.lax.rem(i, 4), i // 4, i % 4), i)
+    assert_same(lambda x, s: jax.lax.dynamic_slice(x, (s, 0, s), (2, 4, 3)), x, jnp.int32(7))
+    assert_same(lambda x, s: jax.lax.dynamic_update_slice(x, jnp.ones((1, 2, 5)), (s, s, 0)), x, jnp.int32(-2))
+    # dot_general with batch dims in the middle, gathers in JAX's dimension order, scatter, pad, cumsum
+    assert_same(lambda a, b: jnp.einsum("bij,jbk->bik", a, b), x, jnp.asarray(r.randn(5, 3, 2), jnp.float32))
+    assert_same(lambda x, k: (x[:, k], jnp.take(x, k, axis=2), jnp.stack([x, -x], axis=1)), x, jnp.asarray([[3, 0], [1, 1]], jnp.int32))
+    assert_same(lambda x, k: x.at[:, k].set(-1.0).at[0, :, 1].add(2.0), x, jnp.asarray([2, 0], jnp.int32))
+    assert_same(lambda x: jax.lax.pad(x, 0.5, [(1, -1, 0), (0, 2, 1), (-2, 0, 2)]), x)
+    assert_same(lambda x: (jnp.cumsum(x, 1), jax.lax.cumsum(x[::-1], 2, reverse=True), jnp.argmax(x, -1), x.max((0, 2))), x)
+    assert_same(lambda x: (jnp.where(x > 0, x > 1, x < -1), jax.nn.softplus(x), jax.lax.integer_pow(x, -2), jax.lax.rsqrt(x * x)), x)
+    assert_same(lambda x, k: (jax.lax.select_n(k, x, -x, 2 * x), jax.lax.clamp(-0.5, x, 0.5)), x, jnp.asarray(r.randint(0, 3, x.shape), jnp.int32))
+    halves = jnp.asarray([-2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 0.7, -0.2], jnp.float32)
+    assert_same(lambda h: (jnp.round(h), jax.lax.round(h)), halves, atol=0)
+    # log1p / expm1 stay accurate near 0 (RG-LRU's sqrt(1 - a^2) and softplus need it) and at the extremes
+    tiny = jnp.asarray([-1e-3, -3e-7, -1e-9, 0.0, 2e-8, 5e-6, 0.3, -20.0, 100.0, -200.0], jnp.float32)
+    assert_same(lambda t: (jnp.log1p(t), jnp.expm1(t)), tiny, atol=0, rtol=2e-6)
+    assert_same(lambda x: jax.lax.fori_loop(0, 3, lambda k, c: c * 0.5 + k, x), x)  # a scan without xs
+    assert_same(lambda x: jax.lax.scan(lambda c, r: (c + r, c * r), x[0], x, reverse=True), x)
+
+
+@pytest.mark.parametrize("impl", ["linear", "associative", "chunked"])
+def test_every_scan_impl_translates(impl):
+    r = np.random.RandomState(1)
+    a, b = (jnp.asarray(r.rand(2, 16, 3), jnp.float32) for _ in range(2))
+    h0 = jnp.asarray(r.randn(2, 3), jnp.float32)
+    fn = lambda a, b, h0: scan_ops.linear_scan(a, b, h0, impl=scan_ops.ScanImpl(impl), chunk_size=4)
+    assert_same(fn, a, b, h0, atol=1e-5)
+
+
+def test_layers_under_nn_scan_become_an_onnx_scan():
+    """Flax nn.scan over layers (scan_layers) translates to one Scan node: prefill then decode on its cache."""
+    cfg = config_from_dict({"name": "g", "model": {"preset": "griffin", "n_layers": 6, "d_model": 16, "n_heads": 2, "vocab_size": 11,
+                                                   "local_window": 8, "init_std": 0.3, "scan_layers": True}})
+    model = CausalLM(cfg.model)
+    params = model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
+    cache = model.init_cache(1, 32)
+    step = make_step(model, jax.tree.structure(params), jax.tree.structure(cache))
+    weights, tokens = jax.tree.leaves(params), jnp.asarray([[1, 5, 2, 7, 3, 9, 4, 10, 0, 6]], jnp.int32)
+    _, cache = jax.jit(step)(weights, tokens, jnp.int32(0), jax.tree.leaves(cache))
+    assert_same(step, weights, tokens, jnp.int32(10), cache, atol=1e-4)
+    assert_same(step, weights, tokens[:, :1], jnp.int32(20), cache, atol=1e-4)
+
+
+@pytest.mark.parametrize("preset, n_layers", [("transformer", 1), ("griffin", 3), ("mamba", 1)])
+def test_onnx_steps_reproduce_the_model(tmp_path, preset, n_layers):
+    cfg, params, tok = make_run(tmp_path / "run", preset, n_layers=n_layers)  # griffin: RG-LRU, RG-LRU, local attention
+    manifest = export_run(tmp_path / "run", tmp_path / "export", fmt="onnx", max_len=96, prefill_chunk=16)
+    assert manifest["format"] == "slm_jax.onnx/1" and manifest["constant_memory"] == (preset != "transformer")
+    art = Artifact(tmp_path / "export")
+    decode = onnx.load(tmp_path / "export" / "decode.onnx")
+    cache_inputs = [i for i in decode.graph.input if i.name.startswith("cache/")]
+    assert [[d.dim_value for d in i.type.tensor_type.shape.dim] for i in cache_inputs] == [list(a.shape) for a in art.empty_cache]
+    prompt = [int(i) for i in tok.encode(PROMPT)]
+    new, seen = art.generate(prompt, N_NEW)
+    ref = reference_logits(cfg, params, prompt, new)
+    assert float(np.max(np.abs(np.stack(seen) - ref))) < 1e-3
+    assert new == [int(i) for i in ref.argmax(-1)]
+
+
+def test_onnx_runner_needs_neither_jax_nor_slm_jax(tmp_path, capsys):
+    make_run(tmp_path / "run", "transformer", n_layers=1)
+    assert main(["export", str(tmp_path / "run"), "--format", "onnx", "--out", str(tmp_path / "export"), "--max-len", "96"]) == 0
+    assert main(["generate", str(tmp_path / "run"), "--prompt", PROMPT, "--max-new-tokens", str(N_NEW), "--temperature", "0"]) == 0
+    expected = capsys.readouterr().out.splitlines()[-1]
+    runner = Path(__file__).parents[2] / "slm_jax" / "export" / "runner.py"
+    code = (
+        "import runpy, sys\n"
+        "main = runpy.run_path(sys.argv[1])['main']\n"
+        "assert main([sys.argv[2], '--prompt', sys.argv[3], '--max-new-tokens', sys.argv[4]]) == 0\n"
+        "loaded = [m for m in sys.modules if m.split('.')[0] in ('slm_jax', 'jax', 'jaxlib', 'flax')]\n"
+        "assert not loaded, loaded\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(runner), str(tmp_path / "export"), PROMPT, str(N_NEW)],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.splitlines()[-1] == expected
+
+
+def test_int4_run_exports_to_onnx(tmp_path):
+    """The packed int4 kernels are unpacked inside the graph (bit ops on uint8, int8 arithmetic widened)."""
+    make_run(tmp_path / "run", "mamba", n_layers=1)
+    assert main(["quantize", str(tmp_path / "run"), "--bits", "4", "--out", str(tmp_path / "q")]) == 0
+    export_run(tmp_path / "q", tmp_path / "export", fmt="onnx", max_len=48)
+    run = load_run(tmp_path / "q")
+    prompt = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17]
+    new, seen = Artifact(tmp_path / "export").generate(prompt, 8)
+    ref = reference_logits(run.cfg, run.params, prompt, new)
+    assert float(np.max(np.abs(np.stack(seen) - ref))) < 1e-3
+
+
+def test_bfloat16_run_is_refused(tmp_path, capsys):
+    make_run(tmp_path / "run", "transformer", n_layers=1, dtype="bfloat16")
+    code = main(["export", str(tmp_path / "run"), "--format", "onnx", "--out", str(tmp_path / "export")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "ONNX export supports float32 models only, and this run computes or stores bfloat16" in err
+    assert not (tmp_path / "export").exists()
+
+
+def test_missing_onnx_package_is_named(monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx -> ImportError
+    with pytest.raises(ConfigError, match=r"install it with `pip install -e '.\[onnx\]'`"):
+        onnx_steps(lambda *a: a, [], [], 1, [], [])
