@@ -1,0 +1,1 @@
+"""Knowledge distillation: a frozen teacher run of any architecture teaches a student (``slm distill``)."""
