@@ -21,7 +21,10 @@ def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 def cmd_train(args) -> None:
     from slm_jax.config import load_config
+    from slm_jax.training.distributed import initialize
     from slm_jax.training.train import train
+
+    initialize()  # joins jax.distributed when launched as one of several processes (docs/scaling.md)
 
     cfg = load_config(args.config, args.overrides)
     if cfg.model.quant.bits:
@@ -85,8 +88,15 @@ def cmd_generate(args) -> None:
     if run.tokenizer is None:
         raise DataError(f"{args.run_dir} was trained on the generated task {run.cfg.data.task.name!r} and has no tokenizer to read a text prompt; evaluate it with `slm eval {args.run_dir}`.")
     prompt = np.asarray(run.tokenizer.encode(args.prompt), np.int32)[None]
+    model = run.model
+    if args.cache_dtype:  # int8: KV / recurrent-state cache stored as int8 (slm_jax/quant/cache.py)
+        import dataclasses
+
+        from slm_jax.models.lm import CausalLM
+
+        model = CausalLM(dataclasses.replace(run.cfg.model, cache_quant="none" if args.cache_dtype == "float" else args.cache_dtype))
     print(args.prompt, end="", flush=True)
-    for tokens in generate(run.model, run.params, prompt, args.max_new_tokens, seed=args.seed,
+    for tokens in generate(model, run.params, prompt, args.max_new_tokens, seed=args.seed,
                            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, chunk=args.chunk):
         print(run.tokenizer.decode(tokens[0]), end="", flush=True)
     print()
@@ -148,6 +158,71 @@ def cmd_export(args) -> None:
     print(json.dumps(summary, indent=1))
 
 
+def cmd_finetune(args) -> None:
+    from slm_jax.errors import ConfigError
+    from slm_jax.finetune.lora import DEFAULT_TARGETS, LoraSpec
+    from slm_jax.finetune.train import FinetuneOptions, finetune, merge_adapters
+
+    if args.target[0] == "merge":  # slm finetune merge ADAPTER_DIR --out RUN_DIR [--base BASE_RUN]
+        if len(args.target) != 2:
+            raise ConfigError("Usage: slm finetune merge ADAPTER_DIR --out RUN_DIR; give exactly one adapter directory.")
+        print(json.dumps(merge_adapters(args.target[1], args.out, args.base), indent=1))
+        return
+    if len(args.target) != 1 or not args.data:
+        raise ConfigError("Usage: slm finetune RUN_DIR --data FILE.jsonl --out DIR [--lora]; give one run directory and --data.")
+    spec = LoraSpec(args.rank, args.alpha, args.lora_dropout, args.targets or DEFAULT_TARGETS) if args.lora else None
+    options = FinetuneOptions(spec, args.steps, args.batch_size, args.lr, args.warmup_steps, args.weight_decay, args.seed,
+                              args.max_len, args.best)
+    summary = finetune(args.target[0], args.data, args.out, options, eval_data=args.eval_data,
+                       log=lambda line: print(line, file=sys.stderr, flush=True))
+    print(json.dumps(summary, indent=1))
+
+
+def cmd_distill(args) -> None:
+    from slm_jax.errors import ConfigError
+
+    if args.target[0] == "precompute":  # slm distill precompute --teacher RUN_DIR --out DIR [--data PATH]
+        from slm_jax.distill.precompute import precompute
+
+        if len(args.target) != 1 or not args.teacher or not args.out:
+            raise ConfigError("Usage: slm distill precompute --teacher RUN_DIR --out DIR [--data PATH] [--top-k K]; give --teacher and --out.")
+        summary = precompute(args.teacher, args.out, args.top_k, data=args.data, context=args.context, stride=args.stride,
+                             batch_size=args.batch_size, dtype=args.dtype, best=args.best)
+        print(json.dumps(summary, indent=1))
+        return
+    from slm_jax.config import load_config
+    from slm_jax.distill.train import distill
+
+    if len(args.target) != 1:
+        raise ConfigError("Usage: slm distill CONFIG --teacher RUN_DIR [--run-dir DIR]; give exactly one config file.")
+    cfg = load_config(args.target[0], args.overrides)
+    print(json.dumps(distill(cfg, args.teacher, args.run_dir, until_step=args.until_step, progress=not args.no_progress), indent=1))
+
+
+def cmd_plan(args) -> None:
+    import os
+
+    from slm_jax.training import planner
+
+    sizes = planner.parse_mesh(args.mesh)
+    devices = planner.mesh_devices(sizes, args.devices)
+    import jax
+
+    if jax.device_count() < devices:  # not enough devices here: plan on fake CPU devices in a fresh process
+        if os.environ.get("SLM_PLAN_REEXEC"):
+            raise SystemExit(f"Could not create {devices} fake CPU devices; set JAX_PLATFORMS=cpu.")
+        argv = ["plan", args.config, "--mesh", args.mesh, "--devices", str(devices), "--peak-tflops", str(args.peak_tflops),
+                "--mfu", str(args.mfu), *[x for o in args.overrides for x in ("--set", o)], *(["--json"] if args.json else [])]
+        code = planner.reexec_with_fake_devices(argv, devices)
+        if code:
+            raise SystemExit(code)
+        return
+    from slm_jax.config import load_config
+
+    result = planner.plan(planner.plan_config(load_config(args.config, args.overrides), sizes, devices), args.peak_tflops, args.mfu)
+    print(json.dumps(result, indent=1) if args.json else planner.format_plan(result))
+
+
 def cmd_config_show(args) -> None:
     from slm_jax.config import load_config, to_yaml
 
@@ -181,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--chunk", type=int, default=16, help="tokens per compiled decode loop between prints")
+    p.add_argument("--cache-dtype", choices=["float", "int8", "int8_kv"], default=None,
+                   help="int8: store the KV cache and recurrent states as int8 with group-wise scales; int8_kv: only the KV cache (default: the run's model.cache_quant)")
     p.add_argument("--best", action="store_true")
     p.set_defaults(func=cmd_generate)
 
@@ -225,12 +302,59 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export prefill and one-token decode (cache in, cache out) for a standalone runner")
     p.add_argument("run_dir")
-    p.add_argument("--format", default="stablehlo", help="stablehlo (jax.export); the only format so far")
+    p.add_argument("--format", default="stablehlo", help="stablehlo (jax.export) or onnx (opset 18, for onnxruntime; needs the onnx extra)")
     p.add_argument("--out", required=True, help="new output directory")
     p.add_argument("--max-len", type=int, default=256, help="fixed maximum sequence length (prompt + generated tokens)")
     p.add_argument("--prefill-chunk", type=int, default=16, help="tokens per exported prefill call")
     p.add_argument("--best", action="store_true", help="export the best checkpoint by validation loss")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("finetune", help="full or LoRA fine-tuning on prompt/completion JSONL; `slm finetune merge` folds adapters in")
+    p.add_argument("target", nargs="+", metavar="RUN_DIR", help="the base run directory, or: merge ADAPTER_DIR")
+    p.add_argument("--data", default=None, help="training JSONL, one {\"prompt\": ..., \"completion\": ...} per line")
+    p.add_argument("--eval-data", default=None, help="held-out JSONL: exact-match accuracy before and after")
+    p.add_argument("--out", required=True, help="new directory: a run (full, merge) or the adapters (--lora)")
+    p.add_argument("--lora", action="store_true", help="train low-rank adapters instead of every weight")
+    p.add_argument("--rank", type=int, default=8)
+    p.add_argument("--alpha", type=float, default=16.0, help="LoRA scale is alpha / rank")
+    p.add_argument("--lora-dropout", type=float, default=0.0)
+    p.add_argument("--targets", default=None, help="regex searched in projection paths (default: the mixers' in/out projections), e.g. 'qkv|mlp'")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup-steps", type=int, default=20)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-len", type=int, default=0, help="refuse examples longer than this many tokens (0: no limit)")
+    p.add_argument("--best", action="store_true", help="start from the base run's best checkpoint")
+    p.add_argument("--base", default=None, help="merge: the base run directory, if it moved since fine-tuning")
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("distill", help="train a student config against a teacher run; `slm distill precompute` stores the teacher's top-k logits")
+    p.add_argument("target", nargs="+", metavar="CONFIG", help="the student's YAML config, or: precompute")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
+    p.add_argument("--teacher", default=None, help="the teacher's run directory (default: distill.teacher)")
+    p.add_argument("--run-dir", default=None, help="the student's run directory (default runs/<name>); resumes if it has checkpoints")
+    p.add_argument("--until-step", type=int, default=None, help="stop after this step with a checkpoint (resume later)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--out", default=None, help="precompute: new directory for the logits")
+    p.add_argument("--data", default=None, help="precompute: text file or prepared directory (default: the teacher's data)")
+    p.add_argument("--top-k", type=int, default=16, help="precompute: logits kept per token")
+    p.add_argument("--context", type=int, default=0, help="precompute: teacher window length (default: its train.seq_len)")
+    p.add_argument("--stride", type=int, default=0, help="precompute: tokens between teacher windows (default: context / 2)")
+    p.add_argument("--batch-size", type=int, default=32, help="precompute: teacher windows per forward pass")
+    p.add_argument("--dtype", default="float16", help="precompute: float16 or float32 values")
+    p.add_argument("--best", action="store_true", help="precompute: use the teacher's best checkpoint by validation loss")
+    p.set_defaults(func=cmd_distill)
+
+    p = sub.add_parser("plan", help="compile the train step for a device mesh ahead of time: memory per device, FLOPs, tokens/s")
+    _add_config_args(p)
+    p.add_argument("--mesh", default="data=1", help="mesh axis sizes, e.g. data=2,fsdp=4,tensor=2 (-1: the rest of --devices)")
+    p.add_argument("--devices", type=int, default=0, help="device count (default: the product of the mesh sizes)")
+    p.add_argument("--peak-tflops", type=float, default=0.0, help="peak TFLOP/s of one device, for the implied tokens/s")
+    p.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation assumed for the implied tokens/s")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_plan)
 
     config = sub.add_parser("config", help="configs").add_subparsers(dest="config_command", required=True)
     p = config.add_parser("show", help="print the resolved config")

@@ -118,6 +118,7 @@ class ModelConfig:
     mamba: MambaConfig = field(default_factory=MambaConfig)
     mamba2: Mamba2Config = field(default_factory=Mamba2Config)
     quant: QuantConfig = field(default_factory=QuantConfig)
+    cache_quant: str = "none"  # none | int8 (KV and recurrent states) | int8_kv (KV only): decode cache stored int8 with group-wise scales (quant/cache.py)
 
     @property
     def kv_heads(self) -> int:
@@ -162,6 +163,7 @@ class TaskConfig:
     alpha: float = 0.01  # mqar: power-law exponent of the query gaps (Zoology)
     random_filler: bool = False  # mqar: random tokens instead of zeros between queries
     n_tokens: int = 16  # selective_copying: tokens to remember and copy
+    min_train_len: int = 0  # > 0: training examples have lengths log-uniform in [this, seq_len], left-padded with 0
     train_examples: int = 100_000  # distinct training sequences (repeated in epochs)
     val_examples: int = 1_000
     eval_lengths: tuple[int, ...] = ()  # also evaluate at these lengths (length extrapolation)
@@ -198,6 +200,24 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
+class MeshConfig:
+    """Device-mesh axis sizes for ``train.parallel.strategy: mesh``; -1 means "the devices left over"."""
+
+    data: int = -1  # data parallel (replicated params)
+    fsdp: int = 1  # data parallel with params and optimizer state sharded (ZeRO-3 / FSDP)
+    tensor: int = 1  # tensor parallel: attention heads, MLP hidden, recurrent width, vocab
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    """How a train step is spread over devices (slm_jax/training/parallel.py, docs/scaling.md)."""
+
+    strategy: str = "none"  # none: one device | pmap: data parallel over every device | mesh: jit over a data/fsdp/tensor Mesh
+    devices: int = 0  # pmap / mesh: use the first N devices; 0 -> all of them
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     steps: int = 2000
     batch_size: int = 12
@@ -207,6 +227,7 @@ class TrainConfig:
     z_loss: float = 0.0  # weight of log(Z)^2 (PaLM); 0 -> off
     log_every: int = 10
     peak_flops: float = 0.0  # device peak FLOP/s for MFU; 0 -> table for GPU/TPU, measured on CPU
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
 
 @dataclass(frozen=True)
@@ -225,6 +246,21 @@ class CheckpointConfig:
 
 
 @dataclass(frozen=True)
+class DistillConfig:
+    """Knowledge distillation from a trained teacher run (Hinton et al. 2015); read only by ``slm distill``.
+
+    The loss is ``alpha * CE(labels) + (1 - alpha) * T^2 * KL(teacher_T || student_T)``.
+    """
+
+    teacher: str = ""  # the teacher's run directory; `slm distill --teacher` overrides it
+    alpha: float = 0.5  # weight of the hard-label cross-entropy (1: no distillation, 0: teacher only)
+    temperature: float = 2.0  # T: both distributions are softmax(logits / T)
+    top_k: int = 0  # 0: KL over the whole vocabulary; k: over the teacher's top-k tokens, renormalised
+    precomputed: str = ""  # directory from `slm distill precompute`; "" computes teacher logits on the fly
+    best: bool = False  # use the teacher's best checkpoint by validation loss instead of its latest
+
+
+@dataclass(frozen=True)
 class Config:
     name: str = "default"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -233,6 +269,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
 
 # ----------------------------------------------------------------------------- building
@@ -450,12 +487,21 @@ def validate(cfg: Config) -> None:
         m.quant.bits in (0, 4, 8) and m.quant.group_size >= 0,
         f"model.quant.bits must be 0, 4 or 8 and model.quant.group_size >= 0, got {m.quant.bits} and {m.quant.group_size}.",
     )
+    _require(m.cache_quant in ("none", "int8", "int8_kv"), f"model.cache_quant must be none, int8 or int8_kv, got {m.cache_quant!r}.")
     _require(m.vocab_size >= 0, f"model.vocab_size must be >= 0 (0 takes it from the data), got {m.vocab_size}.")
     for key in ("steps", "batch_size", "seq_len", "grad_accum", "log_every"):
         _require(getattr(t, key) > 0, f"train.{key} must be positive, got {getattr(t, key)}.")
     _require(
         t.batch_size % t.grad_accum == 0,
         f"train.batch_size ({t.batch_size}) must be divisible by train.grad_accum ({t.grad_accum}).",
+    )
+    par = t.parallel
+    _require(par.strategy in ("none", "pmap", "mesh"), f"train.parallel.strategy must be none, pmap or mesh, got {par.strategy!r}.")
+    _require(par.devices >= 0, f"train.parallel.devices must be >= 0 (0 = all devices), got {par.devices}.")
+    sizes = [par.mesh.data, par.mesh.fsdp, par.mesh.tensor]
+    _require(
+        all(s > 0 or s == -1 for s in sizes) and sizes.count(-1) <= 1,
+        f"train.parallel.mesh sizes (data, fsdp, tensor) = {tuple(sizes)} must be positive, with at most one -1 (the rest of the devices).",
     )
     _require(o.schedule in ("cosine", "wsd", "constant"), f"optim.schedule must be cosine, wsd or constant, got {o.schedule!r}.")
     _require(o.lr > 0 and o.min_lr >= 0, f"optim.lr must be > 0 and optim.min_lr >= 0, got {o.lr} and {o.min_lr}.")
@@ -467,3 +513,6 @@ def validate(cfg: Config) -> None:
     _require(cfg.eval.batches > 0 and cfg.eval.every >= 0, "eval.batches must be > 0 and eval.every >= 0.")
     _require(cfg.eval.batch_size >= 0, f"eval.batch_size must be >= 0 (0 = train.batch_size), got {cfg.eval.batch_size}.")
     _require(cfg.checkpoint.every > 0 and cfg.checkpoint.keep > 0, "checkpoint.every and checkpoint.keep must be positive.")
+    kd = cfg.distill
+    _require(0.0 <= kd.alpha <= 1.0, f"distill.alpha must be in [0, 1], got {kd.alpha}.")
+    _require(kd.temperature > 0 and kd.top_k >= 0, f"distill.temperature must be > 0 and distill.top_k >= 0, got {kd.temperature} and {kd.top_k}.")

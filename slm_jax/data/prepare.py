@@ -20,7 +20,6 @@ import tempfile
 from pathlib import Path
 from typing import Sequence, Union
 
-import numpy as np
 
 from slm_jax.data.corpora import generate_corpus
 from slm_jax.data.token_files import DTYPES, META_FILE, is_prepared_dir, load_meta, split_path, token_dtype

@@ -5,7 +5,6 @@ import math
 from typing import Callable, Iterable
 
 import jax
-import numpy as np
 
 from slm_jax.array_typing import PyTree
 

@@ -10,6 +10,7 @@ from slm_jax.mixers.registry import get_mixer
 from slm_jax.modules.linear import dtype_of, scaled_init
 from slm_jax.modules.mlp import GatedMLP
 from slm_jax.modules.norms import RMSNorm
+from slm_jax.quant.cache import dequantize_cache, requantize_like
 
 
 class Block(nn.Module):
@@ -29,7 +30,9 @@ class Block(nn.Module):
     @nn.compact
     def __call__(self, x: Array, positions: Array, cache: PyTree = None) -> tuple[Array, PyTree]:
         norm = lambda name: RMSNorm(self.norm_eps, self.norm_offset, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
-        y, cache = self.mixer(norm("mixer_norm")(x), positions, cache)
+        # An int8 cache (model.cache_quant) is read as float and stored back as int8 around the mixer.
+        y, new_cache = self.mixer(norm("mixer_norm")(x), positions, dequantize_cache(cache))
+        cache = requantize_like(cache, new_cache)
         x = x + y
         if self.mlp != "none":
             mlp = GatedMLP(
@@ -43,6 +46,8 @@ class Block(nn.Module):
                 name="mlp",
             )
             x = x + mlp(norm("mlp_norm")(x))
+        # The residual stream's logical axes: a sharding constraint under training/sharding.py's rules, else a no-op.
+        x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))
         return x, cache
 
 

@@ -22,6 +22,7 @@ from slm_jax.models.block import Block, build_block
 from slm_jax.modules.embed import Embed, soft_cap
 from slm_jax.modules.linear import Linear, dtype_of
 from slm_jax.modules.norms import RMSNorm
+from slm_jax.quant.cache import quantize_cache
 
 
 class Period(nn.Module):
@@ -112,7 +113,7 @@ class CausalLM(nn.Module):
         if n_rep:
             stack = lambda a: jnp.broadcast_to(a, (n_rep,) + a.shape)
             cache["periods"] = tuple(jax.tree.map(stack, one(name)) for name in cfg.pattern)
-        return cache
+        return cache if cfg.cache_quant == "none" else quantize_cache(cache, kv_only=cfg.cache_quant == "int8_kv")
 
 
 def cache_bytes(cache: PyTree) -> int:

@@ -46,27 +46,43 @@ def make_loss_fn(model: nn.Module, z_loss: float = 0.0) -> Callable:
 
 
 def make_train_step(
-    model: nn.Module, optimizer: optax.GradientTransformation, schedule: Callable, z_loss: float = 0.0, grad_accum: int = 1
+    model: nn.Module,
+    optimizer: optax.GradientTransformation,
+    schedule: Callable,
+    z_loss: float = 0.0,
+    grad_accum: int = 1,
+    sync: Callable | None = None,
+    loss_fn: Callable | None = None,
 ) -> Callable:
-    """The update function: gradients (averaged over ``grad_accum`` micro-batches), then AdamW."""
-    grad_fn = jax.value_and_grad(make_loss_fn(model, z_loss), has_aux=True)
+    """The update function: gradients (averaged over ``grad_accum`` micro-batches), then AdamW.
 
-    def train_step(state: PyTree, batch: Array) -> tuple[PyTree, dict]:
+    ``sync(grads, metrics) -> (grads, metrics)`` runs between the gradients and the update: data
+    parallelism averages them over devices there (training/parallel.py); None on one device.
+    ``loss_fn(params, batch, *frozen) -> (loss, metrics)`` replaces the next-token loss; ``frozen``
+    are extra step inputs that get no gradient and no update (distillation: the teacher's params).
+    """
+    grad_fn = jax.value_and_grad(loss_fn or make_loss_fn(model, z_loss), has_aux=True)
+
+    def train_step(state: PyTree, batch: Array, *frozen: PyTree) -> tuple[PyTree, dict]:
         params = state["params"]
         if grad_accum == 1:
-            (_, metrics), grads = grad_fn(params, batch)
+            (_, metrics), grads = grad_fn(params, batch, *frozen)
         else:
             micro = jax.tree.map(lambda a: a.reshape(grad_accum, a.shape[0] // grad_accum, *a.shape[1:]), batch)
 
             def accumulate(carry, mb):
-                (_, m), g = grad_fn(params, mb)
+                (_, m), g = grad_fn(params, mb, *frozen)
                 return jax.tree.map(jnp.add, carry, (g, m)), None
 
-            zero = jnp.zeros((), jnp.float32)
-            start = (jax.tree.map(jnp.zeros_like, params), {"loss": zero, "accuracy": zero, "tokens": zero})
+            first = jax.tree.map(lambda a: a[0], micro)
+            metric_shapes = jax.eval_shape(lambda: grad_fn(params, first, *frozen)[0][1])
+            start = (jax.tree.map(jnp.zeros_like, params), jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metric_shapes))
             (grads, metrics), _ = jax.lax.scan(accumulate, start, micro)
             grads = jax.tree.map(lambda g: g / grad_accum, grads)
-            metrics = {**metrics, "loss": metrics["loss"] / grad_accum, "accuracy": metrics["accuracy"] / grad_accum}
+            # Means over micro-batches; "tokens" stays a sum.
+            metrics = {k: v if k == "tokens" else v / grad_accum for k, v in metrics.items()}
+        if sync is not None:
+            grads, metrics = sync(grads, metrics)
         updates, opt_state = optimizer.update(grads, state["opt_state"], params)
         new_state = {**state, "params": optax.apply_updates(params, updates), "opt_state": opt_state, "step": state["step"] + 1}
         metrics = {**metrics, "grad_norm": optax.tree.norm(grads), "lr": schedule(state["step"])}

@@ -2,14 +2,14 @@
 
 import json
 import math
-import pathlib
 
 import pytest
 
 from slm_jax.config import config_from_dict
 from slm_jax.errors import CheckpointError, ConfigError, DataError
 from slm_jax.training.tracking import read_metrics
-from slm_jax.training.train import TrainingDiverged, train
+from slm_jax.training.loop import TrainingDiverged
+from slm_jax.training.train import train
 
 
 def corpus(tmp_path, n=20000):

@@ -1,0 +1,165 @@
+"""The step loop every trainer shares (``slm train``, ``slm distill``): they differ only in their step.
+
+``run_loop`` calls a compiled ``step_fn(state, batch) -> (state, metrics)`` for steps
+``start + 1 .. end``, and around it does what every run does: metrics to ``metrics.jsonl`` and
+TensorBoard, the progress bar, validation every ``eval.every`` steps, checkpoints every
+``checkpoint.every`` steps and at the end, a checkpoint and a clean exit on SIGINT/SIGTERM,
+and a clear error when the loss or the parameters stop being finite. Device placement goes
+through ``par`` (training/parallel.py), so the loop reads the same on one device, pmap or a Mesh.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import jax
+import numpy as np
+import optax
+
+from slm_jax.array_typing import PyTree
+from slm_jax.config import Config, to_dict
+from slm_jax.errors import SlmError
+from slm_jax.eval.perplexity import evaluate
+from slm_jax.training.checkpoint import Checkpointer
+from slm_jax.training.hardware import peak_flops
+from slm_jax.training.parallel import Single
+from slm_jax.training.tracking import MetricsLog, Progress, write_run_record
+
+
+class TrainingDiverged(SlmError):
+    """The loss or the parameters became NaN/Inf."""
+
+
+class StopRequest:
+    """Turns SIGINT/SIGTERM into a flag, so the loop can save a checkpoint and exit cleanly."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def restore(self):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+def _diverged(what: str, step: int, ckpt: Checkpointer) -> TrainingDiverged:
+    return TrainingDiverged(
+        f"{what} at step {step}; the last good checkpoint (step {ckpt.latest_step()}) is kept. Lower optim.lr or set optim.grad_clip."
+    )
+
+
+def run_loop(
+    cfg: Config,
+    run_dir: Path,
+    ckpt: Checkpointer,
+    state: PyTree,
+    step_fn: Callable,
+    batches: Iterator,
+    eval_fn: Callable,
+    val_sets: dict[str, list],
+    unit: str,
+    info: dict,
+    *,
+    par: Single,
+    to_step_batch: Callable = lambda batch: batch,
+    report_accuracy: bool = False,
+    until_step: int | None = None,
+    progress: bool = True,
+    extra_metrics: tuple[str, ...] = (),
+) -> dict:
+    """Train from ``state["step"]`` to ``cfg.train.steps`` (or ``until_step``); return the run's summary.
+
+    Args:
+      cfg: the resolved config (its ``train``, ``eval`` and ``checkpoint`` sections drive the loop).
+      run_dir: where ``run.json`` and ``metrics.jsonl`` go.
+      ckpt: the run's checkpointer; closed on return.
+      state: the train state (step.py), restored or fresh, placed by ``par``.
+      step_fn: ``(state, batch) -> (state, metrics)`` with at least loss, accuracy, grad_norm, lr.
+      batches: a grain iterator (its state is checkpointed); ``to_step_batch`` maps its items.
+      eval_fn: ``eval_step(params, batch)`` (step.py).
+      val_sets: metric-name suffix -> validation batches (``""`` for the training length).
+      unit: what a token is, for bits per unit (``char``, ``byte`` or ``token``).
+      info: accounting (params, flops_per_token, ...) plus ``compile_s``; written to ``run.json``.
+      par: the placement (training/parallel.py).
+      report_accuracy: print validation accuracy per suffix instead of bits per unit (tasks).
+      extra_metrics: keys of the step metrics logged besides the usual four (e.g. ``ce``, ``kl``).
+    """
+    tc = cfg.train
+    start = int(par.host(state["step"]))
+    peak = peak_flops(cfg.model.dtype, tc.peak_flops) * jax.device_count()
+    write_run_record(run_dir, {**info, "peak_flops": peak, "resumed_from": start, "parallel": par.strategy})
+    log = MetricsLog(run_dir, resume_step=start)
+    bar = Progress(tc.steps, initial=start, disable=not (progress and jax.process_index() == 0))
+    bar.write(
+        f"{cfg.name}: {info['params']:,} params, {info['flops_per_token'] / 1e6:.1f} MFLOP/token, "
+        f"compiled in {info['compile_s']:.1f}s" + (f", resuming at step {start}" if start else "")
+    )
+    end = min(tc.steps, until_step) if until_step else tc.steps
+    stop = StopRequest()
+    tokens_per_step = tc.batch_size * tc.seq_len
+    step_time, timed_steps, last_log, t_mark = 0.0, 0, start, time.perf_counter()
+    last, val = {}, {}
+    try:
+        for step in range(start + 1, end + 1):
+            state, metrics = step_fn(state, par.batch(to_step_batch(next(batches))))
+            final = step == end or stop.requested
+            if step % tc.log_every == 0 or final:
+                last = {k: float(v) for k, v in par.host(metrics).items()}
+                now = time.perf_counter()
+                step_time += now - t_mark
+                timed_steps += step - last_log
+                dt = (now - t_mark) / (step - last_log)
+                last_log = step
+                if not math.isfinite(last["loss"]):
+                    raise _diverged(f"The loss became {last['loss']}", step, ckpt)
+                tok_s = tokens_per_step / dt
+                log.write(step, **{k: last[k] for k in ("loss", "accuracy", "grad_norm", "lr", *extra_metrics)},
+                          tokens_per_s=tok_s, ms_per_step=1e3 * dt, mfu=info["flops_per_token"] * tok_s / peak)
+                bar.update(step, loss=f"{last['loss']:.4f}", tok_s=f"{tok_s:,.0f}")
+            val = {}
+            if (cfg.eval.every and step % cfg.eval.every == 0) or step == tc.steps:
+                params = par.saveable(state)["params"]
+                for suffix, val_batches in val_sets.items():
+                    val.update({k + suffix: v for k, v in evaluate(eval_fn, params, val_batches, unit).items()})
+                log.write(step, **val)
+                bar.write(f"step {step}: val_loss {val['val_loss']:.4f} " + (
+                    "val_accuracy " + ", ".join(f"{val['val_accuracy' + suffix]:.3f}{suffix}" for suffix in val_sets) if report_accuracy
+                    else f"({val[f'val_bits_per_{unit}']:.3f} bits/{unit})"))
+            if step % cfg.checkpoint.every == 0 or final:
+                saveable = par.saveable(state)
+                if not np.isfinite(par.host(optax.tree.norm(saveable["params"]))):
+                    raise _diverged("The parameters became NaN/Inf", step, ckpt)
+                ckpt.save(step, saveable, batches.get_state(), to_dict(cfg), val_loss=val.get("val_loss"), force=final)
+            t_mark = time.perf_counter()  # evaluation and checkpoint time is not step time
+            if stop.requested:
+                bar.write(f"Stopped at step {step} with a checkpoint; run the same command again to resume.")
+                break
+    finally:
+        stop.restore()
+        ckpt.wait()
+        ckpt.close()
+        log.close()
+        bar.close()
+
+    ms = 1e3 * step_time / max(timed_steps, 1)
+    return {
+        "run_dir": str(run_dir),
+        "step": int(par.host(state["step"])),
+        "loss": last.get("loss"),
+        **val,
+        "ms_per_step": ms,
+        "tokens_per_s": tokens_per_step * 1e3 / ms if ms else None,
+        "seq_len": tc.seq_len,
+        **info,
+    }
