@@ -156,8 +156,27 @@ def task_options(task: str) -> dict[str, object]:
     return {p.name: p.default for p in params}
 
 
-def make_example(task: str, seed: int, split: str, index: int, seq_len: int, vocab_size: int, **options) -> Example:
+def _generate(task: str, rng: np.random.Generator, seq_len: int, vocab_size: int, min_len: int, options: dict) -> Example:
+    """One example of ``task`` from ``rng``; with ``0 < min_len < seq_len`` a shorter one, left-padded.
+
+    The example's own length ``n`` is drawn log-uniformly from ``[min_len, seq_len]``; positions
+    ``[0, seq_len - n)`` get input 0 (the tasks' filler token) and target -1, so the same scored
+    positions sit at the end of every row. Mixing short examples into training is a length
+    curriculum: short ones carry the learning signal an attention model cannot find at first in
+    long ones, while the batch shape stays ``seq_len``.
+    """
+    if not 0 < min_len < seq_len:
+        return TASKS[task](rng, seq_len, vocab_size, **options)
+    n = int(round(np.exp(rng.uniform(np.log(min_len), np.log(seq_len)))))
+    short = TASKS[task](rng, n, vocab_size, **options)
+    pad = seq_len - n
+    return _example(np.pad(short["inputs"], (pad, 0)), np.pad(short["targets"], (pad, 0), constant_values=-1))
+
+
+def make_example(task: str, seed: int, split: str, index: int, seq_len: int, vocab_size: int, min_len: int = 0, **options) -> Example:
     """Example ``index`` of ``split`` (``"train"`` or ``"val"``) of ``task``: a pure function of its arguments.
+
+    ``min_len`` > 0 mixes lengths (``_generate``); 0 makes every example ``seq_len`` long.
 
     Returns:
         ``{"inputs": i32[t], "targets": i32[t]}``, ``t = seq_len``, target -1 where not scored.
@@ -173,8 +192,15 @@ def make_example(task: str, seed: int, split: str, index: int, seq_len: int, voc
         raise ConfigError(f"Unknown split {split!r}; use one of: {', '.join(SPLITS)}.")
     if seed < 0 or index < 0:
         raise DataError(f"Task examples need a non-negative seed and index, got seed={seed}, index={index}; set train.seed >= 0.")
+    if min_len < 0 or min_len > seq_len:
+        raise ConfigError(f"data.task.min_train_len must be in [0, {seq_len}] (train.seq_len), got {min_len}; use 0 for full-length examples only.")
+    if 0 < min_len < seq_len:
+        try:
+            TASKS[task](np.random.default_rng(0), min_len, vocab_size, **options)
+        except ConfigError as e:
+            raise ConfigError(f"data.task.min_train_len={min_len} is too short for this task ({e}); raise it.") from None
     rng = np.random.default_rng([seed, SPLITS[split], index])
-    return TASKS[task](rng, seq_len, vocab_size, **options)
+    return _generate(task, rng, seq_len, vocab_size, min_len, options)
 
 
 class TaskSource:
@@ -183,12 +209,12 @@ class TaskSource:
     The arguments are those of ``make_example``; an invalid combination fails here, not mid-run.
     """
 
-    def __init__(self, task: str, seed: int, split: str, num_examples: int, seq_len: int, vocab_size: int, **options):
-        make_example(task, seed, split, 0, seq_len, vocab_size, **options)
+    def __init__(self, task: str, seed: int, split: str, num_examples: int, seq_len: int, vocab_size: int, min_len: int = 0, **options):
+        make_example(task, seed, split, 0, seq_len, vocab_size, min_len, **options)
         if num_examples < 1:
             raise ConfigError(f"A task split needs at least one example, got {num_examples}; set data.task.{split}_examples >= 1.")
         self.task, self.seed, self.split, self.num_examples = task, seed, split, num_examples
-        self.seq_len, self.vocab_size, self.options = seq_len, vocab_size, options
+        self.seq_len, self.vocab_size, self.min_len, self.options = seq_len, vocab_size, min_len, options
 
     def __len__(self) -> int:
         return self.num_examples
@@ -197,11 +223,12 @@ class TaskSource:
         if not 0 <= index < self.num_examples:
             raise IndexError(f"Example {index} is out of range for a source of {self.num_examples} examples.")
         rng = np.random.default_rng([self.seed, SPLITS[self.split], int(index)])  # as make_example, validated once
-        return TASKS[self.task](rng, self.seq_len, self.vocab_size, **self.options)
+        return _generate(self.task, rng, self.seq_len, self.vocab_size, self.min_len, self.options)
 
     def __repr__(self) -> str:
         # Stable across runs (no object address): grain checkpoints validate sources by repr.
         options = "".join(f", {k}={v!r}" for k, v in sorted(self.options.items()))
+        options += f", min_len={self.min_len}" if self.min_len else ""
         return (
             f"TaskSource({self.task!r}, seed={self.seed}, split={self.split!r}, num_examples={self.num_examples}, "
             f"seq_len={self.seq_len}, vocab_size={self.vocab_size}{options})"
@@ -213,11 +240,15 @@ def _check_batch_size(batch_size: int) -> None:
         raise DataError(f"batch_size must be positive, got {batch_size}; fix train.batch_size.")
 
 
-def task_batches(source: TaskSource, batch_size: int, seed: int, shuffle: bool = True) -> grain.DatasetIterator:
+def task_batches(
+    source: TaskSource, batch_size: int, seed: int, shuffle: bool = True, process_index: int = 0, process_count: int = 1
+) -> grain.DatasetIterator:
     """An endless iterator of training batches: epochs over ``source``, reshuffled every epoch.
 
     Batches may straddle epoch boundaries, so every batch is full even when ``batch_size``
-    does not divide ``len(source)``.
+    does not divide ``len(source)``. With several processes each keeps its contiguous
+    ``batch_size / process_count`` rows of every global batch, whose order does not depend on
+    the process count; the union over processes is the single-process batch.
 
     Returns:
         A grain ``DatasetIterator`` of ``{"inputs": i32[b, t], "targets": i32[b, t]}``.
@@ -231,6 +262,11 @@ def task_batches(source: TaskSource, batch_size: int, seed: int, shuffle: bool =
     if shuffle:
         ds = ds.shuffle(seed=seed)  # before repeat: grain reseeds the shuffle every epoch
     ds = ds.repeat().batch(batch_size, drop_remainder=True)
+    if process_count > 1:
+        if batch_size % process_count or not 0 <= process_index < process_count:
+            raise DataError(f"train.batch_size ({batch_size}) is not divisible by the number of processes ({process_count}); set it to a multiple of {process_count}.")
+        rows = slice(process_index * (batch_size // process_count), (process_index + 1) * (batch_size // process_count))
+        ds = ds.map(lambda batch: {k: v[rows] for k, v in batch.items()})
     return iter(ds.to_iter_dataset(READ_OPTIONS))
 
 

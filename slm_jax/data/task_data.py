@@ -33,12 +33,12 @@ def load_task(cfg: Config) -> TaskData:
         raise ConfigError(f"A generated task has no tokenizer to take the vocabulary from; set model.vocab_size (e.g. 8192 for MQAR), got {vocab}.")
     options = {name: getattr(t, name) for name in task_options(t.name) if hasattr(t, name)}
 
-    def source(split: str, n: int, length: int) -> TaskSource:
-        return TaskSource(t.name, cfg.train.seed, split, n, length, vocab, **options)
+    def source(split: str, n: int, length: int, min_len: int = 0) -> TaskSource:
+        return TaskSource(t.name, cfg.train.seed, split, n, length, vocab, min_len, **options)
 
-    evals = {"": source("val", t.val_examples, seq_len)}
+    evals = {"": source("val", t.val_examples, seq_len)}  # validation is always full length
     evals.update({f"@{n}": source("val", t.val_examples, n) for n in t.eval_lengths if n != seq_len})
-    return TaskData(source("train", t.train_examples, seq_len), evals)
+    return TaskData(source("train", t.train_examples, seq_len, t.min_train_len), evals)
 
 
 def n_labels(source: TaskSource) -> int:

@@ -191,3 +191,26 @@ def test_scored_accuracy_and_exact_match():
     np.testing.assert_array_equal(exact_match(predictions, targets), [False, True, True])
     with pytest.raises(DataError, match="No scored positions"):
         scored_accuracy(predictions[2:], targets[2:])
+
+
+def test_min_len_mixes_lengths_left_padded_with_the_scored_positions_at_the_end():
+    source = TaskSource("induction_heads", 0, "train", 200, 64, 16, min_len=8)
+    lengths = []
+    for i in range(200):
+        ex = source[i]
+        assert ex["inputs"].shape == (64,) and ex["targets"][-1] >= 2  # scored last position kept
+        assert (ex["targets"] >= 0).sum() == 1
+        nonpad = np.flatnonzero(ex["inputs"])  # induction heads never emits token 0, so 0 is padding
+        lengths.append(64 - nonpad[0])
+        assert (ex["inputs"][nonpad[0]:] > 0).all() and (ex["targets"][: nonpad[0]] == -1).all()
+    lengths = np.array(lengths)
+    assert lengths.min() >= 8 and lengths.max() >= 56
+    assert 0.35 < (lengths <= 23).mean() < 0.65  # log-uniform: the geometric midpoint sqrt(8 * 64) ~ 23 splits it
+    assert source[5]["inputs"].tolist() == make_example("induction_heads", 0, "train", 5, 64, 16, min_len=8)["inputs"].tolist()
+
+
+def test_min_len_errors_name_the_key():
+    with pytest.raises(ConfigError, match="min_train_len"):
+        TaskSource("induction_heads", 0, "train", 4, 32, 16, min_len=40)
+    with pytest.raises(ConfigError, match="min_train_len=6 is too short"):
+        TaskSource("selective_copying", 0, "train", 4, 32, 16, min_len=6, n_tokens=4)
