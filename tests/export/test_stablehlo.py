@@ -64,9 +64,14 @@ def test_exported_steps_reproduce_the_model(tmp_path, preset, n_layers):
     assert new == [int(i) for i in ref.argmax(-1)]
 
 
-def test_runner_is_standalone_and_matches_slm_generate(tmp_path, capsys):
+@pytest.mark.parametrize("fmt, forbidden", [("stablehlo", ("slm_jax",)), ("onnx", ("slm_jax", "jax", "jaxlib", "flax"))])
+def test_runner_is_standalone_and_matches_slm_generate(tmp_path, capsys, fmt, forbidden):
+    """The runner loads an export without slm_jax (and, for ONNX, without jax) and prints slm generate's text."""
+    if fmt == "onnx":
+        pytest.importorskip("onnx")
+        pytest.importorskip("onnxruntime")
     make_run(tmp_path / "run", "transformer", n_layers=1)
-    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "export"), "--max-len", "96"]) == 0
+    assert main(["export", str(tmp_path / "run"), "--format", fmt, "--out", str(tmp_path / "export"), "--max-len", "96"]) == 0
     assert main(["generate", str(tmp_path / "run"), "--prompt", PROMPT, "--max-new-tokens", str(N_NEW), "--temperature", "0"]) == 0
     expected = capsys.readouterr().out.splitlines()[-1]
     runner = Path(__file__).parents[2] / "slm_jax" / "export" / "runner.py"
@@ -74,7 +79,8 @@ def test_runner_is_standalone_and_matches_slm_generate(tmp_path, capsys):
         "import runpy, sys\n"
         "main = runpy.run_path(sys.argv[1])['main']\n"
         "assert main([sys.argv[2], '--prompt', sys.argv[3], '--max-new-tokens', sys.argv[4]]) == 0\n"
-        "assert not [m for m in sys.modules if m.startswith('slm_jax')], 'the runner imported slm_jax'\n"
+        f"loaded = [m for m in sys.modules if m.split('.')[0] in {forbidden!r}]\n"
+        "assert not loaded, loaded\n"
     )
     out = subprocess.run([sys.executable, "-c", code, str(runner), str(tmp_path / "export"), PROMPT, str(N_NEW)],
                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
