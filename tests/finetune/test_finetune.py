@@ -13,6 +13,7 @@ from slm_jax.finetune import lora
 from slm_jax.finetune.data import encode_examples
 from slm_jax.inference.run import load_run
 from slm_jax.models.lm import CausalLM
+from tests.tiny_runs import train_text_run
 
 LETTERS = "abcdefgh"
 
@@ -36,14 +37,9 @@ def write_task(path, n, seed):
 @pytest.fixture(scope="module")
 def base_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ft")
-    text = tmp / "corpus.txt"
-    text.write_text("abc: def. gha: bed. " * 200)
-    run_dir = tmp / "base"
-    overrides = ["model.n_layers=2", "model.d_model=32", "model.n_heads=2", "train.steps=20", "train.batch_size=8",
-                 "train.seq_len=16", "eval.every=0", "eval.batches=1", "checkpoint.every=20", f"data.path={text}",
-                 f"data.cache_dir={tmp / 'cache'}"]
-    args = ["train", "configs/experiments/shakespeare_char.yaml", "--run-dir", run_dir, "--no-progress"]
-    assert main([str(a) for a in args] + sum((["--set", o] for o in overrides), [])) == 0
+    run_dir = train_text_run(tmp, "abc: def. gha: bed. ", 200, [
+        "model.n_layers=2", "model.d_model=32", "model.n_heads=2", "train.steps=20", "train.batch_size=8",
+        "train.seq_len=16", "eval.every=0", "eval.batches=1", "checkpoint.every=20"], name="base")
     return {"run": run_dir, "train": write_task(tmp / "train.jsonl", 512, 0), "eval": write_task(tmp / "eval.jsonl", 128, 1)}
 
 

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from slm_jax.cli import main
+from tests.tiny_runs import train_text_run
 
 
 def run(capsys, *argv):
@@ -15,16 +16,9 @@ def run(capsys, *argv):
 
 @pytest.fixture(scope="module")
 def float_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("quant")
-    text = tmp / "corpus.txt"
-    text.write_text("the cat sat on the mat. " * 400)
-    run_dir = tmp / "run"
-    overrides = ["model.n_layers=1", "model.d_model=64", "model.n_heads=2", "model.tie_embeddings=false", "train.steps=40",
-                 "train.batch_size=8", "train.seq_len=32", "eval.every=40", "eval.batches=2", "checkpoint.every=40",
-                 f"data.path={text}", f"data.cache_dir={tmp / 'cache'}"]
-    args = ["train", "configs/experiments/shakespeare_char.yaml", "--run-dir", str(run_dir), "--no-progress"]
-    assert main(args + sum((["--set", o] for o in overrides), [])) == 0
-    return run_dir
+    return train_text_run(tmp_path_factory.mktemp("quant"), "the cat sat on the mat. ", 400, [
+        "model.n_layers=1", "model.d_model=64", "model.n_heads=2", "model.tie_embeddings=false", "train.steps=40",
+        "train.batch_size=8", "train.seq_len=32", "eval.every=40", "eval.batches=2", "checkpoint.every=40"])
 
 
 def test_quantized_runs_eval_and_generate(capsys, float_run, tmp_path):
