@@ -227,6 +227,8 @@ class TrainConfig:
     z_loss: float = 0.0  # weight of log(Z)^2 (PaLM); 0 -> off
     log_every: int = 10
     peak_flops: float = 0.0  # device peak FLOP/s for MFU; 0 -> table for GPU/TPU, measured on CPU
+    init_from: str = ""  # a run directory whose latest parameters start this run (fresh optimizer, step 0)
+    curriculum: tuple[tuple[int, ...], ...] = ()  # [seq_len, steps] stages trained first, each warm-starting the next
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
 
@@ -491,6 +493,10 @@ def validate(cfg: Config) -> None:
     _require(m.vocab_size >= 0, f"model.vocab_size must be >= 0 (0 takes it from the data), got {m.vocab_size}.")
     for key in ("steps", "batch_size", "seq_len", "grad_accum", "log_every"):
         _require(getattr(t, key) > 0, f"train.{key} must be positive, got {getattr(t, key)}.")
+    _require(
+        all(len(stage) == 2 and min(stage) > 0 for stage in t.curriculum),
+        f"train.curriculum is a list of [seq_len, steps] pairs of positive integers, got {[list(s) for s in t.curriculum]}; write e.g. [[64, 400]].",
+    )
     _require(
         t.batch_size % t.grad_accum == 0,
         f"train.batch_size ({t.batch_size}) must be divisible by train.grad_accum ({t.grad_accum}).",

@@ -14,17 +14,19 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from slm_jax.config import Config, ModelConfig, replace, to_dict, to_yaml
+from slm_jax.array_typing import PyTree
+from slm_jax.config import Config, ModelConfig, config_from_dict, replace, to_dict, to_yaml
 from slm_jax.data.pipeline import eval_batches, train_batches
 from slm_jax.data.source import Dataset, load_dataset
 from slm_jax.data.synthetic import task_batches
 from slm_jax.data.task_data import compact_labels, head_fraction, load_task, n_labels
 from slm_jax.data.task_data import val_sets as task_val_sets
 from slm_jax.data.tokenizers import save_tokenizer
+from slm_jax.inference.run import restore_params
 from slm_jax.errors import CheckpointError, ConfigError
 from slm_jax.models import accounting
 from slm_jax.models.lm import CausalLM
-from slm_jax.training.checkpoint import Checkpointer, read_run_config
+from slm_jax.training.checkpoint import Checkpointer, latest_checkpoint_step, read_run_config
 from slm_jax.training.optim import make_optimizer
 from slm_jax.training.parallel import make_parallel
 from slm_jax.training.step import init_state, make_eval_step, make_train_step
@@ -48,20 +50,55 @@ def with_data_vocab(cfg: Config, data: Dataset) -> Config:
     return cfg
 
 
-def check_resumable(run_dir: Path, cfg: Config, has_checkpoint: bool) -> None:
-    """A run directory with checkpoints may only be resumed by the same model."""
-    if not has_checkpoint:
-        return
+def model_difference(run_dir: Path, cfg: Config) -> str:
+    """"" if ``run_dir`` was trained with ``cfg.model``, else the first differing key, both values."""
     # A key the saved config lacks was added to slm_jax later: it had its default then.
     old = {**to_dict(ModelConfig()), **read_run_config(run_dir).get("model", {})}
     new = to_dict(cfg.model)
     diff = [k for k in new if old.get(k) != new[k]]
+    return f"model.{diff[0]} is {old.get(diff[0])!r} there, {new[diff[0]]!r} now" if diff else ""
+
+
+def check_resumable(run_dir: Path, cfg: Config, has_checkpoint: bool) -> None:
+    """A run directory with checkpoints may only be resumed by the same model."""
+    diff = model_difference(run_dir, cfg) if has_checkpoint else ""
     if diff:
-        k = diff[0]
-        raise CheckpointError(
-            f"{run_dir} holds checkpoints of a different model (model.{k} is {old.get(k)!r} there, "
-            f"{new[k]!r} now); pass a new --run-dir or the config that made it."
-        )
+        raise CheckpointError(f"{run_dir} holds checkpoints of a different model ({diff}); pass a new --run-dir or the config that made it.")
+
+
+def warm_start_params(source: str | Path, cfg: Config) -> PyTree:
+    """``train.init_from``: the latest parameters of run ``source``, which must hold ``cfg.model``.
+
+    For length curricula and progressive training: the new run keeps only the weights (its
+    optimizer, step counter and data order start fresh), so its seq_len, data and schedule may differ.
+    """
+    source = Path(source)
+    if not (source / "config.yaml").is_file():
+        raise ConfigError(f"train.init_from={str(source)!r} is not a run directory (no config.yaml); point it at a directory written by `slm train`.")
+    diff = model_difference(source, cfg)
+    if diff:
+        raise ConfigError(f"train.init_from={str(source)!r} holds a different model ({diff}); a warm start needs the same model config.")
+    params, _ = restore_params(source, config_from_dict(read_run_config(source)))
+    return params
+
+
+def train_curriculum(cfg: Config, run_dir: Path, progress: bool) -> str:
+    """Train the ``train.curriculum`` stages; return the last one's directory, which starts the main run.
+
+    Stage ``i`` (``[seq_len, steps]``) is a run of its own in ``run_dir/stage<i>_len<seq_len>``,
+    warm-started from the stage before (the first from ``train.init_from``, if set), validated at
+    its own length only. A finished stage is not trained again, so re-running resumes. Short
+    sequences first is the curriculum of Bengio et al. 2009; Press et al. 2021 (Shortformer) and
+    Li et al. 2022 (sequence-length warmup) use it for language models.
+    """
+    source = cfg.train.init_from
+    for i, (seq_len, steps) in enumerate(cfg.train.curriculum, 1):
+        stage_dir = run_dir / f"stage{i}_len{seq_len}"
+        stage = {"train.seq_len": seq_len, "train.steps": steps, "train.curriculum": (), "train.init_from": source, "data.task.eval_lengths": ()}
+        if latest_checkpoint_step(stage_dir) != steps:
+            train(replace(cfg, **stage), stage_dir, progress=progress)
+        source = str(stage_dir)
+    return source
 
 
 def train(cfg: Config, run_dir: str | Path | None = None, *, until_step: int | None = None, progress: bool = True) -> dict:
@@ -73,6 +110,8 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, until_step: int | N
     # ---------------------------------------------------------------- run directory & data
     run_dir = Path(run_dir) if run_dir else default_run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
+    fresh = latest_checkpoint_step(run_dir) is None
+    start_from = train_curriculum(cfg, run_dir, progress) if cfg.train.curriculum and fresh else cfg.train.init_from
     task = load_task(cfg) if cfg.data.task.name else None
     if task is None:
         data = load_dataset(cfg.data)
@@ -89,6 +128,9 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, until_step: int | N
     # ---------------------------------------------------------------- model, optimizer, state
     model = CausalLM(cfg.model)
     init = lambda opt: init_state(model, opt, tc.seed, tc.seq_len)
+    if start_from and fresh:  # a resumed run already holds its warm-started weights
+        start = warm_start_params(start_from, cfg)
+        init = lambda opt: {**init_state(model, opt, tc.seed, tc.seq_len), "params": start}
     abstract_params = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, tc.seq_len), np.int32)))
     optimizer, schedule = make_optimizer(cfg.optim, tc.steps, abstract_params)
     abstract_state = jax.eval_shape(lambda: init(optimizer))

@@ -3,9 +3,13 @@
 import json
 import math
 
+import jax
+import numpy as np
 import pytest
 
 from slm_jax.config import config_from_dict
+from slm_jax.inference.run import restore_params
+from slm_jax.training.checkpoint import read_run_config
 from slm_jax.errors import CheckpointError, ConfigError, DataError
 from slm_jax.training.tracking import read_metrics
 from slm_jax.training.loop import TrainingDiverged
@@ -85,6 +89,40 @@ def test_resuming_with_another_model_is_refused(tmp_path):
     train(tiny_cfg(tmp_path, "train.steps=10"), tmp_path / "r", progress=False)
     with pytest.raises(CheckpointError, match="model.d_model"):
         train(tiny_cfg(tmp_path, "train.steps=10", "model.d_model=64"), tmp_path / "r", progress=False)
+
+
+def test_init_from_warm_starts_the_weights_of_another_run(tmp_path):
+    train(tiny_cfg(tmp_path, "train.steps=30"), tmp_path / "a", progress=False)
+    cfg = lambda *o: tiny_cfg(tmp_path, "train.steps=3", "train.seq_len=16", f"train.init_from={tmp_path / 'a'}", *o)
+    train(cfg("optim.frozen=[params]"), tmp_path / "frozen", progress=False)  # every weight frozen
+    source = restore_params(tmp_path / "a", config_from_dict(read_run_config(tmp_path / "a")))[0]
+    kept = restore_params(tmp_path / "frozen", config_from_dict(read_run_config(tmp_path / "frozen")))[0]
+    assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(source), jax.tree.leaves(kept)))
+    train(cfg(), tmp_path / "b", progress=False)
+    fresh = train(tiny_cfg(tmp_path, "train.steps=3", "train.seq_len=16"), tmp_path / "fresh", progress=False)
+    assert sorted(losses(tmp_path / "b")) == [1, 2, 3]  # a fresh step counter and schedule
+    assert losses(tmp_path / "b")[1] < losses(tmp_path / "fresh")[1] - 0.5 and fresh["step"] == 3
+    with pytest.raises(ConfigError, match="model.d_model"):
+        train(cfg("model.d_model=64"), tmp_path / "c", progress=False)
+    with pytest.raises(ConfigError, match="not a run directory"):
+        train(tiny_cfg(tmp_path, f"train.init_from={tmp_path / 'nowhere'}"), tmp_path / "d", progress=False)
+
+
+def test_curriculum_trains_short_stages_first_and_resumes_without_retraining_them(tmp_path):
+    cfg = tiny_cfg(tmp_path, "train.steps=4", "train.curriculum=[[16, 30]]")
+    run = tmp_path / "run"
+    train(cfg, run, until_step=2, progress=False)  # the stage, then 2 main steps ("killed")
+    stage = run / "stage1_len16"
+    assert read_run_config(stage)["train"]["seq_len"] == 16 and sorted(losses(stage)) == list(range(1, 31))
+    stage_log = (stage / "metrics.jsonl").read_text()
+    train(cfg, run, progress=False)  # resumes the main run; the finished stage is left alone
+    assert (stage / "metrics.jsonl").read_text() == stage_log
+    assert sorted(losses(run)) == [1, 2, 3, 4] and read_run_config(run)["train"]["curriculum"] == [[16, 30]]
+    fresh = tiny_cfg(tmp_path, "train.steps=4")
+    train(fresh, tmp_path / "fresh", progress=False)
+    assert losses(run)[1] < losses(tmp_path / "fresh")[1] - 0.5  # the main run starts from the stage's weights
+    with pytest.raises(ConfigError, match=r"\[seq_len, steps\] pairs"):
+        tiny_cfg(tmp_path, "train.curriculum=[[16]]")
 
 
 def test_bad_data_inputs(tmp_path):
