@@ -113,7 +113,8 @@ def run_loop(
     try:
         for step in range(start + 1, end + 1):
             state, metrics = step_fn(state, par.batch(to_step_batch(next(batches))))
-            final = step == end or stop.requested
+            stopping = stop.requested  # read once: a signal arriving later in this step is handled at the next one
+            final = step == end or stopping
             if step % tc.log_every == 0 or final:
                 last = {k: float(v) for k, v in par.host(metrics).items()}
                 now = time.perf_counter()
@@ -142,7 +143,7 @@ def run_loop(
                     raise _diverged("The parameters became NaN/Inf", step, ckpt)
                 ckpt.save(step, saveable, batches.get_state(), to_dict(cfg), val_loss=val.get("val_loss"), force=final)
             t_mark = time.perf_counter()  # evaluation and checkpoint time is not step time
-            if stop.requested:
+            if stopping:
                 bar.write(f"Stopped at step {step} with a checkpoint; run the same command again to resume.")
                 break
     finally:

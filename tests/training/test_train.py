@@ -2,6 +2,8 @@
 
 import json
 import math
+import os
+import signal
 
 import jax
 import numpy as np
@@ -9,9 +11,9 @@ import pytest
 
 from slm_jax.config import config_from_dict
 from slm_jax.inference.run import restore_params
-from slm_jax.training.checkpoint import read_run_config
+from slm_jax.training.checkpoint import latest_checkpoint_step, read_run_config
 from slm_jax.errors import CheckpointError, ConfigError, DataError
-from slm_jax.training.tracking import read_metrics
+from slm_jax.training.tracking import MetricsLog, read_metrics
 from slm_jax.training.loop import TrainingDiverged
 from slm_jax.training.train import train
 
@@ -69,6 +71,27 @@ def test_kill_and_resume_reproduces_losses(tmp_path):
     assert sorted(split) == sorted(full)
     for step in full:
         assert split[step] == pytest.approx(full[step], rel=1e-6, abs=1e-6), step
+
+
+def test_a_signal_during_a_step_stops_at_the_next_step_with_a_checkpoint(tmp_path, monkeypatch):
+    """SIGTERM (preemption) lands anywhere in a step; the run must stop with a checkpoint it can resume."""
+    write = MetricsLog.write
+
+    def write_then_signal(self, step, **metrics):  # called mid-step, after the step ran, before the checkpoint
+        write(self, step, **metrics)
+        if step == 5 and "loss" in metrics:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(MetricsLog, "write", write_then_signal)
+    cfg = tiny_cfg(tmp_path, "train.steps=12", "checkpoint.every=100")
+    summary = train(cfg, tmp_path / "run", progress=False)
+    assert summary["step"] == 6 and latest_checkpoint_step(tmp_path / "run") == 6
+    monkeypatch.setattr(MetricsLog, "write", write)
+    train(cfg, tmp_path / "run", progress=False)
+    train(cfg, tmp_path / "full", progress=False)
+    full, resumed = losses(tmp_path / "full"), losses(tmp_path / "run")
+    assert sorted(resumed) == sorted(full) == list(range(1, 13))
+    assert all(resumed[s] == pytest.approx(full[s], rel=1e-6, abs=1e-6) for s in full)
 
 
 def test_grad_accumulation_matches_full_batch(tmp_path):
