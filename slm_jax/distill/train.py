@@ -46,6 +46,8 @@ def distill(cfg: Config, teacher_dir: str | Path | None = None, run_dir: str | P
         raise ConfigError("No teacher to distill from; pass --teacher RUN_DIR, or set distill.teacher or distill.precomputed.")
     if cfg.train.parallel.strategy != "none":
         raise ConfigError(f"slm distill runs on one device, but train.parallel.strategy is {cfg.train.parallel.strategy!r}; set it to none.")
+    if cfg.train.init_from or cfg.train.curriculum:
+        raise ConfigError("slm distill starts the student from scratch and has no curriculum; clear train.init_from and train.curriculum.")
     if cfg.data.task.name:
         raise ConfigError(f"Distillation trains on text, but data.task.name is {cfg.data.task.name!r}; set data.path to a text corpus.")
 

@@ -82,8 +82,9 @@ def warm_start_params(source: str | Path, cfg: Config) -> PyTree:
     return params
 
 
-def train_curriculum(cfg: Config, run_dir: Path, progress: bool) -> str:
-    """Train the ``train.curriculum`` stages; return the last one's directory, which starts the main run.
+def train_curriculum(cfg: Config, run_dir: Path, progress: bool) -> tuple[str, dict | None]:
+    """Train the ``train.curriculum`` stages; return the last one's directory, which starts the main
+    run, and None, or, when a stage was stopped (SIGINT/SIGTERM), that stage's summary.
 
     Stage ``i`` (``[seq_len, steps]``) is a run of its own in ``run_dir/stage<i>_len<seq_len>``,
     warm-started from the stage before (the first from ``train.init_from``, if set), validated at
@@ -96,9 +97,11 @@ def train_curriculum(cfg: Config, run_dir: Path, progress: bool) -> str:
         stage_dir = run_dir / f"stage{i}_len{seq_len}"
         stage = {"train.seq_len": seq_len, "train.steps": steps, "train.curriculum": (), "train.init_from": source, "data.task.eval_lengths": ()}
         if latest_checkpoint_step(stage_dir) != steps:
-            train(replace(cfg, **stage), stage_dir, progress=progress)
+            summary = train(replace(cfg, **stage), stage_dir, progress=progress)
+            if summary["step"] < steps:
+                return "", summary
         source = str(stage_dir)
-    return source
+    return source, None
 
 
 def train(cfg: Config, run_dir: str | Path | None = None, *, until_step: int | None = None, progress: bool = True) -> dict:
@@ -111,7 +114,9 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, until_step: int | N
     run_dir = Path(run_dir) if run_dir else default_run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     fresh = latest_checkpoint_step(run_dir) is None
-    start_from = train_curriculum(cfg, run_dir, progress) if cfg.train.curriculum and fresh else cfg.train.init_from
+    start_from, stopped = train_curriculum(cfg, run_dir, progress) if cfg.train.curriculum and fresh else (cfg.train.init_from, None)
+    if stopped:  # stopped inside a stage: the main run has not begun
+        return {**stopped, "run_dir": str(run_dir), "step": 0, "stopped_in": stopped["run_dir"]}
     task = load_task(cfg) if cfg.data.task.name else None
     if task is None:
         data = load_dataset(cfg.data)

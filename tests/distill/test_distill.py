@@ -94,6 +94,8 @@ def test_another_vocabulary_is_a_clear_error(teacher, tmp_path):
     n = load_run(teacher / "teacher").cfg.model.vocab_size
     with pytest.raises(ConfigError, match="model.vocab_size"):
         distill(config_from_dict(raw(teacher / "corpus.txt"), [f"model.vocab_size={n + 5}"]), teacher / "teacher", tmp_path / "v", progress=False)
+    with pytest.raises(ConfigError, match="train.curriculum"):
+        distill(config_from_dict(raw(teacher / "corpus.txt"), ["train.curriculum=[[8, 2]]"]), teacher / "teacher", tmp_path / "c", progress=False)
 
 
 def test_cli_precompute_then_distill_from_stored_logits(teacher, tmp_path, capsys):

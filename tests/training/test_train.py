@@ -73,20 +73,25 @@ def test_kill_and_resume_reproduces_losses(tmp_path):
         assert split[step] == pytest.approx(full[step], rel=1e-6, abs=1e-6), step
 
 
-def test_a_signal_during_a_step_stops_at_the_next_step_with_a_checkpoint(tmp_path, monkeypatch):
-    """SIGTERM (preemption) lands anywhere in a step; the run must stop with a checkpoint it can resume."""
+def signal_at_step(n):
+    """A MetricsLog.write that sends SIGTERM after logging step ``n``'s loss: mid-step, before the checkpoint."""
     write = MetricsLog.write
 
-    def write_then_signal(self, step, **metrics):  # called mid-step, after the step ran, before the checkpoint
+    def write_then_signal(self, step, **metrics):
         write(self, step, **metrics)
-        if step == 5 and "loss" in metrics:
+        if step == n and "loss" in metrics:
             os.kill(os.getpid(), signal.SIGTERM)
 
-    monkeypatch.setattr(MetricsLog, "write", write_then_signal)
+    return write_then_signal
+
+
+def test_a_signal_during_a_step_stops_at_the_next_step_with_a_checkpoint(tmp_path, monkeypatch):
+    """SIGTERM (preemption) lands anywhere in a step; the run must stop with a checkpoint it can resume."""
+    monkeypatch.setattr(MetricsLog, "write", signal_at_step(5))
     cfg = tiny_cfg(tmp_path, "train.steps=12", "checkpoint.every=100")
     summary = train(cfg, tmp_path / "run", progress=False)
     assert summary["step"] == 6 and latest_checkpoint_step(tmp_path / "run") == 6
-    monkeypatch.setattr(MetricsLog, "write", write)
+    monkeypatch.undo()
     train(cfg, tmp_path / "run", progress=False)
     train(cfg, tmp_path / "full", progress=False)
     full, resumed = losses(tmp_path / "full"), losses(tmp_path / "run")
@@ -131,11 +136,15 @@ def test_init_from_warm_starts_the_weights_of_another_run(tmp_path):
         train(tiny_cfg(tmp_path, f"train.init_from={tmp_path / 'nowhere'}"), tmp_path / "d", progress=False)
 
 
-def test_curriculum_trains_short_stages_first_and_resumes_without_retraining_them(tmp_path):
+def test_curriculum_trains_short_stages_first_and_resumes_without_retraining_them(tmp_path, monkeypatch):
     cfg = tiny_cfg(tmp_path, "train.steps=4", "train.curriculum=[[16, 30]]")
-    run = tmp_path / "run"
-    train(cfg, run, until_step=2, progress=False)  # the stage, then 2 main steps ("killed")
-    stage = run / "stage1_len16"
+    run, stage = tmp_path / "run", tmp_path / "run" / "stage1_len16"
+    monkeypatch.setattr(MetricsLog, "write", signal_at_step(5))
+    stopped = train(cfg, run, progress=False)  # SIGTERM in the stage stops the whole run
+    assert stopped["step"] == 0 and stopped["stopped_in"] == str(stage) and latest_checkpoint_step(run) is None
+    assert latest_checkpoint_step(stage) == 6
+    monkeypatch.undo()
+    train(cfg, run, until_step=2, progress=False)  # the rest of the stage, then 2 main steps ("killed")
     assert read_run_config(stage)["train"]["seq_len"] == 16 and sorted(losses(stage)) == list(range(1, 31))
     stage_log = (stage / "metrics.jsonl").read_text()
     train(cfg, run, progress=False)  # resumes the main run; the finished stage is left alone
