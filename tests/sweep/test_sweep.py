@@ -96,3 +96,5 @@ def test_list_values_make_glob_safe_directory_names(tmp_path):
     (point,) = expand(sweep)
     assert point.slug == "layer_pattern=rglru+local_attention,local_window=4"
     assert point.cfg.model.pattern == ("rglru", "local_attention")
+    (empty,) = expand(write(tmp_path, {"points": [{"train.curriculum": []}]}))
+    assert empty.slug == "curriculum=none"
