@@ -123,7 +123,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, until_step: int | N
         cfg = with_data_vocab(cfg, data)
     tc = cfg.train
     ckpt = Checkpointer(run_dir, cfg.checkpoint.every, cfg.checkpoint.keep, cfg.checkpoint.keep_best, cfg.checkpoint.async_save)
-    check_resumable(run_dir, cfg, ckpt.latest_step() is not None)
+    check_resumable(run_dir, cfg, not fresh)
     primary = jax.process_index() == 0  # with several processes (distributed.py) only process 0 writes run files
     if primary:
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
@@ -141,7 +141,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, until_step: int | N
     abstract_state = jax.eval_shape(lambda: init(optimizer))
     par = make_parallel(tc, abstract_state)  # one device, pmap or a Mesh (training/parallel.py)
     data_state = None
-    if ckpt.latest_step() is not None:
+    if not fresh:
         state, data_state, _ = ckpt.restore(par.abstract_state(abstract_state))
         state = par.place(state)
     else:
