@@ -12,7 +12,7 @@ BASE = {
     "train": {"batch_size": 16, "seq_len": 256},
     "optim": {"warmup_steps": 10},
 }
-TWEAKS = {"griffin": {"n_kv_heads": 1, "local_window": 2048, "rglru": {"width": 256}}}
+TWEAKS = {"griffin": {"n_kv_heads": 1, "mixers": {"local_attention": {"window": 2048}, "rglru": {"width": 256}}}}
 
 
 def peer_config(preset: str | None, overrides: list[str] = ()) -> Config:

@@ -19,47 +19,7 @@ from typing import Any, Sequence
 import yaml
 
 from slm_jax.errors import ConfigError
-
-
-@dataclass(frozen=True)
-class RGLRUConfig:
-    """Griffin recurrent block options (De et al. 2024, arXiv:2402.19427)."""
-
-    width: int = 0  # recurrence width; 0 -> the multiple of n_heads nearest 4/3 * d_model (the paper)
-    n_heads: int = 0  # block-diagonal gate heads; 0 -> model.n_heads
-    conv_width: int = 4
-    c: float = 8.0  # the fixed scalar in a_t = a^(c * r_t)
-    a_min: float = 0.9  # a^c is initialised uniformly in [a_min^2, a_max^2] (paper, Sec. 2.4)
-    a_max: float = 0.999
-    bias: bool = False  # biases on in_proj and out_proj (recurrentgemma has them)
-    reset_at_zero: bool = False  # at position 0: zero state and unscaled input (recurrentgemma's document reset)
-
-
-@dataclass(frozen=True)
-class MambaConfig:
-    """Mamba-1 selective SSM options (Gu & Dao 2023, arXiv:2312.00752)."""
-
-    d_state: int = 16
-    expand: int = 2
-    conv_width: int = 4
-    dt_rank: int = 0  # 0 -> ceil(d_model / 16)
-    dt_min: float = 0.001
-    dt_max: float = 0.1
-    selective: bool = True  # False: dt, B, C are input-independent parameters (an LTI ablation)
-
-
-@dataclass(frozen=True)
-class Mamba2Config:
-    """Mamba-2 SSD options (Dao & Gu 2024, arXiv:2405.21060)."""
-
-    d_state: int = 64
-    expand: int = 2
-    head_dim: int = 32
-    n_groups: int = 1
-    conv_width: int = 4
-    chunk_size: int = 64
-    dt_min: float = 0.001
-    dt_max: float = 0.1
+from slm_jax.mixers.registry import MixerOptions
 
 
 @dataclass(frozen=True)
@@ -105,8 +65,6 @@ class ModelConfig:
     mlp_bias: bool = False  # biases on the MLP projections
     embed_scale: float = 1.0  # input embeddings are multiplied by this (Gemma: sqrt(d_model))
     norm_offset: float = 0.0  # RMSNorm multiplies by (offset + scale): 1 is Gemma's (1 + w)
-    window: int = 0  # sliding window of the `attention` mixer; 0 -> global causal
-    local_window: int = 128  # window of the `local_attention` mixer (a ring-buffer cache)
     norm_eps: float = 1e-5
     logit_softcap: float = 0.0  # 0 -> off; else cap * tanh(logits / cap)
     init_std: float = 0.02
@@ -114,9 +72,7 @@ class ModelConfig:
     param_dtype: str = "float32"
     scan_layers: bool = False  # nn.scan over repeats of the pattern period
     remat: bool = False
-    rglru: RGLRUConfig = field(default_factory=RGLRUConfig)
-    mamba: MambaConfig = field(default_factory=MambaConfig)
-    mamba2: Mamba2Config = field(default_factory=Mamba2Config)
+    mixers: MixerOptions = field(default_factory=MixerOptions)  # model.mixers.<name>.<field>: each mixer's own options
     quant: QuantConfig = field(default_factory=QuantConfig)
     cache_quant: str = "none"  # none | int8 (KV and recurrent states) | int8_kv (KV only): decode cache stored int8 with group-wise scales (quant/cache.py)
 
@@ -278,7 +234,7 @@ class Config:
 
 
 def all_keys(cls: type = Config, prefix: str = "") -> list[str]:
-    """Every dotted leaf key of a config dataclass, e.g. ``model.rglru.width``."""
+    """Every dotted leaf key of a config dataclass, e.g. ``model.mixers.rglru.width``."""
     keys = []
     for f in dataclasses.fields(cls):
         t = _field_types(cls)[f.name]
@@ -450,7 +406,7 @@ def _require(ok: bool, message: str) -> None:
 
 def validate(cfg: Config) -> None:
     """Check sizes and names against each other; raise one clear ConfigError."""
-    from slm_jax.mixers.registry import get_mixer
+    from slm_jax.mixers.registry import build_mixer
 
     m, t, o = cfg.model, cfg.train, cfg.optim
     for key in ("n_layers", "d_model", "n_heads"):
@@ -481,10 +437,9 @@ def validate(cfg: Config) -> None:
     _require(m.mlp in ("swiglu", "geglu", "none"), f"model.mlp must be swiglu, geglu or none, got {m.mlp!r}.")
     for key in ("dtype", "param_dtype"):
         _require(getattr(m, key) in ("float32", "bfloat16", "float16"), f"model.{key} must be float32, bfloat16 or float16, got {getattr(m, key)!r}.")
-    _require(m.window >= 0 and m.local_window > 0, "model.window must be >= 0 and model.local_window > 0.")
     _require(len(m.pattern) > 0, "model.layer_pattern is empty; give mixer names, e.g. [attention].")
     for name in m.pattern:
-        get_mixer(name)
+        build_mixer(m, name)  # an unknown name, or a mixer's own options that do not fit the model, fail here
     _require(
         m.quant.bits in (0, 4, 8) and m.quant.group_size >= 0,
         f"model.quant.bits must be 0, 4 or 8 and model.quant.group_size >= 0, got {m.quant.bits} and {m.quant.group_size}.",

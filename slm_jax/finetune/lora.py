@@ -30,8 +30,10 @@ import jax.numpy as jnp
 from slm_jax.array_typing import Array, PyTree
 from slm_jax.config import ModelConfig
 from slm_jax.errors import ConfigError
+from slm_jax.mixers.registry import lora_target_names
 
-DEFAULT_TARGETS = r"mixer/(qkv|o|in_proj|out_proj)$"
+# Every mixer's declared projections (its ``lora_targets``), e.g. mixer/(in_proj|o|out_proj|qkv)$.
+DEFAULT_TARGETS = r"mixer/(" + "|".join(lora_target_names()) + r")$"
 
 
 @dataclass(frozen=True)

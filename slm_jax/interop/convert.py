@@ -143,7 +143,7 @@ def infer_family(m) -> str:
         return "gemma"
     if m.rotary_fraction != 1.0:
         return "phi3"
-    if "local_attention" in layers or m.window or (m.qkv_bias and not m.attn_out_bias):
+    if "local_attention" in layers or m.mixers.attention.window or (m.qkv_bias and not m.attn_out_bias):
         return "qwen2"
     return "llama"
 

@@ -224,4 +224,4 @@ def require_exportable(ok: bool, key: str, value: Any, family: str, fix: str) ->
 
 def layer_windows(m) -> list[int]:
     """Attention window of every layer of ModelConfig ``m`` (0 = global causal)."""
-    return [m.window if name == "attention" else m.local_window for name in m.layers]
+    return [getattr(m.mixers, name).window for name in m.layers]

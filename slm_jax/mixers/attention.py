@@ -6,23 +6,53 @@ decode state is bounded (Beltagy et al. 2020, Longformer; Mistral 7B). Each slot
 the absolute position it holds, and the mask is computed from positions (ops/attention.py).
 """
 
+from dataclasses import dataclass
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from slm_jax.array_typing import Array, PyTree
-from slm_jax.mixers.registry import module_fields, register_mixer
+from slm_jax.errors import ConfigError
+from slm_jax.mixers.contract import module_fields
 from slm_jax.modules.linear import Linear, linear_params, scaled_init
 from slm_jax.modules.norms import RMSNorm
 from slm_jax.modules.rope import apply_rope
 from slm_jax.ops.attention import attend
 
 
-@register_mixer("attention")
+@dataclass(frozen=True)
+class AttentionOptions:
+    """Global causal attention; heads, RoPE and biases are model-level fields (``model.n_heads`` ...)."""
+
+    window: int = 0  # sliding window in tokens (a ring-buffer cache); 0 -> global causal attention
+
+
+@dataclass(frozen=True)
+class LocalAttentionOptions:
+    """Sliding-window attention (Griffin's local attention, Samba)."""
+
+    window: int = 128  # tokens each query sees, itself included (a ring-buffer cache of this many slots)
+
+
 class Attention(nn.Module):
     """f32[b, t, d] -> f32[b, t, d]; h query heads and k key/value heads of width e."""
+
+    Options = AttentionOptions
+    param_axes = {
+        "qkv/kernel": ("embed", "heads"),
+        "qkv/bias": ("heads",),
+        "o/kernel": ("heads", "embed"),
+        "o/bias": ("embed",),
+        "q_norm/scale": ("norm",),
+        "k_norm/scale": ("norm",),
+    }
+    lora_targets = ("qkv", "o")
+    kv_leaves = ("k", "v")
+    test_variants = ()
+    test_options = {}
 
     width: int
     num_heads: int
@@ -43,11 +73,10 @@ class Attention(nn.Module):
     n_layers: int = 1  # only for the output projection's init scale
 
     @classmethod
-    def window_of(cls, cfg) -> int:
-        return cfg.window
-
-    @classmethod
-    def from_config(cls, cfg) -> "Attention":
+    def from_config(cls, cfg, options) -> "Attention":
+        if options.window < 0 or (cls is LocalAttention and options.window == 0):
+            kind = "a positive window" if cls is LocalAttention else ">= 0 (0 = global)"
+            raise ConfigError(f"The {cls.__name__} window must be {kind}, got {options.window}; set model.mixers.<name>.window.")
         return cls(
             width=cfg.d_model,
             num_heads=cfg.n_heads,
@@ -56,7 +85,7 @@ class Attention(nn.Module):
             rope_theta=cfg.rope_theta,
             rotary_dim=cfg.rotary_dim,
             rope_scaling=cfg.rope_scaling,
-            window=cls.window_of(cfg),
+            window=options.window,
             qk_norm=cfg.qk_norm,
             qkv_bias=cfg.qkv_bias,
             out_bias=cfg.attn_out_bias,
@@ -110,33 +139,54 @@ class Attention(nn.Module):
         kv = jnp.zeros((batch, self.num_kv_heads, n, self.head_dim), dtype)
         return {"k": kv, "v": kv, "pos": jnp.full((batch, n), -1, jnp.int32), "end": jnp.zeros((), jnp.int32)}
 
-    def state_size(self, batch: int, max_len: int, dtype: Any = jnp.float32) -> int:
-        n = self.cache_len(max_len)
-        return 2 * batch * n * self.num_kv_heads * self.head_dim * jnp.dtype(dtype).itemsize + batch * n * 4 + 4
+    def num_params(self) -> int:
+        e, h, k, d = self.head_dim, self.num_heads, self.num_kv_heads, self.width
+        qkv = linear_params(d, (h + 2 * k) * e, bias=self.qkv_bias)
+        return qkv + linear_params(h * e, d, bias=self.out_bias) + (2 * e if self.qk_norm else 0)
 
-    @staticmethod
-    def num_params(cfg) -> int:
-        e, h, k, d = cfg.attn_head_dim, cfg.n_heads, cfg.kv_heads, cfg.d_model
-        qkv = linear_params(d, (h + 2 * k) * e, bias=cfg.qkv_bias)
-        return qkv + linear_params(h * e, d, bias=cfg.attn_out_bias) + (2 * e if cfg.qk_norm else 0)
-
-    @classmethod
-    def flops_per_token(cls, cfg, seq_len: int) -> float:
+    def flops_per_token(self, seq_len: int) -> float:
         """Forward FLOPs per token: projections plus scores and weighted sum over the causal context."""
-        context = min(seq_len, cls.window_of(cfg) or seq_len)
+        context = min(seq_len, self.window or seq_len)
         mean_context = (context + 1) / 2 if context == seq_len else context  # causal average
-        e, h, k, d = cfg.attn_head_dim, cfg.n_heads, cfg.kv_heads, cfg.d_model
+        e, h, k, d = self.head_dim, self.num_heads, self.num_kv_heads, self.width
         weights = linear_params(d, (h + 2 * k) * e) + linear_params(h * e, d)
-        return 2 * weights + 4 * cfg.n_heads * cfg.attn_head_dim * mean_context
+        return 2 * weights + 4 * h * e * mean_context
+
+    def reference(self, variables: PyTree, x: Array, positions: Array) -> tuple[Array, PyTree]:
+        """Softmax attention written out per query (Vaswani et al. 2017), with GQA and the window.
+
+        Returns (y f32[b, t, d], {"k", "v": [b, k, t, e]}: every key and value, RoPE applied).
+        """
+        p = variables["params"]
+        b, t, _ = x.shape
+        h, k, e = self.num_heads, self.num_kv_heads, self.head_dim
+        qkv = x @ p["qkv"]["kernel"] + (p["qkv"]["bias"] if self.qkv_bias else 0.0)
+        q, key, value = qkv[..., : h * e], qkv[..., h * e : (h + k) * e], qkv[..., (h + k) * e :]
+        q, key, value = q.reshape(b, t, h, e), key.reshape(b, t, k, e), value.reshape(b, t, k, e)
+        if self.qk_norm:
+            rms = lambda a, s: a / jnp.sqrt(jnp.mean(a * a, -1, keepdims=True) + self.norm_eps) * (self.norm_offset + s)
+            q, key = rms(q, p["q_norm"]["scale"]), rms(key, p["k_norm"]["scale"])
+        rope = lambda a: apply_rope(a, positions, self.rope_theta, self.rotary_dim, self.rope_scaling)
+        q, key = rope(q), rope(key)
+        key_h = jnp.repeat(key, h // k, axis=2)  # GQA: query head j reads key/value head j // (h / k)
+        value_h = jnp.repeat(value, h // k, axis=2)
+        outs = []
+        for i in range(t):  # one query position at a time, over the keys it may see
+            lo = max(0, i - self.window + 1) if self.window else 0
+            scores = jnp.einsum("bhe,bjhe->bhj", q[:, i], key_h[:, lo : i + 1]) / np.sqrt(e)
+            outs.append(jnp.einsum("bhj,bjhe->bhe", jax.nn.softmax(scores, axis=-1), value_h[:, lo : i + 1]))
+        y = jnp.stack(outs, axis=1).reshape(b, t, h * e) @ p["o"]["kernel"] + (p["o"]["bias"] if self.out_bias else 0.0)
+        # The cache after t tokens: slot s holds the newest position p < t with p = s (mod slots).
+        n = self.cache_len(t)
+        held = np.array([s + n * ((t - 1 - s) // n) for s in range(n)])
+        return y, {"k": key[:, held].transpose(0, 2, 1, 3), "v": value[:, held].transpose(0, 2, 1, 3)}
 
 
-@register_mixer("local_attention")
 class LocalAttention(Attention):
-    """Sliding-window attention of ``model.local_window`` tokens with a ring-buffer cache (Griffin, Samba)."""
+    """Sliding-window attention with a ring-buffer cache of ``window`` slots (Griffin, Samba)."""
 
-    @classmethod
-    def window_of(cls, cfg) -> int:
-        return cfg.local_window
+    Options = LocalAttentionOptions
+    test_options = {"window": 6}  # shorter than the test sequences, so the ring buffer wraps
 
 
 def _write_slots(cache: PyTree, key: Array, value: Array, positions: Array) -> PyTree:

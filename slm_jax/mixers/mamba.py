@@ -24,6 +24,7 @@ the context length. The recurrence runs in float32 whatever the compute dtype.
 """
 
 import math
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -32,34 +33,14 @@ import jax.numpy as jnp
 
 from slm_jax.array_typing import Array, PyTree
 from slm_jax.errors import ConfigError
-from slm_jax.mixers.registry import module_fields, register_mixer
-from slm_jax.modules.conv1d import CausalConv1D
+from slm_jax.mixers.contract import module_fields
+from slm_jax.modules.conv1d import CausalConv1D, causal_conv_reference, conv_params
+from slm_jax.modules.init import dt_bias_init
 from slm_jax.modules.linear import Linear, linear_params, scaled_init
 from slm_jax.ops.scan import ScanImpl
 from slm_jax.ops.selective_scan import selective_scan
 
 _f32 = jnp.float32
-
-
-def dt_bias_init(dt_min: float, dt_max: float, floor: float = 1e-4) -> Callable:
-    """Bias such that softplus(bias) is log-uniform in [dt_min, dt_max] (Mamba, Sec. 3.6 / App.).
-
-    The inverse of softplus is dt + log(-expm1(-dt)); dt is floored at ``floor`` as in the
-    reference implementation.
-    """
-
-    def init(key: Array, shape: tuple[int, ...], dtype: Any = _f32) -> Array:
-        u = jax.random.uniform(key, shape, _f32)
-        dt = jnp.exp(u * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-        dt = jnp.maximum(dt, floor)
-        return (dt + jnp.log(-jnp.expm1(-dt))).astype(dtype)
-
-    return init
-
-
-def conv_params(channels: int, kernel_size: int) -> int:
-    """Parameters of a depthwise ``CausalConv1D``: one kernel tap per channel and position, plus a bias."""
-    return channels * kernel_size + channels
 
 
 class _BiasedLinear(Linear):
@@ -73,9 +54,41 @@ class _BiasedLinear(Linear):
         return y + self.param("bias", self.bias_init, (self.features,), self.param_dtype).astype(y.dtype)
 
 
-@register_mixer("mamba")
+@dataclass(frozen=True)
+class MambaOptions:
+    """Mamba-1 selective SSM options (Gu & Dao 2023, arXiv:2312.00752)."""
+
+    d_state: int = 16
+    expand: int = 2
+    conv_width: int = 4
+    dt_rank: int = 0  # 0 -> ceil(d_model / 16)
+    dt_min: float = 0.001
+    dt_max: float = 0.1
+    selective: bool = True  # False: dt, B, C are input-independent parameters (an LTI ablation)
+
+
 class Mamba(nn.Module):
     """Mamba-1 mixer: f32[b, t, d] -> f32[b, t, d] with w inner channels and an n-dim state each."""
+
+    Options = MambaOptions
+    param_axes = {
+        "in_proj/kernel": ("embed", "inner"),
+        "out_proj/kernel": ("inner", "embed"),
+        "conv1d/kernel": ("conv", "inner"),
+        "conv1d/bias": ("inner",),
+        "x_proj/kernel": ("inner", None),  # channels -> (dt rank, B, C)
+        "dt_proj/kernel": (None, "inner"),
+        "dt_proj/bias": ("inner",),
+        "dt_bias": ("inner",),  # non-selective ablation: dt, B, C are parameters
+        "B": (None,),
+        "C": (None,),
+        "A_log": ("inner", None),
+        "D": ("inner",),
+    }
+    lora_targets = ("in_proj", "out_proj")
+    kv_leaves = ()
+    test_variants = tuple({"scan_impl": impl} for impl in ScanImpl if impl is not ScanImpl.AUTO)
+    test_options = {"d_state": 5}
 
     width: int  # d
     inner_width: int  # w = expand * d
@@ -91,28 +104,21 @@ class Mamba(nn.Module):
     init_std: float = 0.02
     n_layers: int = 1  # only for the output projection's init scale
 
-    @staticmethod
-    def _sizes(cfg) -> tuple[int, int, int]:
-        """(w, n, r) of a ModelConfig, checked."""
-        m = cfg.mamba
+    @classmethod
+    def from_config(cls, cfg, options: MambaOptions) -> "Mamba":
+        m = options
         for key in ("d_state", "expand", "conv_width"):
             if getattr(m, key) <= 0:
-                raise ConfigError(f"model.mamba.{key} must be positive, got {getattr(m, key)}.")
+                raise ConfigError(f"model.mixers.mamba.{key} must be positive, got {getattr(m, key)}.")
         if m.dt_rank < 0:
-            raise ConfigError(f"model.mamba.dt_rank must be >= 0 (0 -> ceil(d_model / 16)), got {m.dt_rank}.")
+            raise ConfigError(f"model.mixers.mamba.dt_rank must be >= 0 (0 -> ceil(d_model / 16)), got {m.dt_rank}.")
         if not 0 < m.dt_min <= m.dt_max:
-            raise ConfigError(f"model.mamba needs 0 < dt_min <= dt_max, got dt_min={m.dt_min}, dt_max={m.dt_max}.")
-        return m.expand * cfg.d_model, m.d_state, m.dt_rank or math.ceil(cfg.d_model / 16)
-
-    @classmethod
-    def from_config(cls, cfg) -> "Mamba":
-        w, n, r = cls._sizes(cfg)
-        m = cfg.mamba
+            raise ConfigError(f"model.mixers.mamba needs 0 < dt_min <= dt_max, got dt_min={m.dt_min}, dt_max={m.dt_max}.")
         return cls(
             width=cfg.d_model,
-            inner_width=w,
-            d_state=n,
-            dt_rank=r,
+            inner_width=m.expand * cfg.d_model,
+            d_state=m.d_state,
+            dt_rank=m.dt_rank or math.ceil(cfg.d_model / 16),
             conv_width=m.conv_width,
             dt_min=m.dt_min,
             dt_max=m.dt_max,
@@ -192,30 +198,15 @@ class Mamba(nn.Module):
         conv = jnp.zeros((batch, self.conv_width - 1, self.inner_width), dtype)
         return {"conv": conv, "h": jnp.zeros((batch, self.inner_width, self.d_state), _f32)}
 
-    def state_size(self, batch: int, max_len: int, dtype: Any = jnp.float32) -> int:
-        del max_len
-        conv = batch * (self.conv_width - 1) * self.inner_width * jnp.dtype(dtype).itemsize
-        return conv + batch * self.inner_width * self.d_state * 4
-
-    @classmethod
-    def num_params(cls, cfg) -> int:
-        w, n, r = cls._sizes(cfg)
-        d = cfg.d_model
-        if cfg.mamba.selective:
+    def num_params(self) -> int:
+        w, n, r, d = self.inner_width, self.d_state, self.dt_rank, self.width
+        if self.selective:
             dt_b_c = linear_params(w, r + 2 * n) + linear_params(r, w, bias=True)
         else:
             dt_b_c = w + 2 * n
-        return (
-            linear_params(d, 2 * w)
-            + conv_params(w, cfg.mamba.conv_width)
-            + dt_b_c
-            + w * n  # A_log
-            + w  # D
-            + linear_params(w, d)
-        )
+        return linear_params(d, 2 * w) + conv_params(w, self.conv_width) + dt_b_c + w * n + w + linear_params(w, d)  # + A_log, D
 
-    @classmethod
-    def flops_per_token(cls, cfg, seq_len: int) -> float:
+    def flops_per_token(self, seq_len: int) -> float:
         """Forward FLOPs per token: 2 per matmul weight and conv tap, plus the scan's elementwise work.
 
         Convention: every elementwise op (exp, softplus and silu included) counts 1 FLOP. Per
@@ -223,12 +214,38 @@ class Mamba(nn.Module):
         per channel: conv bias, silu, softplus, dt*x, D*x + y, silu(z), the gate = 8.
         """
         del seq_len  # the recurrence costs the same at every position
-        w, n, r = cls._sizes(cfg)
-        d, k = cfg.d_model, cfg.mamba.conv_width
+        w, n, r, d, k = self.inner_width, self.d_state, self.dt_rank, self.width, self.conv_width
         matmul = linear_params(d, 2 * w) + linear_params(w, d)
-        if cfg.mamba.selective:
+        if self.selective:
             matmul += linear_params(w, r + 2 * n) + linear_params(r, w)
         return 2 * matmul + 2 * k * w + 7 * w * n + 8 * w
+
+    def reference(self, variables: PyTree, x: Array, positions: Array) -> tuple[Array, PyTree]:
+        """Alg. 2 of Gu & Dao (2023) with a Python loop over time: (y [b, t, d], {"h": [b, w, n]})."""
+        del positions
+        p = variables["params"]
+        w, n, r = self.inner_width, self.d_state, self.dt_rank
+        xz = x @ p["in_proj"]["kernel"]
+        xs, z = xz[..., :w], xz[..., w:]
+        xs = jax.nn.silu(causal_conv_reference(p["conv1d"], xs))
+        if self.selective:
+            dbc = xs @ p["x_proj"]["kernel"]
+            dt = dbc[..., :r] @ p["dt_proj"]["kernel"] + p["dt_proj"]["bias"]
+            bb, cc = dbc[..., r : r + n], dbc[..., r + n :]
+        else:
+            dt = jnp.broadcast_to(p["dt_bias"], xs.shape)
+            bb = jnp.broadcast_to(p["B"], xs.shape[:2] + (n,))
+            cc = jnp.broadcast_to(p["C"], xs.shape[:2] + (n,))
+        dt = jax.nn.softplus(dt)
+        a = -jnp.exp(p["A_log"])  # [w, n]
+        h = jnp.zeros((x.shape[0], w, n))
+        ys = []
+        for i in range(x.shape[1]):
+            a_bar = jnp.exp(dt[:, i, :, None] * a)  # zero-order hold on A, Euler on B (Sec. 3.6)
+            h = a_bar * h + dt[:, i, :, None] * bb[:, i, None, :] * xs[:, i, :, None]
+            ys.append(jnp.einsum("bwn,bn->bw", h, cc[:, i]) + p["D"] * xs[:, i])
+        y = jnp.stack(ys, axis=1) * jax.nn.silu(z)
+        return y @ p["out_proj"]["kernel"], {"h": h}
 
 
 def _s4d_real_init(key: Array, shape: tuple[int, ...], dtype: Any = _f32) -> Array:

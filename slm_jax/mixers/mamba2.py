@@ -22,6 +22,7 @@ k groups, then scale.
 Decode cache: {"conv": [b, k_conv - 1, w + 2kn], "h": f32[b, h, e, n]}, constant in context length.
 """
 
+from dataclasses import dataclass
 from typing import Any
 
 import flax.linen as nn
@@ -30,9 +31,9 @@ import jax.numpy as jnp
 
 from slm_jax.array_typing import Array, PyTree
 from slm_jax.errors import ConfigError
-from slm_jax.mixers.mamba import conv_params, dt_bias_init
-from slm_jax.mixers.registry import module_fields, register_mixer
-from slm_jax.modules.conv1d import CausalConv1D
+from slm_jax.mixers.contract import module_fields
+from slm_jax.modules.conv1d import CausalConv1D, causal_conv_reference, conv_params
+from slm_jax.modules.init import dt_bias_init
 from slm_jax.modules.linear import Linear, linear_params, scaled_init
 from slm_jax.ops.ssd import ssd, ssd_flops_per_token, ssd_step
 
@@ -65,9 +66,38 @@ def _a_log_init(key: Array, shape: tuple[int, ...], dtype: Any = _f32) -> Array:
     return jnp.log(jax.random.uniform(key, shape, _f32, 1.0, 16.0)).astype(dtype)
 
 
-@register_mixer("mamba2")
+@dataclass(frozen=True)
+class Mamba2Options:
+    """Mamba-2 SSD options (Dao & Gu 2024, arXiv:2405.21060)."""
+
+    d_state: int = 64
+    expand: int = 2
+    head_dim: int = 32
+    n_groups: int = 1
+    conv_width: int = 4
+    chunk_size: int = 64
+    dt_min: float = 0.001
+    dt_max: float = 0.1
+
+
 class Mamba2(nn.Module):
     """Mamba-2 mixer: f32[b, t, d] -> f32[b, t, d] with h heads of width e and state size n."""
+
+    Options = Mamba2Options
+    param_axes = {
+        "in_proj/kernel": ("embed", "inner"),
+        "out_proj/kernel": ("inner", "embed"),
+        "conv1d/kernel": ("conv", "inner"),
+        "conv1d/bias": ("inner",),
+        "norm/scale": ("inner",),  # gated norm over the inner width
+        "A_log": ("inner", None),
+        "D": ("inner",),
+        "dt_bias": ("inner",),
+    }
+    lora_targets = ("in_proj", "out_proj")
+    kv_leaves = ()
+    test_variants = ({"chunk_size": 7}, {"chunk_size": 64})
+    test_options = {"d_state": 8, "head_dim": 12, "n_groups": 2, "chunk_size": 16}  # 2 groups of (B, C)
 
     width: int  # d
     inner_width: int  # w = expand * d = h * e
@@ -92,31 +122,23 @@ class Mamba2(nn.Module):
     def conv_channels(self) -> int:
         return self.inner_width + 2 * self.n_groups * self.d_state
 
-    @staticmethod
-    def _sizes(cfg) -> tuple[int, int]:
-        """(w, h) of a ModelConfig, checked."""
-        m = cfg.mamba2
+    @classmethod
+    def from_config(cls, cfg, options: Mamba2Options) -> "Mamba2":
+        m = options
         for key in ("d_state", "expand", "head_dim", "n_groups", "conv_width", "chunk_size"):
             if getattr(m, key) <= 0:
-                raise ConfigError(f"model.mamba2.{key} must be positive, got {getattr(m, key)}.")
+                raise ConfigError(f"model.mixers.mamba2.{key} must be positive, got {getattr(m, key)}.")
         w = m.expand * cfg.d_model
         if w % m.head_dim:
             raise ConfigError(
-                f"model.mamba2.expand * model.d_model ({w}) must be divisible by model.mamba2.head_dim ({m.head_dim}); change one of them."
+                f"model.mixers.mamba2.expand * model.d_model ({w}) must be divisible by model.mixers.mamba2.head_dim ({m.head_dim}); change one of them."
             )
-        h = w // m.head_dim
-        if h % m.n_groups:
+        if (w // m.head_dim) % m.n_groups:
             raise ConfigError(
-                f"The Mamba-2 head count ({h} = {w} / head_dim) must be divisible by model.mamba2.n_groups ({m.n_groups}); pick a divisor such as 1."
+                f"The Mamba-2 head count ({w // m.head_dim} = {w} / head_dim) must be divisible by model.mixers.mamba2.n_groups ({m.n_groups}); pick a divisor such as 1."
             )
         if not 0 < m.dt_min <= m.dt_max:
-            raise ConfigError(f"model.mamba2 needs 0 < dt_min <= dt_max, got dt_min={m.dt_min}, dt_max={m.dt_max}.")
-        return w, h
-
-    @classmethod
-    def from_config(cls, cfg) -> "Mamba2":
-        w, _ = cls._sizes(cfg)
-        m = cfg.mamba2
+            raise ConfigError(f"model.mixers.mamba2 needs 0 < dt_min <= dt_max, got dt_min={m.dt_min}, dt_max={m.dt_max}.")
         return cls(
             width=cfg.d_model,
             inner_width=w,
@@ -182,36 +204,52 @@ class Mamba2(nn.Module):
         conv = jnp.zeros((batch, self.conv_width - 1, self.conv_channels), dtype)
         return {"conv": conv, "h": jnp.zeros((batch, self.num_heads, self.head_dim, self.d_state), _f32)}
 
-    def state_size(self, batch: int, max_len: int, dtype: Any = jnp.float32) -> int:
-        del max_len
-        conv = batch * (self.conv_width - 1) * self.conv_channels * jnp.dtype(dtype).itemsize
-        return conv + batch * self.num_heads * self.head_dim * self.d_state * 4
-
-    @classmethod
-    def num_params(cls, cfg) -> int:
-        w, h = cls._sizes(cfg)
-        m, d = cfg.mamba2, cfg.d_model
-        gn = m.n_groups * m.d_state
+    def num_params(self) -> int:
+        w, h, d = self.inner_width, self.num_heads, self.width
+        gn = self.n_groups * self.d_state
         return (
             linear_params(d, 2 * w + 2 * gn + h)  # in_proj
-            + conv_params(w + 2 * gn, m.conv_width)
+            + conv_params(w + 2 * gn, self.conv_width)
             + 3 * h  # dt_bias, A_log, D
             + w  # norm scale
             + linear_params(w, d)  # out_proj
         )
 
-    @classmethod
-    def flops_per_token(cls, cfg, seq_len: int) -> float:
+    def flops_per_token(self, seq_len: int) -> float:
         """Forward FLOPs per token: 2 per matmul weight and conv tap, plus the chunked SSD's work.
 
         Convention: SSD is counted as the chunked algorithm runs it (``ssd_flops_per_token``,
         chunk = min(chunk_size, seq_len)); other elementwise ops (silu, softplus, norm, gate, D
         skip) count 1 FLOP each, about 10 per inner channel.
         """
-        w, h = cls._sizes(cfg)
-        m, d = cfg.mamba2, cfg.d_model
-        gn = m.n_groups * m.d_state
+        w, h, d = self.inner_width, self.num_heads, self.width
+        gn = self.n_groups * self.d_state
         matmul = linear_params(d, 2 * w + 2 * gn + h) + linear_params(w, d)
-        conv = 2 * m.conv_width * (w + 2 * gn)
-        chunk = min(m.chunk_size, seq_len)
-        return 2 * matmul + conv + ssd_flops_per_token(h, m.head_dim, m.d_state, m.n_groups, chunk) + 10 * w
+        conv = 2 * self.conv_width * (w + 2 * gn)
+        chunk = min(self.chunk_size, seq_len)
+        return 2 * matmul + conv + ssd_flops_per_token(h, self.head_dim, self.d_state, self.n_groups, chunk) + 10 * w
+
+    def reference(self, variables: PyTree, x: Array, positions: Array) -> tuple[Array, PyTree]:
+        """The Mamba-2 block with the SSM as a Python loop over time: (y [b, t, d], {"h": [b, h, e, n]})."""
+        del positions
+        p = variables["params"]
+        w, n, k, e, h = self.inner_width, self.d_state, self.n_groups, self.head_dim, self.num_heads
+        bsz, t, _ = x.shape
+        proj = x @ p["in_proj"]["kernel"]
+        z, xbc, dt = proj[..., :w], proj[..., w : 2 * w + 2 * k * n], proj[..., 2 * w + 2 * k * n :]
+        xbc = jax.nn.silu(causal_conv_reference(p["conv1d"], xbc))
+        xs = xbc[..., :w].reshape(bsz, t, h, e)
+        bh = jnp.repeat(xbc[..., w : w + k * n].reshape(bsz, t, k, n), h // k, axis=2)  # head j reads group j // (h / k)
+        ch = jnp.repeat(xbc[..., w + k * n :].reshape(bsz, t, k, n), h // k, axis=2)
+        dt = jax.nn.softplus(dt + p["dt_bias"])  # [b, t, h]
+        a = -jnp.exp(p["A_log"])  # [h]
+        state = jnp.zeros((bsz, h, e, n))
+        ys = []
+        for i in range(t):
+            decay = jnp.exp(dt[:, i] * a)[:, :, None, None]  # [b, h, 1, 1]
+            state = decay * state + dt[:, i, :, None, None] * xs[:, i, :, :, None] * bh[:, i, :, None, :]
+            ys.append((jnp.einsum("bhen,bhn->bhe", state, ch[:, i]) + p["D"][:, None] * xs[:, i]).reshape(bsz, w))
+        y = jnp.stack(ys, axis=1) * jax.nn.silu(z)  # gate, then RMS-normalise each group of w / k
+        yg = y.reshape(bsz, t, k, w // k)
+        yg = yg / jnp.sqrt(jnp.mean(yg**2, axis=-1, keepdims=True) + self.norm_eps)
+        return (yg.reshape(bsz, t, w) * p["norm"]["scale"]) @ p["out_proj"]["kernel"], {"h": state}

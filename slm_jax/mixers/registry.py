@@ -1,68 +1,72 @@
-"""Registry of token mixers: the names a layer pattern may use.
+"""The table of token mixers: the names a layer pattern may use (the contract: mixers/contract.py).
 
-A mixer is a Flax Linen module with
-
-  * ``__call__(x: f32[b, t, d], positions: i32[b, t], cache) -> (y: f32[b, t, d], cache)``:
-    with ``cache=None`` it is the parallel (training) path and returns ``None`` as the cache;
-    with a cache (from ``init_cache``) it consumes ``t >= 1`` tokens that continue the cached
-    sequence (prefill when t > 1, one decode step when t == 1) and returns the updated cache.
-  * ``init_cache(batch, max_len, dtype) -> pytree`` of arrays: an empty decode state. It must
-    not touch parameters, so it works on an unbound module.
-  * ``state_size(batch, max_len, dtype) -> int``: bytes of that decode state.
-  * ``from_config(model_cfg) -> module`` classmethod: the only place a mixer reads the model
-    config (the module itself takes explicit fields); it returns an unbound module
-    (``parent=None``) that the Block adopts under the name ``mixer``.
-  * ``num_params(model_cfg) -> int`` and ``flops_per_token(model_cfg, seq_len) -> float``
-    (forward FLOPs) staticmethods/classmethods, for models/accounting.py.
-
-Register with ``@register_mixer("name")`` on the class. Unknown names fail at config load.
+Adding a mixer is one file in this package plus one line in ``MIXERS``. From the table come
+the ``model.mixers.<name>`` config sections (``MixerOptions``), the sharding axes and the LoRA
+targets of every mixer; unknown names fail at config load.
 """
 
-from typing import Callable
+import dataclasses
 
 from slm_jax.errors import ConfigError
-from slm_jax.modules.linear import dtype_of
+from slm_jax.mixers.attention import Attention, LocalAttention
+from slm_jax.mixers.mamba import Mamba
+from slm_jax.mixers.mamba2 import Mamba2
+from slm_jax.mixers.rglru import RGLRU
 
-_MIXERS: dict[str, type] = {}
+MIXERS: dict[str, type] = {
+    "attention": Attention,
+    "local_attention": LocalAttention,
+    "rglru": RGLRU,
+    "mamba": Mamba,
+    "mamba2": Mamba2,
+}
 
-
-def register_mixer(name: str) -> Callable[[type], type]:
-    """Class decorator adding a mixer under ``name`` (a layer-pattern entry)."""
-
-    def add(cls: type) -> type:
-        if name in _MIXERS and _MIXERS[name] is not cls:
-            raise ValueError(f"Mixer name {name!r} is registered twice.")
-        _MIXERS[name] = cls
-        return cls
-
-    return add
+# One config section per mixer: model.mixers.<name>.<field>.
+MixerOptions = dataclasses.make_dataclass(
+    "MixerOptions",
+    [(name, cls.Options, dataclasses.field(default_factory=cls.Options)) for name, cls in MIXERS.items()],
+    frozen=True,
+)
+MixerOptions.__module__ = __name__
+MixerOptions.__doc__ = "Per-mixer options, one section per registered mixer (``model.mixers.<name>``)."
 
 
 def mixer_names() -> tuple[str, ...]:
     """All registered mixer names, sorted."""
-    _import_builtin_mixers()
-    return tuple(sorted(_MIXERS))
+    return tuple(sorted(MIXERS))
 
 
 def get_mixer(name: str) -> type:
     """The mixer class registered under ``name``; a ConfigError naming the valid ones otherwise."""
-    _import_builtin_mixers()
-    if name not in _MIXERS:
-        raise ConfigError(
-            f"Unknown mixer {name!r} in model.layer_pattern; use one of {', '.join(sorted(_MIXERS))}."
-        )
-    return _MIXERS[name]
+    if name not in MIXERS:
+        raise ConfigError(f"Unknown mixer {name!r} in model.layer_pattern; use one of {', '.join(mixer_names())}.")
+    return MIXERS[name]
 
 
-def _import_builtin_mixers() -> None:
-    # Importing the package runs every mixer module's @register_mixer line.
-    import slm_jax.mixers.builtin  # noqa: F401
+def build_mixer(cfg, name: str):
+    """The unbound mixer module for a layer ``name`` of ``cfg`` (a ModelConfig), with its own options."""
+    return get_mixer(name).from_config(cfg, getattr(cfg.mixers, name))
 
 
-def module_fields(cfg) -> dict:
-    """The constructor fields every mixer takes from ``ModelConfig`` alike, for ``from_config``:
-    dtypes, init scale, depth (for the scaled output init) and ``parent=None`` (unbound: the
-    Block that receives the mixer adopts it as "mixer")."""
-    return {"dtype": dtype_of(cfg.dtype), "param_dtype": dtype_of(cfg.param_dtype), "init_std": cfg.init_std,
-            "n_layers": cfg.n_layers, "parent": None}
+def mixer_param_axes() -> tuple[tuple[str, tuple], ...]:
+    """(path suffix from ``mixer/``, logical axes) of every registered mixer's weights.
 
+    Mixers may share parameter names (``in_proj``, ``conv1d``) only with the same axes: a clash
+    would make sharding depend on which mixer a layer happens to use.
+    """
+    seen: dict[str, tuple[tuple, str]] = {}
+    for name, cls in MIXERS.items():
+        for suffix, axes in cls.param_axes.items():
+            if suffix in seen and seen[suffix][0] != tuple(axes):
+                raise ValueError(
+                    f"Mixers {seen[suffix][1]!r} and {name!r} give the parameter {suffix!r} different sharding axes "
+                    f"({seen[suffix][0]} vs {tuple(axes)}); rename one of them."
+                )
+            seen[suffix] = (tuple(axes), name)
+    # Longer suffixes first, so that "norm/scale" inside a mixer wins over a shorter generic match.
+    return tuple(sorted((("mixer/" + s, a) for s, (a, _) in seen.items()), key=lambda e: -len(e[0])))
+
+
+def lora_target_names() -> tuple[str, ...]:
+    """Every registered mixer's default LoRA projections (module names inside ``mixer/``)."""
+    return tuple(sorted({n for cls in MIXERS.values() for n in cls.lora_targets}))

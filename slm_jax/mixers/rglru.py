@@ -9,7 +9,7 @@
     h_t    = a_t o h_{t-1} + sqrt(1 - a_t^2) o (i_t o u_t)                  h: f32[b, w], eq. 3
     out    = out_proj(h o g)                              [b, t, d]
 
-with w = ``model.rglru.width`` recurrence channels (0 -> the multiple of the head count nearest 4/3 d, the paper's D_RNN) and c = 8.
+with w = ``model.mixers.rglru.width`` recurrence channels (0 -> the multiple of the head count nearest 4/3 d, the paper's D_RNN) and c = 8.
 ``Lambda`` is initialised so that a^c = sigmoid(Lambda)^c is uniform in [a_min^2, a_max^2]
 (Sec. 2.4: between 0.9^2 and 0.999^2). The gates start near 0.5 (small weights, zero bias), so
 the initial per-step decay a^(c r) is about a^(c / 2), in [a_min, a_max]. The gate weights use
@@ -20,7 +20,7 @@ The gates, log a_t, sqrt(1 - a_t^2) = sqrt(-expm1(2 log a_t)) (accurate as a_t -
 recurrence run in float32 whatever the compute dtype; the recurrence is ``ops/scan.py``
 (``linear_scan`` for the parallel path and prefill, ``scan_step`` for one-token decode). By
 default, unlike recurrentgemma, the state is not reset at document boundaries; ``reset_at_zero``
-(``model.rglru.reset_at_zero``, set for imported checkpoints) does as recurrentgemma does at
+(``model.mixers.rglru.reset_at_zero``, set for imported checkpoints) does as recurrentgemma does at
 position 0: a_0 = 0 and the input is not scaled by sqrt(1 - a_0^2).
 
 Parameter names are close to google-deepmind/recurrentgemma's ``RecurrentBlock`` / ``RGLRU``
@@ -31,6 +31,7 @@ Parameter names are close to google-deepmind/recurrentgemma's ``RecurrentBlock``
 context length.
 """
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -39,9 +40,8 @@ import jax.numpy as jnp
 
 from slm_jax.array_typing import Array, PyTree
 from slm_jax.errors import ConfigError
-from slm_jax.mixers.mamba import conv_params
-from slm_jax.mixers.registry import module_fields, register_mixer
-from slm_jax.modules.conv1d import CausalConv1D
+from slm_jax.mixers.contract import module_fields
+from slm_jax.modules.conv1d import CausalConv1D, causal_conv_reference, conv_params
 from slm_jax.modules.linear import Linear, linear_params, scaled_init
 from slm_jax.ops.scan import ScanImpl, linear_scan, scan_step
 
@@ -97,9 +97,41 @@ class _BlockParams(nn.Module):
         return kernel, bias
 
 
-@register_mixer("rglru")
+@dataclass(frozen=True)
+class RGLRUOptions:
+    """Griffin recurrent block options (De et al. 2024, arXiv:2402.19427)."""
+
+    width: int = 0  # recurrence width; 0 -> the multiple of n_heads nearest 4/3 * d_model (the paper)
+    n_heads: int = 0  # block-diagonal gate heads; 0 -> model.n_heads
+    conv_width: int = 4
+    c: float = 8.0  # the fixed scalar in a_t = a^(c * r_t)
+    a_min: float = 0.9  # a^c is initialised uniformly in [a_min^2, a_max^2] (paper, Sec. 2.4)
+    a_max: float = 0.999
+    bias: bool = False  # biases on in_proj and out_proj (recurrentgemma has them)
+    reset_at_zero: bool = False  # at position 0: zero state and unscaled input (recurrentgemma's document reset)
+
+
 class RGLRU(nn.Module):
     """Griffin recurrent block: f32[b, t, d] -> f32[b, t, d] with a w-channel diagonal state."""
+
+    Options = RGLRUOptions
+    param_axes = {
+        "in_proj/kernel": ("embed", "inner"),
+        "in_proj/bias": ("inner",),
+        "out_proj/kernel": ("inner", "embed"),
+        "out_proj/bias": ("embed",),
+        "conv1d/kernel": ("conv", "inner"),
+        "conv1d/bias": ("inner",),
+        "gate_a/kernel": ("inner", None, None),  # block-diagonal gates: [heads, block, block]
+        "gate_x/kernel": ("inner", None, None),
+        "gate_a/bias": ("inner",),
+        "gate_x/bias": ("inner",),
+        "a_param": ("inner",),
+    }
+    lora_targets = ("in_proj", "out_proj")
+    kv_leaves = ()
+    test_variants = tuple({"scan_impl": impl} for impl in ScanImpl if impl is not ScanImpl.AUTO)
+    test_options = {"width": 36, "n_heads": 3}  # gate blocks of 12: not a power of two
 
     width: int  # d
     rnn_width: int  # w
@@ -116,34 +148,27 @@ class RGLRU(nn.Module):
     init_std: float = 0.02
     n_layers: int = 1  # only for the output projection's init scale
 
-    @staticmethod
-    def _sizes(cfg) -> tuple[int, int]:
-        """(w, h) of a ModelConfig, checked."""
-        m = cfg.rglru
+    @classmethod
+    def from_config(cls, cfg, options: RGLRUOptions) -> "RGLRU":
+        m = options
         h = m.n_heads or cfg.n_heads
         if h <= 0:
-            raise ConfigError(f"model.rglru.n_heads must be positive (0 -> model.n_heads), got {h}.")
+            raise ConfigError(f"model.mixers.rglru.n_heads must be positive (0 -> model.n_heads), got {h}.")
         if m.width < 0:
-            raise ConfigError(f"model.rglru.width must be >= 0 (0 -> about 4/3 * model.d_model), got {m.width}.")
+            raise ConfigError(f"model.mixers.rglru.width must be >= 0 (0 -> about 4/3 * model.d_model), got {m.width}.")
         # 0: the paper's 4/3 d, rounded to the nearest multiple of the head count (so that the
         # default works for any d_model); equal to round(4/3 d) whenever that is divisible.
         w = m.width or h * max(1, round(4 * cfg.d_model / (3 * h)))
         if w % h:
             raise ConfigError(
-                f"model.rglru.width ({w}) must be divisible by model.rglru.n_heads ({h}, 0 -> model.n_heads); change one of them."
+                f"model.mixers.rglru.width ({w}) must be divisible by model.mixers.rglru.n_heads ({h}, 0 -> model.n_heads); change one of them."
             )
         if m.conv_width <= 0:
-            raise ConfigError(f"model.rglru.conv_width must be positive, got {m.conv_width}.")
+            raise ConfigError(f"model.mixers.rglru.conv_width must be positive, got {m.conv_width}.")
         if m.c <= 0:
-            raise ConfigError(f"model.rglru.c must be positive, got {m.c}.")
+            raise ConfigError(f"model.mixers.rglru.c must be positive, got {m.c}.")
         if not 0 < m.a_min < m.a_max < 1:
-            raise ConfigError(f"model.rglru needs 0 < a_min < a_max < 1, got a_min={m.a_min}, a_max={m.a_max}.")
-        return w, h
-
-    @classmethod
-    def from_config(cls, cfg) -> "RGLRU":
-        w, h = cls._sizes(cfg)
-        m = cfg.rglru
+            raise ConfigError(f"model.mixers.rglru needs 0 < a_min < a_max < 1, got a_min={m.a_min}, a_max={m.a_max}.")
         return cls(
             width=cfg.d_model,
             rnn_width=w,
@@ -204,23 +229,12 @@ class RGLRU(nn.Module):
         conv = jnp.zeros((batch, self.conv_width - 1, self.rnn_width), dtype)
         return {"conv": conv, "h": jnp.zeros((batch, self.rnn_width), _f32)}
 
-    def state_size(self, batch: int, max_len: int, dtype: Any = jnp.float32) -> int:
-        del max_len
-        conv = batch * (self.conv_width - 1) * self.rnn_width * jnp.dtype(dtype).itemsize
-        return conv + batch * self.rnn_width * 4
-
-    @classmethod
-    def num_params(cls, cfg) -> int:
-        w, h = cls._sizes(cfg)
-        d = cfg.d_model
+    def num_params(self) -> int:
+        w, h, d, bias = self.rnn_width, self.num_heads, self.width, self.use_bias
         gate = w * (w // h) + w  # h blocks of (w/h)^2, plus a bias
-        bias = cfg.rglru.bias
-        return (
-            linear_params(d, 2 * w, bias) + conv_params(w, cfg.rglru.conv_width) + 2 * gate + w + linear_params(w, d, bias)
-        )
+        return linear_params(d, 2 * w, bias) + conv_params(w, self.conv_width) + 2 * gate + w + linear_params(w, d, bias)
 
-    @classmethod
-    def flops_per_token(cls, cfg, seq_len: int) -> float:
+    def flops_per_token(self, seq_len: int) -> float:
         """Forward FLOPs per token: 2 per matmul weight (gates: the blocks only) and conv tap, plus elementwise.
 
         Convention: every elementwise op (exp, expm1, sqrt, sigmoid, gelu included) counts 1
@@ -229,8 +243,32 @@ class RGLRU(nn.Module):
         i u, the sqrt scaling, the h update (mul + add), the output gate = 16.
         """
         del seq_len  # the recurrence costs the same at every position
-        w, h = cls._sizes(cfg)
-        d, k = cfg.d_model, cfg.rglru.conv_width
+        w, h, d, k = self.rnn_width, self.num_heads, self.width, self.conv_width
         matmul = linear_params(d, 2 * w) + 2 * w * (w // h) + linear_params(w, d)
         return 2 * matmul + 2 * k * w + 16 * w
 
+    def reference(self, variables: PyTree, x: Array, positions: Array) -> tuple[Array, PyTree]:
+        """Griffin's recurrent block (Fig. 2, eqs. 1-4) with a Python loop over time: (y [b, t, d], {"h": [b, w]})."""
+        p = variables["params"]
+        w, c = self.rnn_width, self.c
+        bias = lambda name: p[name]["bias"] if self.use_bias else 0.0
+        gu = x @ p["in_proj"]["kernel"] + bias("in_proj")
+        g, u = gu[..., :w], gu[..., w:]
+        u = causal_conv_reference(p["conv1d"], u)
+        dense = lambda q: jax.scipy.linalg.block_diag(*q["kernel"])  # [w, w], zeros off the diagonal blocks
+        a = jax.nn.sigmoid(p["a_param"])  # [w]
+        h = jnp.zeros((x.shape[0], w))
+        hs = []
+        for i in range(x.shape[1]):
+            r = jax.nn.sigmoid(u[:, i] @ dense(p["gate_a"]) + p["gate_a"]["bias"])
+            gate_in = jax.nn.sigmoid(u[:, i] @ dense(p["gate_x"]) + p["gate_x"]["bias"])
+            a_t = a ** (c * r)
+            scale = jnp.sqrt(1.0 - a_t**2)
+            if self.reset_at_zero:
+                start = (positions[:, i] == 0)[:, None]
+                a_t, scale = jnp.where(start, 0.0, a_t), jnp.where(start, 1.0, scale)
+            h = a_t * h + scale * (gate_in * u[:, i])
+            hs.append(h)
+        gelu = 0.5 * g * (1.0 + jnp.tanh(jnp.sqrt(2.0 / jnp.pi) * (g + 0.044715 * g**3)))
+        y = jnp.stack(hs, axis=1) * gelu
+        return y @ p["out_proj"]["kernel"] + bias("out_proj"), {"h": h}

@@ -12,13 +12,14 @@ from typing import Any
 import jax.numpy as jnp
 
 from slm_jax.config import ModelConfig
-from slm_jax.mixers.registry import get_mixer
+from slm_jax.mixers.contract import state_bytes
+from slm_jax.mixers.registry import build_mixer
 from slm_jax.modules.mlp import gated_mlp_params
 
 
 def _block_params(cfg: ModelConfig, mixer_name: str) -> int:
     mlp = gated_mlp_params(cfg.d_model, cfg.ff_width, cfg.mlp_bias) + cfg.d_model if cfg.mlp != "none" else 0
-    return get_mixer(mixer_name).num_params(cfg) + cfg.d_model + mlp  # + the mixer's pre-norm
+    return build_mixer(cfg, mixer_name).num_params() + cfg.d_model + mlp  # + the mixer's pre-norm
 
 
 def param_count(cfg: ModelConfig, include_embeddings: bool = True) -> int:
@@ -32,7 +33,7 @@ def forward_flops_per_token(cfg: ModelConfig, seq_len: int, head_fraction: float
     """Forward FLOPs per token at training length ``seq_len``; the output head runs on
     ``head_fraction`` of the positions (below 1 when only labelled positions get logits)."""
     mlp = 2 * gated_mlp_params(cfg.d_model, cfg.ff_width) if cfg.mlp != "none" else 0
-    layers = sum(get_mixer(name).flops_per_token(cfg, seq_len) + mlp for name in cfg.layers)
+    layers = sum(build_mixer(cfg, name).flops_per_token(seq_len) + mlp for name in cfg.layers)
     return layers + head_fraction * 2 * cfg.vocab_size * cfg.d_model
 
 
@@ -43,7 +44,7 @@ def train_flops_per_token(cfg: ModelConfig, seq_len: int, head_fraction: float =
 
 def decode_state_bytes(cfg: ModelConfig, batch: int, max_len: int, dtype: Any = jnp.float32) -> int:
     """Bytes of the decode cache for ``batch`` sequences of ``max_len`` tokens."""
-    return sum(get_mixer(name).from_config(cfg).state_size(batch, max_len, dtype) for name in cfg.layers)
+    return sum(state_bytes(build_mixer(cfg, name), batch, max_len, dtype) for name in cfg.layers)
 
 
 def summary(cfg: ModelConfig, seq_len: int, head_fraction: float = 1.0) -> dict:

@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from slm_jax.array_typing import Array, PyTree
-from slm_jax.mixers.registry import get_mixer
+from slm_jax.mixers.registry import build_mixer
 from slm_jax.modules.linear import dtype_of, scaled_init
 from slm_jax.modules.mlp import GatedMLP
 from slm_jax.modules.norms import RMSNorm
@@ -54,7 +54,7 @@ class Block(nn.Module):
 def build_block(cfg, mixer_name: str, block_cls: type = Block, name: str | None = None) -> Block:
     """A Block for one layer of ``cfg`` (a ModelConfig) whose mixer is ``mixer_name``."""
     return block_cls(
-        mixer=get_mixer(mixer_name).from_config(cfg),
+        mixer=build_mixer(cfg, mixer_name),
         mlp=cfg.mlp,
         d_ff=cfg.ff_width,
         mlp_bias=cfg.mlp_bias,

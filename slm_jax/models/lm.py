@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from slm_jax.array_typing import Array, PyTree
 from slm_jax.config import ModelConfig
-from slm_jax.mixers.registry import get_mixer
+from slm_jax.mixers.registry import build_mixer
 from slm_jax.models.block import Block, build_block
 from slm_jax.modules.embed import Embed, soft_cap
 from slm_jax.modules.linear import Linear, dtype_of
@@ -107,13 +107,19 @@ class CausalLM(nn.Module):
         """An empty decode cache for ``batch`` sequences of up to ``max_len`` tokens."""
         cfg = self.cfg
         dtype = dtype or dtype_of(cfg.dtype)
-        one = lambda name: get_mixer(name).from_config(cfg).init_cache(batch, max_len, dtype)
+        def one(name: str) -> PyTree:
+            mixer = build_mixer(cfg, name)
+            cache = mixer.init_cache(batch, max_len, dtype)
+            if cfg.cache_quant == "none":
+                return cache
+            return quantize_cache(cache, leaves=mixer.kv_leaves if cfg.cache_quant == "int8_kv" else None)
+
         n_rep, first = _layout(cfg)
         cache = {"layers": tuple(one(cfg.layers[i]) for i in range(first, cfg.n_layers))}
         if n_rep:
             stack = lambda a: jnp.broadcast_to(a, (n_rep,) + a.shape)
             cache["periods"] = tuple(jax.tree.map(stack, one(name)) for name in cfg.pattern)
-        return cache if cfg.cache_quant == "none" else quantize_cache(cache, kv_only=cfg.cache_quant == "int8_kv")
+        return cache
 
 
 def cache_bytes(cache: PyTree) -> int:

@@ -51,3 +51,19 @@ class CausalConv1D(nn.Module):
         y = bias.astype(self.dtype) + sum(kernel[j] * padded[:, j : j + t] for j in range(k))
         new_cache = None if cache is None else padded[:, t:].astype(cache.dtype)
         return y, new_cache
+
+
+def conv_params(channels: int, kernel_size: int) -> int:
+    """Parameters of a depthwise ``CausalConv1D``: one kernel tap per channel and position, plus a bias."""
+    return channels * kernel_size + channels
+
+
+def causal_conv_reference(params: dict, x: Array) -> Array:
+    """The convolution written out, for mixers' references: y_t = bias + sum_j kernel[j] x_{t - (k - 1) + j}.
+
+    params: {"kernel": [k, c], "bias": [c]}; x: [b, t, c] from zero history.
+    """
+    kernel, bias = params["kernel"], params["bias"]
+    k, t = kernel.shape[0], x.shape[1]
+    xp = jnp.pad(x, ((0, 0), (k - 1, 0), (0, 0)))
+    return bias + sum(kernel[j] * xp[:, j : j + t] for j in range(k))

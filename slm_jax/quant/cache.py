@@ -10,9 +10,9 @@ that is at most 64, each stored as ``q = round(x / s)`` with ``s = max|x_group| 
   rglru h            [b, w]           one scale per 64 channels
   conv caches        [b, k - 1, c]    one scale per (position, 64 channels)
 
-Integer leaves (slot positions, counters) are kept as they are. ``kv_only`` (``int8_kv``)
-quantizes only attention's keys and values, the part that grows with the context, and keeps
-recurrent and convolution states in float. The cache's own structure says
+Integer leaves (slot positions, counters) are kept as they are. With ``leaves`` (``int8_kv``:
+the mixer's declared ``kv_leaves``) only those leaves are quantized, the part that grows with
+the context, and recurrent and convolution states stay in float. The cache's own structure says
 whether it is quantized (``Int8Leaf`` in place of arrays), as quantized weights do in ``Linear``:
 ``Block`` dequantizes its layer's cache before the mixer runs and quantizes what the mixer
 returns (``requantize_like``), so no mixer knows about it. Re-quantizing a value that was
@@ -30,7 +30,6 @@ from slm_jax.array_typing import Array, PyTree
 
 QMAX = 127
 GROUP = 32  # entries per scale along the last axis
-KV_LEAVES = ("k", "v")  # the attention cache leaves, the only ones quantized by cache_quant=int8_kv
 
 
 class Int8Leaf(NamedTuple):
@@ -63,12 +62,12 @@ def dequantize_leaf(leaf: Int8Leaf, dtype=jnp.float32) -> Array:
     return (leaf.q.astype(jnp.float32) * scales).astype(dtype)
 
 
-def quantize_cache(cache: PyTree, kv_only: bool = False) -> PyTree:
-    """Every floating leaf of ``cache`` -> Int8Leaf (with ``kv_only``, only attention's "k" and "v"); others unchanged."""
+def quantize_cache(cache: PyTree, leaves: tuple[str, ...] | None = None) -> PyTree:
+    """Every floating leaf of a mixer's ``cache`` -> Int8Leaf (only those named in ``leaves`` when given); others unchanged."""
 
     def one(path, x):
         name = getattr(path[-1], "key", None) if path else None
-        chosen = jnp.issubdtype(x.dtype, jnp.floating) and (not kv_only or name in KV_LEAVES)
+        chosen = jnp.issubdtype(x.dtype, jnp.floating) and (leaves is None or name in leaves)
         return quantize_leaf(x) if chosen else x
 
     return jax.tree_util.tree_map_with_path(one, cache)

@@ -6,8 +6,8 @@ et al. 2020) and ``tensor`` (Megatron-style tensor parallelism, Shoeybi et al. 2
 heads, MLP hidden units, the recurrent width of RG-LRU / Mamba mixers, and the vocabulary).
 
 A parameter's logical axes come from its path and rank (``param_axes``), not from annotations
-in every module: the model code stays free of sharding, and a new mixer only needs a line in
-``PARAM_AXES`` if its names are new. ``RULES`` turns logical names into mesh axes; a dimension
+in every module: the model code stays free of sharding, and each mixer declares the axes of its
+own weights next to them (``param_axes``). ``RULES`` turns logical names into mesh axes; a dimension
 is split only when the mesh axes divide it, otherwise it stays replicated. Under ``jax.jit``
 (GSPMD) any placement gives the same numbers, so these choices only move memory and traffic.
 """
@@ -24,6 +24,7 @@ from jax.sharding import PartitionSpec as P
 from slm_jax.array_typing import PyTree
 from slm_jax.config import MeshConfig
 from slm_jax.errors import ConfigError
+from slm_jax.mixers.registry import mixer_param_axes
 from slm_jax.training.optim import path_str
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -47,36 +48,19 @@ RULES: dict[str, str | tuple[str, ...] | None] = {
 }
 
 # (path suffix, logical axes of the parameter's own dims). First match wins; a leaf that matches
-# nothing is replicated. Trailing dims beyond the listed ones are replicated.
-PARAM_AXES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
+# nothing is replicated. Trailing dims beyond the listed ones are replicated. Mixer weights come
+# from each mixer's own ``param_axes`` (mixers/contract.py), more specific suffixes first.
+MODEL_PARAM_AXES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
     ("embed/embedding", ("vocab", "embed")),
     ("head/kernel", ("embed", "vocab")),
     ("head/bias", ("vocab",)),
-    ("qkv/kernel", ("embed", "heads")),
-    ("qkv/bias", ("heads",)),
-    ("o/kernel", ("heads", "embed")),
     ("gate_up/kernel", ("embed", "mlp")),
     ("gate_up/bias", ("mlp",)),
     ("down/kernel", ("mlp", "embed")),
-    ("in_proj/kernel", ("embed", "inner")),
-    ("in_proj/bias", ("inner",)),
-    ("out_proj/kernel", ("inner", "embed")),
-    ("conv1d/kernel", ("conv", "inner")),
-    ("conv1d/bias", ("inner",)),
-    ("gate_a/kernel", ("inner", None, None)),  # RG-LRU block-diagonal gates: [heads, block, block]
-    ("gate_x/kernel", ("inner", None, None)),
-    ("gate_a/bias", ("inner",)),
-    ("gate_x/bias", ("inner",)),
-    ("x_proj/kernel", ("inner", None)),  # Mamba: channels -> (dt rank, B, C)
-    ("dt_proj/kernel", (None, "inner")),
-    ("dt_proj/bias", ("inner",)),
-    ("mixer/norm/scale", ("inner",)),  # Mamba-2 gated norm over the inner width
-    ("mixer/a_param", ("inner",)),
-    ("mixer/A_log", ("inner", None)),
-    ("mixer/D", ("inner",)),
-    ("mixer/dt_bias", ("inner",)),
+    ("down/bias", ("embed",)),
     ("scale", ("norm",)),
 )
+PARAM_AXES = mixer_param_axes() + MODEL_PARAM_AXES
 
 
 def resolve_mesh_shape(mesh: MeshConfig, n_devices: int) -> tuple[int, int, int]:

@@ -79,7 +79,7 @@ def test_every_scan_impl_translates(impl):
 def test_layers_under_nn_scan_become_an_onnx_scan():
     """Flax nn.scan over layers (scan_layers) translates to one Scan node: prefill then decode on its cache."""
     cfg = config_from_dict({"name": "g", "model": {"preset": "griffin", "n_layers": 6, "d_model": 16, "n_heads": 2, "vocab_size": 11,
-                                                   "local_window": 8, "init_std": 0.3, "scan_layers": True}})
+                                                   "mixers": {"local_attention": {"window": 8}}, "init_std": 0.3, "scan_layers": True}})
     model = CausalLM(cfg.model)
     params = model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
     cache = model.init_cache(1, 32)

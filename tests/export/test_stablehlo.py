@@ -28,7 +28,7 @@ def make_run(run_dir, preset, **model):
     """A run directory (config, char tokenizer, step-0 checkpoint) around a randomly initialised tiny model."""
     tok = CharTokenizer.from_text(TEXT)
     raw = {"name": preset, "model": {"preset": preset, "n_layers": 3, "d_model": 32, "n_heads": 2, "vocab_size": tok.vocab_size,
-                                     "local_window": 16, "init_std": 0.3, **model}}
+                                     "mixers": {"local_attention": {"window": 16}}, "init_std": 0.3, **model}}
     cfg = config_from_dict(raw)
     params = CausalLM(cfg.model).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
     run_dir.mkdir(parents=True)

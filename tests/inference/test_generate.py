@@ -29,7 +29,7 @@ def test_top_k_and_top_p_restrict_support():
 
 
 def _model(**model):
-    cfg = config_from_dict({"model": {"vocab_size": 23, "d_model": 32, "n_heads": 2, "n_layers": 2, "window": 6, **model}}).model
+    cfg = config_from_dict({"model": {"vocab_size": 23, "d_model": 32, "n_heads": 2, "n_layers": 2, **model}}).model
     model = CausalLM(cfg)
     return model, model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))
 
@@ -41,7 +41,7 @@ def test_compiled_greedy_decode_equals_naive_rerun(chunk, preset):
     missing = set(PRESETS[preset]["layer_pattern"]) - set(mixer_names())
     if missing:
         pytest.skip(f"preset {preset} needs mixers not implemented yet: {sorted(missing)}")
-    model, params = _model(preset=preset, local_window=4)
+    model, params = _model(preset=preset, mixers={"attention": {"window": 6}, "local_attention": {"window": 4}})
     prompt = np.array([[3, 1, 4, 1, 5], [9, 2, 6, 5, 3]], np.int32)
     out = np.concatenate(list(generate(model, params, prompt, 12, temperature=0.0, chunk=chunk)), axis=1)
     assert out.shape == (2, 12)
@@ -56,7 +56,7 @@ def test_compiled_greedy_decode_equals_naive_rerun(chunk, preset):
 
 
 def test_sampling_is_seeded():
-    model, params = _model()
+    model, params = _model(mixers={"attention": {"window": 6}})
     prompt = np.array([[1, 2, 3]], np.int32)
     run = lambda seed: np.concatenate(list(generate(model, params, prompt, 10, seed=seed, chunk=3)), axis=1)
     np.testing.assert_array_equal(run(0), run(0))
@@ -64,7 +64,7 @@ def test_sampling_is_seeded():
 
 
 def test_bad_generation_arguments():
-    model, params = _model()
+    model, params = _model(mixers={"attention": {"window": 6}})
     with pytest.raises(ConfigError, match="prompt is empty"):
         next(generate(model, params, np.zeros((1, 0), np.int32), 5))
     with pytest.raises(ConfigError, match="top_p"):

@@ -18,14 +18,14 @@ from slm_jax.models.lm import CausalLM
 
 MODELS = {  # our configs, one per export family
     "llama": {"preset": "transformer", "d_model": 48, "n_heads": 3, "n_kv_heads": 1, "qkv_bias": True, "tie_embeddings": False},
-    "qwen2": {"preset": "transformer", "layer_pattern": ["attention", "local_attention"], "local_window": 8, "n_kv_heads": 2},
+    "qwen2": {"preset": "transformer", "layer_pattern": ["attention", "local_attention"], "mixers": {"local_attention": {"window": 8}}, "n_kv_heads": 2},
     "qwen3": {"preset": "transformer", "qk_norm": True, "head_dim": 16, "rope_scaling": {"kind": "linear", "factor": 2.0}},
     "phi3": {"preset": "transformer", "rotary_fraction": 0.5, "tie_embeddings": False},
     "gemma": {"preset": "transformer", "mlp": "geglu", "norm_offset": 1.0, "embed_scale": float(np.float32(64**0.5))},
     "mamba": {"preset": "mamba", "tie_embeddings": False},
-    "mamba2": {"preset": "mamba2", "mamba2": {"d_state": 8, "head_dim": 16, "n_groups": 2}},
+    "mamba2": {"preset": "mamba2", "mixers": {"mamba2": {"d_state": 8, "head_dim": 16, "n_groups": 2}}},
     "recurrent_gemma": {"preset": "griffin", "mlp": "geglu", "norm_offset": 1.0, "embed_scale": 8.0, "logit_softcap": 30.0,
-                        "rotary_fraction": 0.5, "n_kv_heads": 1, "rglru": {"bias": True, "reset_at_zero": True}, "mlp_bias": True,
+                        "rotary_fraction": 0.5, "n_kv_heads": 1, "mixers": {"rglru": {"bias": True, "reset_at_zero": True}}, "mlp_bias": True,
                         "attn_out_bias": True},
 }
 
@@ -118,7 +118,7 @@ def test_export_refuses_inexpressible_configs():
     with pytest.raises(ConfigError, match="model.qk_norm"):
         export_hf(cfg, _random_params(cfg), family="llama")
     cfg = _cfg("qwen2")
-    with pytest.raises(ConfigError, match="model.local_window"):
+    with pytest.raises(ConfigError, match="model.mixers.local_attention.window"):
         export_hf(cfg, _random_params(cfg), family="llama")
 
 

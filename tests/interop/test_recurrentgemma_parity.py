@@ -2,7 +2,7 @@
 
 Its parameters are mapped into ours by hand below. Two conventions differ from Hugging Face's
 port: the local-attention window there admits ``attention_window_size + 1`` tokens (the query
-and W earlier ones: ``q <= k + W``), so our ``local_window`` is W + 1; and its ``a_param`` is
+and W earlier ones: ``q <= k + W``), so our ``model.mixers.local_attention.window`` is W + 1; and its ``a_param`` is
 Hugging Face's ``recurrent_param`` (ours is its negation). Skipped when the package is absent:
 ``pip install recurrentgemma`` pins numpy < 2.4 and absl-py < 2, which conflicts with this
 environment, so install it with ``--no-deps`` into a separate directory on PYTHONPATH.
@@ -73,9 +73,10 @@ def test_griffin_matches_recurrentgemma():
 
     cfg = config_from_dict({"model": {
         "preset": "griffin", "n_layers": 3, "d_model": D, "n_heads": H, "n_kv_heads": 1, "vocab_size": V, "d_ff": F,
-        "mlp": "geglu", "mlp_bias": True, "attn_out_bias": True, "local_window": W + 1, "norm_eps": 1e-6, "norm_offset": 1.0,
+        "mlp": "geglu", "mlp_bias": True, "attn_out_bias": True, "norm_eps": 1e-6, "norm_offset": 1.0,
         "embed_scale": bfloat16_round(D**0.5), "logit_softcap": 30.0, "rotary_fraction": 0.5, "tie_embeddings": True,
-        "rglru": {"width": LRU, "n_heads": H, "conv_width": 4, "c": 8.0, "bias": True, "reset_at_zero": True},
+        "mixers": {"local_attention": {"window": W + 1},
+                   "rglru": {"width": LRU, "n_heads": H, "conv_width": 4, "c": 8.0, "bias": True, "reset_at_zero": True}},
     }})
     ours, _ = CausalLM(cfg.model).apply(_ours_from_deepmind(params["params"], blocks), tokens, positions)
     diff = float(jnp.abs(ours - ref).max())

@@ -9,7 +9,7 @@ from slm_jax.models import accounting
 from slm_jax.models.lm import CausalLM, cache_bytes, stack_layers, unstack_layers
 from slm_jax.models.presets import PRESETS
 
-SMALL = {"vocab_size": 37, "d_model": 48, "n_heads": 4, "n_layers": 3, "local_window": 6}
+SMALL = {"vocab_size": 37, "d_model": 48, "n_heads": 4, "n_layers": 3, "mixers": {"local_attention": {"window": 6}}}
 
 
 def small(**model):
@@ -67,7 +67,7 @@ def test_cache_snapshot_restore_continues_identically(preset):
 
 @pytest.mark.parametrize("window,kv", [(5, 2), (0, 1)])
 def test_attention_variants_decode(window, kv):
-    model = CausalLM(small(window=window, n_kv_heads=kv))
+    model = CausalLM(small(mixers={"attention": {"window": window}}, n_kv_heads=kv))
     toks = tokens(t=19)
     params = model.init(jax.random.key(2), toks)
     full, _ = model.apply(params, toks)
@@ -76,7 +76,7 @@ def test_attention_variants_decode(window, kv):
 
 
 def test_local_attention_ring_buffer_is_bounded_and_exact():
-    cfg = small(layer_pattern=("local_attention", "attention"), local_window=4)
+    cfg = small(layer_pattern=("local_attention", "attention"), mixers={"local_attention": {"window": 4}})
     model = CausalLM(cfg)
     toks = tokens(t=23)
     params = model.init(jax.random.key(3), toks)
@@ -147,7 +147,7 @@ def test_cache_shapes_by_preset(preset):
     pattern = set(PRESETS[preset]["layer_pattern"])
     if "attention" in pattern:  # global attention: linear growth
         assert sizes[256] - sizes[128] == 2 * (sizes[128] - sizes[64]) > 0
-    else:  # recurrent state and/or a ring buffer of local_window = 6 positions
+    else:  # recurrent state and/or a ring buffer of a 6-token window
         assert shapes(64) == shapes(256)
         assert sizes[64] == sizes[256]
 

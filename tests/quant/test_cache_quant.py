@@ -30,7 +30,7 @@ def test_integer_leaves_are_kept_and_zeros_stay_zero():
     assert isinstance(q["k"], Int8Leaf) and q["pos"].dtype == jnp.int32
     assert float(jnp.abs(dequantize_leaf(q["k"])).max()) == 0.0
     recurrent = {"conv": jnp.ones((1, 3, 8)), "h": jnp.ones((1, 8)), "k": jnp.ones((1, 2, 4, 8))}
-    kv = quantize_cache(recurrent, kv_only=True)  # model.cache_quant=int8_kv
+    kv = quantize_cache(recurrent, leaves=("k", "v"))  # model.cache_quant=int8_kv
     assert isinstance(kv["k"], Int8Leaf) and kv["h"].dtype == jnp.float32 and kv["conv"].dtype == jnp.float32
 
 
@@ -49,7 +49,7 @@ def decode_logits(model, params, toks, split):
 
 @pytest.mark.parametrize("preset", ["transformer", "griffin", "mamba"])
 def test_int8_cache_decode_close_to_float_cache(preset):
-    base = {"preset": preset, "vocab_size": 41, "d_model": 64, "n_heads": 2, "n_layers": 3, "local_window": 8, "init_std": 0.1}
+    base = {"preset": preset, "vocab_size": 41, "d_model": 64, "n_heads": 2, "n_layers": 3, "mixers": {"local_attention": {"window": 8}}, "init_std": 0.1}
     cfg = config_from_dict({"model": base}).model
     qcfg = config_from_dict({"model": {**base, "cache_quant": "int8"}}).model
     toks = jax.random.randint(jax.random.key(0), (2, 20), 0, 41)
@@ -68,7 +68,7 @@ def test_int8_cache_decode_close_to_float_cache(preset):
 
 def test_generate_with_int8_cache_scan_layers():
     base = {"preset": "griffin", "vocab_size": 41, "d_model": 32, "n_heads": 2, "n_layers": 3, "scan_layers": True,
-            "local_window": 8, "init_std": 0.1}
+            "mixers": {"local_attention": {"window": 8}}, "init_std": 0.1}
     model, qmodel = (CausalLM(config_from_dict({"model": {**base, "cache_quant": c}}).model) for c in ("none", "int8"))
     prompt = np.asarray(jax.random.randint(jax.random.key(0), (1, 5), 0, 41))
     params = model.init(jax.random.key(1), jnp.asarray(prompt))

@@ -92,9 +92,9 @@ def test_interrupted_run_stops_the_sweep_with_a_resume_hint(tmp_path, monkeypatc
 
 
 def test_list_values_make_glob_safe_directory_names(tmp_path):
-    sweep = write(tmp_path, {"points": [{"model.layer_pattern": ["rglru", "local_attention"], "model.local_window": 4}]})
+    sweep = write(tmp_path, {"points": [{"model.layer_pattern": ["rglru", "local_attention"], "model.mixers.local_attention.window": 4}]})
     (point,) = expand(sweep)
-    assert point.slug == "layer_pattern=rglru+local_attention,local_window=4"
+    assert point.slug == "layer_pattern=rglru+local_attention,window=4"
     assert point.cfg.model.pattern == ("rglru", "local_attention")
     (empty,) = expand(write(tmp_path, {"points": [{"train.curriculum": []}]}))
     assert empty.slug == "curriculum=none"

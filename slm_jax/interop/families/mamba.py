@@ -57,13 +57,13 @@ def config_from_hf(c: HFConfig) -> dict:
     dt = {"dt_min": float(c.get("time_step_min", 0.001)), "dt_max": float(c.get("time_step_max", 0.1))}
     rank = c.get("time_step_rank", "auto")
     if t == "mamba":
-        m["mamba"] = {
+        m["mixers"] = {"mamba": {
             "d_state": int(c.get("state_size", 16)),
             "expand": int(expand),
             "conv_width": int(c.get("conv_kernel", 4)),
             "dt_rank": math.ceil(d / 16) if rank == "auto" else int(rank),
             **dt,
-        }
+        }}
         return m
     heads, head_dim = int(c.get("num_heads", 128)), int(c.get("head_dim", 64))
     if heads * head_dim != int(expand) * d:
@@ -71,7 +71,7 @@ def config_from_hf(c: HFConfig) -> dict:
     limit = c.get("time_step_limit", (0.0, float("inf")))
     if list(limit) != [0.0, float("inf")]:
         raise unsupported(c, "time_step_limit", list(limit), "clamping dt is not implemented; only (0, inf) is")
-    m["mamba2"] = {
+    m["mixers"] = {"mamba2": {
         "d_state": int(c.get("state_size", 128)),
         "expand": int(expand),
         "head_dim": head_dim,
@@ -79,7 +79,7 @@ def config_from_hf(c: HFConfig) -> dict:
         "conv_width": int(c.get("conv_kernel", 4)),
         "chunk_size": int(c.get("chunk_size", 256)),
         **dt,
-    }
+    }}
     return m
 
 
@@ -107,7 +107,7 @@ def _conv(t: Tensors, pre: str, channels: int, k: int, conv_bias: bool) -> dict:
 
 
 def _mamba_from_hf(t: Tensors, m, pre: str, conv_bias: bool) -> dict:
-    d, mc = m.d_model, m.mamba
+    d, mc = m.d_model, m.mixers.mamba
     w, n, r = mc.expand * d, mc.d_state, mc.dt_rank or math.ceil(d / 16)
     return {
         "in_proj": {"kernel": linear_in(t.take(pre + "in_proj.weight", (2 * w, d)))},
@@ -121,7 +121,7 @@ def _mamba_from_hf(t: Tensors, m, pre: str, conv_bias: bool) -> dict:
 
 
 def _mamba2_from_hf(t: Tensors, m, pre: str, conv_bias: bool) -> dict:
-    d, mc = m.d_model, m.mamba2
+    d, mc = m.d_model, m.mixers.mamba2
     w = mc.expand * d
     h, gn = w // mc.head_dim, mc.n_groups * mc.d_state
     return {
@@ -148,7 +148,7 @@ def check_exportable(m, family: str) -> None:
     require_exportable(m.norm_offset == 0.0, "norm_offset", m.norm_offset, name, other)
     require_exportable(m.logit_softcap == 0, "logit_softcap", m.logit_softcap, name, other)
     if family == "mamba":
-        require_exportable(m.mamba.selective, "mamba.selective", m.mamba.selective, name, "HF Mamba is selective")
+        require_exportable(m.mixers.mamba.selective, "mixers.mamba.selective", m.mixers.mamba.selective, name, "HF Mamba is selective")
 
 
 def config_to_hf(m, family: str) -> dict:
@@ -170,13 +170,13 @@ def config_to_hf(m, family: str) -> dict:
         "pad_token_id": None,
     }
     if family == "mamba":
-        mc = m.mamba
+        mc = m.mixers.mamba
         out.update(
             state_size=mc.d_state, expand=mc.expand, conv_kernel=mc.conv_width, time_step_rank=mc.dt_rank or math.ceil(m.d_model / 16),
             time_step_min=mc.dt_min, time_step_max=mc.dt_max, intermediate_size=mc.expand * m.d_model,
         )
     else:
-        mc = m.mamba2
+        mc = m.mixers.mamba2
         out.update(
             state_size=mc.d_state, expand=mc.expand, conv_kernel=mc.conv_width, num_heads=mc.expand * m.d_model // mc.head_dim,
             head_dim=mc.head_dim, n_groups=mc.n_groups, chunk_size=mc.chunk_size, time_step_min=mc.dt_min, time_step_max=mc.dt_max,

@@ -71,21 +71,20 @@ def config_from_hf(c: HFConfig) -> dict:
         "mlp_bias": True,
         "qkv_bias": bool(c.get("attention_bias", False)),
         "attn_out_bias": True,
-        "local_window": int(c.get("attention_window_size", 2048)),
         "norm_eps": float(c.get("rms_norm_eps", 1e-6)),
         "norm_offset": 1.0,
         "embed_scale": bfloat16_round(d**0.5),
         "logit_softcap": float(c.get("logits_soft_cap", 30.0)),
         "tie_embeddings": bool(c.get("tie_word_embeddings", True)),
         **rope,
-        "rglru": {
+        "mixers": {"local_attention": {"window": int(c.get("attention_window_size", 2048))}, "rglru": {
             "width": int(c.get("lru_width", None) or d),
             "n_heads": h,
             "conv_width": int(c.get("conv1d_width", 4)),
             "c": 8.0,
             "bias": True,
             "reset_at_zero": True,
-        },
+        }},
     }
 
 
@@ -97,7 +96,7 @@ def params_from_hf(t: Tensors, m, raw: dict) -> dict:
     """Our parameter tree ``{"params": ...}`` from a RecurrentGemma checkpoint."""
     del raw
     d, v, f = m.d_model, m.vocab_size, m.ff_width
-    w, hr = m.rglru.width, m.rglru.n_heads or m.n_heads
+    w, hr = m.mixers.rglru.width, m.mixers.rglru.n_heads or m.n_heads
     bw = w // hr
     p: dict = {"embed": {"embedding": t.take("model.embed_tokens.weight", (v, d))}}
     for i, name in enumerate(m.layers):
@@ -109,7 +108,7 @@ def params_from_hf(t: Tensors, m, raw: dict) -> dict:
                     "kernel": linear_in(_rows(t, [tb + "linear_y.weight", tb + "linear_x.weight"], (w, d))),
                     "bias": _rows(t, [tb + "linear_y.bias", tb + "linear_x.bias"], (w,)),
                 },
-                "conv1d": {"kernel": conv_in(t.take(tb + "conv_1d.weight", (w, 1, m.rglru.conv_width))), "bias": t.take(tb + "conv_1d.bias", (w,))},
+                "conv1d": {"kernel": conv_in(t.take(tb + "conv_1d.weight", (w, 1, m.mixers.rglru.conv_width))), "bias": t.take(tb + "conv_1d.bias", (w,))},
                 "gate_x": {"kernel": t.take(lru + "input_gate_weight", (hr, bw, bw)), "bias": t.take(lru + "input_gate_bias", (hr, bw)).reshape(w)},
                 "gate_a": {"kernel": t.take(lru + "recurrent_gate_weight", (hr, bw, bw)), "bias": t.take(lru + "recurrent_gate_bias", (hr, bw)).reshape(w)},
                 "a_param": -t.take(lru + "recurrent_param", (w,)),
@@ -155,18 +154,18 @@ def check_exportable(m, family: str = "recurrent_gemma") -> None:
     require_exportable(m.attn_head_dim * m.n_heads == m.d_model, "head_dim", m.head_dim, name, "it is d_model / n_heads there")
     require_exportable(m.rope_scaling.kind == "none", "rope_scaling.kind", m.rope_scaling.kind, name, other)
     require_exportable(not m.qk_norm, "qk_norm", m.qk_norm, name, other)
-    require_exportable(m.window == 0, "window", m.window, name, "only local_attention layers have a window there")
-    r = m.rglru
-    require_exportable(r.c == 8.0, "rglru.c", r.c, name, "it is fixed to 8 there")
-    require_exportable(r.reset_at_zero, "rglru.reset_at_zero", r.reset_at_zero, name, "it always resets at position 0")
-    require_exportable((r.n_heads or m.n_heads) == m.n_heads, "rglru.n_heads", r.n_heads, name, "the gate blocks follow num_attention_heads there")
+    require_exportable(m.mixers.attention.window == 0, "mixers.attention.window", m.mixers.attention.window, name, "only local_attention layers have a window there")
+    r = m.mixers.rglru
+    require_exportable(r.c == 8.0, "mixers.rglru.c", r.c, name, "it is fixed to 8 there")
+    require_exportable(r.reset_at_zero, "mixers.rglru.reset_at_zero", r.reset_at_zero, name, "it always resets at position 0")
+    require_exportable((r.n_heads or m.n_heads) == m.n_heads, "mixers.rglru.n_heads", r.n_heads, name, "the gate blocks follow num_attention_heads there")
 
 
 def config_to_hf(m, family: str = "recurrent_gemma") -> dict:
     """The ``config.json`` mapping for ModelConfig ``m`` as RecurrentGemma."""
-    from slm_jax.mixers.rglru import RGLRU
+    from slm_jax.mixers.registry import build_mixer
 
-    width, _ = RGLRU._sizes(m)
+    width = build_mixer(m, "rglru").rnn_width
     names = {v: k for k, v in _BLOCKS.items()}
     return {
         "architectures": [ARCHITECTURE],
@@ -178,8 +177,8 @@ def config_to_hf(m, family: str = "recurrent_gemma") -> dict:
         "num_attention_heads": m.n_heads,
         "num_key_value_heads": m.kv_heads,
         "lru_width": width,
-        "attention_window_size": m.local_window,
-        "conv1d_width": m.rglru.conv_width,
+        "attention_window_size": m.mixers.local_attention.window,
+        "conv1d_width": m.mixers.rglru.conv_width,
         "logits_soft_cap": m.logit_softcap,
         "rms_norm_eps": m.norm_eps,
         "hidden_activation": "gelu_pytorch_tanh",
@@ -196,11 +195,11 @@ def config_to_hf(m, family: str = "recurrent_gemma") -> dict:
 
 def params_to_hf(params: dict, m, family: str = "recurrent_gemma") -> dict[str, np.ndarray]:
     """HF tensor name -> float32 array; biases our config leaves out are written as exact zeros."""
-    from slm_jax.mixers.rglru import RGLRU
+    from slm_jax.mixers.registry import build_mixer
 
     p = params["params"]
     d = m.d_model
-    w, _ = RGLRU._sizes(m)
+    w = build_mixer(m, "rglru").rnn_width
     zeros = lambda n: np.zeros(n, np.float32)
     out = {"model.embed_tokens.weight": f32(p["embed"]["embedding"]), "model.final_norm.weight": f32(p["final_norm"]["scale"])}
     for i, name in enumerate(m.layers):

@@ -99,7 +99,7 @@ def config_from_hf(c: HFConfig) -> dict:
         c.ignore("original_max_position_embeddings")  # only used by longrope, which read_rope refuses
     m["layer_pattern"] = compress_pattern(layers)
     if window:
-        m["local_window"] = window
+        m["mixers"] = {"local_attention": {"window": window}}
     return m
 
 
@@ -169,13 +169,13 @@ def check_exportable(m, family: str) -> None:
     require_exportable(m.embed_scale == scale, "embed_scale", m.embed_scale, name, f"it is fixed to {scale} there; {other}")
     require_exportable(m.qk_norm == (family == "qwen3"), "qk_norm", m.qk_norm, name, other)
     if family == "phi3":
-        require_exportable(len(windows) == 1, "local_window", m.local_window, name, "Phi-3 has one sliding window for every layer")
+        require_exportable(len(windows) == 1, "mixers.local_attention.window", m.mixers.local_attention.window, name, "Phi-3 has one sliding window for every layer")
         for key in ("qkv_bias", "attn_out_bias"):
             require_exportable(not getattr(m, key), key, getattr(m, key), name, other)
     elif family in ("qwen2", "qwen3"):
-        require_exportable(len(windows - {0}) <= 1, "local_window", sorted(windows), name, "all sliding layers share one window there")
+        require_exportable(len(windows - {0}) <= 1, "mixers.local_attention.window", sorted(windows), name, "all sliding layers share one window there")
     else:
-        require_exportable(windows == {0}, "local_window", sorted(windows), name, "it has no sliding-window attention; use qwen2, qwen3 or phi3")
+        require_exportable(windows == {0}, "mixers.local_attention.window", sorted(windows), name, "it has no sliding-window attention; use qwen2, qwen3 or phi3")
     if family == "qwen2":  # q/k/v always have biases (zeros are exact), o never has one
         require_exportable(not m.attn_out_bias, "attn_out_bias", m.attn_out_bias, name, other)
     require_exportable(not m.mlp_bias or family == "llama", "mlp_bias", m.mlp_bias, name, other)
