@@ -9,9 +9,13 @@ import dataclasses
 
 from slm_jax.errors import ConfigError
 from slm_jax.mixers.attention import Attention, LocalAttention
+from slm_jax.mixers.baseconv import BaseConv
+from slm_jax.mixers.h3 import H3
+from slm_jax.mixers.hyena import Hyena
 from slm_jax.mixers.mamba import Mamba
 from slm_jax.mixers.mamba2 import Mamba2
 from slm_jax.mixers.rglru import RGLRU
+from slm_jax.mixers.short_conv import ShortConv
 
 MIXERS: dict[str, type] = {
     "attention": Attention,
@@ -19,6 +23,10 @@ MIXERS: dict[str, type] = {
     "rglru": RGLRU,
     "mamba": Mamba,
     "mamba2": Mamba2,
+    "h3": H3,
+    "short_conv": ShortConv,
+    "hyena": Hyena,
+    "baseconv": BaseConv,
 }
 
 # One config section per mixer: model.mixers.<name>.<field>.

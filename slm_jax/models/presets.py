@@ -20,6 +20,17 @@ PRESETS: dict[str, dict] = {
     "samba": {"layer_pattern": ("mamba", "local_attention"), "mlp": "swiglu"},
     # Jamba-like (Lieber et al. 2024, arXiv:2403.19887): one attention layer per 8, rest Mamba.
     "jamba_like": {"layer_pattern": ("mamba",) * 7 + ("attention",), "mlp": "swiglu"},
+    # H3 (Fu, Dao et al. 2023, arXiv:2212.14052), Hyena (Poli et al. 2023, arXiv:2302.10866) and Zoology's
+    # BaseConv (Arora et al. 2023, arXiv:2312.04927) in every layer, each followed by a SwiGLU MLP.
+    "h3": {"layer_pattern": ("h3",), "mlp": "swiglu"},
+    "hyena": {"layer_pattern": ("hyena",), "mlp": "swiglu"},
+    "baseconv": {"layer_pattern": ("baseconv",), "mlp": "swiglu"},
+    # LFM2-like (Liquid AI 2025, arXiv:2511.23404): LFM2-350M's 16 layers, 10 gated short convs and 6 attention
+    # layers with QK-norm (GQA there: set n_kv_heads), RoPE theta 1e6, SwiGLU MLPs; cycled to n_layers.
+    "lfm2_like": {
+        "layer_pattern": ("short_conv", "short_conv", "attention") * 3 + ("short_conv", "attention") * 3 + ("short_conv",),
+        "mlp": "swiglu", "qk_norm": True, "rope_theta": 1e6,
+    },
 }
 
 
