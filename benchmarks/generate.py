@@ -8,6 +8,9 @@ Default shape = ../shared/peers (vocab 512, width 256, 4 layers, 4 heads; Griffi
 
     python benchmarks/generate.py
     python benchmarks/generate.py --presets transformer,griffin --new-tokens 256 --batches 1,8
+
+``--prompt 1024`` makes ``prefill_ms`` the time to first token for a 1,024-token prompt.
+``vs_first`` is decode tokens/s over the first preset's at the same batch, in the same process.
 """
 
 import argparse
@@ -89,7 +92,11 @@ def main():
         for b in [int(x) for x in args.batches.split(",")]:
             speed.append(measure(preset, b, args.prompt, args.new_tokens, args.repeats))
             print(json.dumps(speed[-1]), flush=True)
-    cols = ["preset", "batch", "prefill_ms", "ms_per_token", "decode_tokens_per_s"]
+    first = {}
+    for r in speed:
+        first.setdefault(r["batch"], r["decode_tokens_per_s"])
+        r["vs_first"] = round(r["decode_tokens_per_s"] / first[r["batch"]], 2)
+    cols = ["preset", "batch", "prefill_ms", "ms_per_token", "decode_tokens_per_s", "vs_first"]
     print("\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for r in speed:
         print("| " + " | ".join(f"{r[c]:,}" if isinstance(r[c], int) else str(r[c]) for c in cols) + " |")

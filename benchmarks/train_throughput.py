@@ -6,6 +6,10 @@ batch 16 x 256, float32, AdamW), for a side-by-side comparison:
 
     python benchmarks/train_throughput.py
     python benchmarks/train_throughput.py --presets transformer,griffin,mamba
+    python benchmarks/train_throughput.py --presets transformer,gla --set model.n_layers=24 --set model.scan_layers=true --steps 2
+
+The ``vs_first`` column is each preset's tokens/s over the first preset's, measured in the same
+process (ratios hold across machine load better than absolute numbers).
 """
 
 import argparse
@@ -78,7 +82,9 @@ def main():
         row = measure(cfg, args.steps, peak)
         print(json.dumps(row), flush=True)
         rows.append(row)
-    cols = ["preset", "params", "batch", "compile_s", "ms_per_step", "tokens_per_s", "achieved_gflops", "mfu"]
+    for row in rows:
+        row["vs_first"] = round(row["tokens_per_s"] / rows[0]["tokens_per_s"], 2)
+    cols = ["preset", "params", "batch", "compile_s", "ms_per_step", "tokens_per_s", "vs_first", "achieved_gflops", "mfu"]
     print("\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for r in rows:
         print("| " + " | ".join(f"{r[c]:,}" if isinstance(r[c], int) else str(r[c]) for c in cols) + " |")
