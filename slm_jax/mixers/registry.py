@@ -14,7 +14,9 @@ from slm_jax.mixers.h3 import H3
 from slm_jax.mixers.hyena import Hyena
 from slm_jax.mixers.mamba import Mamba
 from slm_jax.mixers.mamba2 import Mamba2
+from slm_jax.mixers.mlstm import MLSTM
 from slm_jax.mixers.rglru import RGLRU
+from slm_jax.mixers.rwkv7 import RWKV7
 from slm_jax.mixers.short_conv import ShortConv
 
 MIXERS: dict[str, type] = {
@@ -27,6 +29,8 @@ MIXERS: dict[str, type] = {
     "short_conv": ShortConv,
     "hyena": Hyena,
     "baseconv": BaseConv,
+    "mlstm": MLSTM,
+    "rwkv7": RWKV7,
 }
 
 # One config section per mixer: model.mixers.<name>.<field>.

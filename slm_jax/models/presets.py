@@ -20,6 +20,12 @@ PRESETS: dict[str, dict] = {
     "samba": {"layer_pattern": ("mamba", "local_attention"), "mlp": "swiglu"},
     # Jamba-like (Lieber et al. 2024, arXiv:2403.19887): one attention layer per 8, rest Mamba.
     "jamba_like": {"layer_pattern": ("mamba",) * 7 + ("attention",), "mlp": "swiglu"},
+    # xLSTM's mLSTM blocks (Beck et al. 2024, arXiv:2405.04517; layout of xLSTM-7B): mLSTM in every
+    # layer, each followed by a SwiGLU MLP.
+    "mlstm": {"layer_pattern": ("mlstm",), "mlp": "swiglu"},
+    # RWKV-7 "Goose" (Peng et al. 2025, arXiv:2503.14456): RWKV-7 time mixing in every layer; a SwiGLU
+    # MLP stands in for RWKV's squared-ReLU channel-mix, and there is no cross-layer value residual.
+    "rwkv7": {"layer_pattern": ("rwkv7",), "mlp": "swiglu"},
     # H3 (Fu, Dao et al. 2023, arXiv:2212.14052), Hyena (Poli et al. 2023, arXiv:2302.10866) and Zoology's
     # BaseConv (Arora et al. 2023, arXiv:2312.04927) in every layer, each followed by a SwiGLU MLP.
     "h3": {"layer_pattern": ("h3",), "mlp": "swiglu"},
