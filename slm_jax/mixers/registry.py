@@ -10,6 +10,8 @@ import dataclasses
 from slm_jax.errors import ConfigError
 from slm_jax.mixers.attention import Attention, LocalAttention
 from slm_jax.mixers.baseconv import BaseConv
+from slm_jax.mixers.deltanet import DeltaNet
+from slm_jax.mixers.gated_deltanet import GatedDeltaNet
 from slm_jax.mixers.h3 import H3
 from slm_jax.mixers.hyena import Hyena
 from slm_jax.mixers.mamba import Mamba
@@ -25,6 +27,8 @@ MIXERS: dict[str, type] = {
     "rglru": RGLRU,
     "mamba": Mamba,
     "mamba2": Mamba2,
+    "deltanet": DeltaNet,
+    "gated_deltanet": GatedDeltaNet,
     "h3": H3,
     "short_conv": ShortConv,
     "hyena": Hyena,

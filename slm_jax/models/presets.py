@@ -20,6 +20,12 @@ PRESETS: dict[str, dict] = {
     "samba": {"layer_pattern": ("mamba", "local_attention"), "mlp": "swiglu"},
     # Jamba-like (Lieber et al. 2024, arXiv:2403.19887): one attention layer per 8, rest Mamba.
     "jamba_like": {"layer_pattern": ("mamba",) * 7 + ("attention",), "mlp": "swiglu"},
+    # DeltaNet (Yang et al. 2024, arXiv:2406.06484) and Gated DeltaNet (Yang, Kautz, Hatamizadeh 2024,
+    # arXiv:2412.06464) in every layer, each followed by a SwiGLU MLP.
+    "deltanet": {"layer_pattern": ("deltanet",), "mlp": "swiglu"},
+    "gated_deltanet": {"layer_pattern": ("gated_deltanet",), "mlp": "swiglu"},
+    # Qwen3-Next / Qwen3.5-like hybrid: 3 Gated DeltaNet layers to 1 attention layer with QK-norm.
+    "qwen35_like": {"layer_pattern": ("gated_deltanet",) * 3 + ("attention",), "mlp": "swiglu", "qk_norm": True},
     # xLSTM's mLSTM blocks (Beck et al. 2024, arXiv:2405.04517; layout of xLSTM-7B): mLSTM in every
     # layer, each followed by a SwiGLU MLP.
     "mlstm": {"layer_pattern": ("mlstm",), "mlp": "swiglu"},

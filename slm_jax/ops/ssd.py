@@ -32,7 +32,7 @@ from slm_jax.ops.scan import linear_scan
 _f32 = jnp.float32
 
 
-def _segsum(la: Array) -> Array:
+def segsum(la: Array) -> Array:
     """f32[..., c] log-decays -> f32[..., c, s]: sum of la over (s, c], -inf above the diagonal.
 
     Summing a masked copy (rather than differencing a cumulative sum) keeps every entry exact
@@ -82,7 +82,7 @@ def ssd(
 
     # 1. intra-chunk (diagonal blocks): y[c] = sum_{s <= c} (C_c . B_s) L[c, s] dt_s x_s
     scores = jnp.einsum("bzckn,bzskn->bzkcs", cc, bb)  # shared by the g heads of a group
-    mix = scores[:, :, :, None] * jnp.exp(_segsum(la))  # [b, z, k, g, c, s]
+    mix = scores[:, :, :, None] * jnp.exp(segsum(la))  # [b, z, k, g, c, s]
     y = jnp.einsum("bzkgcs,bzskge->bzckge", mix, xdt)
 
     # 2. each chunk's own contribution to the state at its end (zero state on entry)
