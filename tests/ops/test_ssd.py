@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from slm_jax.ops.ssd import _segsum, reference_ssd, ssd, ssd_step
+from slm_jax.ops.ssd import segsum, reference_ssd, ssd, ssd_step
 
 
 def _inputs(bsz=2, t=63, h=4, e=3, k=2, n=5, seed=0, dtype=jnp.float32):
@@ -107,7 +107,7 @@ def test_bfloat16_inputs_close_to_float32():
 
 def test_segsum_is_masked_sum():
     la = jnp.array([0.5, -1.0, 2.0, -0.25])
-    s = np.asarray(_segsum(la))
+    s = np.asarray(segsum(la))
     for i in range(4):
         for j in range(4):
             want = float(la[j + 1 : i + 1].sum()) if j <= i else -np.inf
