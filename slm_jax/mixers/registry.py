@@ -9,14 +9,17 @@ import dataclasses
 
 from slm_jax.errors import ConfigError
 from slm_jax.mixers.attention import Attention, LocalAttention
+from slm_jax.mixers.based import Based
 from slm_jax.mixers.baseconv import BaseConv
 from slm_jax.mixers.deltanet import DeltaNet
 from slm_jax.mixers.gated_deltanet import GatedDeltaNet
+from slm_jax.mixers.gla import GLA
 from slm_jax.mixers.h3 import H3
 from slm_jax.mixers.hyena import Hyena
 from slm_jax.mixers.mamba import Mamba
 from slm_jax.mixers.mamba2 import Mamba2
 from slm_jax.mixers.mlstm import MLSTM
+from slm_jax.mixers.retnet import RetNet
 from slm_jax.mixers.rglru import RGLRU
 from slm_jax.mixers.rwkv7 import RWKV7
 from slm_jax.mixers.short_conv import ShortConv
@@ -29,6 +32,9 @@ MIXERS: dict[str, type] = {
     "mamba2": Mamba2,
     "deltanet": DeltaNet,
     "gated_deltanet": GatedDeltaNet,
+    "gla": GLA,
+    "retnet": RetNet,
+    "based": Based,
     "h3": H3,
     "short_conv": ShortConv,
     "hyena": Hyena,

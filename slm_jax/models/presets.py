@@ -26,6 +26,12 @@ PRESETS: dict[str, dict] = {
     "gated_deltanet": {"layer_pattern": ("gated_deltanet",), "mlp": "swiglu"},
     # Qwen3-Next / Qwen3.5-like hybrid: 3 Gated DeltaNet layers to 1 attention layer with QK-norm.
     "qwen35_like": {"layer_pattern": ("gated_deltanet",) * 3 + ("attention",), "mlp": "swiglu", "qk_norm": True},
+    # GLA (Yang, Wang, Shen, Panda, Kim 2024, arXiv:2312.06635): gated linear attention in every layer, SwiGLU MLP.
+    "gla": {"layer_pattern": ("gla",), "mlp": "swiglu"},
+    # RetNet (Sun et al. 2023, arXiv:2307.08621): multi-scale retention (RoPE in place of xPos), SwiGLU MLP.
+    "retnet": {"layer_pattern": ("retnet",), "mlp": "swiglu"},
+    # Based (Arora et al. 2024, arXiv:2402.18668): Taylor linear attention alternating with 64-token sliding-window attention.
+    "based": {"layer_pattern": ("based", "local_attention"), "mlp": "swiglu", "mixers": {"local_attention": {"window": 64}}},
     # xLSTM's mLSTM blocks (Beck et al. 2024, arXiv:2405.04517; layout of xLSTM-7B): mLSTM in every
     # layer, each followed by a SwiGLU MLP.
     "mlstm": {"layer_pattern": ("mlstm",), "mlp": "swiglu"},
