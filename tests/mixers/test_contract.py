@@ -10,6 +10,8 @@ grows with the context, the decode state's size is derived from ``init_cache``, 
 closed-form parameter count and FLOPs agree with the parameter tree and an independent count.
 """
 
+import zlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -42,7 +44,7 @@ def o1_params(params, key):
 
     def one(path, leaf):
         name = path_str(path)
-        k = jax.random.fold_in(key, hash(name) % (2**31))
+        k = jax.random.fold_in(key, zlib.crc32(name.encode()))  # str hash() changes between processes
         if name.endswith("kernel") and leaf.ndim == 2:
             return jax.random.normal(k, leaf.shape) / np.sqrt(leaf.shape[0])
         if name.endswith("/bias") and "dt_proj" not in name:
