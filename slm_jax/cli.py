@@ -1,16 +1,41 @@
 """The ``slm`` command: train, eval, generate, sweep, data prepare, convert, quantize, export, config show.
 
-Mistakes a user can fix (``SlmError``) print one line and exit with status 2, no traceback.
+Mistakes a user can fix (``SlmError``, a bad command line, a full or read-only disk) print one
+line and exit with status 2, no traceback. A run stopped by SIGINT / SIGTERM exits with 130 / 143
+after its checkpoint (docs/reliability.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
-from slm_jax.errors import SlmError
+from slm_jax.errors import SlmError, write_errno, write_failure
+
+
+class UsageError(SlmError):
+    """A command line argparse cannot parse."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (``UsageError``) instead of usage text and ``exit(2)``."""
+
+    def error(self, message: str):
+        raise UsageError(f"{self.prog}: {message}; run `{self.prog} --help` for usage.")
+
+
+def _positive_int(text: str) -> int:
+    """argparse type for counts and step numbers."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
 
 
 def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -19,9 +44,10 @@ def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
                    help="override a config key, e.g. --set train.steps=100 (repeatable)")
 
 
-def cmd_train(args) -> None:
+def cmd_train(args) -> int:
     from slm_jax.config import load_config
     from slm_jax.training.distributed import initialize
+    from slm_jax.training.loop import exit_code
     from slm_jax.training.train import train
 
     initialize()  # joins jax.distributed when launched as one of several processes (docs/scaling.md)
@@ -33,6 +59,7 @@ def cmd_train(args) -> None:
         raise ConfigError("This config has model.quant.bits set, and a quantized run cannot be trained; train the float config and run `slm quantize` afterwards.")
     summary = train(cfg, args.run_dir, until_step=args.until_step, progress=not args.no_progress)
     print(json.dumps(summary, indent=1))
+    return exit_code(summary)
 
 
 def cmd_eval(args) -> None:
@@ -47,7 +74,7 @@ def cmd_eval(args) -> None:
     from slm_jax.inference.run import load_run
     from slm_jax.training.step import make_eval_step
 
-    run = load_run(args.run_dir, best=args.best)
+    run = load_run(args.run_dir, best=args.best, step=args.step)
     tc = run.cfg.train
     eval_fn = jax.jit(make_eval_step(run.model))
     if run.cfg.data.task.name:  # a generated task: its validation sets at every eval length
@@ -84,7 +111,7 @@ def cmd_generate(args) -> None:
     from slm_jax.inference.generate import generate
     from slm_jax.inference.run import load_run
 
-    run = load_run(args.run_dir, best=args.best)
+    run = load_run(args.run_dir, best=args.best, step=args.step)
     if run.tokenizer is None:
         raise DataError(f"{args.run_dir} was trained on the generated task {run.cfg.data.task.name!r} and has no tokenizer to read a text prompt; evaluate it with `slm eval {args.run_dir}`.")
     prompt = np.asarray(run.tokenizer.encode(args.prompt), np.int32)[None]
@@ -95,11 +122,40 @@ def cmd_generate(args) -> None:
         from slm_jax.models.lm import CausalLM
 
         model = CausalLM(dataclasses.replace(run.cfg.model, cache_quant="none" if args.cache_dtype == "float" else args.cache_dtype))
+    if args.draft:  # speculative decoding: the draft run proposes, this run verifies
+        chunks = _speculative_chunks(args, run, model, prompt)
+    else:
+        chunks = generate(model, run.params, prompt, args.max_new_tokens, seed=args.seed,
+                          temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, chunk=args.chunk)
     print(args.prompt, end="", flush=True)
-    for tokens in generate(model, run.params, prompt, args.max_new_tokens, seed=args.seed,
-                           temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, chunk=args.chunk):
-        print(run.tokenizer.decode(tokens[0]), end="", flush=True)
-    print()
+    try:
+        for tokens in chunks:
+            print(run.tokenizer.decode(tokens[0]), end="", flush=True)
+    finally:
+        print(flush=True)  # end the streamed line, so an error below starts a line of its own
+
+
+def _speculative_chunks(args, run, model, prompt):
+    """Tokens i32[1, n] of each speculative round (slm_jax/inference/speculative.py); at the end,
+    the acceptance rate and speed on stderr."""
+    import time
+
+    from slm_jax.errors import ConfigError
+    from slm_jax.inference.run import load_run
+    from slm_jax.inference.speculative import speculative_generate
+
+    draft = load_run(args.draft)
+    if draft.tokenizer is None or draft.tokenizer.to_dict() != run.tokenizer.to_dict():
+        raise ConfigError(f"The draft {args.draft} ({draft.cfg.model.vocab_size} tokens) does not use the tokenizer of {args.run_dir} ({run.cfg.model.vocab_size} tokens); pick a draft trained on the same tokenizer.")
+    start, accepted, rounds, new = time.perf_counter(), 0, 0, 0
+    for tokens, kept in speculative_generate(model, run.params, draft.model, draft.params, prompt, args.max_new_tokens,
+                                             k=args.draft_tokens, seed=args.seed, temperature=args.temperature,
+                                             top_k=args.top_k, top_p=args.top_p):
+        yield tokens
+        accepted, rounds, new = accepted + kept, rounds + 1, new + tokens.shape[1]
+    seconds = time.perf_counter() - start
+    print(f"\nspeculative decoding: {accepted / (rounds * args.draft_tokens):.1%} of draft tokens accepted, "
+          f"{new / rounds:.2f} tokens per round, {new / seconds:.1f} tokens/s (compilation included)", file=sys.stderr)
 
 
 def cmd_sweep(args) -> None:
@@ -178,8 +234,9 @@ def cmd_finetune(args) -> None:
     print(json.dumps(summary, indent=1))
 
 
-def cmd_distill(args) -> None:
+def cmd_distill(args) -> int | None:
     from slm_jax.errors import ConfigError
+    from slm_jax.training.loop import exit_code
 
     if args.target[0] == "precompute":  # slm distill precompute --teacher RUN_DIR --out DIR [--data PATH]
         from slm_jax.distill.precompute import precompute
@@ -196,7 +253,9 @@ def cmd_distill(args) -> None:
     if len(args.target) != 1:
         raise ConfigError("Usage: slm distill CONFIG --teacher RUN_DIR [--run-dir DIR]; give exactly one config file.")
     cfg = load_config(args.target[0], args.overrides)
-    print(json.dumps(distill(cfg, args.teacher, args.run_dir, until_step=args.until_step, progress=not args.no_progress), indent=1))
+    summary = distill(cfg, args.teacher, args.run_dir, until_step=args.until_step, progress=not args.no_progress)
+    print(json.dumps(summary, indent=1))
+    return exit_code(summary)
 
 
 def cmd_plan(args) -> None:
@@ -230,21 +289,22 @@ def cmd_config_show(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="slm", description="Small language models in JAX.")
+    parser = _Parser(prog="slm", description="Small language models in JAX.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model from a config")
     _add_config_args(p)
     p.add_argument("--run-dir", default=None, help="run directory (default runs/<name>); resumes if it has checkpoints")
-    p.add_argument("--until-step", type=int, default=None, help="stop after this step with a checkpoint (resume later)")
+    p.add_argument("--until-step", type=_positive_int, default=None, help="stop after this step with a checkpoint (resume later)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="validation loss and bits per char/byte of a run")
     p.add_argument("run_dir")
     p.add_argument("--data", default=None, help="text file or prepared directory (default: the run's val split)")
-    p.add_argument("--batches", type=int, default=50)
+    p.add_argument("--batches", type=_positive_int, default=50)
     p.add_argument("--best", action="store_true", help="use the best checkpoint by validation loss")
+    p.add_argument("--step", type=int, default=None, help="use the checkpoint of this step (default: the latest)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("generate", help="sample text from a run")
@@ -258,7 +318,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk", type=int, default=16, help="tokens per compiled decode loop between prints")
     p.add_argument("--cache-dtype", choices=["float", "int8", "int8_kv"], default=None,
                    help="int8: store the KV cache and recurrent states as int8 with group-wise scales; int8_kv: only the KV cache (default: the run's model.cache_quant)")
-    p.add_argument("--best", action="store_true")
+    p.add_argument("--best", action="store_true", help="use the best checkpoint by validation loss")
+    p.add_argument("--step", type=int, default=None, help="use the checkpoint of this step (default: the latest)")
+    p.add_argument("--draft", metavar="RUN_DIR", default=None,
+                   help="speculative decoding: a smaller run with the same tokenizer proposes tokens, this run verifies them (same output distribution; --chunk unused)")
+    p.add_argument("--draft-tokens", metavar="K", type=int, default=4, help="tokens the draft proposes per round (with --draft)")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("sweep", help="train every point of a sweep file; write results.csv/.md and plots")
@@ -335,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
     p.add_argument("--teacher", default=None, help="the teacher's run directory (default: distill.teacher)")
     p.add_argument("--run-dir", default=None, help="the student's run directory (default runs/<name>); resumes if it has checkpoints")
-    p.add_argument("--until-step", type=int, default=None, help="stop after this step with a checkpoint (resume later)")
+    p.add_argument("--until-step", type=_positive_int, default=None, help="stop after this step with a checkpoint (resume later)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--out", default=None, help="precompute: new directory for the logits")
     p.add_argument("--data", default=None, help="precompute: text file or prepared directory (default: the teacher's data)")
@@ -363,14 +427,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _drop_closed_loop_reports(hook):
+    """``hook`` without the "Exception ignored ... Event loop is closed" reports.
+
+    Tensorstore's callbacks for the writes of a failed save can fire after Orbax closed their event
+    loop; Python prints each as an unraisable exception, after the one-line error has said it all.
+    """
+
+    def quiet(unraisable) -> None:
+        if not (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"):
+            hook(unraisable)
+
+    quiet.drops_closed_loop_reports = True
+    return quiet
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one ``slm`` command; return its exit code (0, 2 for a user-fixable error, 130 / 143 when stopped by a signal)."""
+    # Orbax logs the failures of its background threads (a full disk, an unreadable file) with
+    # tracebacks through absl, and asyncio reports each of their failed write tasks again when it
+    # collects them, even after exit; every such failure reaches this function as an exception.
+    for name in ("absl", "asyncio"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    if not getattr(sys.unraisablehook, "drops_closed_loop_reports", False):
+        sys.unraisablehook = _drop_closed_loop_reports(sys.unraisablehook)
     try:
-        args.func(args)
+        args = build_parser().parse_args(argv)
+        return args.func(args) or 0
     except SlmError as e:
         print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except OSError as e:  # a write outside the checkpointer: the run directory, metrics, an output folder
+        code = write_errno(e)
+        if code is None:
+            raise
+        where = e.filename or "a file"
+        print(f"error: {write_failure(f'Writing {where}', code)}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

@@ -250,7 +250,10 @@ def _field_types(cls: type) -> dict[str, Any]:
 
 
 def _unknown_key(key: str) -> ConfigError:
-    close = difflib.get_close_matches(key, all_keys(), n=1, cutoff=0.5)
+    """The error for an unknown key, suggesting the closest key or section (``modle`` -> ``model``)."""
+    keys = all_keys()
+    sections = sorted({".".join(k.split(".")[:i]) for k in keys for i in range(1, k.count(".") + 1)})
+    close = difflib.get_close_matches(key, keys + sections, n=1, cutoff=0.5)
     hint = f"did you mean {close[0]!r}?" if close else "run `slm config show` to list valid keys."
     return ConfigError(f"Unknown config key {key!r}; {hint}")
 
@@ -308,12 +311,43 @@ def _set_dotted(raw: dict, key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses a key given twice in one mapping (PyYAML silently keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first_line: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` overrides are legitimate
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, typing.Hashable) and key in first_line:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} is given twice, on lines {first_line[key]} and {line}, and only one can count",
+                    key_node.start_mark)
+            if isinstance(key, typing.Hashable):
+                first_line[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """Parse YAML ``text`` with duplicate keys refused; a mistake is one ConfigError naming ``source``, line and column."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{source} line {mark.line + 1}, column {mark.column + 1}" if mark else source
+        raise ConfigError(f"{where}: {e.problem or e.context}; fix the YAML there.") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source} is not valid YAML ({e}); fix it.") from None
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """``"train.steps=10"`` -> ``("train.steps", 10)``; the value is read as YAML."""
     if "=" not in text:
         raise ConfigError(f"Override {text!r} has no '='; write it as key=value, e.g. train.steps=100.")
     key, value = text.split("=", 1)
-    return key.strip(), yaml.safe_load(value) if value.strip() else ""
+    return key.strip(), load_yaml(value, f"the value of --set {text!r}") if value.strip() else ""
 
 
 def config_from_dict(raw: dict, overrides: Sequence[str | tuple[str, Any]] = ()) -> Config:
@@ -345,7 +379,13 @@ def read_yaml_config(path: str | Path) -> dict:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"Config file {str(p)!r} does not exist; pass a YAML file such as configs/experiments/shakespeare_char.yaml.")
-    raw = yaml.safe_load(p.read_text()) or {}
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"Config file {str(p)!r} is not UTF-8 text; pass a YAML file.") from None
+    raw = load_yaml(text, str(p))
+    if raw is None:
+        raise ConfigError(f"Config file {str(p)!r} is empty; give it at least a name: or a model: section.")
     if not isinstance(raw, dict):
         raise ConfigError(f"Config file {str(p)!r} must hold a mapping of sections (model:, train:, ...).")
     return raw

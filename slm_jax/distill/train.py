@@ -33,6 +33,7 @@ from slm_jax.training.checkpoint import Checkpointer
 from slm_jax.training.loop import run_loop
 from slm_jax.training.optim import make_optimizer
 from slm_jax.training.parallel import make_parallel
+from slm_jax.training.run_lock import run_lock
 from slm_jax.training.step import init_state, make_eval_step, make_train_step
 from slm_jax.training.train import check_resumable, default_run_dir, with_data_vocab
 
@@ -51,9 +52,15 @@ def distill(cfg: Config, teacher_dir: str | Path | None = None, run_dir: str | P
     if cfg.data.task.name:
         raise ConfigError(f"Distillation trains on text, but data.task.name is {cfg.data.task.name!r}; set data.path to a text corpus.")
 
-    # ---------------------------------------------------------------- run directory, data & teacher
     run_dir = Path(run_dir) if run_dir else default_run_dir(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(run_dir):  # one writer per run directory (training/run_lock.py)
+        return _distill_locked(cfg, teacher_dir, run_dir, until_step, progress)
+
+
+def _distill_locked(cfg: Config, teacher_dir: str, run_dir: Path, until_step: int | None, progress: bool) -> dict:
+    """The body of :func:`distill`, run while holding the lock of ``run_dir``."""
+    kd = cfg.distill
+    # ---------------------------------------------------------------- run directory, data & teacher
     data = load_dataset(cfg.data)
     cfg = replace(with_data_vocab(cfg, data), **{"distill.teacher": teacher_dir})
     tc = cfg.train
@@ -65,7 +72,7 @@ def distill(cfg: Config, teacher_dir: str | Path | None = None, run_dir: str | P
     else:
         teacher = load_run(teacher_dir, best=kd.best)
         check_same_vocabulary(teacher_dir, tokenizer_identity(teacher.tokenizer), teacher.cfg.model.vocab_size, data.tokenizer, cfg.model.vocab_size)
-    ckpt = Checkpointer(run_dir, cfg.checkpoint.every, cfg.checkpoint.keep, cfg.checkpoint.keep_best, cfg.checkpoint.async_save)
+    ckpt = Checkpointer(run_dir, cfg.checkpoint.every, cfg.checkpoint.keep, cfg.checkpoint.keep_best, cfg.checkpoint.async_save, owner=True)
     check_resumable(run_dir, cfg, ckpt.latest_step() is not None)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
     save_tokenizer(data.tokenizer, run_dir / "tokenizer.json")

@@ -38,6 +38,7 @@ from slm_jax.inference.run import load_run, restore_params
 from slm_jax.interop.safetensors_io import read_safetensors, write_safetensors
 from slm_jax.training.checkpoint import Checkpointer, read_run_config
 from slm_jax.training.optim import make_optimizer
+from slm_jax.training.run_lock import LOCK_FILE, run_lock
 from slm_jax.training.step import make_loss_fn
 
 ADAPTER_FILE = "adapter.safetensors"
@@ -103,10 +104,20 @@ def make_step(model, optimizer: optax.GradientTransformation, combine):
 
 def finetune(run_dir: str | Path, data_path: str | Path, out_dir: str | Path, options: FinetuneOptions,
              eval_data: str | Path | None = None, log=print) -> dict:
-    """Fine-tune the run in ``run_dir`` on ``data_path`` (JSONL) into ``out_dir``; return a summary (module docstring)."""
+    """Fine-tune the run in ``run_dir`` on ``data_path`` (JSONL) into ``out_dir``; return a summary (module docstring).
+
+    ``out_dir`` is locked while this runs (training/run_lock.py): a second fine-tune into it stops at once.
+    """
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
+    if out_dir.is_dir() and any(p.name != LOCK_FILE for p in out_dir.iterdir()):
         raise CheckpointError(f"{out_dir} already exists and is not empty; pass a new --out directory.")
+    with run_lock(out_dir):
+        return _finetune_locked(run_dir, data_path, out_dir, options, eval_data, log)
+
+
+def _finetune_locked(run_dir: str | Path, data_path: str | Path, out_dir: Path, options: FinetuneOptions,
+                     eval_data: str | Path | None, log) -> dict:
+    """The body of :func:`finetune`, run while holding the lock of ``out_dir``."""
     run = load_run(run_dir, best=options.best)
     if run.cfg.model.quant.bits:
         raise ConfigError(f"{run_dir} is quantized (int{run.cfg.model.quant.bits}); fine-tune the float run it was made from.")

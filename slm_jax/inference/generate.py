@@ -53,7 +53,11 @@ def generate(
     top_p: float = 1.0,
     chunk: int | None = None,
 ) -> Iterator[np.ndarray]:
-    """Yield i32[b, <= chunk] arrays of new tokens continuing ``prompt`` i32[b, t]."""
+    """An iterator of i32[b, <= chunk] arrays of new tokens continuing ``prompt`` i32[b, t].
+
+    The arguments are checked here, before anything is computed or yielded, so a caller that
+    streams the output has printed nothing when a ConfigError is raised.
+    """
     prompt = np.asarray(prompt, np.int32)
     if prompt.ndim != 2 or prompt.shape[1] == 0:
         raise ConfigError("The prompt is empty; give at least one token (a non-empty --prompt).")
@@ -61,7 +65,14 @@ def generate(
         raise ConfigError(f"--max-new-tokens must be positive, got {max_new_tokens}.")
     if not (temperature >= 0 and top_k >= 0 and 0 < top_p <= 1):
         raise ConfigError("Sampling needs temperature >= 0, top_k >= 0 and 0 < top_p <= 1.")
-    chunk = min(chunk or max_new_tokens, max_new_tokens)
+    if chunk is not None and chunk < 0:
+        raise ConfigError(f"--chunk must be positive (or 0 for one loop over all new tokens), got {chunk}.")
+    return _stream(model, params, prompt, max_new_tokens, seed, temperature, top_k, top_p, min(chunk or max_new_tokens, max_new_tokens))
+
+
+def _stream(model: nn.Module, params: PyTree, prompt: np.ndarray, max_new_tokens: int, seed: int, temperature: float,
+            top_k: int, top_p: float, chunk: int) -> Iterator[np.ndarray]:
+    """The prefill, then one compiled decode loop per ``chunk`` tokens (arguments checked by ``generate``)."""
     b, t = prompt.shape
     cache = model.init_cache(b, t + max_new_tokens + chunk)  # + chunk: the last chunk may overrun
     logits, cache = prefill(model, params, jnp.asarray(prompt), cache)

@@ -25,8 +25,8 @@ class LoadedRun:
     step: int
 
 
-def load_run(run_dir: str | Path, best: bool = False) -> LoadedRun:
-    """The latest (or best-by-validation) checkpoint of ``run_dir``.
+def load_run(run_dir: str | Path, best: bool = False, step: int | None = None) -> LoadedRun:
+    """The latest (or best-by-validation, or ``step``'s) checkpoint of ``run_dir``.
 
     The tokenizer is ours (char/byte) or, in a run imported by ``slm convert from-hf``, the
     model's Hugging Face ``tokenizer.json`` (slm_jax/interop/hf_tokenizer.py).
@@ -38,18 +38,23 @@ def load_run(run_dir: str | Path, best: bool = False) -> LoadedRun:
     tok_path = run_dir / "tokenizer.json"
     if not tok_path.is_file() and not cfg.data.task.name:  # a generated task has token ids, no text
         raise CheckpointError(f"{run_dir} has no tokenizer.json; it is not a run directory written by `slm train`.")
-    params, step = restore_params(run_dir, cfg, best)
+    params, step = restore_params(run_dir, cfg, best, step)
     tokenizer = load_run_tokenizer(tok_path) if tok_path.is_file() else None
     return LoadedRun(cfg, CausalLM(cfg.model), params, tokenizer, step)
 
 
-def restore_params(run_dir: str | Path, cfg: Config, best: bool = False) -> tuple[PyTree, int]:
-    """(params, step) of the latest (or best) checkpoint of ``run_dir`` whose resolved config is ``cfg``."""
+def restore_params(run_dir: str | Path, cfg: Config, best: bool = False, step: int | None = None) -> tuple[PyTree, int]:
+    """(params, step) of the latest (or best, or ``step``'s) checkpoint of ``run_dir`` whose resolved config is ``cfg``.
+
+    A damaged checkpoint is a CheckpointError naming it (training/checkpoint.py); nothing is moved.
+    """
     run_dir = Path(run_dir)
+    if best and step is not None:
+        raise CheckpointError("Pass either --best or --step, not both.")
     model = CausalLM(cfg.model)
     ckpt = Checkpointer(run_dir, cfg.checkpoint.every, cfg.checkpoint.keep, cfg.checkpoint.keep_best, async_save=False)
     try:
-        if (ckpt.best_step() if best else ckpt.latest_step()) is None:
+        if step is None and (ckpt.best_step() if best else ckpt.latest_step()) is None:
             which = "best " if best else ""
             raise CheckpointError(f"{run_dir} has no {which}checkpoint yet; train it first with `slm train`.")
         tc = cfg.train
@@ -61,7 +66,7 @@ def restore_params(run_dir: str | Path, cfg: Config, best: bool = False) -> tupl
             abstract_params = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, tc.seq_len), np.int32)))
             optimizer, _ = make_optimizer(cfg.optim, tc.steps, abstract_params)
             abstract = jax.eval_shape(lambda: init_state(model, optimizer, tc.seed, tc.seq_len))
-        state, _, _ = ckpt.restore(abstract, best=best)
+        state, _, _ = ckpt.restore(abstract, step=step, best=best)
     finally:
         ckpt.close()
     return state["params"], int(state["step"])

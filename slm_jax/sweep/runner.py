@@ -17,11 +17,19 @@ from pathlib import Path
 from slm_jax.config import replace
 from slm_jax.errors import SlmError
 from slm_jax.sweep.spec import Point, Sweep, dump
+from slm_jax.training.loop import exit_code
 from slm_jax.training.train import train
 
 
 class SweepInterrupted(SlmError):
-    """A run stopped before its last step (Ctrl-C / SIGTERM); re-running the sweep resumes it."""
+    """A run stopped before its last step (Ctrl-C / SIGTERM); re-running the sweep resumes it.
+
+    Its ``exit_code`` is the stopped run's: 128 + the signal (130, 143), as for ``slm train``.
+    """
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code or 2
 
 
 def _runs_of(sweep: Sweep, point: Point) -> list[tuple[str, object]]:
@@ -60,7 +68,8 @@ def run_sweep(sweep: Sweep, points: list[Point], out: Path, progress: bool = Tru
             summary = train(cfg, run_dir, progress=progress)
             if summary["step"] < cfg.train.steps:
                 raise SweepInterrupted(
-                    f"Run {name} stopped at step {summary['step']} of {cfg.train.steps}; run the same sweep command again to resume it."
+                    f"Run {name} stopped at step {summary['step']} of {cfg.train.steps}; run the same sweep command again to resume it.",
+                    exit_code(summary),
                 )
             spent += time.perf_counter() - t0
             trained += 1

@@ -96,12 +96,48 @@ def _check_keys(raw: dict, allowed: tuple[str, ...], where: str) -> None:
             raise ConfigError(f"Unknown key {key!r} in {where}; {hint}")
 
 
+# What each top-level key of a sweep file must hold: (accepted types, how to write it).
+_SHAPES = {
+    "name": ((str, int), "a string"), "base": ((str,), "a config path relative to the sweep file"),
+    "set": ((list,), "a list of key=value strings"), "grid": ((dict,), "a mapping of config keys to lists of values"),
+    "points": ((list,), "a list of {key: value} mappings"), "lrs": ((list,), "a list of positive numbers"),
+    "metric": ((str,), "a metric name such as val_loss"), "budget": ((dict,), "a mapping such as {match: params}"),
+    "plot": ((dict,), "a mapping such as {x: model.d_model}"),
+}
+
+
+def _check_shapes(raw: dict, path: Path) -> None:
+    """Raise one ConfigError for the first value of the wrong kind: a wrong type, an empty axis, a bad lr or point."""
+    for key, value in raw.items():
+        types_, shape = _SHAPES[key]
+        if value is not None and not isinstance(value, types_):
+            raise ConfigError(f"{key}: in {path} must be {shape}, got {value!r}.")
+    for key, values in (raw.get("grid") or {}).items():
+        if isinstance(values, list) and not values:
+            raise ConfigError(f"Sweep axis {key!r} in {path} has no values; give it at least one value or remove it.")
+    for item in raw.get("set") or ():
+        if not isinstance(item, str) or "=" not in item:
+            raise ConfigError(f"set: in {path} must be {_SHAPES['set'][1]}, got {item!r}; write e.g. [train.steps=400].")
+    for point in raw.get("points") or ():
+        if not isinstance(point, dict):
+            raise ConfigError(f"points: in {path} must be {_SHAPES['points'][1]}, got {point!r}.")
+    for lr in raw.get("lrs") or ():
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+            raise ConfigError(f"lrs: in {path} must be {_SHAPES['lrs'][1]}, got {lr!r}; write e.g. [1.0e-3, 3.0e-3].")
+    budget = raw.get("budget") or {}
+    if "multiple" in budget and (not isinstance(budget["multiple"], int) or budget["multiple"] <= 0):
+        raise ConfigError(f"budget.multiple in {path} must be a positive integer, got {budget['multiple']!r}.")
+    if "target" in budget and (isinstance(budget["target"], bool) or not isinstance(budget["target"], (int, float)) or budget["target"] < 0):
+        raise ConfigError(f"budget.target in {path} must be a number >= 0 (0: the base config's own), got {budget['target']!r}.")
+
+
 def load_sweep(path: str | Path) -> Sweep:
     """Read and check a sweep file (see the module docstring)."""
     path = Path(path)
     raw = read_yaml_config(path)
     fields = tuple(f.name for f in dataclasses.fields(Sweep))
     _check_keys(raw, fields, str(path))
+    _check_shapes(raw, path)
     if "base" not in raw:
         raise ConfigError(f"{path} has no 'base:'; name the config YAML the sweep varies, relative to the sweep file.")
     budget = raw.get("budget") or {}

@@ -2,7 +2,9 @@
 
 A run keeps its checkpoints in ``<run_dir>/checkpoints/<step>/``, each with three items:
 ``state`` (a pytree of arrays, written by tensorstore), ``data_state`` (the grain iterator
-state, JSON) and ``config`` (the resolved config, JSON). Nothing is pickled.
+state, JSON) and ``config`` (the resolved config, JSON), plus the integrity records of
+checkpoint_integrity.py (``checksums``, ``files.json``) that every restore verifies. Nothing is
+pickled.
 
 Retention uses ONE ``orbax.checkpoint.CheckpointManager`` whose preservation policy is
 "latest ``keep`` OR best-by-``val_loss``" (``AnyPreservationPolicy(LatestN, BestN)``). A second
@@ -13,9 +15,13 @@ stored beside it (``<step>/metrics``), and it survives a restart without extra b
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import math
+import shutil
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import orbax.checkpoint as ocp
@@ -23,7 +29,9 @@ import yaml
 from orbax.checkpoint import checkpoint_managers
 
 from slm_jax.array_typing import PyTree
-from slm_jax.errors import CheckpointError
+from slm_jax.errors import CheckpointError, write_errno, write_failure
+from slm_jax.training import checkpoint_integrity as integrity
+from slm_jax.training.checkpoint_integrity import CHECKSUMS, Damaged
 
 METRIC = "val_loss"
 
@@ -34,8 +42,36 @@ def _rank(metrics: dict | None) -> float:
     return float(value) if value is not None and math.isfinite(value) else math.inf
 
 
-def _open_manager(directory: Path, keep: int | None, keep_best: bool, async_save: bool, read_only: bool = False):
-    """A CheckpointManager over ``directory`` with latest-``keep`` plus best retention."""
+def _set_aside(directory: Path, step: int, damage: Damaged, resuming: str) -> None:
+    """Rename a damaged step folder (never delete it) and say so in one line on stderr."""
+    moved = integrity.set_aside(directory / str(step), damage.reason)
+    print(f"warning: the checkpoint at step {step} in {directory} is damaged ({damage}); moved it to {moved.name}{resuming}.",
+          file=sys.stderr, flush=True)
+
+
+def _remove_partial_saves(directory: Path) -> None:
+    """Delete the ``<step>.orbax-checkpoint-tmp`` folders of saves that never finished (a kill, a full disk)."""
+    for partial in directory.glob("*.orbax-checkpoint-tmp*"):
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def _open_manager(directory: Path, keep: int | None, keep_best: bool, async_save: bool, read_only: bool = False, owner: bool = False):
+    """A CheckpointManager over ``directory`` with latest-``keep`` plus best retention.
+
+    Orbax cannot open a directory in which a step's metrics file is unreadable: the ``owner``
+    (the holder of the run's lock) sets such steps aside first and removes the
+    ``<step>.orbax-checkpoint-tmp`` folders a killed save left; anyone else gets a CheckpointError.
+    """
+    for step, damage in integrity.unreadable_metrics(directory).items():
+        if not owner:
+            raise CheckpointError(
+                f"The checkpoint at step {step} in {directory} is damaged ({damage}), so its directory cannot be opened; "
+                f"resume the run with `slm train` (which sets damaged steps aside) or rename {directory / str(step)} to {step}.damaged-metadata."
+            )
+        if jax.process_index() == 0:
+            _set_aside(directory, step, damage, "")
+    if owner and jax.process_index() == 0:
+        _remove_partial_saves(directory)
     policies: list = [checkpoint_managers.LatestN(n=keep)]
     if keep_best:
         # reverse=True sorts descending, so BestN's kept tail is the lowest validation loss;
@@ -51,27 +87,22 @@ def _open_manager(directory: Path, keep: int | None, keep_best: bool, async_save
         read_only=read_only,
     )
     # Handlers named up front, so a fresh manager can read metadata before its first restore.
-    handlers = {"state": ocp.StandardCheckpointHandler(), "data_state": ocp.JsonCheckpointHandler(), "config": ocp.JsonCheckpointHandler()}
+    handlers = {"state": ocp.StandardCheckpointHandler(), "data_state": ocp.JsonCheckpointHandler(), "config": ocp.JsonCheckpointHandler(),
+                CHECKSUMS: ocp.JsonCheckpointHandler()}
     return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
-
-
-def _path_str(path: tuple) -> str:
-    """``opt_state/0/mu/dense/kernel`` from a jax key path (namedtuple fields by name)."""
-    parts = []
-    for key in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(key, attr):
-                parts.append(str(getattr(key, attr)))
-                break
-        else:
-            parts.append(str(key))
-    return "/".join(parts)
 
 
 def _shapes(tree: PyTree) -> dict[str, tuple]:
     """Path -> shape of every array-like leaf, in flattening order."""
-    leaves, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))
-    return {_path_str(p): tuple(getattr(leaf, "shape", ())) for p, leaf in leaves}
+    return {path: tuple(getattr(leaf, "shape", ())) for path, leaf in integrity.array_leaves(tree)}
+
+
+def _size(n: float) -> str:
+    """``1.2 MB`` from a byte count."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
 
 
 def _to_abstract(tree: PyTree) -> PyTree:
@@ -106,7 +137,10 @@ class Checkpointer:
     """Saves and restores a run's checkpoints under ``<run_dir>/checkpoints``.
 
     Keeps the latest ``keep`` steps plus, with ``keep_best``, the step with the lowest
-    validation loss ever passed to :meth:`save`. Usable as a context manager.
+    validation loss ever passed to :meth:`save`. Every save records the integrity data of
+    checkpoint_integrity.py and every restore verifies it. A save that fails for want of space
+    or permission is one CheckpointError (what, where, how much was needed), with its partial
+    folder removed and the older checkpoints untouched. Usable as a context manager.
 
     Args:
       run_dir: the run directory.
@@ -115,15 +149,24 @@ class Checkpointer:
       keep_best: also keep the best checkpoint by validation loss beyond the ``keep`` window.
       async_save: write in a background thread; :meth:`save` returns once arrays are copied
         off the device buffers, so the caller may keep training and donate them.
+      owner: this process holds the run directory's lock (training/run_lock.py), so it may change
+        the directory: it removes the partial folders of a killed save, and when the latest step
+        is damaged, :meth:`restore` sets it aside and resumes from the newest step that verifies.
     """
 
-    def __init__(self, run_dir: str | Path, every: int, keep: int, keep_best: bool = True, async_save: bool = True):
+    def __init__(self, run_dir: str | Path, every: int, keep: int, keep_best: bool = True, async_save: bool = True,
+                 owner: bool = False):
         if every <= 0 or keep <= 0:
             raise CheckpointError(f"Checkpointer got every={every} and keep={keep}; set checkpoint.every and checkpoint.keep to positive integers.")
         self.run_dir = Path(run_dir)
         self.directory = self.run_dir / "checkpoints"
         self.every, self.keep, self.keep_best = every, keep, keep_best
-        self._manager = _open_manager(self.directory.absolute(), keep, keep_best, async_save)
+        self._primary = jax.process_index() == 0
+        self._owner = owner
+        self._unlisted: list[int] = []  # saved steps whose files.json is not written yet
+        self._closed = False
+        self._pending_bytes = 0  # array bytes of the save in flight, for a disk-full message
+        self._manager = _open_manager(self.directory.absolute(), keep, keep_best, async_save, owner=owner)
 
     # ------------------------------------------------------------------ saving
     def save(
@@ -139,11 +182,15 @@ class Checkpointer:
 
         A save is due when ``force`` or ``step % every == 0``; a step already on disk is never
         overwritten (re-saving it returns False). ``val_loss`` (NaN counts as missing) ranks the
-        step for the best checkpoint.
+        step for the best checkpoint. The CRC-32 of every array is computed here, on the host.
+
+        Raises:
+          CheckpointError: the disk is full, read-only or not writable (this save or the one before).
         """
         step = int(step)
         if not (force or step % self.every == 0):
             return False
+        self._finish_pending()  # Orbax would wait for the previous save here anyway
         if step in self._manager.all_steps():
             return False
         metrics = {METRIC: float(val_loss)} if val_loss is not None and math.isfinite(float(val_loss)) else {}
@@ -151,18 +198,77 @@ class Checkpointer:
             state=ocp.args.StandardSave(state),
             data_state=ocp.args.JsonSave(dict(data_state or {})),
             config=ocp.args.JsonSave(config),
+            **{CHECKSUMS: ocp.args.JsonSave(integrity.checksums(state))},
         )
+        self._pending_bytes = sum(getattr(leaf, "nbytes", 0) for _, leaf in integrity.array_leaves(state))
+        self._unlisted.append(step)
         # Our own `every` gating decided; force=True skips Orbax's interval policy.
-        return bool(self._manager.save(step, args=args, metrics=metrics, force=True))
+        with self._write_guard(step):
+            return bool(self._manager.save(step, args=args, metrics=metrics, force=True))
+
+    def _finish_pending(self) -> None:
+        """Wait for the save in flight, then record the file list of each step saved since the last call."""
+        steps, self._unlisted = self._unlisted, []
+        with self._write_guard(steps[-1] if steps else None):
+            self._manager.wait_until_finished()
+            for step in steps:
+                step_dir = self.directory / str(step)
+                if self._primary and step_dir.is_dir():  # retention may have removed it already
+                    integrity.write_file_list(step_dir)
+
+    @contextlib.contextmanager
+    def _write_guard(self, step: int | None) -> Iterator[None]:
+        """Turn a full, read-only or unwritable disk into one CheckpointError, removing the partial save."""
+        try:
+            yield
+        except Exception as e:
+            code = write_errno(e)
+            if code is None:
+                raise
+            message = self._write_failure(step, code)  # before the cleanup, so "free" is what the write saw
+            self._abandon_partial_save()
+            raise CheckpointError(message) from None
+
+    def _abandon_partial_save(self) -> None:
+        """After a failed write: let Orbax's writers of that save stop, then delete its ``*.orbax-checkpoint-tmp`` folders.
+
+        The other items of a failed save keep writing in the background until they finish or fail
+        too; deleting their folder before that would only see it recreated.
+        """
+        with contextlib.suppress(Exception), integrity.quiet_failed_io():
+            self._manager.wait_until_finished()  # their errors repeat the one being reported
+        if self._primary:
+            _remove_partial_saves(self.directory)
+
+    def _write_failure(self, step: int | None, code: int) -> str:
+        """The one-sentence account of a failed write: what, where, space needed, and the step to resume from."""
+        steps = [s for s in self._manager.all_steps() if s != step]
+        detail = ""
+        if code == errno.ENOSPC:
+            free = shutil.disk_usage(self.directory).free
+            if steps:  # the footprint of the newest complete checkpoint, in allocated blocks
+                need = sum(p.stat().st_blocks * 512 for p in (self.directory / str(max(steps))).rglob("*") if p.is_file())
+                detail = f" (a checkpoint of this run takes {_size(need)} on disk; {_size(free)} was free)"
+            else:
+                detail = f" (its arrays alone take {_size(self._pending_bytes)}; {_size(free)} was free)"
+        then = (f", then run the same command to resume from step {max(steps)}, the last good checkpoint" if steps
+                else ", then run the same command; no checkpoint was written yet")
+        what = f"Saving the checkpoint of step {step} in {self.directory}" if step is not None else f"Writing checkpoints in {self.directory}"
+        return write_failure(what, code, detail, then)
 
     def wait(self) -> None:
         """Block until pending asynchronous saves are on disk."""
-        self._manager.wait_until_finished()
+        self._finish_pending()
 
     def close(self) -> None:
-        """Finish pending saves and release the manager's threads."""
-        self._manager.wait_until_finished()
-        self._manager.close()
+        """Finish pending saves and release the manager's threads; a second call does nothing."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._finish_pending()
+        finally:
+            self._manager.close()
 
     def __enter__(self) -> Checkpointer:
         return self
@@ -191,7 +297,7 @@ class Checkpointer:
 
     # ------------------------------------------------------------------ restoring
     def restore(self, abstract_state: PyTree, step: int | None = None, best: bool = False) -> tuple[PyTree, dict, dict]:
-        """Restore ``(state, data_state, config)`` from ``step`` (default: latest, or best).
+        """Restore ``(state, data_state, config)`` from ``step`` (default: latest, or best), verified.
 
         Args:
           abstract_state: the target tree, of ``jax.ShapeDtypeStruct`` (with shardings where
@@ -199,25 +305,83 @@ class Checkpointer:
           step: the step to restore; None picks the latest (or the best with ``best``).
           best: restore the best checkpoint by validation loss.
 
+        When the latest step is damaged and this Checkpointer is the ``owner`` (a resuming
+        trainer), the newest older step that verifies is restored instead and every damaged step
+        above it renamed to ``<step>.damaged-<reason>``, with one warning line each on stderr.
+        Nothing is renamed unless an older step verifies.
+
         Raises:
-          CheckpointError: no such checkpoint, or it was saved from a different architecture.
+          CheckpointError: no such checkpoint, it was saved from a different architecture, or it
+            is damaged (and no older one verifies, or this is not the owner's latest step).
         """
         self.wait()  # a step still being written cannot be read back
         step = self._pick_step(step, best)
-        where = f"The checkpoint at step {step} in {self.directory}"
-        saved_tree = self._manager.item_metadata(step)["state"]
-        saved_tree = getattr(saved_tree, "tree", saved_tree)  # TreeMetadata wraps the tree in 0.12
         abstract_state = _to_abstract(abstract_state)
-        _check_fits(_shapes(saved_tree), _shapes(abstract_state), where)
-        restored = self._manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state),
-                data_state=ocp.args.JsonRestore(),
-                config=ocp.args.JsonRestore(),
-            ),
-        )
+        try:
+            return self._restore_verified(step, abstract_state)
+        except Damaged as damage:
+            if not (self._owner and step == self.latest_step()):
+                raise CheckpointError(self._damaged_message(step, damage)) from None
+            return self._restore_older(step, damage, abstract_state)
+
+    def _restore_verified(self, step: int, abstract_state: PyTree) -> tuple[PyTree, dict, dict]:
+        """Restore ``step`` after the checks of checkpoint_integrity.py; raise Damaged if one fails.
+
+        A model that does not fit the checkpoint is the user's mistake, not damage: CheckpointError.
+        """
+        step_dir = self.directory / str(step)
+        integrity.check_file_list(step_dir)
+        try:
+            with integrity.quiet_failed_io():
+                saved_tree = self._manager.item_metadata(step)["state"]
+                saved = _shapes(getattr(saved_tree, "tree", saved_tree))  # TreeMetadata wraps the tree in 0.12
+                record = None
+                if (step_dir / CHECKSUMS).is_dir():  # absent in checkpoints from before checksums
+                    record = self._manager.restore(step, args=ocp.args.Composite(**{CHECKSUMS: ocp.args.JsonRestore()}))[CHECKSUMS]
+        except Exception as e:  # any failure to read what Orbax wrote is damage
+            raise Damaged("unreadable", f"its metadata cannot be read: {integrity.describe(e)}") from None
+        if record is not None:
+            integrity.check_structure(record, saved)
+        elif not saved:
+            raise Damaged("metadata", "its state metadata lists no arrays")
+        _check_fits(saved, _shapes(abstract_state), f"The checkpoint at step {step} in {self.directory}")
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data_state=ocp.args.JsonRestore(),
+                                  config=ocp.args.JsonRestore())
+        try:
+            with integrity.quiet_failed_io():
+                restored = self._manager.restore(step, args=args)
+        except Exception as e:
+            raise Damaged("unreadable", f"reading it failed: {integrity.describe(e)}") from None
+        if record is not None:
+            integrity.check_arrays(record, restored["state"])
         return restored["state"], dict(restored["data_state"] or {}), dict(restored["config"] or {})
+
+    def _restore_older(self, step: int, damage: Damaged, abstract_state: PyTree) -> tuple[PyTree, dict, dict]:
+        """The newest step below ``step`` that verifies; the damaged ones above it are set aside."""
+        damaged = [(step, damage)]
+        for older in sorted((s for s in self.all_steps() if s < step), reverse=True):
+            try:
+                restored = self._restore_verified(older, abstract_state)
+            except Damaged as d:
+                damaged.append((older, d))
+                continue
+            for bad, why in damaged:
+                if self._primary:
+                    _set_aside(self.directory, bad, why, f" and resuming from step {older}")
+            self._manager.reload()
+            return restored
+        fix = "no older checkpoint verifies either" if len(damaged) > 1 else "there is no older checkpoint"
+        raise CheckpointError(
+            f"The checkpoint at step {step} in {self.directory} is damaged ({damage}) and {fix}; "
+            "restore it from a backup, or move the step folders out of that directory to train again from step 0."
+        )
+
+    def _damaged_message(self, step: int, damage: Damaged) -> str:
+        """What a reader is told about a damaged step: which, why, and the newest other step to use."""
+        others = [s for s in self.all_steps() if s != step]
+        fix = (f"the newest other checkpoint is step {max(others)}: pass --step {max(others)} (eval, generate), "
+               "or resume training, which sets damaged steps aside" if others else "restore it from a backup")
+        return f"The checkpoint at step {step} in {self.directory} is damaged ({damage}); {fix}."
 
     def _pick_step(self, step: int | None, best: bool) -> int:
         steps = self.all_steps()
@@ -249,9 +413,15 @@ def latest_checkpoint_step(run_dir: str | Path) -> int | None:
 
 
 def _config_from_checkpoint(directory: Path, step: int) -> dict:
+    """The resolved config saved with ``step``; an unreadable one is a CheckpointError."""
     manager = _open_manager(directory, None, False, async_save=False, read_only=True)
     try:
         return dict(manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"])
+    except Exception as e:
+        raise CheckpointError(
+            f"The config saved with the checkpoint at step {step} in {directory} cannot be read ({integrity.describe(e)}); "
+            "put the run's config.yaml back beside its checkpoints."
+        ) from None
     finally:
         manager.close()
 

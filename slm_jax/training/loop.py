@@ -3,9 +3,10 @@
 ``run_loop`` calls a compiled ``step_fn(state, batch) -> (state, metrics)`` for steps
 ``start + 1 .. end``, and around it does what every run does: metrics to ``metrics.jsonl`` and
 TensorBoard, the progress bar, validation every ``eval.every`` steps, checkpoints every
-``checkpoint.every`` steps and at the end, a checkpoint and a clean exit on SIGINT/SIGTERM,
-and a clear error when the loss or the parameters stop being finite. Device placement goes
-through ``par`` (training/parallel.py), so the loop reads the same on one device, pmap or a Mesh.
+``checkpoint.every`` steps and at the end, a checkpoint and a clean exit on SIGINT/SIGTERM (the
+summary's ``stopped_by`` names the signal; ``exit_code`` turns it into 130 / 143), and a clear
+error when the loss or the parameters stop being finite. Device placement goes through ``par``
+(training/parallel.py), so the loop reads the same on one device, pmap or a Mesh.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import optax
 
 from slm_jax.array_typing import PyTree
 from slm_jax.config import Config, to_dict
-from slm_jax.errors import SlmError
+from slm_jax.errors import ConfigError, SlmError
 from slm_jax.eval.perplexity import evaluate
 from slm_jax.training.checkpoint import Checkpointer
 from slm_jax.training.hardware import peak_flops
@@ -36,27 +37,61 @@ class TrainingDiverged(SlmError):
 
 
 class StopRequest:
-    """Turns SIGINT/SIGTERM into a flag, so the loop can save a checkpoint and exit cleanly."""
+    """Turns SIGINT/SIGTERM into a flag, so the loop can save a checkpoint and exit cleanly.
+
+    ``signal`` is the name of the last signal received (``"SIGTERM"``), or None.
+    """
 
     def __init__(self):
-        self.requested = False
+        self.signal: str | None = None
         self._old = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._old[sig] = signal.signal(sig, self._handle)
 
+    @property
+    def requested(self) -> bool:
+        return self.signal is not None
+
     def _handle(self, signum, frame):
-        self.requested = True
+        self.signal = signal.Signals(signum).name
 
     def restore(self):
         for sig, handler in self._old.items():
             signal.signal(sig, handler)
 
 
+def exit_code(summary: dict) -> int:
+    """The process exit code for a run's summary: 128 + the signal that stopped it (130 SIGINT, 143 SIGTERM), else 0."""
+    stopped_by = summary.get("stopped_by")
+    return 128 + signal.Signals[stopped_by].value if stopped_by else 0
+
+
 def _diverged(what: str, step: int, ckpt: Checkpointer) -> TrainingDiverged:
-    return TrainingDiverged(
-        f"{what} at step {step}; the last good checkpoint (step {ckpt.latest_step()}) is kept. Lower optim.lr or set optim.grad_clip."
-    )
+    last = ckpt.latest_step()
+    kept = f"the last good checkpoint (step {last}) is kept" if last is not None else "no checkpoint was written"
+    return TrainingDiverged(f"{what} at step {step}; {kept}. Lower optim.lr or set optim.grad_clip.")
+
+
+def _check_until_step(until_step: int | None, start: int) -> None:
+    """``--until-step`` must be positive and not below the step the run already reached."""
+    if until_step is not None and until_step <= 0:
+        raise ConfigError(f"--until-step must be a positive step number, got {until_step}.")
+    if until_step is not None and until_step < start:
+        raise ConfigError(f"--until-step {until_step} is below step {start}, which this run already reached; pass a later step or drop --until-step.")
+
+
+def _close_all(*resources, quiet: bool) -> None:
+    """Close every resource even if one fails; raise the first failure unless ``quiet`` (the loop failed
+    already, and its error is the one to report)."""
+    errors = []
+    for resource in resources:
+        try:
+            resource.close()
+        except Exception as e:
+            errors.append(e)
+    if errors and not quiet:
+        raise errors[0]
 
 
 def run_loop(
@@ -97,6 +132,7 @@ def run_loop(
     """
     tc = cfg.train
     start = int(par.host(state["step"]))
+    _check_until_step(until_step, start)
     peak = peak_flops(cfg.model.dtype, tc.peak_flops) * jax.device_count()
     write_run_record(run_dir, {**info, "peak_flops": peak, "resumed_from": start, "parallel": par.strategy})
     log = MetricsLog(run_dir, resume_step=start)
@@ -109,7 +145,7 @@ def run_loop(
     stop = StopRequest()
     tokens_per_step = tc.batch_size * tc.seq_len
     step_time, timed_steps, last_log, t_mark = 0.0, 0, start, time.perf_counter()
-    last, val = {}, {}
+    last, val, stopped_by, failed = {}, {}, None, True
     try:
         for step in range(start + 1, end + 1):
             state, metrics = step_fn(state, par.batch(to_step_batch(next(batches))))
@@ -145,13 +181,12 @@ def run_loop(
             t_mark = time.perf_counter()  # evaluation and checkpoint time is not step time
             if stopping:
                 bar.write(f"Stopped at step {step} with a checkpoint; run the same command again to resume.")
+                stopped_by = stop.signal
                 break
+        failed = False
     finally:
         stop.restore()
-        ckpt.wait()
-        ckpt.close()
-        log.close()
-        bar.close()
+        _close_all(ckpt, log, bar, quiet=failed)  # ckpt.close waits for the last save; a failed one is a CheckpointError
 
     ms = 1e3 * step_time / max(timed_steps, 1)
     return {
@@ -162,5 +197,6 @@ def run_loop(
         "ms_per_step": ms,
         "tokens_per_s": tokens_per_step * 1e3 / ms if ms else None,
         "seq_len": tc.seq_len,
+        "stopped_by": stopped_by,  # "SIGINT" / "SIGTERM" when a signal ended the run early
         **info,
     }

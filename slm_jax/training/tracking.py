@@ -104,8 +104,12 @@ class MetricsLog:
             return
         record = {"step": int(step), **{k: _plain(v) for k, v in scalars.items()}}
         # allow_nan=False: a stray non-finite value must fail here, not corrupt the file.
-        self._file.write(json.dumps(record, allow_nan=False) + "\n")
-        self._file.flush()  # a killed run keeps every line it logged
+        line = json.dumps(record, allow_nan=False) + "\n"
+        try:
+            self._file.write(line)
+            self._file.flush()  # a killed run keeps every line it logged
+        except OSError as e:  # a full disk: name the file (a failed write() carries no file name)
+            raise OSError(e.errno, e.strerror, str(self.path)) from None
         if self._tb is not None:
             for name, value in scalars.items():
                 if isinstance(value, (int, float, np.number, jax.Array, np.ndarray)) and np.ndim(value) == 0:

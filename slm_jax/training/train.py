@@ -29,6 +29,7 @@ from slm_jax.models.lm import CausalLM
 from slm_jax.training.checkpoint import Checkpointer, latest_checkpoint_step, read_run_config
 from slm_jax.training.optim import make_optimizer
 from slm_jax.training.parallel import make_parallel
+from slm_jax.training.run_lock import run_lock
 from slm_jax.training.step import init_state, make_eval_step, make_train_step
 from slm_jax.training.loop import run_loop
 
@@ -108,12 +109,24 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, until_step: int | N
     """Train ``cfg`` in ``run_dir`` (default ``runs/<name>``); return a summary dict (training/loop.py).
 
     ``until_step`` stops early after that step with a checkpoint, as a preemption would; the
-    next call resumes. SIGINT/SIGTERM do the same at the next step boundary.
+    next call resumes. SIGINT/SIGTERM do the same at the next step boundary. The run directory
+    is locked for the whole call (training/run_lock.py): a second trainer on it stops at once.
     """
-    # ---------------------------------------------------------------- run directory & data
     run_dir = Path(run_dir) if run_dir else default_run_dir(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    fresh = latest_checkpoint_step(run_dir) is None
+    primary = jax.process_index() == 0  # with several processes (distributed.py) only process 0 writes run files
+    with run_lock(run_dir, primary):
+        ck = cfg.checkpoint
+        ckpt = Checkpointer(run_dir, ck.every, ck.keep, ck.keep_best, ck.async_save, owner=True)
+        try:
+            return _train_locked(cfg, run_dir, ckpt, until_step, progress)
+        finally:
+            ckpt.close()  # run_loop closes it on success; this covers a failure before the loop
+
+
+def _train_locked(cfg: Config, run_dir: Path, ckpt: Checkpointer, until_step: int | None, progress: bool) -> dict:
+    """The body of :func:`train`, run while holding the lock of ``run_dir`` with its checkpointer open."""
+    # ---------------------------------------------------------------- run directory & data
+    fresh = ckpt.latest_step() is None
     start_from, stopped = train_curriculum(cfg, run_dir, progress) if cfg.train.curriculum and fresh else (cfg.train.init_from, None)
     if stopped:  # stopped inside a stage: the main run has not begun
         return {**stopped, "run_dir": str(run_dir), "step": 0, "stopped_in": stopped["run_dir"]}
@@ -122,9 +135,8 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, until_step: int | N
         data = load_dataset(cfg.data)
         cfg = with_data_vocab(cfg, data)
     tc = cfg.train
-    ckpt = Checkpointer(run_dir, cfg.checkpoint.every, cfg.checkpoint.keep, cfg.checkpoint.keep_best, cfg.checkpoint.async_save)
     check_resumable(run_dir, cfg, not fresh)
-    primary = jax.process_index() == 0  # with several processes (distributed.py) only process 0 writes run files
+    primary = jax.process_index() == 0
     if primary:
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
     if task is None and primary:

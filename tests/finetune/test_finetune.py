@@ -56,7 +56,7 @@ def test_full_and_lora_learn_the_task_and_merge_matches(capsys, base_run, tmp_pa
     assert full["after"]["exact_match"] > 0.9, full["after"]
     assert lo["after"]["exact_match"] > 0.9 * full["after"]["exact_match"], (lo["after"], full["after"])
     assert full["trainable_params"] == full["base_params"] and lo["trainable_params"] < 0.2 * lo["base_params"]
-    assert sorted(p.name for p in (tmp_path / "lora").iterdir()) == ["adapter.json", "adapter.safetensors", "finetune.json"]
+    assert sorted(p.name for p in (tmp_path / "lora").iterdir()) == [".lock", "adapter.json", "adapter.safetensors", "finetune.json"]
     assert json.loads((tmp_path / "lora" / "adapter.json").read_text())["base_step"] == 20
 
     code, out, err = run(capsys, "finetune", "merge", tmp_path / "lora", "--out", tmp_path / "merged")
