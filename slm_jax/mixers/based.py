@@ -33,7 +33,7 @@ from slm_jax.array_typing import Array, PyTree
 from slm_jax.errors import ConfigError
 from slm_jax.mixers.contract import module_fields
 from slm_jax.modules.linear import Linear, linear_params, scaled_init
-from slm_jax.ops.linear_attention import linear_attention, linear_attention_flops_per_token, linear_attention_step
+from slm_jax.ops.linear_attention import linear_attention, linear_attention_flops_per_token
 
 _f32 = jnp.float32
 
@@ -128,11 +128,7 @@ class Based(nn.Module):
         else:
             h0 = None if cache is None else cache["s"]
 
-        if cache is not None and t == 1:  # one decode step
-            o, state = linear_attention_step(q[:, 0], k[:, 0], v[:, 0], None, h0)
-            o = o[:, None]
-        else:  # training (zero state) and prefill (the cached state)
-            o, state = linear_attention(q, k, v, None, self.chunk_size, h0)
+        o, state = linear_attention(q, k, v, None, self.chunk_size, h0)  # training, prefill and decode alike
         if self.normalize:
             o = o[..., :dv] / (o[..., dv:] + self.eps)
             new_cache = {"s": state[..., :dv], "z": state[..., dv]}

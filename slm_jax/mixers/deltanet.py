@@ -35,7 +35,7 @@ from slm_jax.mixers.contract import module_fields
 from slm_jax.modules.conv1d import CausalConv1D, causal_conv_reference, conv_params
 from slm_jax.modules.linear import Linear, linear_params, scaled_init
 from slm_jax.modules.norms import RMSNorm
-from slm_jax.ops.delta_rule import chunk_delta_rule, delta_rule_flops_per_token, delta_rule_step, l2norm
+from slm_jax.ops.delta_rule import chunk_delta_rule, delta_rule_flops_per_token, l2norm
 
 _f32 = jnp.float32
 _QKV = ("q", "k", "v")
@@ -131,13 +131,7 @@ class DeltaNet(nn.Module):
         q, k, v = l2norm(feats["q"]) * e**-0.5, l2norm(feats["k"]), feats["v"]
         beta = jax.nn.sigmoid(dense(h, "b_proj")(x).astype(_f32))  # [b, t, h]
 
-        if cache is None:
-            o, state = chunk_delta_rule(q, k, v, beta, None, None, self.chunk_size)
-        elif t == 1:  # one decode step
-            o, state = delta_rule_step(q[:, 0], k[:, 0], v[:, 0], beta[:, 0], None, cache["state"])
-            o = o[:, None]
-        else:  # prefill continuing the cached state
-            o, state = chunk_delta_rule(q, k, v, beta, None, cache["state"], self.chunk_size)
+        o, state = chunk_delta_rule(q, k, v, beta, None, None if cache is None else cache["state"], self.chunk_size)
         o = RMSNorm(self.norm_eps, dtype=self.dtype, param_dtype=self.param_dtype, name="o_norm")(o)  # per head over e
         y = dense(self.width, "o_proj", scaled_init(self.init_std, self.n_layers))(o.reshape(bsz, t, w))
         return y, None if cache is None else {**new_cache, "state": state}

@@ -55,7 +55,7 @@ from slm_jax.modules.conv1d import CausalConv1D, causal_conv_reference, conv_par
 from slm_jax.modules.init import dt_bias_init
 from slm_jax.modules.linear import Linear, linear_params, scaled_init
 from slm_jax.modules.norms import RMSNorm
-from slm_jax.ops.delta_rule import chunk_delta_rule, delta_rule_flops_per_token, delta_rule_step, l2norm
+from slm_jax.ops.delta_rule import chunk_delta_rule, delta_rule_flops_per_token, l2norm
 
 _f32 = jnp.float32
 
@@ -187,13 +187,7 @@ class GatedDeltaNet(nn.Module):
         beta = jax.nn.sigmoid(b_gate)  # [b, t, h]
         log_alpha = -jnp.exp(a_log.astype(_f32)) * jax.nn.softplus(a_gate + dt_bias.astype(_f32))  # [b, t, h]
 
-        if cache is None:
-            o, state = chunk_delta_rule(q, k, v, beta, log_alpha, None, self.chunk_size)
-        elif t == 1:  # one decode step
-            o, state = delta_rule_step(q[:, 0], k[:, 0], v[:, 0], beta[:, 0], log_alpha[:, 0], cache["state"])
-            o = o[:, None]
-        else:  # prefill continuing the cached state
-            o, state = chunk_delta_rule(q, k, v, beta, log_alpha, cache["state"], self.chunk_size)
+        o, state = chunk_delta_rule(q, k, v, beta, log_alpha, None if cache is None else cache["state"], self.chunk_size)
         # Gated RMSNorm, norm before gate (Qwen3-Next's RMSNormGated): rmsnorm(o) * scale * silu(z).
         o = RMSNorm(self.norm_eps, dtype=self.dtype, param_dtype=self.param_dtype, name="o_norm")(o)
         o = (o.astype(_f32) * jax.nn.silu(z.astype(_f32))).astype(self.dtype)

@@ -31,7 +31,7 @@ from slm_jax.array_typing import Array, PyTree
 from slm_jax.errors import ConfigError
 from slm_jax.mixers.contract import module_fields
 from slm_jax.modules.linear import Linear, linear_params, scaled_init
-from slm_jax.ops.linear_attention import linear_attention, linear_attention_flops_per_token, linear_attention_step
+from slm_jax.ops.linear_attention import linear_attention, linear_attention_flops_per_token
 
 _f32 = jnp.float32
 
@@ -155,11 +155,7 @@ class GLA(nn.Module):
         q = q.reshape(bsz, t, h, dk) * dk**-0.5
         k, v = k.reshape(bsz, t, h, dk), v.reshape(bsz, t, h, dv)
 
-        if cache is not None and t == 1:  # one decode step
-            o, state = linear_attention_step(q[:, 0], k[:, 0], v[:, 0], log_alpha[:, 0], cache["s"])
-            o = o[:, None]
-        else:  # training (zero state) and prefill (the cached state)
-            o, state = linear_attention(q, k, v, log_alpha, self.chunk_size, None if cache is None else cache["s"])
+        o, state = linear_attention(q, k, v, log_alpha, self.chunk_size, None if cache is None else cache["s"])
         o = HeadNormGate(self.norm_eps, self.dtype, self.param_dtype, name="g_norm")(o, r.reshape(bsz, t, h, dv))
         y = dense(self.width, "out_proj", init=scaled_init(self.init_std, self.n_layers))(o)
         return y, None if cache is None else {"s": state}

@@ -33,7 +33,7 @@ from slm_jax.mixers.contract import module_fields
 from slm_jax.mixers.gla import HeadNormGate, head_norm_gate_flops, head_norm_gate_reference
 from slm_jax.modules.linear import Linear, linear_params, scaled_init
 from slm_jax.modules.rope import apply_rope
-from slm_jax.ops.linear_attention import linear_attention, linear_attention_flops_per_token, linear_attention_step
+from slm_jax.ops.linear_attention import linear_attention, linear_attention_flops_per_token
 
 _f32 = jnp.float32
 
@@ -122,11 +122,7 @@ class RetNet(nn.Module):
         v = v.reshape(bsz, t, h, dv)
         log_gamma = jnp.asarray(retention_log_decays(h))[:, None]  # [h, 1]: one decay per head
 
-        if cache is not None and t == 1:  # one decode step
-            o, state = linear_attention_step(q[:, 0], k[:, 0], v[:, 0], log_gamma, cache["s"])
-            o = o[:, None]
-        else:  # training (zero state) and prefill (the cached state)
-            o, state = linear_attention(q, k, v, log_gamma, self.chunk_size, None if cache is None else cache["s"])
+        o, state = linear_attention(q, k, v, log_gamma, self.chunk_size, None if cache is None else cache["s"])
         o = HeadNormGate(self.norm_eps, self.dtype, self.param_dtype, name="g_norm")(o, r.reshape(bsz, t, h, dv))
         y = dense(self.width, "out_proj", scaled_init(self.init_std, self.n_layers))(o)
         return y, None if cache is None else {"s": state}

@@ -135,9 +135,14 @@ def chunk_delta_rule(
       chunk_size: c; the last chunk is zero-padded, and t < c runs one chunk of t.
 
     Returns:
-      o: [b, t, h, e] in v's dtype, and the final state f32[b, h, n, e].
+      o: [b, t, h, e] in v's dtype, and the final state f32[b, h, n, e]. One token continuing a
+      state (decode) runs ``delta_rule_step`` instead of a one-token chunk.
     """
     bsz, t, h, n = k.shape
+    if t == 1 and initial_state is not None:
+        la = None if log_alpha is None else log_alpha[:, 0]
+        o, state = delta_rule_step(q[:, 0], k[:, 0], v[:, 0], beta[:, 0], la, initial_state)
+        return o[:, None], state
     e, out_dtype = v.shape[-1], v.dtype
     c = min(chunk_size, t)
     nz = -(-t // c)

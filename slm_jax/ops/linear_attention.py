@@ -37,7 +37,6 @@ in log space as a [u, u, k] tensor. A length that is not a multiple of c is padd
 keys, values and log decays, which changes neither the outputs kept nor the final state.
 """
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -126,11 +125,15 @@ def linear_attention(
       sub_chunk: sub-chunk length u of the per-channel intra-chunk scores.
 
     Returns:
-      o: [b, t, h, v] in v's dtype, and the final state f32[b, h, k, v].
+      o: [b, t, h, v] in v's dtype, and the final state f32[b, h, k, v]. One token continuing a
+      state (decode) runs ``linear_attention_step`` instead of a one-token chunk.
     """
     bsz, t, h, dk = q.shape
     dv = v.shape[-1]
     la = _log_decay(log_alpha, bsz, t, h, dk)
+    if t == 1 and h0 is not None:
+        o, state = linear_attention_step(q[:, 0], k[:, 0], v[:, 0], la[:, 0], h0)
+        return o[:, None], state
     per_channel = la.shape[-1] > 1
     c = min(chunk_size, t)
     u = min(sub_chunk, c)
