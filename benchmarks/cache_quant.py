@@ -65,7 +65,10 @@ def measure(run_dir: str, cache_quant: str, args) -> dict:
     same = want == have
     first_diff = np.where(same.all(1), args.new_tokens, np.argmin(same, axis=1))
     return {
-        "run": run_dir, "preset": run.cfg.model.preset, "cache_quant": cache_quant, "params_step": run.step,
+        "run": run_dir,
+        "preset": run.cfg.model.preset,
+        "cache_quant": cache_quant,
+        "params_step": run.step,
         "cache_bytes@2048": {"float32": size(float_model), cache_quant: size(quant)},
         "teacher_forced_tokens": int(seqs[:, 1:].size),
         "val_loss": {"float32": nll(ref, seqs[:, 1:]), cache_quant: nll(got, seqs[:, 1:])},
@@ -83,15 +86,21 @@ if __name__ == "__main__":
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--prompt", type=int, default=32)
     ap.add_argument("--new-tokens", type=int, default=64)
-    ap.add_argument("--cache-quant", default="int8,int8_kv", help="model.cache_quant values to compare with the float cache")
+    ap.add_argument(
+        "--cache-quant", default="int8,int8_kv", help="model.cache_quant values to compare with the float cache"
+    )
     args = ap.parse_args()
     rows = [measure(r, q, args) for r in args.runs for q in args.cache_quant.split(",")]
     for r in rows:
         print(json.dumps(r), flush=True)
-    print("\n| model | cache | cache bytes @2k f32 / quantized | val loss f32 / quantized (teacher-forced decode) | max / mean abs logit diff | argmax agree | greedy agree (64 tok) | tokens before 1st diff |")
+    print(
+        "\n| model | cache | cache bytes @2k f32 / quantized | val loss f32 / quantized (teacher-forced decode) | max / mean abs logit diff | argmax agree | greedy agree (64 tok) | tokens before 1st diff |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         c, v, d, q = r["cache_bytes@2048"], r["val_loss"], r["logit_abs_diff"], r["cache_quant"]
-        print(f"| {r['preset']} | {q} | {c['float32']:,} / {c[q]:,} ({c['float32'] / c[q]:.1f}x) | {v['float32']:.4f} / {v[q]:.4f} "
-              f"({v[q] - v['float32']:+.4f}) | {d['max']:.3f} / {d['mean']:.4f} | {r['argmax_agreement']:.4f} "
-              f"| {r['greedy_token_agreement']:.3f} | {r['greedy_tokens_before_first_difference']:.1f} |")
+        print(
+            f"| {r['preset']} | {q} | {c['float32']:,} / {c[q]:,} ({c['float32'] / c[q]:.1f}x) | {v['float32']:.4f} / {v[q]:.4f} "
+            f"({v[q] - v['float32']:+.4f}) | {d['max']:.3f} / {d['mean']:.4f} | {r['argmax_agreement']:.4f} "
+            f"| {r['greedy_token_agreement']:.3f} | {r['greedy_tokens_before_first_difference']:.1f} |"
+        )

@@ -20,13 +20,13 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from peer_shapes import peer_config
 
 from slm_jax.errors import ConfigError
+from slm_jax.inference.generate import decode, prefill
 from slm_jax.models import accounting
 from slm_jax.models.lm import CausalLM
-from slm_jax.inference.generate import decode, prefill
 
-from peer_shapes import peer_config
 
 def time_call(fn, repeats: int, setup=None) -> float:
     """Median seconds of ``fn()`` (already compiled), results blocked on; ``setup()``, untimed,
@@ -52,7 +52,9 @@ def measure(preset: str, batch: int, prompt_len: int, new_tokens: int, repeats: 
 
     # Decode timed on its own, each run from a fresh copy of the prefilled cache (decode donates it).
     copy = lambda: jax.block_until_ready(jax.tree.map(jnp.copy, cache))
-    run_decode = lambda c: decode(model, params, c, logits, jnp.int32(prompt_len), jax.random.key(0), new_tokens, 0.0, 0, 1.0)[0]
+    run_decode = lambda c: decode(
+        model, params, c, logits, jnp.int32(prompt_len), jax.random.key(0), new_tokens, 0.0, 0, 1.0
+    )[0]
     run_decode(copy())  # compile
     decode_s = time_call(run_decode, repeats, setup=copy)
     return {

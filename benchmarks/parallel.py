@@ -33,7 +33,12 @@ STRATEGIES = {
     "pmap-8": ["train.parallel.strategy=pmap"],
     "mesh data=8": ["train.parallel.strategy=mesh", "train.parallel.mesh.data=8"],
     "mesh fsdp=8": ["train.parallel.strategy=mesh", "train.parallel.mesh.data=1", "train.parallel.mesh.fsdp=8"],
-    "mesh 2x2x2": ["train.parallel.strategy=mesh", "train.parallel.mesh.data=2", "train.parallel.mesh.fsdp=2", "train.parallel.mesh.tensor=2"],
+    "mesh 2x2x2": [
+        "train.parallel.strategy=mesh",
+        "train.parallel.mesh.data=2",
+        "train.parallel.mesh.fsdp=2",
+        "train.parallel.mesh.tensor=2",
+    ],
 }
 
 
@@ -45,9 +50,15 @@ def measure(name: str, overrides: list[str], steps: int) -> dict:
     init = lambda opt: init_state(model, opt, 0, tc.seq_len)
     par = make_parallel(tc, jax.eval_shape(lambda: init(optimizer)))
     state = par.init(init, optimizer)
-    batches = np.random.default_rng(0).integers(0, cfg.model.vocab_size, (steps + 2, tc.batch_size, tc.seq_len + 1), np.int32)
+    batches = np.random.default_rng(0).integers(
+        0, cfg.model.vocab_size, (steps + 2, tc.batch_size, tc.seq_len + 1), np.int32
+    )
     t0 = time.perf_counter()
-    step = par.compile(lambda sync: make_train_step(model, optimizer, schedule, sync=sync), state, jax.ShapeDtypeStruct(batches.shape[1:], np.int32))
+    step = par.compile(
+        lambda sync: make_train_step(model, optimizer, schedule, sync=sync),
+        state,
+        jax.ShapeDtypeStruct(batches.shape[1:], np.int32),
+    )
     compile_s = time.perf_counter() - t0
     for b in batches[:2]:  # warm-up
         state, m = step(state, par.batch(b))

@@ -29,7 +29,7 @@ def slm(*argv) -> dict:
         code = main([str(a) for a in argv])
     out = buf.getvalue()
     assert code == 0, out
-    return json.loads(out[out.index("{"):])
+    return json.loads(out[out.index("{") :])
 
 
 def params_only_bytes(run_dir: Path, tmp: Path) -> tuple[int, int, int]:
@@ -44,15 +44,34 @@ def params_only_bytes(run_dir: Path, tmp: Path) -> tuple[int, int, int]:
 def measure(preset: str, args) -> dict:
     out = Path(args.out) / preset
     run_dir = out / "float"
-    overrides = [f"model.preset={preset}", f"train.steps={args.steps}", "eval.every=0", f"checkpoint.every={args.steps}",
-                 f"data.path={Path(args.data).absolute()}", f"name={preset}"]
+    overrides = [
+        f"model.preset={preset}",
+        f"train.steps={args.steps}",
+        "eval.every=0",
+        f"checkpoint.every={args.steps}",
+        f"data.path={Path(args.data).absolute()}",
+        f"name={preset}",
+    ]
     if not (run_dir / "checkpoints").exists():
-        slm("train", "configs/experiments/shakespeare_char.yaml", "--run-dir", run_dir, "--no-progress", *sum((["--set", o] for o in overrides), []))
+        slm(
+            "train",
+            "configs/experiments/shakespeare_char.yaml",
+            "--run-dir",
+            run_dir,
+            "--no-progress",
+            *sum((["--set", o] for o in overrides), []),
+        )
     row = {"preset": preset, "steps": args.steps}
     row["val_loss_float"] = slm("eval", run_dir, "--batches", args.batches)["val_loss"]
     disk, params, proj = params_only_bytes(run_dir, out / "float_params_only")
-    row["bytes"] = {"float": {"params_checkpoint_on_disk": disk, "params": params, "projections": proj,
-                              "run_checkpoint_on_disk_with_adam_state": directory_bytes(run_dir / "checkpoints")}}
+    row["bytes"] = {
+        "float": {
+            "params_checkpoint_on_disk": disk,
+            "params": params,
+            "projections": proj,
+            "run_checkpoint_on_disk_with_adam_state": directory_bytes(run_dir / "checkpoints"),
+        }
+    }
     for bits in (8, 4):
         q_dir = out / f"int{bits}"
         if not q_dir.exists():
@@ -60,22 +79,28 @@ def measure(preset: str, args) -> dict:
         else:
             summary = {"param_bytes": {}, "projection_bytes": {}}
         row[f"val_loss_int{bits}"] = slm("eval", q_dir, "--batches", args.batches)["val_loss"]
-        row["bytes"][f"int{bits}"] = {"params_checkpoint_on_disk": directory_bytes(q_dir / "checkpoints"),
-                                      "params": summary["param_bytes"].get("quantized"),
-                                      "projections": summary["projection_bytes"].get("quantized")}
+        row["bytes"][f"int{bits}"] = {
+            "params_checkpoint_on_disk": directory_bytes(q_dir / "checkpoints"),
+            "params": summary["param_bytes"].get("quantized"),
+            "projections": summary["projection_bytes"].get("quantized"),
+        }
     return row
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| model | val loss f32 | int8 (delta) | int4 (delta) | projection bytes f32 / int8 / int4 | checkpoint on disk f32 / int8 / int4 |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| model | val loss f32 | int8 (delta) | int4 (delta) | projection bytes f32 / int8 / int4 | checkpoint on disk f32 / int8 / int4 |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
         b = r["bytes"]
         d8, d4 = r["val_loss_int8"] - r["val_loss_float"], r["val_loss_int4"] - r["val_loss_float"]
         proj = " / ".join(f"{b[k]['projections']:,}" for k in ("float", "int8", "int4"))
         disk = " / ".join(f"{b[k]['params_checkpoint_on_disk']:,}" for k in ("float", "int8", "int4"))
-        lines.append(f"| {r['preset']} ({r['steps']} steps) | {r['val_loss_float']:.4f} | {r['val_loss_int8']:.4f} ({d8:+.4f}) "
-                     f"| {r['val_loss_int4']:.4f} ({d4:+.4f}) | {proj} | {disk} |")
+        lines.append(
+            f"| {r['preset']} ({r['steps']} steps) | {r['val_loss_float']:.4f} | {r['val_loss_int8']:.4f} ({d8:+.4f}) "
+            f"| {r['val_loss_int4']:.4f} ({d4:+.4f}) | {proj} | {disk} |"
+        )
     return "\n".join(lines)
 
 

@@ -100,9 +100,14 @@ def main() -> None:
             for name, fn in programs(impl, args.chunk_size).items():
                 compile_s, run_s = measure(fn, arrays, args.repeats)
                 row = {
-                    "bench": "scan", "size": size, "impl": impl.name.lower(), "pass": name,
-                    "ms": round(run_s * 1e3, 3), "compile_s": round(compile_s, 3),
-                    "backend": jax.default_backend(), "chunk_size": args.chunk_size,
+                    "bench": "scan",
+                    "size": size,
+                    "impl": impl.name.lower(),
+                    "pass": name,
+                    "ms": round(run_s * 1e3, 3),
+                    "compile_s": round(compile_s, 3),
+                    "backend": jax.default_backend(),
+                    "chunk_size": args.chunk_size,
                 }
                 rows.append(row)
                 print(json.dumps(row), flush=True)

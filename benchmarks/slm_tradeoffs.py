@@ -20,6 +20,8 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+from generate import time_call
+from quantization import params_only_bytes, slm
 
 from slm_jax.inference.generate import decode, prefill
 from slm_jax.inference.run import load_run
@@ -27,17 +29,26 @@ from slm_jax.models import accounting
 from slm_jax.models.lm import CausalLM, cache_bytes
 from slm_jax.quant.run import directory_bytes
 
-from generate import time_call
-from quantization import params_only_bytes, slm
-
 
 def train_float(preset: str, args) -> Path:
     run_dir = Path(args.out) / preset / "float"
     if not (run_dir / "checkpoints").exists():
-        overrides = [f"model.preset={preset}", f"train.steps={args.steps}", "eval.every=0", f"checkpoint.every={args.steps}",
-                     f"data.path={Path(args.data).absolute()}", f"name={preset}"]
-        slm("train", "configs/experiments/shakespeare_char.yaml", "--run-dir", run_dir, "--no-progress",
-            *sum((["--set", o] for o in overrides), []))
+        overrides = [
+            f"model.preset={preset}",
+            f"train.steps={args.steps}",
+            "eval.every=0",
+            f"checkpoint.every={args.steps}",
+            f"data.path={Path(args.data).absolute()}",
+            f"name={preset}",
+        ]
+        slm(
+            "train",
+            "configs/experiments/shakespeare_char.yaml",
+            "--run-dir",
+            run_dir,
+            "--no-progress",
+            *sum((["--set", o] for o in overrides), []),
+        )
     return run_dir
 
 
@@ -62,7 +73,9 @@ def measure(run_dir: Path, variant: str, args) -> dict:
     else:
         disk = directory_bytes(run_dir / "checkpoints")
     return {
-        "preset": run.cfg.model.preset, "variant": variant, "steps": run.step,
+        "preset": run.cfg.model.preset,
+        "variant": variant,
+        "steps": run.step,
         "params": accounting.param_count(run.cfg.model),
         "bytes_on_disk": disk,
         "val_loss": slm("eval", run_dir, "--batches", args.batches)["val_loss"],
@@ -95,11 +108,15 @@ def main():
         for variant, d in variants.items():
             rows.append(measure(d, variant, args))
             print(json.dumps(rows[-1]), flush=True)
-    print("\n| model | weights | params | bytes on disk | val loss | decode tok/s (b=1) | decode state @2k: f32 cache / int8 cache |")
+    print(
+        "\n| model | weights | params | bytes on disk | val loss | decode tok/s (b=1) | decode state @2k: f32 cache / int8 cache |"
+    )
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['preset']} ({r['steps']} steps) | {r['variant']} | {r['params']:,} | {r['bytes_on_disk']:,} | {r['val_loss']:.4f} "
-              f"| {r['decode_tok_s_b1']:,.0f} | {r['state_bytes@2048']:,} / {r['state_bytes@2048_int8_cache']:,} |")
+        print(
+            f"| {r['preset']} ({r['steps']} steps) | {r['variant']} | {r['params']:,} | {r['bytes_on_disk']:,} | {r['val_loss']:.4f} "
+            f"| {r['decode_tok_s_b1']:,.0f} | {r['state_bytes@2048']:,} / {r['state_bytes@2048_int8_cache']:,} |"
+        )
 
 
 if __name__ == "__main__":

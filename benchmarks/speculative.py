@@ -22,6 +22,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from peer_shapes import peer_config
 
 from slm_jax.config import config_from_dict
 from slm_jax.inference.generate import generate
@@ -29,14 +30,21 @@ from slm_jax.inference.run import load_run
 from slm_jax.inference.speculative import speculative_generate
 from slm_jax.models.lm import CausalLM
 
-from peer_shapes import peer_config
-
 
 def random_pair(draft_preset: str) -> tuple[str, tuple, str, tuple]:
     """(name, (model, params)) of the random target and draft."""
     target_cfg = peer_config(None).model
-    draft_cfg = config_from_dict({"model": {"preset": draft_preset, "vocab_size": target_cfg.vocab_size,
-                                            "d_model": 64, "n_layers": 2, "n_heads": 2}}).model
+    draft_cfg = config_from_dict(
+        {
+            "model": {
+                "preset": draft_preset,
+                "vocab_size": target_cfg.vocab_size,
+                "d_model": 64,
+                "n_layers": 2,
+                "n_heads": 2,
+            }
+        }
+    ).model
     build = lambda cfg, seed: (CausalLM(cfg), CausalLM(cfg).init(jax.random.key(seed), jnp.zeros((1, 8), jnp.int32)))
     return "random transformer d256 l4", build(target_cfg, 0), f"random {draft_preset} d64 l2", build(draft_cfg, 1)
 
@@ -55,12 +63,18 @@ def best_of(fn, repeats: int) -> tuple[float, object]:
 def decode_only(model_params, prompt: np.ndarray, new_tokens: int, repeats: int) -> tuple[float, np.ndarray]:
     """(seconds, tokens i32[1, new_tokens]) of plain greedy decoding with one model."""
     model, params = model_params
-    return best_of(lambda: np.concatenate(list(generate(model, params, prompt, new_tokens, temperature=0.0)), axis=1), repeats)
+    return best_of(
+        lambda: np.concatenate(list(generate(model, params, prompt, new_tokens, temperature=0.0)), axis=1), repeats
+    )
 
 
-def measure(target, draft, prompt: np.ndarray, new_tokens: int, k: int, repeats: int, target_s: float, want: np.ndarray) -> dict:
+def measure(
+    target, draft, prompt: np.ndarray, new_tokens: int, k: int, repeats: int, target_s: float, want: np.ndarray
+) -> dict:
     (tm, tp), (dm, dp) = target, draft
-    spec_s, rounds = best_of(lambda: list(speculative_generate(tm, tp, dm, dp, prompt, new_tokens, k=k, temperature=0.0)), repeats)
+    spec_s, rounds = best_of(
+        lambda: list(speculative_generate(tm, tp, dm, dp, prompt, new_tokens, k=k, temperature=0.0)), repeats
+    )
     got = np.concatenate([tokens for tokens, _ in rounds], axis=1)
     return {
         "k": k,
@@ -98,18 +112,26 @@ def main():
         prompt = np.random.default_rng(0).integers(0, target[0].cfg.vocab_size, (1, args.prompt)).astype(np.int32)
     target_s, want = decode_only(target, prompt, args.new_tokens, args.repeats)
     draft_s, _ = decode_only(draft, prompt, args.new_tokens, args.repeats)
-    base = {"target": target_name, "draft": draft_name, "device": jax.devices()[0].platform, "prompt": prompt.shape[1],
-            "new_tokens": args.new_tokens, "target_ms_per_token": round(1e3 * target_s / args.new_tokens, 3),
-            "draft_ms_per_token": round(1e3 * draft_s / args.new_tokens, 3)}
+    base = {
+        "target": target_name,
+        "draft": draft_name,
+        "device": jax.devices()[0].platform,
+        "prompt": prompt.shape[1],
+        "new_tokens": args.new_tokens,
+        "target_ms_per_token": round(1e3 * target_s / args.new_tokens, 3),
+        "draft_ms_per_token": round(1e3 * draft_s / args.new_tokens, 3),
+    }
     print(json.dumps(base), flush=True)
     rows = []
     for k in [int(x) for x in args.k.split(",")]:
         rows.append(measure(target, draft, prompt, args.new_tokens, k, args.repeats, target_s, want))
         print(json.dumps({**base, **rows[-1]}), flush=True)
     cols = ["k", "acceptance", "tokens_per_round", "speculative_ms_per_token", "speedup", "identical_to_target"]
-    print(f"\ntarget: {target_name} ({base['target_ms_per_token']} ms/token alone); draft: {draft_name} "
-          f"({base['draft_ms_per_token']} ms/token alone); {base['device']}, batch 1, greedy, prompt {prompt.shape[1]}, "
-          f"{args.new_tokens} new tokens")
+    print(
+        f"\ntarget: {target_name} ({base['target_ms_per_token']} ms/token alone); draft: {draft_name} "
+        f"({base['draft_ms_per_token']} ms/token alone); {base['device']}, batch 1, greedy, prompt {prompt.shape[1]}, "
+        f"{args.new_tokens} new tokens"
+    )
     print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for r in rows:
         print("| " + " | ".join(str(r[c]) for c in cols) + " |")

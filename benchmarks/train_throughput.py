@@ -19,14 +19,13 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from peer_shapes import peer_config
 
 from slm_jax.models import accounting
 from slm_jax.models.lm import CausalLM
 from slm_jax.training.hardware import measured_matmul_peak
 from slm_jax.training.optim import make_optimizer
 from slm_jax.training.step import init_state, make_train_step
-
-from peer_shapes import peer_config
 
 
 def measure(cfg, steps: int, peak: float) -> dict:
@@ -35,7 +34,9 @@ def measure(cfg, steps: int, peak: float) -> dict:
     abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, tc.seq_len), jnp.int32)))
     optimizer, schedule = make_optimizer(cfg.optim, 1000, abstract)
     state = jax.jit(lambda: init_state(model, optimizer, 0, tc.seq_len))()
-    batches = np.random.default_rng(0).integers(0, cfg.model.vocab_size, (steps + 3, tc.batch_size, tc.seq_len + 1), np.int32)
+    batches = np.random.default_rng(0).integers(
+        0, cfg.model.vocab_size, (steps + 3, tc.batch_size, tc.seq_len + 1), np.int32
+    )
     t0 = time.perf_counter()
     step = jax.jit(make_train_step(model, optimizer, schedule, grad_accum=tc.grad_accum), donate_argnums=0)
     step = step.lower(state, batches[0]).compile()
@@ -84,7 +85,17 @@ def main():
         rows.append(row)
     for row in rows:
         row["vs_first"] = round(row["tokens_per_s"] / rows[0]["tokens_per_s"], 2)
-    cols = ["preset", "params", "batch", "compile_s", "ms_per_step", "tokens_per_s", "vs_first", "achieved_gflops", "mfu"]
+    cols = [
+        "preset",
+        "params",
+        "batch",
+        "compile_s",
+        "ms_per_step",
+        "tokens_per_s",
+        "vs_first",
+        "achieved_gflops",
+        "mfu",
+    ]
     print("\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for r in rows:
         print("| " + " | ".join(f"{r[c]:,}" if isinstance(r[c], int) else str(r[c]) for c in cols) + " |")

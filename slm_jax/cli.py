@@ -40,8 +40,14 @@ def _positive_int(text: str) -> int:
 
 def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("config", nargs=None if required else "?", help="YAML config file")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set train.steps=100 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set train.steps=100 (repeatable)",
+    )
 
 
 def cmd_train(args) -> int:
@@ -56,7 +62,9 @@ def cmd_train(args) -> int:
     if cfg.model.quant.bits:
         from slm_jax.errors import ConfigError
 
-        raise ConfigError("This config has model.quant.bits set, and a quantized run cannot be trained; train the float config and run `slm quantize` afterwards.")
+        raise ConfigError(
+            "This config has model.quant.bits set, and a quantized run cannot be trained; train the float config and run `slm quantize` afterwards."
+        )
     summary = train(cfg, args.run_dir, until_step=args.until_step, progress=not args.no_progress)
     print(json.dumps(summary, indent=1))
     return exit_code(summary)
@@ -81,9 +89,13 @@ def cmd_eval(args) -> None:
         from slm_jax.data.task_data import load_task, val_sets
 
         if args.data:
-            raise DataError(f"{args.run_dir} was trained on the generated task {run.cfg.data.task.name!r}, which has no text; drop --data.")
+            raise DataError(
+                f"{args.run_dir} was trained on the generated task {run.cfg.data.task.name!r}, which has no text; drop --data."
+            )
         result = {}
-        for suffix, batches in val_sets(load_task(run.cfg), run.cfg.eval.batch_size or tc.batch_size, args.batches).items():
+        for suffix, batches in val_sets(
+            load_task(run.cfg), run.cfg.eval.batch_size or tc.batch_size, args.batches
+        ).items():
             result.update({k + suffix: v for k, v in evaluate(eval_fn, run.params, batches).items()})
         print(json.dumps({"run_dir": str(args.run_dir), "step": run.step, **result}, indent=1))
         return
@@ -113,7 +125,9 @@ def cmd_generate(args) -> None:
 
     run = load_run(args.run_dir, best=args.best, step=args.step)
     if run.tokenizer is None:
-        raise DataError(f"{args.run_dir} was trained on the generated task {run.cfg.data.task.name!r} and has no tokenizer to read a text prompt; evaluate it with `slm eval {args.run_dir}`.")
+        raise DataError(
+            f"{args.run_dir} was trained on the generated task {run.cfg.data.task.name!r} and has no tokenizer to read a text prompt; evaluate it with `slm eval {args.run_dir}`."
+        )
     prompt = np.asarray(run.tokenizer.encode(args.prompt), np.int32)[None]
     model = run.model
     if args.cache_dtype:  # int8: KV / recurrent-state cache stored as int8 (slm_jax/quant/cache.py)
@@ -121,12 +135,23 @@ def cmd_generate(args) -> None:
 
         from slm_jax.models.lm import CausalLM
 
-        model = CausalLM(dataclasses.replace(run.cfg.model, cache_quant="none" if args.cache_dtype == "float" else args.cache_dtype))
+        model = CausalLM(
+            dataclasses.replace(run.cfg.model, cache_quant="none" if args.cache_dtype == "float" else args.cache_dtype)
+        )
     if args.draft:  # speculative decoding: the draft run proposes, this run verifies
         chunks = _speculative_chunks(args, run, model, prompt)
     else:
-        chunks = generate(model, run.params, prompt, args.max_new_tokens, seed=args.seed,
-                          temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, chunk=args.chunk)
+        chunks = generate(
+            model,
+            run.params,
+            prompt,
+            args.max_new_tokens,
+            seed=args.seed,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            chunk=args.chunk,
+        )
     print(args.prompt, end="", flush=True)
     try:
         for tokens in chunks:
@@ -146,16 +171,31 @@ def _speculative_chunks(args, run, model, prompt):
 
     draft = load_run(args.draft)
     if draft.tokenizer is None or draft.tokenizer.to_dict() != run.tokenizer.to_dict():
-        raise ConfigError(f"The draft {args.draft} ({draft.cfg.model.vocab_size} tokens) does not use the tokenizer of {args.run_dir} ({run.cfg.model.vocab_size} tokens); pick a draft trained on the same tokenizer.")
+        raise ConfigError(
+            f"The draft {args.draft} ({draft.cfg.model.vocab_size} tokens) does not use the tokenizer of {args.run_dir} ({run.cfg.model.vocab_size} tokens); pick a draft trained on the same tokenizer."
+        )
     start, accepted, rounds, new = time.perf_counter(), 0, 0, 0
-    for tokens, kept in speculative_generate(model, run.params, draft.model, draft.params, prompt, args.max_new_tokens,
-                                             k=args.draft_tokens, seed=args.seed, temperature=args.temperature,
-                                             top_k=args.top_k, top_p=args.top_p):
+    for tokens, kept in speculative_generate(
+        model,
+        run.params,
+        draft.model,
+        draft.params,
+        prompt,
+        args.max_new_tokens,
+        k=args.draft_tokens,
+        seed=args.seed,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+    ):
         yield tokens
         accepted, rounds, new = accepted + kept, rounds + 1, new + tokens.shape[1]
     seconds = time.perf_counter() - start
-    print(f"\nspeculative decoding: {accepted / (rounds * args.draft_tokens):.1%} of draft tokens accepted, "
-          f"{new / rounds:.2f} tokens per round, {new / seconds:.1f} tokens/s (compilation included)", file=sys.stderr)
+    print(
+        f"\nspeculative decoding: {accepted / (rounds * args.draft_tokens):.1%} of draft tokens accepted, "
+        f"{new / rounds:.2f} tokens per round, {new / seconds:.1f} tokens/s (compilation included)",
+        file=sys.stderr,
+    )
 
 
 def cmd_sweep(args) -> None:
@@ -165,7 +205,10 @@ def cmd_sweep(args) -> None:
 
     sweep = load_sweep(args.sweep)
     points = expand(sweep)
-    print(f"{sweep.name}: {len(points)} points x {max(len(sweep.lrs), 1)} learning rate(s)\n{describe(points)}", flush=True)
+    print(
+        f"{sweep.name}: {len(points)} points x {max(len(sweep.lrs), 1)} learning rate(s)\n{describe(points)}",
+        flush=True,
+    )
     if args.dry_run:
         return
     out = Path(args.out or Path("runs") / "sweeps" / sweep.name)
@@ -188,16 +231,19 @@ def cmd_convert_from_hf(args) -> None:
 
 
 def cmd_convert_to_hf(args) -> None:
-    from slm_jax.interop.convert import to_hf
-
     from slm_jax.config import config_from_dict
+    from slm_jax.interop.convert import to_hf
     from slm_jax.training.checkpoint import read_run_config
 
     if config_from_dict(read_run_config(args.run_dir)).model.quant.bits:
         from slm_jax.errors import CheckpointError
 
-        raise CheckpointError(f"{args.run_dir} is quantized and Hugging Face export needs float weights; convert the float run it was made from.")
-    summary = to_hf(args.run_dir, args.hf_dir, family=args.family, best=args.best, max_shard_bytes=int(args.max_shard_mb * 2**20))
+        raise CheckpointError(
+            f"{args.run_dir} is quantized and Hugging Face export needs float weights; convert the float run it was made from."
+        )
+    summary = to_hf(
+        args.run_dir, args.hf_dir, family=args.family, best=args.best, max_shard_bytes=int(args.max_shard_mb * 2**20)
+    )
     print(json.dumps(summary, indent=1))
 
 
@@ -210,7 +256,9 @@ def cmd_quantize(args) -> None:
 def cmd_export(args) -> None:
     from slm_jax.export.stablehlo import export_run
 
-    summary = export_run(args.run_dir, args.out, args.format, max_len=args.max_len, prefill_chunk=args.prefill_chunk, best=args.best)
+    summary = export_run(
+        args.run_dir, args.out, args.format, max_len=args.max_len, prefill_chunk=args.prefill_chunk, best=args.best
+    )
     print(json.dumps(summary, indent=1))
 
 
@@ -221,16 +269,35 @@ def cmd_finetune(args) -> None:
 
     if args.target[0] == "merge":  # slm finetune merge ADAPTER_DIR --out RUN_DIR [--base BASE_RUN]
         if len(args.target) != 2:
-            raise ConfigError("Usage: slm finetune merge ADAPTER_DIR --out RUN_DIR; give exactly one adapter directory.")
+            raise ConfigError(
+                "Usage: slm finetune merge ADAPTER_DIR --out RUN_DIR; give exactly one adapter directory."
+            )
         print(json.dumps(merge_adapters(args.target[1], args.out, args.base), indent=1))
         return
     if len(args.target) != 1 or not args.data:
-        raise ConfigError("Usage: slm finetune RUN_DIR --data FILE.jsonl --out DIR [--lora]; give one run directory and --data.")
+        raise ConfigError(
+            "Usage: slm finetune RUN_DIR --data FILE.jsonl --out DIR [--lora]; give one run directory and --data."
+        )
     spec = LoraSpec(args.rank, args.alpha, args.lora_dropout, args.targets or DEFAULT_TARGETS) if args.lora else None
-    options = FinetuneOptions(spec, args.steps, args.batch_size, args.lr, args.warmup_steps, args.weight_decay, args.seed,
-                              args.max_len, args.best)
-    summary = finetune(args.target[0], args.data, args.out, options, eval_data=args.eval_data,
-                       log=lambda line: print(line, file=sys.stderr, flush=True))
+    options = FinetuneOptions(
+        spec,
+        args.steps,
+        args.batch_size,
+        args.lr,
+        args.warmup_steps,
+        args.weight_decay,
+        args.seed,
+        args.max_len,
+        args.best,
+    )
+    summary = finetune(
+        args.target[0],
+        args.data,
+        args.out,
+        options,
+        eval_data=args.eval_data,
+        log=lambda line: print(line, file=sys.stderr, flush=True),
+    )
     print(json.dumps(summary, indent=1))
 
 
@@ -242,9 +309,20 @@ def cmd_distill(args) -> int | None:
         from slm_jax.distill.precompute import precompute
 
         if len(args.target) != 1 or not args.teacher or not args.out:
-            raise ConfigError("Usage: slm distill precompute --teacher RUN_DIR --out DIR [--data PATH] [--top-k K]; give --teacher and --out.")
-        summary = precompute(args.teacher, args.out, args.top_k, data=args.data, context=args.context, stride=args.stride,
-                             batch_size=args.batch_size, dtype=args.dtype, best=args.best)
+            raise ConfigError(
+                "Usage: slm distill precompute --teacher RUN_DIR --out DIR [--data PATH] [--top-k K]; give --teacher and --out."
+            )
+        summary = precompute(
+            args.teacher,
+            args.out,
+            args.top_k,
+            data=args.data,
+            context=args.context,
+            stride=args.stride,
+            batch_size=args.batch_size,
+            dtype=args.dtype,
+            best=args.best,
+        )
         print(json.dumps(summary, indent=1))
         return
     from slm_jax.config import load_config
@@ -270,15 +348,29 @@ def cmd_plan(args) -> None:
     if jax.device_count() < devices:  # not enough devices here: plan on fake CPU devices in a fresh process
         if os.environ.get("SLM_PLAN_REEXEC"):
             raise SystemExit(f"Could not create {devices} fake CPU devices; set JAX_PLATFORMS=cpu.")
-        argv = ["plan", args.config, "--mesh", args.mesh, "--devices", str(devices), "--peak-tflops", str(args.peak_tflops),
-                "--mfu", str(args.mfu), *[x for o in args.overrides for x in ("--set", o)], *(["--json"] if args.json else [])]
+        argv = [
+            "plan",
+            args.config,
+            "--mesh",
+            args.mesh,
+            "--devices",
+            str(devices),
+            "--peak-tflops",
+            str(args.peak_tflops),
+            "--mfu",
+            str(args.mfu),
+            *[x for o in args.overrides for x in ("--set", o)],
+            *(["--json"] if args.json else []),
+        ]
         code = planner.reexec_with_fake_devices(argv, devices)
         if code:
             raise SystemExit(code)
         return
     from slm_jax.config import load_config
 
-    result = planner.plan(planner.plan_config(load_config(args.config, args.overrides), sizes, devices), args.peak_tflops, args.mfu)
+    result = planner.plan(
+        planner.plan_config(load_config(args.config, args.overrides), sizes, devices), args.peak_tflops, args.mfu
+    )
     print(json.dumps(result, indent=1) if args.json else planner.format_plan(result))
 
 
@@ -295,7 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model from a config")
     _add_config_args(p)
     p.add_argument("--run-dir", default=None, help="run directory (default runs/<name>); resumes if it has checkpoints")
-    p.add_argument("--until-step", type=_positive_int, default=None, help="stop after this step with a checkpoint (resume later)")
+    p.add_argument(
+        "--until-step", type=_positive_int, default=None, help="stop after this step with a checkpoint (resume later)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
@@ -316,13 +410,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--chunk", type=int, default=16, help="tokens per compiled decode loop between prints")
-    p.add_argument("--cache-dtype", choices=["float", "int8", "int8_kv"], default=None,
-                   help="int8: store the KV cache and recurrent states as int8 with group-wise scales; int8_kv: only the KV cache (default: the run's model.cache_quant)")
+    p.add_argument(
+        "--cache-dtype",
+        choices=["float", "int8", "int8_kv"],
+        default=None,
+        help="int8: store the KV cache and recurrent states as int8 with group-wise scales; int8_kv: only the KV cache (default: the run's model.cache_quant)",
+    )
     p.add_argument("--best", action="store_true", help="use the best checkpoint by validation loss")
     p.add_argument("--step", type=int, default=None, help="use the checkpoint of this step (default: the latest)")
-    p.add_argument("--draft", metavar="RUN_DIR", default=None,
-                   help="speculative decoding: a smaller run with the same tokenizer proposes tokens, this run verifies them (same output distribution; --chunk unused)")
-    p.add_argument("--draft-tokens", metavar="K", type=int, default=4, help="tokens the draft proposes per round (with --draft)")
+    p.add_argument(
+        "--draft",
+        metavar="RUN_DIR",
+        default=None,
+        help="speculative decoding: a smaller run with the same tokenizer proposes tokens, this run verifies them (same output distribution; --chunk unused)",
+    )
+    p.add_argument(
+        "--draft-tokens", metavar="K", type=int, default=4, help="tokens the draft proposes per round (with --draft)"
+    )
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("sweep", help="train every point of a sweep file; write results.csv/.md and plots")
@@ -350,39 +454,61 @@ def build_parser() -> argparse.ArgumentParser:
     p = convert.add_parser("to-hf", help="export a run's checkpoint as a Hugging Face model directory")
     p.add_argument("run_dir")
     p.add_argument("hf_dir", help="new output directory")
-    p.add_argument("--family", default=None,
-                   help="llama, qwen2, qwen3, phi3, gemma, mamba, mamba2 or recurrent_gemma (default: the imported family, else inferred)")
+    p.add_argument(
+        "--family",
+        default=None,
+        help="llama, qwen2, qwen3, phi3, gemma, mamba, mamba2 or recurrent_gemma (default: the imported family, else inferred)",
+    )
     p.add_argument("--best", action="store_true", help="export the best checkpoint by validation loss")
     p.add_argument("--max-shard-mb", type=float, default=2048, help="shard the safetensors above this size")
     p.set_defaults(func=cmd_convert_to_hf)
 
-    p = sub.add_parser("quantize", help="weight-only int8/int4 quantization of a run's projections into a new run directory")
+    p = sub.add_parser(
+        "quantize", help="weight-only int8/int4 quantization of a run's projections into a new run directory"
+    )
     p.add_argument("run_dir")
     p.add_argument("--bits", type=int, required=True, help="8 (per output channel) or 4 (group-wise, two per byte)")
     p.add_argument("--out", required=True, help="new run directory to write")
-    p.add_argument("--group-size", type=int, default=0, help="inputs per scale (default: int8 per channel, int4 the largest divisor <= 64)")
+    p.add_argument(
+        "--group-size",
+        type=int,
+        default=0,
+        help="inputs per scale (default: int8 per channel, int4 the largest divisor <= 64)",
+    )
     p.add_argument("--best", action="store_true", help="quantize the best checkpoint by validation loss")
     p.set_defaults(func=cmd_quantize)
 
-    p = sub.add_parser("export", help="export prefill and one-token decode (cache in, cache out) for a standalone runner")
+    p = sub.add_parser(
+        "export", help="export prefill and one-token decode (cache in, cache out) for a standalone runner"
+    )
     p.add_argument("run_dir")
-    p.add_argument("--format", default="stablehlo", help="stablehlo (jax.export) or onnx (opset 18, for onnxruntime; needs the onnx extra)")
+    p.add_argument(
+        "--format",
+        default="stablehlo",
+        help="stablehlo (jax.export) or onnx (opset 18, for onnxruntime; needs the onnx extra)",
+    )
     p.add_argument("--out", required=True, help="new output directory")
     p.add_argument("--max-len", type=int, default=256, help="fixed maximum sequence length (prompt + generated tokens)")
     p.add_argument("--prefill-chunk", type=int, default=16, help="tokens per exported prefill call")
     p.add_argument("--best", action="store_true", help="export the best checkpoint by validation loss")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("finetune", help="full or LoRA fine-tuning on prompt/completion JSONL; `slm finetune merge` folds adapters in")
+    p = sub.add_parser(
+        "finetune", help="full or LoRA fine-tuning on prompt/completion JSONL; `slm finetune merge` folds adapters in"
+    )
     p.add_argument("target", nargs="+", metavar="RUN_DIR", help="the base run directory, or: merge ADAPTER_DIR")
-    p.add_argument("--data", default=None, help="training JSONL, one {\"prompt\": ..., \"completion\": ...} per line")
+    p.add_argument("--data", default=None, help='training JSONL, one {"prompt": ..., "completion": ...} per line')
     p.add_argument("--eval-data", default=None, help="held-out JSONL: exact-match accuracy before and after")
     p.add_argument("--out", required=True, help="new directory: a run (full, merge) or the adapters (--lora)")
     p.add_argument("--lora", action="store_true", help="train low-rank adapters instead of every weight")
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--alpha", type=float, default=16.0, help="LoRA scale is alpha / rank")
     p.add_argument("--lora-dropout", type=float, default=0.0)
-    p.add_argument("--targets", default=None, help="regex searched in projection paths (default: the mixers' in/out projections), e.g. 'qkv|mlp'")
+    p.add_argument(
+        "--targets",
+        default=None,
+        help="regex searched in projection paths (default: the mixers' in/out projections), e.g. 'qkv|mlp'",
+    )
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -394,28 +520,58 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", default=None, help="merge: the base run directory, if it moved since fine-tuning")
     p.set_defaults(func=cmd_finetune)
 
-    p = sub.add_parser("distill", help="train a student config against a teacher run; `slm distill precompute` stores the teacher's top-k logits")
+    p = sub.add_parser(
+        "distill",
+        help="train a student config against a teacher run; `slm distill precompute` stores the teacher's top-k logits",
+    )
     p.add_argument("target", nargs="+", metavar="CONFIG", help="the student's YAML config, or: precompute")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (repeatable)",
+    )
     p.add_argument("--teacher", default=None, help="the teacher's run directory (default: distill.teacher)")
-    p.add_argument("--run-dir", default=None, help="the student's run directory (default runs/<name>); resumes if it has checkpoints")
-    p.add_argument("--until-step", type=_positive_int, default=None, help="stop after this step with a checkpoint (resume later)")
+    p.add_argument(
+        "--run-dir",
+        default=None,
+        help="the student's run directory (default runs/<name>); resumes if it has checkpoints",
+    )
+    p.add_argument(
+        "--until-step", type=_positive_int, default=None, help="stop after this step with a checkpoint (resume later)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--out", default=None, help="precompute: new directory for the logits")
-    p.add_argument("--data", default=None, help="precompute: text file or prepared directory (default: the teacher's data)")
+    p.add_argument(
+        "--data", default=None, help="precompute: text file or prepared directory (default: the teacher's data)"
+    )
     p.add_argument("--top-k", type=int, default=16, help="precompute: logits kept per token")
-    p.add_argument("--context", type=int, default=0, help="precompute: teacher window length (default: its train.seq_len)")
-    p.add_argument("--stride", type=int, default=0, help="precompute: tokens between teacher windows (default: context / 2)")
+    p.add_argument(
+        "--context", type=int, default=0, help="precompute: teacher window length (default: its train.seq_len)"
+    )
+    p.add_argument(
+        "--stride", type=int, default=0, help="precompute: tokens between teacher windows (default: context / 2)"
+    )
     p.add_argument("--batch-size", type=int, default=32, help="precompute: teacher windows per forward pass")
     p.add_argument("--dtype", default="float16", help="precompute: float16 or float32 values")
-    p.add_argument("--best", action="store_true", help="precompute: use the teacher's best checkpoint by validation loss")
+    p.add_argument(
+        "--best", action="store_true", help="precompute: use the teacher's best checkpoint by validation loss"
+    )
     p.set_defaults(func=cmd_distill)
 
-    p = sub.add_parser("plan", help="compile the train step for a device mesh ahead of time: memory per device, FLOPs, tokens/s")
+    p = sub.add_parser(
+        "plan", help="compile the train step for a device mesh ahead of time: memory per device, FLOPs, tokens/s"
+    )
     _add_config_args(p)
-    p.add_argument("--mesh", default="data=1", help="mesh axis sizes, e.g. data=2,fsdp=4,tensor=2 (-1: the rest of --devices)")
+    p.add_argument(
+        "--mesh", default="data=1", help="mesh axis sizes, e.g. data=2,fsdp=4,tensor=2 (-1: the rest of --devices)"
+    )
     p.add_argument("--devices", type=int, default=0, help="device count (default: the product of the mesh sizes)")
-    p.add_argument("--peak-tflops", type=float, default=0.0, help="peak TFLOP/s of one device, for the implied tokens/s")
+    p.add_argument(
+        "--peak-tflops", type=float, default=0.0, help="peak TFLOP/s of one device, for the implied tokens/s"
+    )
     p.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation assumed for the implied tokens/s")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_plan)

@@ -38,7 +38,9 @@ class QuantConfig:
     """Post-training weight-only quantization of every ``Linear`` kernel, set by ``slm quantize`` (slm_jax/quant/)."""
 
     bits: int = 0  # 0 -> float weights; 8 -> int8; 4 -> int4 packed two per byte
-    group_size: int = 0  # inputs per scale; 0 -> int8: the whole input width (per output channel), int4: largest divisor <= 64
+    group_size: int = (
+        0  # inputs per scale; 0 -> int8: the whole input width (per output channel), int4: largest divisor <= 64
+    )
 
 
 @dataclass(frozen=True)
@@ -168,7 +170,9 @@ class MeshConfig:
 class ParallelConfig:
     """How a train step is spread over devices (slm_jax/training/parallel.py, docs/scaling.md)."""
 
-    strategy: str = "none"  # none: one device | pmap: data parallel over every device | mesh: jit over a data/fsdp/tensor Mesh
+    strategy: str = (
+        "none"  # none: one device | pmap: data parallel over every device | mesh: jit over a data/fsdp/tensor Mesh
+    )
     devices: int = 0  # pmap / mesh: use the first N devices; 0 -> all of them
     mesh: MeshConfig = field(default_factory=MeshConfig)
 
@@ -278,9 +282,7 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         except ValueError:
             pass
     if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
-        raise ConfigError(
-            f"Config key {key!r} expects {tp.__name__}, got {type(value).__name__} {value!r}."
-        )
+        raise ConfigError(f"Config key {key!r} expects {tp.__name__}, got {type(value).__name__} {value!r}.")
     return value
 
 
@@ -323,8 +325,11 @@ class _StrictLoader(yaml.SafeLoader):
             line = key_node.start_mark.line + 1
             if isinstance(key, typing.Hashable) and key in first_line:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"the key {key!r} is given twice, on lines {first_line[key]} and {line}, and only one can count",
-                    key_node.start_mark)
+                    None,
+                    None,
+                    f"the key {key!r} is given twice, on lines {first_line[key]} and {line}, and only one can count",
+                    key_node.start_mark,
+                )
             if isinstance(key, typing.Hashable):
                 first_line[key] = line
         return super().construct_mapping(node, deep)
@@ -378,7 +383,9 @@ def read_yaml_config(path: str | Path) -> dict:
     """The raw mapping of a YAML config file, before defaults, presets and checks."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"Config file {str(p)!r} does not exist; pass a YAML file such as configs/experiments/shakespeare_char.yaml.")
+        raise ConfigError(
+            f"Config file {str(p)!r} does not exist; pass a YAML file such as configs/experiments/shakespeare_char.yaml."
+        )
     try:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError:
@@ -467,7 +474,10 @@ def validate(cfg: Config) -> None:
         "which must be even; change model.d_model, model.n_heads or model.rotary_fraction.",
     )
     rs = m.rope_scaling
-    _require(rs.kind in ("none", "linear", "llama3"), f"model.rope_scaling.kind must be none, linear or llama3, got {rs.kind!r}.")
+    _require(
+        rs.kind in ("none", "linear", "llama3"),
+        f"model.rope_scaling.kind must be none, linear or llama3, got {rs.kind!r}.",
+    )
     _require(rs.factor > 0, f"model.rope_scaling.factor must be positive, got {rs.factor}.")
     _require(
         rs.kind != "llama3" or (0 < rs.low_freq_factor < rs.high_freq_factor and rs.original_max_len > 0),
@@ -476,7 +486,10 @@ def validate(cfg: Config) -> None:
     _require(m.embed_scale > 0, f"model.embed_scale must be positive (1 = no scaling), got {m.embed_scale}.")
     _require(m.mlp in ("swiglu", "geglu", "none"), f"model.mlp must be swiglu, geglu or none, got {m.mlp!r}.")
     for key in ("dtype", "param_dtype"):
-        _require(getattr(m, key) in ("float32", "bfloat16", "float16"), f"model.{key} must be float32, bfloat16 or float16, got {getattr(m, key)!r}.")
+        _require(
+            getattr(m, key) in ("float32", "bfloat16", "float16"),
+            f"model.{key} must be float32, bfloat16 or float16, got {getattr(m, key)!r}.",
+        )
     _require(len(m.pattern) > 0, "model.layer_pattern is empty; give mixer names, e.g. [attention].")
     for name in m.pattern:
         build_mixer(m, name)  # an unknown name, or a mixer's own options that do not fit the model, fail here
@@ -484,7 +497,10 @@ def validate(cfg: Config) -> None:
         m.quant.bits in (0, 4, 8) and m.quant.group_size >= 0,
         f"model.quant.bits must be 0, 4 or 8 and model.quant.group_size >= 0, got {m.quant.bits} and {m.quant.group_size}.",
     )
-    _require(m.cache_quant in ("none", "int8", "int8_kv"), f"model.cache_quant must be none, int8 or int8_kv, got {m.cache_quant!r}.")
+    _require(
+        m.cache_quant in ("none", "int8", "int8_kv"),
+        f"model.cache_quant must be none, int8 or int8_kv, got {m.cache_quant!r}.",
+    )
     _require(m.vocab_size >= 0, f"model.vocab_size must be >= 0 (0 takes it from the data), got {m.vocab_size}.")
     for key in ("steps", "batch_size", "seq_len", "grad_accum", "log_every"):
         _require(getattr(t, key) > 0, f"train.{key} must be positive, got {getattr(t, key)}.")
@@ -497,14 +513,20 @@ def validate(cfg: Config) -> None:
         f"train.batch_size ({t.batch_size}) must be divisible by train.grad_accum ({t.grad_accum}).",
     )
     par = t.parallel
-    _require(par.strategy in ("none", "pmap", "mesh"), f"train.parallel.strategy must be none, pmap or mesh, got {par.strategy!r}.")
+    _require(
+        par.strategy in ("none", "pmap", "mesh"),
+        f"train.parallel.strategy must be none, pmap or mesh, got {par.strategy!r}.",
+    )
     _require(par.devices >= 0, f"train.parallel.devices must be >= 0 (0 = all devices), got {par.devices}.")
     sizes = [par.mesh.data, par.mesh.fsdp, par.mesh.tensor]
     _require(
         all(s > 0 or s == -1 for s in sizes) and sizes.count(-1) <= 1,
         f"train.parallel.mesh sizes (data, fsdp, tensor) = {tuple(sizes)} must be positive, with at most one -1 (the rest of the devices).",
     )
-    _require(o.schedule in ("cosine", "wsd", "constant"), f"optim.schedule must be cosine, wsd or constant, got {o.schedule!r}.")
+    _require(
+        o.schedule in ("cosine", "wsd", "constant"),
+        f"optim.schedule must be cosine, wsd or constant, got {o.schedule!r}.",
+    )
     _require(o.lr > 0 and o.min_lr >= 0, f"optim.lr must be > 0 and optim.min_lr >= 0, got {o.lr} and {o.min_lr}.")
     _require(0 <= o.warmup_steps, "optim.warmup_steps must be >= 0.")
     _require(0.0 < o.decay_fraction <= 1.0, "optim.decay_fraction must be in (0, 1].")
@@ -512,8 +534,15 @@ def validate(cfg: Config) -> None:
     _require(d.tokenizer in ("char", "byte"), f"data.tokenizer must be char or byte, got {d.tokenizer!r}.")
     _require(0.0 < d.val_fraction < 1.0, f"data.val_fraction must be in (0, 1), got {d.val_fraction}.")
     _require(cfg.eval.batches > 0 and cfg.eval.every >= 0, "eval.batches must be > 0 and eval.every >= 0.")
-    _require(cfg.eval.batch_size >= 0, f"eval.batch_size must be >= 0 (0 = train.batch_size), got {cfg.eval.batch_size}.")
-    _require(cfg.checkpoint.every > 0 and cfg.checkpoint.keep > 0, "checkpoint.every and checkpoint.keep must be positive.")
+    _require(
+        cfg.eval.batch_size >= 0, f"eval.batch_size must be >= 0 (0 = train.batch_size), got {cfg.eval.batch_size}."
+    )
+    _require(
+        cfg.checkpoint.every > 0 and cfg.checkpoint.keep > 0, "checkpoint.every and checkpoint.keep must be positive."
+    )
     kd = cfg.distill
     _require(0.0 <= kd.alpha <= 1.0, f"distill.alpha must be in [0, 1], got {kd.alpha}.")
-    _require(kd.temperature > 0 and kd.top_k >= 0, f"distill.temperature must be > 0 and distill.top_k >= 0, got {kd.temperature} and {kd.top_k}.")
+    _require(
+        kd.temperature > 0 and kd.top_k >= 0,
+        f"distill.temperature must be > 0 and distill.top_k >= 0, got {kd.temperature} and {kd.top_k}.",
+    )

@@ -12,9 +12,20 @@ def test_defaults_and_public_keys():
     cfg = config_from_dict({})
     assert isinstance(cfg, Config)
     keys = set(all_keys())
-    for k in ["model.preset", "model.n_layers", "model.d_model", "model.n_heads", "model.n_kv_heads",
-              "model.vocab_size", "data.path", "train.steps", "train.batch_size", "train.seq_len",
-              "train.seed", "optim.lr"]:
+    for k in [
+        "model.preset",
+        "model.n_layers",
+        "model.d_model",
+        "model.n_heads",
+        "model.n_kv_heads",
+        "model.vocab_size",
+        "data.path",
+        "train.steps",
+        "train.batch_size",
+        "train.seq_len",
+        "train.seed",
+        "optim.lr",
+    ]:
         assert k in keys
 
 
@@ -103,8 +114,8 @@ def test_every_key_is_documented():
             continue
         parts = key.split(".")
         groups = [rows.get(f"`{'.'.join(parts[:i])}.*`", "") for i in range(1, len(parts))]
-        if not any(f"`{parts[-1]}`" in g or f" {parts[-1]} " in g or f"`{parts[-1]}` " in g for g in groups) and not any(
-            f"`{parts[-1]}`" in line for k, line in rows.items() if k.startswith(f"`{parts[0]}.")
-        ):
+        if not any(
+            f"`{parts[-1]}`" in g or f" {parts[-1]} " in g or f"`{parts[-1]}` " in g for g in groups
+        ) and not any(f"`{parts[-1]}`" in line for k, line in rows.items() if k.startswith(f"`{parts[0]}.")):
             missing.append(key)
     assert not missing, f"document these keys in docs/config.md: {missing}"

@@ -44,7 +44,11 @@ def train_teacher() -> None:
     student = load_config(HERE / "student_transformer.yaml").distill
     if not (ROOT / student.precomputed / "meta.json").is_file():
         # Windows of the teacher's 64 tokens every 56: each position has >= 8 tokens of context.
-        print(precompute(RUNS / "teacher", ROOT / student.precomputed, k=student.top_k, context=64, stride=56, batch_size=64))
+        print(
+            precompute(
+                RUNS / "teacher", ROOT / student.precomputed, k=student.top_k, context=64, stride=56, batch_size=64
+            )
+        )
 
 
 def train_students(archs: tuple[str, ...]) -> None:
@@ -88,7 +92,9 @@ def report() -> None:
                 if not finished(run_dir, steps):
                     continue
                 curve = val_curve(run_dir)
-                rows.append({"arch": arch, "mode": mode, "seed": seed, "steps": steps, "val_loss": round(curve[steps], 4)})
+                rows.append(
+                    {"arch": arch, "mode": mode, "seed": seed, "steps": steps, "val_loss": round(curve[steps], 4)}
+                )
                 curves.setdefault((arch, mode), []).append(curve)
     with open(HERE / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -96,21 +102,39 @@ def report() -> None:
         writer.writerows(rows)
 
     stats = {}
-    for (arch, mode) in curves:
+    for arch, mode in curves:
         losses = [r["val_loss"] for r in rows if (r["arch"], r["mode"]) == (arch, mode)]
-        stats[arch, mode] = (statistics.mean(losses), statistics.stdev(losses) if len(losses) > 1 else float("nan"), len(losses))
-    lines = ["# distill_shakespeare", "",
-             f"Teacher (transformer, 4.76M params): val loss {teacher_loss:.4f} nats/char at step {max(teacher)}.", "",
-             "| student | from scratch | distilled | gain | gain / larger std | paired gain per seed |", "|---|---|---|---|---|---|"]
+        stats[arch, mode] = (
+            statistics.mean(losses),
+            statistics.stdev(losses) if len(losses) > 1 else float("nan"),
+            len(losses),
+        )
+    lines = [
+        "# distill_shakespeare",
+        "",
+        f"Teacher (transformer, 4.76M params): val loss {teacher_loss:.4f} nats/char at step {max(teacher)}.",
+        "",
+        "| student | from scratch | distilled | gain | gain / larger std | paired gain per seed |",
+        "|---|---|---|---|---|---|",
+    ]
     for arch in ARCHS:
         if (arch, "scratch") in stats and (arch, "distilled") in stats:
             (ms, ss, n1), (md, sd, n2) = stats[arch, "scratch"], stats[arch, "distilled"]
             loss = {(r["mode"], r["seed"]): r["val_loss"] for r in rows if r["arch"] == arch}
-            paired = [loss["scratch", s] - loss["distilled", s] for s in SEEDS if ("scratch", s) in loss and ("distilled", s) in loss]
-            lines.append(f"| {arch} | {ms:.4f} +- {ss:.4f} (n={n1}) | {md:.4f} +- {sd:.4f} (n={n2}) | {ms - md:.4f} | "
-                         f"{(ms - md) / max(ss, sd):.1f} | {', '.join(f'{d:.4f}' for d in paired)} |")
-    lines += ["", "Val loss in nats/char at the last step (mean +- sample std over seeds 0, 1, 2); gain = scratch - distilled;",
-              "a seed's twins share initialisation and batch order, so the paired gain compares like with like."]
+            paired = [
+                loss["scratch", s] - loss["distilled", s]
+                for s in SEEDS
+                if ("scratch", s) in loss and ("distilled", s) in loss
+            ]
+            lines.append(
+                f"| {arch} | {ms:.4f} +- {ss:.4f} (n={n1}) | {md:.4f} +- {sd:.4f} (n={n2}) | {ms - md:.4f} | "
+                f"{(ms - md) / max(ss, sd):.1f} | {', '.join(f'{d:.4f}' for d in paired)} |"
+            )
+    lines += [
+        "",
+        "Val loss in nats/char at the last step (mean +- sample std over seeds 0, 1, 2); gain = scratch - distilled;",
+        "a seed's twins share initialisation and batch order, so the paired gain compares like with like.",
+    ]
     (HERE / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -131,8 +155,14 @@ def report() -> None:
     for (arch, mode), runs in curves.items():
         steps = sorted(set.intersection(*(set(c) for c in runs)))
         mean = [statistics.mean(c[s] for c in runs) for s in steps]
-        lines_ax.plot(steps, mean, marker="o", ls="-" if mode == "distilled" else "--",
-                      color="tab:blue" if arch == "transformer" else "tab:green", label=f"{arch} {mode}")
+        lines_ax.plot(
+            steps,
+            mean,
+            marker="o",
+            ls="-" if mode == "distilled" else "--",
+            color="tab:blue" if arch == "transformer" else "tab:green",
+            label=f"{arch} {mode}",
+        )
     lines_ax.axhline(teacher_loss, color="tab:red", ls="--", label="teacher")
     lines_ax.set_xlabel("student step")
     lines_ax.set_ylabel("val loss (mean over seeds)")
@@ -147,7 +177,9 @@ def main() -> None:
     parser.add_argument("--arch", choices=ARCHS, action="append", help="students: only these families (repeatable)")
     args = parser.parse_args()
     os.chdir(ROOT)
-    jax.config.update("jax_compilation_cache_dir", os.path.expanduser("~/.cache/slm_jax/jax_cache"))  # seeds share programs
+    jax.config.update(
+        "jax_compilation_cache_dir", os.path.expanduser("~/.cache/slm_jax/jax_cache")
+    )  # seeds share programs
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     if args.stage in ("all", "teacher"):
         train_teacher()

@@ -34,8 +34,12 @@ from slm_jax.inference.run import load_run
 HERE = Path(__file__).parent
 
 
-LABELS = {**dict.fromkeys("abcdef", "north"), **dict.fromkeys("ghijklm", "east"), **dict.fromkeys("nopqrs", "south"),
-          **dict.fromkeys("tuvwxyz", "west")}
+LABELS = {
+    **dict.fromkeys("abcdef", "north"),
+    **dict.fromkeys("ghijklm", "east"),
+    **dict.fromkeys("nopqrs", "south"),
+    **dict.fromkeys("tuvwxyz", "west"),
+}
 
 
 def write_task(path: Path, words: list[str], task: str) -> Path:
@@ -78,19 +82,33 @@ if __name__ == "__main__":
     train = write_task(out / "train.jsonl", [words[i] for i in perm[: args.train_examples]], args.task)
     val = write_task(out / "eval.jsonl", [words[i] for i in perm[args.train_examples :]], args.task)
 
-    methods = [("full", None, 3e-4)] + [(f"lora r={r}", LoraSpec(rank=r, alpha=2.0 * r, targets=DEFAULT_TARGETS), 3e-3)
-                                        for r in (int(x) for x in args.ranks.split(","))]
+    methods = [("full", None, 3e-4)] + [
+        (f"lora r={r}", LoraSpec(rank=r, alpha=2.0 * r, targets=DEFAULT_TARGETS), 3e-3)
+        for r in (int(x) for x in args.ranks.split(","))
+    ]
     rows = []
     for name, spec, lr in methods:
         target = out / name.replace(" ", "_").replace("=", "")
         if (target / "finetune.json").is_file():
             summary = json.loads((target / "finetune.json").read_text())
         else:
-            summary = finetune(base, train, target, FinetuneOptions(spec, args.steps, 32, lr), eval_data=val,
-                               log=lambda line: print(line, file=sys.stderr))
-        row = {"method": name, "lr": lr, "trainable_params": summary["trainable_params"],
-               "trainable_fraction": summary["trainable_fraction"], "before": summary["before"]["exact_match"],
-               "after": summary["after"]["exact_match"], "train_seconds": round(summary["train_seconds"], 1)}
+            summary = finetune(
+                base,
+                train,
+                target,
+                FinetuneOptions(spec, args.steps, 32, lr),
+                eval_data=val,
+                log=lambda line: print(line, file=sys.stderr),
+            )
+        row = {
+            "method": name,
+            "lr": lr,
+            "trainable_params": summary["trainable_params"],
+            "trainable_fraction": summary["trainable_fraction"],
+            "before": summary["before"]["exact_match"],
+            "after": summary["after"]["exact_match"],
+            "train_seconds": round(summary["train_seconds"], 1),
+        }
         rows.append(row)
         print(json.dumps(row), flush=True)
 
@@ -106,14 +124,24 @@ if __name__ == "__main__":
     got = merged.model.apply(merged.params, tokens)[0]
     as_trained = run.model.apply(merge(run.params, adapters, spec), tokens)[0]
     definition = apply_unmerged(run.model, run.params, adapters, spec, tokens)
-    print(json.dumps({"merged_run_vs_merge_in_memory_max_abs_diff": float(jnp.max(jnp.abs(got - as_trained))),
-                      "merged_run_vs_unmerged_definition_max_abs_diff": float(jnp.max(jnp.abs(got - definition))),
-                      "max_abs_logit": float(jnp.max(jnp.abs(definition)))}))
+    print(
+        json.dumps(
+            {
+                "merged_run_vs_merge_in_memory_max_abs_diff": float(jnp.max(jnp.abs(got - as_trained))),
+                "merged_run_vs_unmerged_definition_max_abs_diff": float(jnp.max(jnp.abs(got - definition))),
+                "max_abs_logit": float(jnp.max(jnp.abs(definition))),
+            }
+        )
+    )
 
     full = rows[0]["after"]
-    print("\n| method | lr | trainable params | share of base | exact match before | after | within 10% of full | train s |")
+    print(
+        "\n| method | lr | trainable params | share of base | exact match before | after | within 10% of full | train s |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         ok = "" if r["method"] == "full" else ("yes" if r["after"] >= 0.9 * full else "no")
-        print(f"| {r['method']} | {r['lr']:g} | {r['trainable_params']:,} | {100 * r['trainable_fraction']:.2f}% | "
-              f"{r['before']:.3f} | {r['after']:.3f} | {ok} | {r['train_seconds']} |")
+        print(
+            f"| {r['method']} | {r['lr']:g} | {r['trainable_params']:,} | {100 * r['trainable_fraction']:.2f}% | "
+            f"{r['before']:.3f} | {r['after']:.3f} | {ok} | {r['train_seconds']} |"
+        )

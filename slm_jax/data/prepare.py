@@ -20,7 +20,6 @@ import tempfile
 from pathlib import Path
 from typing import Sequence, Union
 
-
 from slm_jax.data.corpora import generate_corpus
 from slm_jax.data.token_files import DTYPES, META_FILE, is_prepared_dir, load_meta, split_path, token_dtype
 from slm_jax.data.tokenizers import TOKENIZER_NAMES, build_tokenizer, save_tokenizer
@@ -32,7 +31,9 @@ MIN_SPLIT_TOKENS = 2  # one (input, target) pair needs two tokens
 
 def _check_val_fraction(val_fraction: float) -> None:
     if not 0.0 < val_fraction < 1.0:
-        raise DataError(f"val_fraction must be strictly between 0 and 1, got {val_fraction}; set data.val_fraction (e.g. 0.1).")
+        raise DataError(
+            f"val_fraction must be strictly between 0 and 1, got {val_fraction}; set data.val_fraction (e.g. 0.1)."
+        )
 
 
 def _read_sources(inputs: Sequence[PathLike]) -> tuple[list[bytes], list[dict]]:
@@ -43,7 +44,9 @@ def _read_sources(inputs: Sequence[PathLike]) -> tuple[list[bytes], list[dict]]:
         if not path.exists():
             raise DataError(f"Input file {path} does not exist; check the path.")
         if not path.is_file():
-            raise DataError(f"Input {path} is not a regular file; pass text files (a prepared directory needs no preparing).")
+            raise DataError(
+                f"Input {path} is not a regular file; pass text files (a prepared directory needs no preparing)."
+            )
         blob = path.read_bytes()
         blobs.append(blob)
         sources.append({"path": str(path.resolve()), "bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()})
@@ -67,7 +70,9 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def prepare(inputs: Union[PathLike, Sequence[PathLike]], tokenizer: str, out_dir: PathLike, val_fraction: float = 0.1) -> dict:
+def prepare(
+    inputs: Union[PathLike, Sequence[PathLike]], tokenizer: str, out_dir: PathLike, val_fraction: float = 0.1
+) -> dict:
     """Tokenizes text files into a prepared data directory.
 
     Args:
@@ -90,7 +95,9 @@ def prepare(inputs: Union[PathLike, Sequence[PathLike]], tokenizer: str, out_dir
     _check_val_fraction(val_fraction)
     blobs, sources = _read_sources(inputs)
     if sum(len(b) for b in blobs) == 0:
-        raise DataError(f"The input ({', '.join(s['path'] for s in sources)}) is empty; give it a file with text in it.")
+        raise DataError(
+            f"The input ({', '.join(s['path'] for s in sources)}) is empty; give it a file with text in it."
+        )
 
     if tokenizer == "char":
         # Decode file by file so that an error names the file that is not UTF-8.
@@ -163,11 +170,15 @@ def _writable_dir(path: Path) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise DataError(f"Cannot create the data cache directory {path} ({e.strerror}); set data.cache_dir or $SLM_JAX_CACHE to a writable directory.") from None
+        raise DataError(
+            f"Cannot create the data cache directory {path} ({e.strerror}); set data.cache_dir or $SLM_JAX_CACHE to a writable directory."
+        ) from None
     return path
 
 
-def resolve_data_dir(path: PathLike, tokenizer: str = "char", val_fraction: float = 0.1, cache_dir: PathLike = "") -> Path:
+def resolve_data_dir(
+    path: PathLike, tokenizer: str = "char", val_fraction: float = 0.1, cache_dir: PathLike = ""
+) -> Path:
     """Turns ``data.path`` into a prepared data directory.
 
     Args:
@@ -185,7 +196,9 @@ def resolve_data_dir(path: PathLike, tokenizer: str = "char", val_fraction: floa
         raise DataError(f"Data path {path} does not exist; set data.path to a text file or a prepared data directory.")
     if path.is_dir():
         if not is_prepared_dir(path):
-            raise DataError(f"{path} is not a prepared data directory (no {META_FILE}); run `slm data prepare` or pass a text file.")
+            raise DataError(
+                f"{path} is not a prepared data directory (no {META_FILE}); run `slm data prepare` or pass a text file."
+            )
         return path
     if tokenizer not in TOKENIZER_NAMES:
         raise DataError(f"Unknown tokenizer {tokenizer!r}; use one of: {', '.join(TOKENIZER_NAMES)}.")

@@ -47,7 +47,9 @@ def open_dataset(data_dir: Path) -> Dataset:
             f"{data_dir}: tokenizer.json has {tokenizer.vocab_size} tokens but meta.json says {meta['vocab_size']}; "
             "the files come from different prepares, re-run `slm data prepare`."
         )
-    return Dataset(Path(data_dir), load_split(data_dir, "train", meta), load_split(data_dir, "val", meta), tokenizer, meta)
+    return Dataset(
+        Path(data_dir), load_split(data_dir, "train", meta), load_split(data_dir, "val", meta), tokenizer, meta
+    )
 
 
 def load_dataset(cfg: DataConfig) -> Dataset:

@@ -33,7 +33,14 @@ def _example(inputs: np.ndarray, targets: np.ndarray) -> Example:
     return {"inputs": inputs.astype(np.int32), "targets": targets.astype(np.int32)}
 
 
-def mqar(rng: np.random.Generator, seq_len: int, vocab_size: int, n_pairs: int, alpha: float = 0.01, random_filler: bool = False) -> Example:
+def mqar(
+    rng: np.random.Generator,
+    seq_len: int,
+    vocab_size: int,
+    n_pairs: int,
+    alpha: float = 0.01,
+    random_filler: bool = False,
+) -> Example:
     """Multi-Query Associative Recall (Zoology, Sec. 3 and App. E).
 
     Layout, with ``D = n_pairs``: positions ``[0, 2D)`` hold the pairs ``k1 v1 k2 v2 ... kD vD``,
@@ -65,7 +72,9 @@ def mqar(rng: np.random.Generator, seq_len: int, vocab_size: int, n_pairs: int, 
             f"got {vocab_size}; raise model.vocab_size or lower data.task.n_pairs."
         )
     if not alpha > 0:
-        raise ConfigError(f"The MQAR gap power law needs alpha > 0, got {alpha}; set data.task.alpha (Zoology uses 0.01).")
+        raise ConfigError(
+            f"The MQAR gap power law needs alpha > 0, got {alpha}; set data.task.alpha (Zoology uses 0.01)."
+        )
     half = vocab_size // 2
     keys = 1 + rng.choice(half - 1, size=n_pairs, replace=False)  # (D,) in [1, half)
     values = half + rng.choice(vocab_size - half, size=n_pairs, replace=False)  # (D,) in [half, vocab)
@@ -100,14 +109,18 @@ def selective_copying(rng: np.random.Generator, seq_len: int, vocab_size: int, n
         ``{"inputs": i32[t], "targets": i32[t]}`` with the last ``n_tokens`` positions scored.
     """
     if n_tokens < 1:
-        raise ConfigError(f"Selective copying needs at least one data token, got n_tokens={n_tokens}; set data.task.n_tokens >= 1.")
+        raise ConfigError(
+            f"Selective copying needs at least one data token, got n_tokens={n_tokens}; set data.task.n_tokens >= 1."
+        )
     if seq_len < 2 * n_tokens:
         raise ConfigError(
             f"Selective copying of {n_tokens} tokens needs seq_len >= 2 * n_tokens = {2 * n_tokens} (the tokens, then as many markers), "
             f"got {seq_len}; raise train.seq_len or lower data.task.n_tokens."
         )
     if vocab_size < 3:
-        raise ConfigError(f"Selective copying reserves tokens 0 (noise) and 1 (marker), so vocab_size must be >= 3, got {vocab_size}; raise model.vocab_size.")
+        raise ConfigError(
+            f"Selective copying reserves tokens 0 (noise) and 1 (marker), so vocab_size must be >= 3, got {vocab_size}; raise model.vocab_size."
+        )
     region = seq_len - n_tokens
     data = rng.integers(2, vocab_size, size=n_tokens)  # (n_tokens,)
     positions = np.sort(rng.choice(region, size=n_tokens, replace=False))  # (n_tokens,) increasing
@@ -130,9 +143,13 @@ def induction_heads(rng: np.random.Generator, seq_len: int, vocab_size: int) -> 
         ``{"inputs": i32[t], "targets": i32[t]}`` with one scored position, the last.
     """
     if seq_len < 3:
-        raise ConfigError(f"Induction heads needs seq_len >= 3 (special token, its successor, special token), got {seq_len}; raise train.seq_len.")
+        raise ConfigError(
+            f"Induction heads needs seq_len >= 3 (special token, its successor, special token), got {seq_len}; raise train.seq_len."
+        )
     if vocab_size < 3:
-        raise ConfigError(f"Induction heads reserves tokens 0 and 1 (special), so vocab_size must be >= 3, got {vocab_size}; raise model.vocab_size.")
+        raise ConfigError(
+            f"Induction heads reserves tokens 0 and 1 (special), so vocab_size must be >= 3, got {vocab_size}; raise model.vocab_size."
+        )
     inputs = rng.integers(2, vocab_size, size=seq_len)  # X at s + 1 is one of these
     special = rng.integers(seq_len // 2)  # s + 1 <= seq_len - 2: X never overwrites the final special token
     inputs[special] = inputs[-1] = 1
@@ -141,7 +158,11 @@ def induction_heads(rng: np.random.Generator, seq_len: int, vocab_size: int) -> 
     return _example(inputs, targets)
 
 
-TASKS: dict[str, Callable[..., Example]] = {"mqar": mqar, "selective_copying": selective_copying, "induction_heads": induction_heads}
+TASKS: dict[str, Callable[..., Example]] = {
+    "mqar": mqar,
+    "selective_copying": selective_copying,
+    "induction_heads": induction_heads,
+}
 
 
 def _task(name: str) -> Callable[..., Example]:
@@ -156,7 +177,9 @@ def task_options(task: str) -> dict[str, object]:
     return {p.name: p.default for p in params}
 
 
-def _generate(task: str, rng: np.random.Generator, seq_len: int, vocab_size: int, min_len: int, options: dict) -> Example:
+def _generate(
+    task: str, rng: np.random.Generator, seq_len: int, vocab_size: int, min_len: int, options: dict
+) -> Example:
     """One example of ``task`` from ``rng``; with ``0 < min_len < seq_len`` a shorter one, left-padded.
 
     The example's own length ``n`` is drawn log-uniformly from ``[min_len, seq_len]``; positions
@@ -173,7 +196,9 @@ def _generate(task: str, rng: np.random.Generator, seq_len: int, vocab_size: int
     return _example(np.pad(short["inputs"], (pad, 0)), np.pad(short["targets"], (pad, 0), constant_values=-1))
 
 
-def make_example(task: str, seed: int, split: str, index: int, seq_len: int, vocab_size: int, min_len: int = 0, **options) -> Example:
+def make_example(
+    task: str, seed: int, split: str, index: int, seq_len: int, vocab_size: int, min_len: int = 0, **options
+) -> Example:
     """Example ``index`` of ``split`` (``"train"`` or ``"val"``) of ``task``: a pure function of its arguments.
 
     ``min_len`` > 0 mixes lengths (``_generate``); 0 makes every example ``seq_len`` long.
@@ -191,14 +216,20 @@ def make_example(task: str, seed: int, split: str, index: int, seq_len: int, voc
     if split not in SPLITS:
         raise ConfigError(f"Unknown split {split!r}; use one of: {', '.join(SPLITS)}.")
     if seed < 0 or index < 0:
-        raise DataError(f"Task examples need a non-negative seed and index, got seed={seed}, index={index}; set train.seed >= 0.")
+        raise DataError(
+            f"Task examples need a non-negative seed and index, got seed={seed}, index={index}; set train.seed >= 0."
+        )
     if min_len < 0 or min_len > seq_len:
-        raise ConfigError(f"data.task.min_train_len must be in [0, {seq_len}] (train.seq_len), got {min_len}; use 0 for full-length examples only.")
+        raise ConfigError(
+            f"data.task.min_train_len must be in [0, {seq_len}] (train.seq_len), got {min_len}; use 0 for full-length examples only."
+        )
     if 0 < min_len < seq_len:
         try:
             TASKS[task](np.random.default_rng(0), min_len, vocab_size, **options)
         except ConfigError as e:
-            raise ConfigError(f"data.task.min_train_len={min_len} is too short for this task ({e}); raise it.") from None
+            raise ConfigError(
+                f"data.task.min_train_len={min_len} is too short for this task ({e}); raise it."
+            ) from None
     rng = np.random.default_rng([seed, SPLITS[split], index])
     return _generate(task, rng, seq_len, vocab_size, min_len, options)
 
@@ -209,10 +240,22 @@ class TaskSource:
     The arguments are those of ``make_example``; an invalid combination fails here, not mid-run.
     """
 
-    def __init__(self, task: str, seed: int, split: str, num_examples: int, seq_len: int, vocab_size: int, min_len: int = 0, **options):
+    def __init__(
+        self,
+        task: str,
+        seed: int,
+        split: str,
+        num_examples: int,
+        seq_len: int,
+        vocab_size: int,
+        min_len: int = 0,
+        **options,
+    ):
         make_example(task, seed, split, 0, seq_len, vocab_size, min_len, **options)
         if num_examples < 1:
-            raise ConfigError(f"A task split needs at least one example, got {num_examples}; set data.task.{split}_examples >= 1.")
+            raise ConfigError(
+                f"A task split needs at least one example, got {num_examples}; set data.task.{split}_examples >= 1."
+            )
         self.task, self.seed, self.split, self.num_examples = task, seed, split, num_examples
         self.seq_len, self.vocab_size, self.min_len, self.options = seq_len, vocab_size, min_len, options
 
@@ -264,7 +307,9 @@ def task_batches(
     ds = ds.repeat().batch(batch_size, drop_remainder=True)
     if process_count > 1:
         if batch_size % process_count or not 0 <= process_index < process_count:
-            raise DataError(f"train.batch_size ({batch_size}) is not divisible by the number of processes ({process_count}); set it to a multiple of {process_count}.")
+            raise DataError(
+                f"train.batch_size ({batch_size}) is not divisible by the number of processes ({process_count}); set it to a multiple of {process_count}."
+            )
         rows = slice(process_index * (batch_size // process_count), (process_index + 1) * (batch_size // process_count))
         ds = ds.map(lambda batch: {k: v[rows] for k, v in batch.items()})
     return iter(ds.to_iter_dataset(READ_OPTIONS))
@@ -282,11 +327,16 @@ def task_eval_batches(source: TaskSource, batch_size: int, n_batches: int) -> li
     if n_batches < 1:
         raise DataError(f"The number of eval batches must be positive, got {n_batches}; set eval.batches >= 1.")
     if len(source) < batch_size:
-        raise DataError(f"An eval batch of {batch_size} examples does not fit in {len(source)} examples; raise data.task.val_examples or lower the batch size.")
+        raise DataError(
+            f"An eval batch of {batch_size} examples does not fit in {len(source)} examples; raise data.task.val_examples or lower the batch size."
+        )
     n = min(n_batches, len(source) // batch_size)
     examples = [source[i] for i in range(n * batch_size)]
     return [
-        {key: np.stack([ex[key] for ex in examples[i * batch_size : (i + 1) * batch_size]]) for key in ("inputs", "targets")}
+        {
+            key: np.stack([ex[key] for ex in examples[i * batch_size : (i + 1) * batch_size]])
+            for key in ("inputs", "targets")
+        }
         for i in range(n)
     ]
 

@@ -30,7 +30,9 @@ def load_task(cfg: Config) -> TaskData:
     if cfg.data.path or cfg.data.synthetic:
         raise ConfigError("data.task.name and data.path / data.synthetic are alternatives; set only one of them.")
     if vocab <= 0:
-        raise ConfigError(f"A generated task has no tokenizer to take the vocabulary from; set model.vocab_size (e.g. 8192 for MQAR), got {vocab}.")
+        raise ConfigError(
+            f"A generated task has no tokenizer to take the vocabulary from; set model.vocab_size (e.g. 8192 for MQAR), got {vocab}."
+        )
     options = {name: getattr(t, name) for name in task_options(t.name) if hasattr(t, name)}
 
     def source(split: str, n: int, length: int, min_len: int = 0) -> TaskSource:
@@ -55,7 +57,9 @@ def compact_labels(batch: Example, n: int) -> dict[str, np.ndarray]:
     """
     scored = batch["targets"] >= 0
     if int(scored.sum(axis=1).max()) > n:
-        raise DataError(f"A task example has more than {n} scored positions; every example of a task must score the same number.")
+        raise DataError(
+            f"A task example has more than {n} scored positions; every example of a task must score the same number."
+        )
     positions = np.argsort(~scored, axis=1, kind="stable")[:, :n]  # scored first, in position order
     labels = np.take_along_axis(batch["targets"], positions, axis=1)
     positions = np.where(labels >= 0, positions, 0)
@@ -64,8 +68,10 @@ def compact_labels(batch: Example, n: int) -> dict[str, np.ndarray]:
 
 def val_sets(task: TaskData, batch_size: int, n_batches: int) -> dict[str, list[dict[str, np.ndarray]]]:
     """Metric suffix -> the first ``n_batches`` label-compacted validation batches at that length."""
-    return {suffix: [compact_labels(b, n_labels(source)) for b in task_eval_batches(source, batch_size, n_batches)]
-            for suffix, source in task.evals.items()}
+    return {
+        suffix: [compact_labels(b, n_labels(source)) for b in task_eval_batches(source, batch_size, n_batches)]
+        for suffix, source in task.evals.items()
+    }
 
 
 def head_fraction(cfg: Config) -> float:

@@ -51,7 +51,9 @@ def load_meta(data_dir: Union[str, Path]) -> dict:
     if not data_dir.exists():
         raise DataError(f"Data directory {data_dir} does not exist; check data.path or run `slm data prepare`.")
     if not is_prepared_dir(data_dir):
-        raise DataError(f"{data_dir} is not a prepared data directory (no {META_FILE}); run `slm data prepare` or pass a text file.")
+        raise DataError(
+            f"{data_dir} is not a prepared data directory (no {META_FILE}); run `slm data prepare` or pass a text file."
+        )
     try:
         meta = json.loads((data_dir / META_FILE).read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -60,7 +62,9 @@ def load_meta(data_dir: Union[str, Path]) -> dict:
     if missing:
         raise DataError(f"{data_dir / META_FILE} lacks {', '.join(missing)}; re-run `slm data prepare` to rewrite it.")
     if meta["dtype"] not in DTYPES:
-        raise DataError(f"{data_dir / META_FILE} names dtype {meta['dtype']!r}; only {', '.join(DTYPES)} are supported, re-run `slm data prepare`.")
+        raise DataError(
+            f"{data_dir / META_FILE} names dtype {meta['dtype']!r}; only {', '.join(DTYPES)} are supported, re-run `slm data prepare`."
+        )
     return meta
 
 

@@ -54,7 +54,9 @@ class CharTokenizer:
         self.chars = chars
         self._vocab_cps = _codepoints(chars)  # (v,) uint32, sorted: encode is a searchsorted
         if np.any(np.diff(self._vocab_cps.astype(np.int64)) <= 0):
-            raise DataError("A char tokenizer's vocabulary must be sorted distinct characters; rebuild it with CharTokenizer.from_text.")
+            raise DataError(
+                "A char tokenizer's vocabulary must be sorted distinct characters; rebuild it with CharTokenizer.from_text."
+            )
 
     @classmethod
     def from_text(cls, text: str) -> "CharTokenizer":
@@ -122,7 +124,9 @@ class ByteTokenizer:
             try:
                 text = text.encode("utf-8")
             except UnicodeEncodeError as e:
-                raise DataError(f"Text contains {text[e.start]!r}, which has no UTF-8 encoding; remove the lone surrogate from the input.") from None
+                raise DataError(
+                    f"Text contains {text[e.start]!r}, which has no UTF-8 encoding; remove the lone surrogate from the input."
+                ) from None
         return np.frombuffer(text, dtype=np.uint8).astype(np.int32)
 
     def decode(self, ids: Any) -> str:
@@ -165,12 +169,16 @@ def build_tokenizer(name: str, text: Union[str, bytes]) -> Tokenizer:
 def tokenizer_from_dict(d: dict) -> Tokenizer:
     """Inverse of ``tok.to_dict()``: the ``"type"`` key selects the class."""
     if not isinstance(d, dict) or "type" not in d:
-        raise DataError(f"A tokenizer description must be a JSON object with a 'type' key, got {str(d)[:80]!r}; re-run `slm data prepare`.")
+        raise DataError(
+            f"A tokenizer description must be a JSON object with a 'type' key, got {str(d)[:80]!r}; re-run `slm data prepare`."
+        )
     _check_name(d["type"])
     try:
         return _CLASSES[d["type"]].from_dict(d)
     except KeyError as e:
-        raise DataError(f"The {d['type']} tokenizer description lacks the key {e}; re-run `slm data prepare`.") from None
+        raise DataError(
+            f"The {d['type']} tokenizer description lacks the key {e}; re-run `slm data prepare`."
+        ) from None
 
 
 def _tokenizer_file(path: Union[str, Path]) -> Path:
@@ -190,7 +198,9 @@ def load_tokenizer(path: Union[str, Path]) -> Tokenizer:
     """Reads a tokenizer written by ``save_tokenizer`` (a file, or a directory holding ``tokenizer.json``)."""
     path = _tokenizer_file(path)
     if not path.is_file():
-        raise DataError(f"Tokenizer file {path} does not exist; prepare the data (`slm data prepare`) or point at a run directory.")
+        raise DataError(
+            f"Tokenizer file {path} does not exist; prepare the data (`slm data prepare`) or point at a run directory."
+        )
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

@@ -58,7 +58,11 @@ def distill_loss(
     """
     ce, m = cross_entropy(student_logits, targets)
     teacher = jax.tree.map(jax.lax.stop_gradient, teacher)  # the teacher only gives targets
-    kl = kl_topk(student_logits, *teacher, temperature) if isinstance(teacher, tuple) else kl_full(student_logits, teacher, temperature)
+    kl = (
+        kl_topk(student_logits, *teacher, temperature)
+        if isinstance(teacher, tuple)
+        else kl_full(student_logits, teacher, temperature)
+    )
     kl = kl.mean()
     loss = alpha * ce + (1.0 - alpha) * temperature**2 * kl
     return loss, {"loss": loss, "ce": ce, "kl": kl, "accuracy": m["accuracy"], "tokens": m["tokens"]}

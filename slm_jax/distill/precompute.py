@@ -45,7 +45,9 @@ def tokenizer_identity(tok) -> object:
     return None if tok is None else getattr(tok, "json_text", None) or tok.to_dict()
 
 
-def check_same_vocabulary(teacher: str, teacher_tokenizer: object, teacher_vocab: int, tokenizer, vocab_size: int) -> None:
+def check_same_vocabulary(
+    teacher: str, teacher_tokenizer: object, teacher_vocab: int, tokenizer, vocab_size: int
+) -> None:
     """Refuse a teacher (named ``teacher`` in the message) whose tokenizer or vocabulary size differs from the student's.
 
     ``teacher_tokenizer`` is the teacher's ``tokenizer_identity``; ``tokenizer`` the student data's tokenizer.
@@ -79,8 +81,15 @@ def window_starts(n: int, context: int, stride: int = 0) -> np.ndarray:
     return np.minimum(np.maximum(0, (p - (context - stride)) // stride * stride), n - context)
 
 
-def teacher_topk(teacher: LoadedRun, tokens: np.ndarray, k: int, context: int, stride: int = 0, batch_size: int = 32,
-                 dtype: str = "float16"):
+def teacher_topk(
+    teacher: LoadedRun,
+    tokens: np.ndarray,
+    k: int,
+    context: int,
+    stride: int = 0,
+    batch_size: int = 32,
+    dtype: str = "float16",
+):
     """Top-k teacher logits for every position of ``tokens`` (n,): (values [n, k], indices i32[n, k])."""
     n = len(tokens)
     context = min(context, n)
@@ -97,7 +106,9 @@ def teacher_topk(teacher: LoadedRun, tokens: np.ndarray, k: int, context: int, s
         chunk = unique[i : i + batch_size]
         windows = np.stack([tokens[s : s + context] for s in chunk]).astype(np.int32)
         pad = batch_size - len(chunk)  # one compiled shape: pad the last batch with copies
-        v, ix = jax.device_get(forward(teacher.params, np.concatenate([windows, windows[:1].repeat(pad, 0)]) if pad else windows))
+        v, ix = jax.device_get(
+            forward(teacher.params, np.concatenate([windows, windows[:1].repeat(pad, 0)]) if pad else windows)
+        )
         for j, s in enumerate(chunk):
             rows = _rows_of(starts, s)
             values[rows] = v[j, rows - s]
@@ -111,14 +122,25 @@ def _rows_of(starts: np.ndarray, s: int) -> np.ndarray:
     return np.arange(lo, hi)
 
 
-def precompute(teacher_dir: str | Path, out_dir: str | Path, k: int, data: str | None = None, context: int = 0,
-               stride: int = 0, batch_size: int = 32, dtype: str = "float16", best: bool = False) -> dict:
+def precompute(
+    teacher_dir: str | Path,
+    out_dir: str | Path,
+    k: int,
+    data: str | None = None,
+    context: int = 0,
+    stride: int = 0,
+    batch_size: int = 32,
+    dtype: str = "float16",
+    best: bool = False,
+) -> dict:
     """Write the teacher's top-k logits over the training split of ``data`` (default: the teacher's own) to ``out_dir``."""
     if dtype not in ("float16", "float32"):
         raise ConfigError(f"--dtype must be float16 or float32, got {dtype!r}.")
     teacher = load_run(teacher_dir, best=best)
     if teacher.cfg.data.task.name:
-        raise DataError(f"The teacher {teacher_dir} was trained on a generated task, which has no text to distill on; pass a teacher trained on text (data.path).")
+        raise DataError(
+            f"The teacher {teacher_dir} was trained on a generated task, which has no text to distill on; pass a teacher trained on text (data.path)."
+        )
     dataset = load_dataset(replace(teacher.cfg, **{"data.path": data}).data if data else teacher.cfg.data)
     vocab = teacher.cfg.model.vocab_size
     check_same_vocabulary(str(teacher_dir), tokenizer_identity(teacher.tokenizer), vocab, dataset.tokenizer, vocab)
@@ -134,9 +156,17 @@ def precompute(teacher_dir: str | Path, out_dir: str | Path, k: int, data: str |
     np.save(out / "values.npy", values)
     np.save(out / "indices.npy", indices)
     meta = {
-        "teacher": str(Path(teacher_dir).resolve()), "teacher_step": teacher.step, "top_k": k, "context": context, "stride": stride,
-        "vocab_size": vocab, "dtype": dtype, "n_tokens": len(tokens), "tokens_sha256": tokens_digest(tokens),
-        "data_dir": str(dataset.data_dir), "tokenizer": tokenizer_identity(teacher.tokenizer),
+        "teacher": str(Path(teacher_dir).resolve()),
+        "teacher_step": teacher.step,
+        "top_k": k,
+        "context": context,
+        "stride": stride,
+        "vocab_size": vocab,
+        "dtype": dtype,
+        "n_tokens": len(tokens),
+        "tokens_sha256": tokens_digest(tokens),
+        "data_dir": str(dataset.data_dir),
+        "tokenizer": tokenizer_identity(teacher.tokenizer),
     }
     (out / META).write_text(json.dumps(meta, indent=1) + "\n")  # last: a directory with meta.json is complete
     return {"out": str(out), **meta, "bytes": int(values.nbytes + indices.nbytes)}
@@ -151,20 +181,28 @@ class TopkStore:
     meta: dict
 
 
-def open_store(path: str | Path, train_tokens: np.ndarray, tokenizer, vocab_size: int, teacher_dir: str | Path | None = None) -> TopkStore:
+def open_store(
+    path: str | Path, train_tokens: np.ndarray, tokenizer, vocab_size: int, teacher_dir: str | Path | None = None
+) -> TopkStore:
     """Open ``path``; check it was computed on exactly ``train_tokens``, in the student's vocabulary (and by ``teacher_dir``)."""
     path = Path(path)
     if not (path / META).is_file():
-        raise DataError(f"{path} is not a precomputed-logits directory (no {META}); write one with `slm distill precompute`.")
+        raise DataError(
+            f"{path} is not a precomputed-logits directory (no {META}); write one with `slm distill precompute`."
+        )
     meta = json.loads((path / META).read_text())
-    check_same_vocabulary(f"{meta['teacher']} (logits in {path})", meta["tokenizer"], meta["vocab_size"], tokenizer, vocab_size)
+    check_same_vocabulary(
+        f"{meta['teacher']} (logits in {path})", meta["tokenizer"], meta["vocab_size"], tokenizer, vocab_size
+    )
     if meta["n_tokens"] != len(train_tokens) or meta["tokens_sha256"] != tokens_digest(train_tokens):
         raise DataError(
             f"The teacher logits in {path} were computed on other training tokens than the student's data; "
             "re-run `slm distill precompute` with the student's data.path."
         )
     if teacher_dir and Path(teacher_dir).resolve() != Path(meta["teacher"]):
-        raise ConfigError(f"The teacher logits in {path} come from {meta['teacher']}, not {teacher_dir}; pass that teacher or re-run the precompute.")
+        raise ConfigError(
+            f"The teacher logits in {path} come from {meta['teacher']}, not {teacher_dir}; pass that teacher or re-run the precompute."
+        )
     values, indices = np.load(path / "values.npy", mmap_mode="r"), np.load(path / "indices.npy", mmap_mode="r")
     return TopkStore(values, indices, meta)
 
@@ -188,7 +226,11 @@ class TopkWindowBatches:
         first = w.process_index * w.local_batch
         offsets = w.offsets(int(index))[first : first + w.local_batch]
         rows = offsets[:, None] + np.arange(w.seq_len)  # [b, t]
-        return {"tokens": w[index], "values": np.asarray(self.store.values[rows]), "indices": np.asarray(self.store.indices[rows])}
+        return {
+            "tokens": w[index],
+            "values": np.asarray(self.store.values[rows]),
+            "indices": np.asarray(self.store.indices[rows]),
+        }
 
     def __repr__(self) -> str:  # stable: grain checkpoints validate sources by repr
         return f"TopkWindowBatches({self.windows!r}, store={self.store.meta['tokens_sha256'][:12]}:k={self.store.meta['top_k']})"

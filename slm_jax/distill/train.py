@@ -38,19 +38,33 @@ from slm_jax.training.step import init_state, make_eval_step, make_train_step
 from slm_jax.training.train import check_resumable, default_run_dir, with_data_vocab
 
 
-def distill(cfg: Config, teacher_dir: str | Path | None = None, run_dir: str | Path | None = None, *,
-            until_step: int | None = None, progress: bool = True) -> dict:
+def distill(
+    cfg: Config,
+    teacher_dir: str | Path | None = None,
+    run_dir: str | Path | None = None,
+    *,
+    until_step: int | None = None,
+    progress: bool = True,
+) -> dict:
     """Distill ``teacher_dir`` (default ``distill.teacher``) into the student ``cfg`` in ``run_dir``; return a summary."""
     kd = cfg.distill
     teacher_dir = str(teacher_dir or kd.teacher)
     if not teacher_dir and not kd.precomputed:
-        raise ConfigError("No teacher to distill from; pass --teacher RUN_DIR, or set distill.teacher or distill.precomputed.")
+        raise ConfigError(
+            "No teacher to distill from; pass --teacher RUN_DIR, or set distill.teacher or distill.precomputed."
+        )
     if cfg.train.parallel.strategy != "none":
-        raise ConfigError(f"slm distill runs on one device, but train.parallel.strategy is {cfg.train.parallel.strategy!r}; set it to none.")
+        raise ConfigError(
+            f"slm distill runs on one device, but train.parallel.strategy is {cfg.train.parallel.strategy!r}; set it to none."
+        )
     if cfg.train.init_from or cfg.train.curriculum:
-        raise ConfigError("slm distill starts the student from scratch and has no curriculum; clear train.init_from and train.curriculum.")
+        raise ConfigError(
+            "slm distill starts the student from scratch and has no curriculum; clear train.init_from and train.curriculum."
+        )
     if cfg.data.task.name:
-        raise ConfigError(f"Distillation trains on text, but data.task.name is {cfg.data.task.name!r}; set data.path to a text corpus.")
+        raise ConfigError(
+            f"Distillation trains on text, but data.task.name is {cfg.data.task.name!r}; set data.path to a text corpus."
+        )
 
     run_dir = Path(run_dir) if run_dir else default_run_dir(cfg)
     with run_lock(run_dir):  # one writer per run directory (training/run_lock.py)
@@ -68,11 +82,26 @@ def _distill_locked(cfg: Config, teacher_dir: str, run_dir: Path, until_step: in
     if kd.precomputed:  # the stored logits carry the teacher's vocabulary; its parameters are not needed
         store = open_store(kd.precomputed, data.train, data.tokenizer, cfg.model.vocab_size, teacher_dir)
         if kd.top_k > store.meta["top_k"]:
-            raise ConfigError(f"distill.top_k is {kd.top_k} but {kd.precomputed} stores only the top {store.meta['top_k']}; lower distill.top_k or re-run the precompute.")
+            raise ConfigError(
+                f"distill.top_k is {kd.top_k} but {kd.precomputed} stores only the top {store.meta['top_k']}; lower distill.top_k or re-run the precompute."
+            )
     else:
         teacher = load_run(teacher_dir, best=kd.best)
-        check_same_vocabulary(teacher_dir, tokenizer_identity(teacher.tokenizer), teacher.cfg.model.vocab_size, data.tokenizer, cfg.model.vocab_size)
-    ckpt = Checkpointer(run_dir, cfg.checkpoint.every, cfg.checkpoint.keep, cfg.checkpoint.keep_best, cfg.checkpoint.async_save, owner=True)
+        check_same_vocabulary(
+            teacher_dir,
+            tokenizer_identity(teacher.tokenizer),
+            teacher.cfg.model.vocab_size,
+            data.tokenizer,
+            cfg.model.vocab_size,
+        )
+    ckpt = Checkpointer(
+        run_dir,
+        cfg.checkpoint.every,
+        cfg.checkpoint.keep,
+        cfg.checkpoint.keep_best,
+        cfg.checkpoint.async_save,
+        owner=True,
+    )
     check_resumable(run_dir, cfg, ckpt.latest_step() is not None)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
     save_tokenizer(data.tokenizer, run_dir / "tokenizer.json")
@@ -96,8 +125,11 @@ def _distill_locked(cfg: Config, teacher_dir: str, run_dir: Path, until_step: in
     if store is not None:
         windows = TopkWindowBatches(windows, store)
         k = store.meta["top_k"]
-        batch_spec = {"tokens": batch_spec, "values": jax.ShapeDtypeStruct((tc.batch_size, tc.seq_len, k), store.values.dtype),
-                      "indices": jax.ShapeDtypeStruct((tc.batch_size, tc.seq_len, k), np.int32)}
+        batch_spec = {
+            "tokens": batch_spec,
+            "values": jax.ShapeDtypeStruct((tc.batch_size, tc.seq_len, k), store.values.dtype),
+            "indices": jax.ShapeDtypeStruct((tc.batch_size, tc.seq_len, k), np.int32),
+        }
     batches = iter(grain.MapDataset.source(windows).to_iter_dataset(READ_OPTIONS))
     if data_state:
         batches.set_state(data_state)
@@ -107,7 +139,9 @@ def _distill_locked(cfg: Config, teacher_dir: str, run_dir: Path, until_step: in
     # ---------------------------------------------------------------- compile (timed apart)
     t0 = time.perf_counter()
     loss_fn = make_distill_loss_fn(model, teacher and teacher.model, kd.alpha, kd.temperature, kd.top_k)
-    step = jax.jit(make_train_step(model, optimizer, schedule, grad_accum=tc.grad_accum, loss_fn=loss_fn), donate_argnums=0)
+    step = jax.jit(
+        make_train_step(model, optimizer, schedule, grad_accum=tc.grad_accum, loss_fn=loss_fn), donate_argnums=0
+    )
     frozen = (teacher.params,) if teacher else ()  # an input of the step: never differentiated, never updated
     compiled = step.lower(state, batch_spec, *frozen).compile()
     step_fn = lambda state, batch: compiled(state, batch, *frozen)
@@ -120,5 +154,19 @@ def _distill_locked(cfg: Config, teacher_dir: str, run_dir: Path, until_step: in
         info["flops_per_token"] += accounting.forward_flops_per_token(teacher.cfg.model, tc.seq_len)
         info["teacher_params"] = accounting.param_count(teacher.cfg.model)
     info["compile_s"] = compile_s
-    return run_loop(cfg, run_dir, ckpt, state, step_fn, batches, eval_fn, {"": val_batches}, unit, info, par=par,
-                    until_step=until_step, progress=progress, extra_metrics=("ce", "kl"))
+    return run_loop(
+        cfg,
+        run_dir,
+        ckpt,
+        state,
+        step_fn,
+        batches,
+        eval_fn,
+        {"": val_batches},
+        unit,
+        info,
+        par=par,
+        until_step=until_step,
+        progress=progress,
+        extra_metrics=("ce", "kl"),
+    )

@@ -43,14 +43,20 @@ def onnx_steps(
         from slm_jax.export.onnx_graph import jaxpr_to_onnx
         from slm_jax.export.onnx_ops import UnsupportedPrimitive
     except ImportError as e:
-        raise ConfigError(f"ONNX export needs the onnx package ({e}); install it with `pip install -e '.[onnx]'`, or use --format stablehlo.") from None
+        raise ConfigError(
+            f"ONNX export needs the onnx package ({e}); install it with `pip install -e '.[onnx]'`, or use --format stablehlo."
+        ) from None
     inputs = [*weight_names, "tokens", "start", *(f"cache/{n}" for n in cache_names)]
     outputs = ["logits", *(f"new_cache/{n}" for n in cache_names)]
     spec = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)
     files = {}
     for name, t in (("prefill", prefill_chunk), ("decode", 1)):
-        closed = jax.make_jaxpr(step)([spec(a) for a in weights], jax.ShapeDtypeStruct((1, t), jnp.int32),
-                                      jax.ShapeDtypeStruct((), jnp.int32), [spec(a) for a in cache])
+        closed = jax.make_jaxpr(step)(
+            [spec(a) for a in weights],
+            jax.ShapeDtypeStruct((1, t), jnp.int32),
+            jax.ShapeDtypeStruct((), jnp.int32),
+            [spec(a) for a in cache],
+        )
         other = sorted(str(d) for d in _dtypes(closed.jaxpr) if jnp.issubdtype(d, jnp.floating) and d != jnp.float32)
         if other:
             raise ConfigError(
@@ -60,7 +66,9 @@ def onnx_steps(
         try:
             model = jaxpr_to_onnx(closed, inputs, outputs, name=f"slm_jax_{name}")
         except UnsupportedPrimitive as e:
-            raise ConfigError(f"ONNX export cannot translate the JAX operation {e} that this model uses; export it with --format stablehlo.") from None
+            raise ConfigError(
+                f"ONNX export cannot translate the JAX operation {e} that this model uses; export it with --format stablehlo."
+            ) from None
         onnx.checker.check_model(model)
         files[f"{name}.onnx"] = model.SerializeToString()
     return files

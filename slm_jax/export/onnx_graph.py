@@ -117,14 +117,22 @@ def _scan(g: Graph, eqn, ins: list[str]) -> list[str]:
         body_in.append(body.fresh("scan_unused"))
         in_avals.append(np.zeros((), np.int64))
     graph = helper.make_graph(
-        body.nodes, g.fresh("scan_body"),
+        body.nodes,
+        g.fresh("scan_body"),
         [value_info(n, a) for n, a in zip(body_in, in_avals)],
         [value_info(n, v.aval) for n, v in zip(outs, body_jaxpr.jaxpr.outvars)],
     )
     direction, n_ys = int(p["reverse"]), len(outs) - n_carry
     directions = {"scan_output_directions": [direction] * n_ys} if n_ys else {}  # (onnx cannot type an empty list)
-    return g.op_n("Scan", init + xs, len(outs), body=graph, num_scan_inputs=len(xs),
-                  scan_input_directions=[direction] * len(xs), **directions)
+    return g.op_n(
+        "Scan",
+        init + xs,
+        len(outs),
+        body=graph,
+        num_scan_inputs=len(xs),
+        scan_input_directions=[direction] * len(xs),
+        **directions,
+    )
 
 
 def jaxpr_to_onnx(closed, input_names: list[str], output_names: list[str], name: str = "slm_jax") -> onnx.ModelProto:
@@ -134,7 +142,8 @@ def jaxpr_to_onnx(closed, input_names: list[str], output_names: list[str], name:
     for out, final in zip(outs, output_names):
         g.nodes.append(helper.make_node("Identity", [out], [final]))
     graph = helper.make_graph(
-        g.nodes, name,
+        g.nodes,
+        name,
         [value_info(n, v.aval) for n, v in zip(input_names, closed.jaxpr.invars)],
         [value_info(n, v.aval) for n, v in zip(output_names, closed.jaxpr.outvars)],
     )

@@ -128,7 +128,9 @@ def _select_n(g, eqn, ins):
     if len(cases) == 1:
         return cases[0]
     dtype = np.dtype(_out(eqn).dtype)
-    wide = {np.dtype(np.bool_): TensorProto.UINT8}.get(dtype, TensorProto.INT32 if dtype in _NARROW_INTS - {np.dtype("uint8")} else None)
+    wide = {np.dtype(np.bool_): TensorProto.UINT8}.get(
+        dtype, TensorProto.INT32 if dtype in _NARROW_INTS - {np.dtype("uint8")} else None
+    )
     if wide is not None:
         cases = [g.op("Cast", [c], to=wide) for c in cases]
     if _in(eqn).dtype == np.bool_:
@@ -213,7 +215,10 @@ def _pad(g, eqn, ins):
         shape = [s + max(a, 0) + max(b, 0) for s, a, b in zip(shape, lo, hi)]
     cut = [i for i in range(len(shape)) if lo[i] < 0 or hi[i] < 0]
     if cut:
-        x = g.op("Slice", [x, g.int64([-min(lo[i], 0) for i in cut]), g.int64([shape[i] + min(hi[i], 0) for i in cut]), g.int64(cut)])
+        x = g.op(
+            "Slice",
+            [x, g.int64([-min(lo[i], 0) for i in cut]), g.int64([shape[i] + min(hi[i], 0) for i in cut]), g.int64(cut)],
+        )
     return x
 
 
@@ -290,12 +295,21 @@ def _gather(g, eqn, ins):
     dn, sizes = eqn.params["dimension_numbers"], eqn.params["slice_sizes"]
     src, idx = _in(eqn, 0).shape, _in(eqn, 1).shape
     axis = dn.start_index_map[0] if len(dn.start_index_map) == 1 else None
-    if (axis is None or tuple(dn.collapsed_slice_dims) != (axis,) or dn.operand_batching_dims or idx[-1] != 1
-            or any(sizes[d] != src[d] for d in range(len(src)) if d != axis)):
+    if (
+        axis is None
+        or tuple(dn.collapsed_slice_dims) != (axis,)
+        or dn.operand_batching_dims
+        or idx[-1] != 1
+        or any(sizes[d] != src[d] for d in range(len(src)) if d != axis)
+    ):
         raise UnsupportedPrimitive("gather (only whole slices along one axis are translated)")
     y = g.op("Gather", [ins[0], _reshape(g, ins[1], idx, idx[:-1])], axis=axis)
     n_batch, rest = len(idx) - 1, [d for d in range(len(src)) if d != axis]
-    onnx_order = [("slice", d) for d in range(axis)] + [("batch", i) for i in range(n_batch)] + [("slice", d) for d in rest[axis:]]
+    onnx_order = (
+        [("slice", d) for d in range(axis)]
+        + [("batch", i) for i in range(n_batch)]
+        + [("slice", d) for d in rest[axis:]]
+    )
     jax_order, batch = [None] * len(onnx_order), iter(range(n_batch))
     for pos, d in zip(dn.offset_dims, rest):
         jax_order[pos] = ("slice", d)
@@ -337,12 +351,37 @@ def _identity(g, eqn, ins):
 
 
 RULES: dict[str, Callable] = {
-    **{p: _elementwise(o) for p, o in {
-        "neg": "Neg", "exp": "Exp", "log": "Log", "tanh": "Tanh", "logistic": "Sigmoid", "sqrt": "Sqrt", "abs": "Abs",
-        "sin": "Sin", "cos": "Cos", "tan": "Tan", "erf": "Erf", "floor": "Floor", "ceil": "Ceil", "sign": "Sign",
-        "add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", "max": "Max", "min": "Min", "pow": "Pow",
-        "eq": "Equal", "lt": "Less", "le": "LessOrEqual", "gt": "Greater", "ge": "GreaterOrEqual",
-    }.items()},
+    **{
+        p: _elementwise(o)
+        for p, o in {
+            "neg": "Neg",
+            "exp": "Exp",
+            "log": "Log",
+            "tanh": "Tanh",
+            "logistic": "Sigmoid",
+            "sqrt": "Sqrt",
+            "abs": "Abs",
+            "sin": "Sin",
+            "cos": "Cos",
+            "tan": "Tan",
+            "erf": "Erf",
+            "floor": "Floor",
+            "ceil": "Ceil",
+            "sign": "Sign",
+            "add": "Add",
+            "sub": "Sub",
+            "mul": "Mul",
+            "div": "Div",
+            "max": "Max",
+            "min": "Min",
+            "pow": "Pow",
+            "eq": "Equal",
+            "lt": "Less",
+            "le": "LessOrEqual",
+            "gt": "Greater",
+            "ge": "GreaterOrEqual",
+        }.items()
+    },
     "rem": _elementwise("Mod", fmod=1),  # fmod=1: the sign of the dividend, as lax.rem
     "ne": lambda g, eqn, ins: g.op("Not", [_elementwise("Equal")(g, eqn, ins)]),
     "and": _logical("And", "BitwiseAnd"),

@@ -62,7 +62,9 @@ class Artifact:
         self.manifest = json.loads((d / "manifest.json").read_text())
         fmt = self.manifest.get("format")
         if fmt not in BACKENDS:
-            raise SystemExit(f"error: {d} holds format {fmt!r}, this runner reads {' and '.join(map(repr, BACKENDS))}; re-export it.")
+            raise SystemExit(
+                f"error: {d} holds format {fmt!r}, this runner reads {' and '.join(map(repr, BACKENDS))}; re-export it."
+            )
         self.max_len, self.chunk = self.manifest["max_len"], self.manifest["prefill_chunk"]
         self.weights = _load_flat(d / "weights.npz", self.manifest["weights"]["dtypes"])
         self.empty_cache = _load_flat(d / "cache.npz", self.manifest["cache"]["dtypes"])
@@ -80,15 +82,21 @@ class Artifact:
         cache, pos = self.empty_cache, 0
         n_full = len(prompt) // self.chunk * self.chunk
         for i in range(0, n_full, self.chunk):
-            logits, cache = self.prefill(self.weights, np.asarray([prompt[i : i + self.chunk]], np.int32), np.asarray(i, np.int32), cache)
+            logits, cache = self.prefill(
+                self.weights, np.asarray([prompt[i : i + self.chunk]], np.int32), np.asarray(i, np.int32), cache
+            )
         for pos in range(n_full, len(prompt)):
-            logits, cache = self.decode(self.weights, np.asarray([[prompt[pos]]], np.int32), np.asarray(pos, np.int32), cache)
+            logits, cache = self.decode(
+                self.weights, np.asarray([[prompt[pos]]], np.int32), np.asarray(pos, np.int32), cache
+            )
         new, seen = [], []
         for pos in range(len(prompt), len(prompt) + max_new_tokens):
             seen.append(np.asarray(logits[0]))
             new.append(int(np.argmax(seen[-1])))
             if pos < len(prompt) + max_new_tokens - 1:  # the last token needs no step
-                logits, cache = self.decode(self.weights, np.asarray([[new[-1]]], np.int32), np.asarray(pos, np.int32), cache)
+                logits, cache = self.decode(
+                    self.weights, np.asarray([[new[-1]]], np.int32), np.asarray(pos, np.int32), cache
+                )
         return new, seen
 
     def encode(self, text: str) -> list[int]:
@@ -99,9 +107,13 @@ class Artifact:
             index = {c: i for i, c in enumerate(self.tokenizer["chars"])}
             missing = [c for c in text if c not in index]
             if missing:
-                raise SystemExit(f"error: character {missing[0]!r} is not in the model's vocabulary; use characters of its training text.")
+                raise SystemExit(
+                    f"error: character {missing[0]!r} is not in the model's vocabulary; use characters of its training text."
+                )
             return [index[c] for c in text]
-        raise SystemExit("error: this runner reads only slm_jax's char and byte tokenizers; pass token ids with --ids instead.")
+        raise SystemExit(
+            "error: this runner reads only slm_jax's char and byte tokenizers; pass token ids with --ids instead."
+        )
 
     def decode_text(self, ids: list[int]) -> str:
         kind = (self.tokenizer or {}).get("type")

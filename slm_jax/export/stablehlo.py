@@ -59,10 +59,17 @@ def make_step(model: CausalLM, params_def: PyTree, cache_def: PyTree) -> Callabl
     return step
 
 
-def export_step(step: Callable, weights: list, cache: list, tokens: int, platforms: tuple[str, ...] = ("cpu",)) -> bytes:
+def export_step(
+    step: Callable, weights: list, cache: list, tokens: int, platforms: tuple[str, ...] = ("cpu",)
+) -> bytes:
     """Serialized ``jax.export`` of ``step`` at ``tokens`` tokens per call."""
     spec = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)
-    args = ([spec(a) for a in weights], jax.ShapeDtypeStruct((1, tokens), jnp.int32), jax.ShapeDtypeStruct((), jnp.int32), [spec(a) for a in cache])
+    args = (
+        [spec(a) for a in weights],
+        jax.ShapeDtypeStruct((1, tokens), jnp.int32),
+        jax.ShapeDtypeStruct((), jnp.int32),
+        [spec(a) for a in cache],
+    )
     return jax.export.export(jax.jit(step), platforms=platforms)(*args).serialize()
 
 
@@ -82,7 +89,12 @@ def _path(key_path) -> str:
 
 
 def export_run(
-    run_dir: str | Path, out_dir: str | Path, fmt: str = "stablehlo", max_len: int = 256, prefill_chunk: int = 16, best: bool = False
+    run_dir: str | Path,
+    out_dir: str | Path,
+    fmt: str = "stablehlo",
+    max_len: int = 256,
+    prefill_chunk: int = 16,
+    best: bool = False,
 ) -> dict:
     """Export the latest (or best) checkpoint of ``run_dir`` to the new directory ``out_dir``; returns the manifest."""
     from slm_jax.inference.run import load_run
@@ -91,7 +103,9 @@ def export_run(
     if fmt not in FORMATS:
         raise ConfigError(f"Export format {fmt!r} is not supported; use --format stablehlo or --format onnx.")
     if max_len <= 0 or not 0 < prefill_chunk <= max_len:
-        raise ConfigError(f"--max-len must be positive and --prefill-chunk in [1, max-len], got {max_len} and {prefill_chunk}.")
+        raise ConfigError(
+            f"--max-len must be positive and --prefill-chunk in [1, max-len], got {max_len} and {prefill_chunk}."
+        )
     if (out_dir / "manifest.json").exists():
         raise CheckpointError(f"{out_dir} already holds an export (manifest.json); pass a new output directory.")
     run = load_run(run_dir, best=best)
@@ -104,9 +118,19 @@ def export_run(
     if fmt == "onnx":
         from slm_jax.export.onnx_export import onnx_steps
 
-        files = onnx_steps(step, weights, cache_list, prefill_chunk, [_path(p) for p, _ in weight_leaves], [_path(p) for p, _ in cache_leaves])
+        files = onnx_steps(
+            step,
+            weights,
+            cache_list,
+            prefill_chunk,
+            [_path(p) for p, _ in weight_leaves],
+            [_path(p) for p, _ in cache_leaves],
+        )
     else:
-        files = {f"{name}.jax_export": export_step(step, weights, cache_list, t) for name, t in (("prefill", prefill_chunk), ("decode", 1))}
+        files = {
+            f"{name}.jax_export": export_step(step, weights, cache_list, t)
+            for name, t in (("prefill", prefill_chunk), ("decode", 1))
+        }
 
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, data in files.items():
@@ -127,8 +151,14 @@ def export_run(
         "prefill_chunk": prefill_chunk,
         "batch": 1,
         "tokenizer": tokenizer,
-        "weights": {"paths": [_path(p) for p, _ in weight_leaves], "dtypes": _save_flat(out_dir / "weights.npz", weights)},
-        "cache": {"paths": [_path(p) for p, _ in cache_leaves], "dtypes": _save_flat(out_dir / "cache.npz", cache_list)},
+        "weights": {
+            "paths": [_path(p) for p, _ in weight_leaves],
+            "dtypes": _save_flat(out_dir / "weights.npz", weights),
+        },
+        "cache": {
+            "paths": [_path(p) for p, _ in cache_leaves],
+            "dtypes": _save_flat(out_dir / "cache.npz", cache_list),
+        },
         "cache_bytes": cache_bytes(cache),
         "constant_memory": cache_bytes(run.model.init_cache(1, 2 * max_len)) == cache_bytes(cache),
         "jax_version": jax.__version__,

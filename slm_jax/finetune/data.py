@@ -22,7 +22,9 @@ def read_jsonl(path: str | Path) -> list[dict[str, str]]:
     """The examples of a prompt/completion JSONL file, checked line by line."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"Fine-tuning data {str(path)!r} does not exist; pass a JSONL file of {{\"prompt\": ..., \"completion\": ...}} lines.")
+        raise DataError(
+            f'Fine-tuning data {str(path)!r} does not exist; pass a JSONL file of {{"prompt": ..., "completion": ...}} lines.'
+        )
     examples = []
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -30,14 +32,22 @@ def read_jsonl(path: str | Path) -> list[dict[str, str]]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
-            raise DataError(f"Line {n} of {path} is not valid JSON; write one {{\"prompt\": ..., \"completion\": ...}} object per line.") from None
-        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not isinstance(row.get("completion"), str):
-            raise DataError(f"Line {n} of {path} lacks a string \"prompt\" or \"completion\" field; give both on every line.")
+            raise DataError(
+                f'Line {n} of {path} is not valid JSON; write one {{"prompt": ..., "completion": ...}} object per line.'
+            ) from None
+        if (
+            not isinstance(row, dict)
+            or not isinstance(row.get("prompt"), str)
+            or not isinstance(row.get("completion"), str)
+        ):
+            raise DataError(
+                f'Line {n} of {path} lacks a string "prompt" or "completion" field; give both on every line.'
+            )
         if not row["prompt"] or not row["completion"]:
             raise DataError(f"Line {n} of {path} has an empty prompt or completion; every example needs text in both.")
         examples.append({"prompt": row["prompt"], "completion": row["completion"]})
     if not examples:
-        raise DataError(f"{path} holds no examples; add {{\"prompt\": ..., \"completion\": ...}} lines.")
+        raise DataError(f'{path} holds no examples; add {{"prompt": ..., "completion": ...}} lines.')
     return examples
 
 
@@ -47,7 +57,9 @@ def encode_examples(examples: list[dict[str, str]], tokenizer: Any, max_len: int
     ``t`` is the longest example's token count minus one; ``max_len`` > 0 refuses longer ones.
     """
     if tokenizer is None:
-        raise DataError("This run has no tokenizer (it was trained on a generated task), so text cannot be encoded; fine-tune a text run.")
+        raise DataError(
+            "This run has no tokenizer (it was trained on a generated task), so text cannot be encoded; fine-tune a text run."
+        )
     rows = []
     for i, ex in enumerate(examples):
         try:
@@ -57,7 +69,9 @@ def encode_examples(examples: list[dict[str, str]], tokenizer: Any, max_len: int
         rows.append((np.asarray(prompt, np.int32), np.asarray(completion, np.int32)))
     t = max(len(p) + len(c) for p, c in rows) - 1
     if max_len and t > max_len:
-        raise DataError(f"The longest example has {t + 1} tokens, more than --max-len {max_len}; shorten it or raise --max-len.")
+        raise DataError(
+            f"The longest example has {t + 1} tokens, more than --max-len {max_len}; shorten it or raise --max-len."
+        )
     inputs = np.zeros((len(rows), t), np.int32)
     targets = np.full((len(rows), t), -1, np.int32)
     for i, (p, c) in enumerate(rows):

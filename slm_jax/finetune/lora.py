@@ -53,7 +53,9 @@ class LoraSpec:
         try:
             re.compile(self.targets)
         except re.error as e:
-            raise ConfigError(f"--targets {self.targets!r} is not a valid regular expression ({e}); fix the pattern.") from None
+            raise ConfigError(
+                f"--targets {self.targets!r} is not a valid regular expression ({e}); fix the pattern."
+            ) from None
 
     @property
     def scale(self) -> float:
@@ -65,7 +67,9 @@ def target_paths(cfg: ModelConfig, spec: LoraSpec) -> list[str]:
     from slm_jax.quant.params import linear_paths
 
     if cfg.quant.bits:
-        raise ConfigError("LoRA needs float base weights, and this run is quantized; fine-tune the float run it was made from.")
+        raise ConfigError(
+            "LoRA needs float base weights, and this run is quantized; fine-tune the float run it was made from."
+        )
     available = sorted("/".join(p) for p in linear_paths(cfg))
     chosen = [p for p in available if re.search(spec.targets, p)]
     if not chosen:
@@ -99,7 +103,9 @@ def delta(adapter: dict[str, Array], scale: float, keep: Array | None = None) ->
     return scale * jnp.einsum("...ir,...rf->...if", a, adapter["b"])
 
 
-def merge(params: PyTree, adapters: dict[str, dict[str, Array]], spec: LoraSpec, dropout_key: Array | None = None) -> PyTree:
+def merge(
+    params: PyTree, adapters: dict[str, dict[str, Array]], spec: LoraSpec, dropout_key: Array | None = None
+) -> PyTree:
     """``params`` ({"params": ...}) with W + (alpha / r) A B at every adapter path (module docstring).
 
     With ``dropout_key`` and ``spec.dropout > 0`` the update's input rows are dropped (training);
@@ -126,7 +132,9 @@ def merge(params: PyTree, adapters: dict[str, dict[str, Array]], spec: LoraSpec,
     return {**params, "params": walk(params["params"], "")}
 
 
-def apply_unmerged(model, params: PyTree, adapters: dict[str, dict[str, Array]], spec: LoraSpec, tokens: Array) -> Array:
+def apply_unmerged(
+    model, params: PyTree, adapters: dict[str, dict[str, Array]], spec: LoraSpec, tokens: Array
+) -> Array:
     """Logits f32[b, t, v] by the LoRA definition, y = x W + (alpha / r) (x A) B, with W untouched.
 
     Each targeted ``Linear`` gets the side branch through ``nn.intercept_methods``: the

@@ -97,13 +97,21 @@ def make_step(model, optimizer: optax.GradientTransformation, combine):
         (_, metrics), grads = jax.value_and_grad(loss, has_aux=True)(state["params"])
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
         return {"params": optax.apply_updates(state["params"], updates), "opt_state": opt_state}, {
-            **metrics, "grad_norm": optax.tree.norm(grads)}
+            **metrics,
+            "grad_norm": optax.tree.norm(grads),
+        }
 
     return step
 
 
-def finetune(run_dir: str | Path, data_path: str | Path, out_dir: str | Path, options: FinetuneOptions,
-             eval_data: str | Path | None = None, log=print) -> dict:
+def finetune(
+    run_dir: str | Path,
+    data_path: str | Path,
+    out_dir: str | Path,
+    options: FinetuneOptions,
+    eval_data: str | Path | None = None,
+    log=print,
+) -> dict:
     """Fine-tune the run in ``run_dir`` on ``data_path`` (JSONL) into ``out_dir``; return a summary (module docstring).
 
     ``out_dir`` is locked while this runs (training/run_lock.py): a second fine-tune into it stops at once.
@@ -115,12 +123,20 @@ def finetune(run_dir: str | Path, data_path: str | Path, out_dir: str | Path, op
         return _finetune_locked(run_dir, data_path, out_dir, options, eval_data, log)
 
 
-def _finetune_locked(run_dir: str | Path, data_path: str | Path, out_dir: Path, options: FinetuneOptions,
-                     eval_data: str | Path | None, log) -> dict:
+def _finetune_locked(
+    run_dir: str | Path,
+    data_path: str | Path,
+    out_dir: Path,
+    options: FinetuneOptions,
+    eval_data: str | Path | None,
+    log,
+) -> dict:
     """The body of :func:`finetune`, run while holding the lock of ``out_dir``."""
     run = load_run(run_dir, best=options.best)
     if run.cfg.model.quant.bits:
-        raise ConfigError(f"{run_dir} is quantized (int{run.cfg.model.quant.bits}); fine-tune the float run it was made from.")
+        raise ConfigError(
+            f"{run_dir} is quantized (int{run.cfg.model.quant.bits}); fine-tune the float run it was made from."
+        )
     train_set = ft_data.encode_examples(ft_data.read_jsonl(data_path), run.tokenizer, options.max_len)
     eval_set = ft_data.encode_examples(ft_data.read_jsonl(eval_data), run.tokenizer) if eval_data else None
 
@@ -132,15 +148,29 @@ def _finetune_locked(run_dir: str | Path, data_path: str | Path, out_dir: Path, 
     else:
         paths, trainable = [], run.params
         combine = lambda base, params, key: params
-    optim_cfg = dataclasses.replace(run.cfg.optim, lr=options.lr, min_lr=options.lr / 10, schedule="cosine",
-                                    warmup_steps=options.warmup_steps, weight_decay=options.weight_decay, frozen=())
+    optim_cfg = dataclasses.replace(
+        run.cfg.optim,
+        lr=options.lr,
+        min_lr=options.lr / 10,
+        schedule="cosine",
+        warmup_steps=options.warmup_steps,
+        weight_decay=options.weight_decay,
+        frozen=(),
+    )
     optimizer, _ = make_optimizer(optim_cfg, options.steps, trainable)
     step_fn = jax.jit(make_step(run.model, optimizer, combine), donate_argnums=0)
     state = {"params": trainable, "opt_state": optimizer.init(trainable)}
     n_trainable, n_total = lora.count_params(trainable), lora.count_params(run.params)
-    summary = {"base_run": str(Path(run_dir).absolute()), "base_step": run.step, "method": "lora" if spec else "full",
-               "trainable_params": n_trainable, "base_params": n_total, "trainable_fraction": n_trainable / n_total,
-               "train_examples": len(train_set["inputs"]), "steps": options.steps}
+    summary = {
+        "base_run": str(Path(run_dir).absolute()),
+        "base_step": run.step,
+        "method": "lora" if spec else "full",
+        "trainable_params": n_trainable,
+        "base_params": n_total,
+        "trainable_fraction": n_trainable / n_total,
+        "train_examples": len(train_set["inputs"]),
+        "steps": options.steps,
+    }
     if spec is not None:
         summary["lora"] = {**dataclasses.asdict(spec), "target_paths": paths}
     if eval_set is not None:
@@ -174,8 +204,13 @@ def save_adapters(out_dir: Path, adapters: dict, spec: lora.LoraSpec, summary: d
     """``adapter.safetensors`` (float32 A and B) and ``adapter.json`` (settings, base run path and step)."""
     tensors = {k: np.asarray(v, np.float32) for k, v in lora.to_flat(jax.device_get(adapters)).items()}
     write_safetensors(out_dir / ADAPTER_FILE, tensors, {"format": "slm_jax-lora"})
-    meta = {"base_run": summary["base_run"], "base_step": summary["base_step"], **dataclasses.asdict(spec),
-            "target_paths": sorted(adapters), "trainable_params": summary["trainable_params"]}
+    meta = {
+        "base_run": summary["base_run"],
+        "base_step": summary["base_step"],
+        **dataclasses.asdict(spec),
+        "target_paths": sorted(adapters),
+        "trainable_params": summary["trainable_params"],
+    }
     (out_dir / ADAPTER_META).write_text(json.dumps(meta, indent=1))
 
 
@@ -183,7 +218,9 @@ def load_adapters(adapter_dir: str | Path) -> tuple[dict, lora.LoraSpec, dict]:
     """(adapters, spec, metadata) saved by ``save_adapters``."""
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / ADAPTER_META).is_file() or not (adapter_dir / ADAPTER_FILE).is_file():
-        raise CheckpointError(f"{adapter_dir} has no {ADAPTER_META} and {ADAPTER_FILE}; pass the --out directory of `slm finetune --lora`.")
+        raise CheckpointError(
+            f"{adapter_dir} has no {ADAPTER_META} and {ADAPTER_FILE}; pass the --out directory of `slm finetune --lora`."
+        )
     meta = json.loads((adapter_dir / ADAPTER_META).read_text())
     spec = lora.LoraSpec(rank=meta["rank"], alpha=meta["alpha"], dropout=meta["dropout"], targets=meta["targets"])
     return lora.from_flat(read_safetensors(adapter_dir / ADAPTER_FILE)), spec, meta
@@ -201,7 +238,9 @@ def merge_adapters(adapter_dir: str | Path, out_dir: str | Path, base_run: str |
     if (out_dir / "checkpoints").exists() or (out_dir / "config.yaml").exists():
         raise CheckpointError(f"{out_dir} already holds a run; pass a new --out directory.")
     if not base.is_dir():
-        raise CheckpointError(f"The base run {str(base)!r} of these adapters does not exist; pass its new location with --base.")
+        raise CheckpointError(
+            f"The base run {str(base)!r} of these adapters does not exist; pass its new location with --base."
+        )
     cfg = config_from_dict(read_run_config(base))
     params, step = _params_at(base, cfg, meta["base_step"])
     _check_adapters_fit(params, adapters, base)
@@ -218,7 +257,9 @@ def _params_at(base: Path, cfg: Config, step: int) -> tuple[PyTree, int]:
             continue
         if got == step:
             return params, got
-    raise CheckpointError(f"{base} has no checkpoint at step {step}, the step the adapters were trained from; pass the matching base run with --base.")
+    raise CheckpointError(
+        f"{base} has no checkpoint at step {step}, the step the adapters were trained from; pass the matching base run with --base."
+    )
 
 
 def _check_adapters_fit(params: PyTree, adapters: dict, base: Path) -> None:
@@ -226,9 +267,13 @@ def _check_adapters_fit(params: PyTree, adapters: dict, base: Path) -> None:
         try:
             w = lora.kernel_at(params, path)
         except KeyError:
-            raise CheckpointError(f"The base run {base} has no projection {path}; these adapters belong to another model.") from None
+            raise CheckpointError(
+                f"The base run {base} has no projection {path}; these adapters belong to another model."
+            ) from None
         if ab["a"].shape[:-1] != w.shape[:-1] or ab["b"].shape[-1] != w.shape[-1]:
-            raise CheckpointError(f"Adapter {path} has shapes {ab['a'].shape} x {ab['b'].shape} but the base kernel is {w.shape}; these adapters belong to another model.")
+            raise CheckpointError(
+                f"Adapter {path} has shapes {ab['a'].shape} x {ab['b'].shape} but the base kernel is {w.shape}; these adapters belong to another model."
+            )
 
 
 def write_run_dir(out_dir: Path, cfg: Config, params: PyTree, step: int, source: Path) -> None:
@@ -239,8 +284,12 @@ def write_run_dir(out_dir: Path, cfg: Config, params: PyTree, step: int, source:
         if (source / name).is_file():
             shutil.copyfile(source / name, out_dir / name)
     optimizer, _ = make_optimizer(cfg.optim, cfg.train.steps, params)
-    state = {"params": params, "opt_state": optimizer.init(params), "step": jnp.asarray(step, jnp.int32),
-             "rng": jax.random.key_data(jax.random.key(cfg.train.seed))}
+    state = {
+        "params": params,
+        "opt_state": optimizer.init(params),
+        "step": jnp.asarray(step, jnp.int32),
+        "rng": jax.random.key_data(jax.random.key(cfg.train.seed)),
+    }
     ck = cfg.checkpoint
     with Checkpointer(out_dir, ck.every, ck.keep, keep_best=False, async_save=False) as ckpt:
         ckpt.save(step, jax.device_get(state), {}, to_dict(cfg), force=True)

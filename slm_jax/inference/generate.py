@@ -67,11 +67,30 @@ def generate(
         raise ConfigError("Sampling needs temperature >= 0, top_k >= 0 and 0 < top_p <= 1.")
     if chunk is not None and chunk < 0:
         raise ConfigError(f"--chunk must be positive (or 0 for one loop over all new tokens), got {chunk}.")
-    return _stream(model, params, prompt, max_new_tokens, seed, temperature, top_k, top_p, min(chunk or max_new_tokens, max_new_tokens))
+    return _stream(
+        model,
+        params,
+        prompt,
+        max_new_tokens,
+        seed,
+        temperature,
+        top_k,
+        top_p,
+        min(chunk or max_new_tokens, max_new_tokens),
+    )
 
 
-def _stream(model: nn.Module, params: PyTree, prompt: np.ndarray, max_new_tokens: int, seed: int, temperature: float,
-            top_k: int, top_p: float, chunk: int) -> Iterator[np.ndarray]:
+def _stream(
+    model: nn.Module,
+    params: PyTree,
+    prompt: np.ndarray,
+    max_new_tokens: int,
+    seed: int,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    chunk: int,
+) -> Iterator[np.ndarray]:
     """The prefill, then one compiled decode loop per ``chunk`` tokens (arguments checked by ``generate``)."""
     b, t = prompt.shape
     cache = model.init_cache(b, t + max_new_tokens + chunk)  # + chunk: the last chunk may overrun

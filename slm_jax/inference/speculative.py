@@ -84,12 +84,27 @@ def _feed(model: nn.Module, params: PyTree, cache: PyTree, tokens: Array, start:
 @partial(jax.jit, static_argnums=(0, 2))
 def advance(target, target_params, draft, draft_params, target_cache, draft_cache, tokens, start):
     """Both caches after tokens i32[b, n] at positions start..: the prompt, or a rollback's re-run."""
-    return _feed(target, target_params, target_cache, tokens, start), _feed(draft, draft_params, draft_cache, tokens, start)
+    return _feed(target, target_params, target_cache, tokens, start), _feed(
+        draft, draft_params, draft_cache, tokens, start
+    )
 
 
 @partial(jax.jit, static_argnums=(0, 2, 9, 10, 11, 12))
-def speculate(target, target_params, draft, draft_params, target_cache, draft_cache, last, position, key,
-              k, temperature, top_k, top_p):
+def speculate(
+    target,
+    target_params,
+    draft,
+    draft_params,
+    target_cache,
+    draft_cache,
+    last,
+    position,
+    key,
+    k,
+    temperature,
+    top_k,
+    top_p,
+):
     """One round from caches holding everything before ``last`` i32[b] (at ``position``).
 
     Returns (fed i32[b, K+1] = [last, d_1..d_K], accepted i32[b], out i32[b, K+1], target_cache,

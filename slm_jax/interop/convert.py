@@ -47,7 +47,9 @@ SOURCE_FILE = "hf_source.json"
 
 def _family(name: str, where: str) -> ModuleType:
     if name not in FAMILIES:
-        raise CheckpointError(f"{where}: model_type {name!r} is not supported; supported families: {', '.join(FAMILIES)}.")
+        raise CheckpointError(
+            f"{where}: model_type {name!r} is not supported; supported families: {', '.join(FAMILIES)}."
+        )
     return FAMILIES[name]
 
 
@@ -75,7 +77,9 @@ def _check_tree(cfg: Config, params: dict) -> None:
     wanted = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, 1), np.int32)))
     shape = lambda t: jax.tree.map(lambda a: tuple(a.shape), t)
     if jax.tree.structure(shape(wanted)) != jax.tree.structure(shape(params)) or shape(wanted) != shape(params):
-        raise CheckpointError("The converted parameters do not match the model's tree; this is a converter bug, please report it.")
+        raise CheckpointError(
+            "The converted parameters do not match the model's tree; this is a converter bug, please report it."
+        )
 
 
 def initial_state(cfg: Config, params: dict) -> dict:
@@ -90,9 +94,16 @@ def initial_state(cfg: Config, params: dict) -> dict:
     optimizer, _ = make_optimizer(cfg.optim, tc.steps, params)
     abstract = jax.eval_shape(lambda: init_state(model, optimizer, tc.seed, tc.seq_len))
     _, run_key = jax.random.split(jax.random.key(tc.seed))  # the same run key as init_state
-    state = {"params": params, "opt_state": optimizer.init(params), "step": jax.numpy.zeros((), jax.numpy.int32), "rng": jax.random.key_data(run_key)}
+    state = {
+        "params": params,
+        "opt_state": optimizer.init(params),
+        "step": jax.numpy.zeros((), jax.numpy.int32),
+        "rng": jax.random.key_data(run_key),
+    }
     if jax.tree.structure(abstract) != jax.tree.structure(state):
-        raise CheckpointError("The imported train state does not match training/step.init_state; this is a converter bug, please report it.")
+        raise CheckpointError(
+            "The imported train state does not match training/step.init_state; this is a converter bug, please report it."
+        )
     return state
 
 
@@ -108,7 +119,11 @@ def from_hf(hf_dir: str | Path, run_dir: str | Path, name: str | None = None) ->
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
     raw = json.loads((hf_dir / "config.json").read_text())
-    source = {"model_type": raw["model_type"], "architectures": raw.get("architectures"), "source": str(hf_dir.absolute())}
+    source = {
+        "model_type": raw["model_type"],
+        "architectures": raw.get("architectures"),
+        "source": str(hf_dir.absolute()),
+    }
     (run_dir / SOURCE_FILE).write_text(json.dumps(source, indent=1))
     tokenizer = None
     if (hf_dir / TOKENIZER_FILE).is_file():
@@ -123,7 +138,9 @@ def from_hf(hf_dir: str | Path, run_dir: str | Path, name: str | None = None) ->
         "family": raw["model_type"],
         "params": n_params,
         "layer_pattern": list(cfg.model.pattern),
-        "tokenizer": repr(tokenizer) if tokenizer else "none (the source has no tokenizer.json; slm generate/eval need one)",
+        "tokenizer": repr(tokenizer)
+        if tokenizer
+        else "none (the source has no tokenizer.json; slm generate/eval need one)",
     }
 
 
@@ -161,7 +178,13 @@ def export_hf(cfg: Config, params: dict, family: str | None = None) -> tuple[dic
     return module.config_to_hf(m, family), module.params_to_hf(jax.device_get(params), m, family)
 
 
-def to_hf(run_dir: str | Path, hf_dir: str | Path, family: str | None = None, best: bool = False, max_shard_bytes: int = 2 * 2**30) -> dict:
+def to_hf(
+    run_dir: str | Path,
+    hf_dir: str | Path,
+    family: str | None = None,
+    best: bool = False,
+    max_shard_bytes: int = 2 * 2**30,
+) -> dict:
     """Export a run's latest (or best) checkpoint as a Hugging Face model directory; returns a summary."""
     from slm_jax.inference.run import restore_params
     from slm_jax.training.checkpoint import read_run_config
@@ -178,4 +201,10 @@ def to_hf(run_dir: str | Path, hf_dir: str | Path, family: str | None = None, be
     files = write_checkpoint(hf_dir, tensors, max_shard_bytes)
     (hf_dir / "config.json").write_text(json.dumps(hf_config, indent=2))
     has_tokenizer = export_run_tokenizer(run_dir, hf_dir)
-    return {"hf_dir": str(hf_dir), "family": hf_config["model_type"], "step": step, "files": files, "tokenizer": has_tokenizer}
+    return {
+        "hf_dir": str(hf_dir),
+        "family": hf_config["model_type"],
+        "step": step,
+        "files": files,
+        "tokenizer": has_tokenizer,
+    }

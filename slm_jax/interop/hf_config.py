@@ -20,19 +20,68 @@ _REQUIRED = object()
 # Fields that never change the forward pass in float32 inference: metadata, token ids,
 # training-time dropout and init, generation defaults, caching switches.
 INERT = {
-    "architectures", "model_type", "transformers_version", "torch_dtype", "dtype", "bos_token_id",
-    "eos_token_id", "pad_token_id", "sep_token_id", "decoder_start_token_id", "use_cache",
-    "initializer_range", "max_position_embeddings", "attention_dropout", "hidden_dropout",
-    "resid_pdrop", "embd_pdrop", "output_attentions", "output_hidden_states", "return_dict",
-    "id2label", "label2id", "problem_type", "tokenizer_class", "prefix", "task_specific_params",
-    "finetuning_task", "is_decoder", "is_encoder_decoder", "add_cross_attention", "tie_encoder_decoder",
-    "torchscript", "use_bfloat16", "pruned_heads", "chunk_size_feed_forward", "tf_legacy_loss",
-    "max_length", "min_length", "do_sample", "early_stopping", "num_beams", "num_beam_groups",
-    "diversity_penalty", "temperature", "top_k", "top_p", "typical_p", "repetition_penalty",
-    "length_penalty", "no_repeat_ngram_size", "encoder_no_repeat_ngram_size", "bad_words_ids",
-    "num_return_sequences", "output_scores", "return_dict_in_generate", "forced_bos_token_id",
-    "forced_eos_token_id", "remove_invalid_values", "exponential_decay_length_penalty",
-    "suppress_tokens", "begin_suppress_tokens", "cross_attention_hidden_size",
+    "architectures",
+    "model_type",
+    "transformers_version",
+    "torch_dtype",
+    "dtype",
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+    "sep_token_id",
+    "decoder_start_token_id",
+    "use_cache",
+    "initializer_range",
+    "max_position_embeddings",
+    "attention_dropout",
+    "hidden_dropout",
+    "resid_pdrop",
+    "embd_pdrop",
+    "output_attentions",
+    "output_hidden_states",
+    "return_dict",
+    "id2label",
+    "label2id",
+    "problem_type",
+    "tokenizer_class",
+    "prefix",
+    "task_specific_params",
+    "finetuning_task",
+    "is_decoder",
+    "is_encoder_decoder",
+    "add_cross_attention",
+    "tie_encoder_decoder",
+    "torchscript",
+    "use_bfloat16",
+    "pruned_heads",
+    "chunk_size_feed_forward",
+    "tf_legacy_loss",
+    "max_length",
+    "min_length",
+    "do_sample",
+    "early_stopping",
+    "num_beams",
+    "num_beam_groups",
+    "diversity_penalty",
+    "temperature",
+    "top_k",
+    "top_p",
+    "typical_p",
+    "repetition_penalty",
+    "length_penalty",
+    "no_repeat_ngram_size",
+    "encoder_no_repeat_ngram_size",
+    "bad_words_ids",
+    "num_return_sequences",
+    "output_scores",
+    "return_dict_in_generate",
+    "forced_bos_token_id",
+    "forced_eos_token_id",
+    "remove_invalid_values",
+    "exponential_decay_length_penalty",
+    "suppress_tokens",
+    "begin_suppress_tokens",
+    "cross_attention_hidden_size",
 }
 
 
@@ -54,7 +103,9 @@ class HFConfig:
         if key in self.raw:
             return self.raw[key]
         if default is _REQUIRED:
-            raise CheckpointError(f"{self.where} lacks the field {key!r}, which a {self.model_type} model needs; add it to config.json.")
+            raise CheckpointError(
+                f"{self.where} lacks the field {key!r}, which a {self.model_type} model needs; add it to config.json."
+            )
         return default
 
     def expect(self, key: str, allowed: tuple, default: Any, why: str = "") -> Any:
@@ -79,7 +130,9 @@ class HFConfig:
 
 
 def unsupported(c: HFConfig, key: str, value: Any, why: str) -> CheckpointError:
-    return CheckpointError(f"{c.where}: {key} = {json.dumps(value)[:80]} is not supported ({why}); nothing was converted.")
+    return CheckpointError(
+        f"{c.where}: {key} = {json.dumps(value)[:80]} is not supported ({why}); nothing was converted."
+    )
 
 
 def _special_floats(d: dict) -> Any:
@@ -91,7 +144,9 @@ def load_hf_config(directory: str | Path) -> HFConfig:
     """``HF_DIR/config.json`` as an ``HFConfig``; JSON only, never code (``auto_map`` is refused)."""
     path = Path(directory) / "config.json"
     if not path.is_file():
-        raise CheckpointError(f"{directory} has no config.json; pass a Hugging Face model directory (save_pretrained output).")
+        raise CheckpointError(
+            f"{directory} has no config.json; pass a Hugging Face model directory (save_pretrained output)."
+        )
     try:
         raw = json.loads(path.read_text(), object_hook=_special_floats)
     except json.JSONDecodeError as e:
@@ -123,12 +178,16 @@ def read_rope(c: HFConfig, default_fraction: float = 1.0) -> dict:
     params = dict(params)
     kind = params.pop("rope_type", params.pop("type", "default"))
     theta = float(params.pop("rope_theta", top_theta if top_theta is not None else 10000.0))
-    fraction = float(params.pop("partial_rotary_factor", top_fraction if top_fraction is not None else default_fraction))
+    fraction = float(
+        params.pop("partial_rotary_factor", top_fraction if top_fraction is not None else default_fraction)
+    )
     scaling: dict = {"kind": "none"}
     if kind == "linear":
         scaling = {"kind": "linear", "factor": float(params.pop("factor"))}
     elif kind == "llama3":
-        original = params.pop("original_max_position_embeddings", None) or c.get("original_max_position_embeddings", None)
+        original = params.pop("original_max_position_embeddings", None) or c.get(
+            "original_max_position_embeddings", None
+        )
         scaling = {
             "kind": "llama3",
             "factor": float(params.pop("factor")),
@@ -154,7 +213,9 @@ def write_rope(m) -> dict:
         params["factor"] = rs.factor
     if rs.kind == "llama3":
         params.update(
-            low_freq_factor=rs.low_freq_factor, high_freq_factor=rs.high_freq_factor, original_max_position_embeddings=rs.original_max_len
+            low_freq_factor=rs.low_freq_factor,
+            high_freq_factor=rs.high_freq_factor,
+            original_max_position_embeddings=rs.original_max_len,
         )
     return params
 
@@ -166,7 +227,9 @@ def read_mlp_activation(c: HFConfig, key: str, default: str, legacy_gelu_is_tanh
         return "swiglu"
     if act in ("gelu_pytorch_tanh", "gelu_new") or (legacy_gelu_is_tanh and act == "gelu"):
         return "geglu"  # the tanh approximation of GELU
-    raise unsupported(c, key, act, "implemented MLP activations: silu (SwiGLU) and the tanh approximation of GELU (GeGLU)")
+    raise unsupported(
+        c, key, act, "implemented MLP activations: silu (SwiGLU) and the tanh approximation of GELU (GeGLU)"
+    )
 
 
 def compress_pattern(layers: list[str]) -> list[str]:
@@ -184,7 +247,10 @@ def sliding_layers(c: HFConfig, n_layers: int) -> tuple[list[str], int]:
     first = c.get("max_window_layers", n_layers)
     types = c.get("layer_types", None)
     if types is None:  # transformers' rule when the file predates layer_types
-        types = ["sliding_attention" if use and window is not None and i >= first else "full_attention" for i in range(n_layers)]
+        types = [
+            "sliding_attention" if use and window is not None and i >= first else "full_attention"
+            for i in range(n_layers)
+        ]
     names = {"full_attention": "attention", "sliding_attention": "local_attention"}
     bad = [t for t in types if t not in names]
     if bad or len(types) != n_layers:
@@ -208,7 +274,6 @@ def bfloat16_round(x: float) -> float:
     import numpy as np
 
     return float(np.asarray(x, np.float32).astype(ml_dtypes.bfloat16).astype(np.float32))
-
 
 
 # --------------------------------------------------------------------------- export-side checks

@@ -29,7 +29,9 @@ def _tokenizers():
     try:
         import tokenizers
     except ImportError:
-        raise DataError("This run uses a Hugging Face tokenizer.json; install the tokenizers package (pip install tokenizers).") from None
+        raise DataError(
+            "This run uses a Hugging Face tokenizer.json; install the tokenizers package (pip install tokenizers)."
+        ) from None
     return tokenizers
 
 
@@ -79,7 +81,9 @@ def load_run_tokenizer(path: str | Path):
 
 def _byte_alphabet() -> list[str]:
     """GPT-2's printable stand-in for each byte value 0..255 (what a ByteLevel pre-tokenizer emits)."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    keep = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     out, extra = {}, 0
     for b in range(256):
         if b in keep:

@@ -34,7 +34,9 @@ class Tensors:
     def take(self, name: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
         """The tensor ``name`` as float32, checked against ``shape`` when given."""
         if name not in self._tensors:
-            raise CheckpointError(f"{self.where} has no tensor {name}, which its config.json implies; the checkpoint and config do not match.")
+            raise CheckpointError(
+                f"{self.where} has no tensor {name}, which its config.json implies; the checkpoint and config do not match."
+            )
         a = np.asarray(self._tensors[name], dtype=np.float32)
         if shape is not None and tuple(a.shape) != tuple(shape):
             raise CheckpointError(

@@ -22,9 +22,19 @@ from slm_jax.errors import CheckpointError
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 _DTYPES = {
-    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
-    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8,
-    "U64": np.uint64, "U32": np.uint32, "U16": np.uint16, "U8": np.uint8, "BOOL": np.bool_,
+    "F64": np.float64,
+    "F32": np.float32,
+    "F16": np.float16,
+    "BF16": ml_dtypes.bfloat16,
+    "I64": np.int64,
+    "I32": np.int32,
+    "I16": np.int16,
+    "I8": np.int8,
+    "U64": np.uint64,
+    "U32": np.uint32,
+    "U16": np.uint16,
+    "U8": np.uint8,
+    "BOOL": np.bool_,
 }
 _NAMES = {np.dtype(v): k for k, v in _DTYPES.items()}
 _MAX_HEADER = 100 * 2**20
@@ -39,23 +49,35 @@ def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
             raise CheckpointError(f"{path} is too short to be a safetensors file; re-save it with safetensors.")
         (n,) = struct.unpack("<Q", raw)
         if n > _MAX_HEADER:
-            raise CheckpointError(f"{path} has a {n}-byte header, so it is not a safetensors file; re-save it with safetensors.")
+            raise CheckpointError(
+                f"{path} has a {n}-byte header, so it is not a safetensors file; re-save it with safetensors."
+            )
         try:
             header = json.loads(f.read(n))
         except (json.JSONDecodeError, UnicodeDecodeError):
-            raise CheckpointError(f"{path} has no valid JSON header, so it is not a safetensors file; re-save it with safetensors.") from None
-    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n) if path.stat().st_size > 8 + n else np.zeros(0, np.uint8)
+            raise CheckpointError(
+                f"{path} has no valid JSON header, so it is not a safetensors file; re-save it with safetensors."
+            ) from None
+    data = (
+        np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n)
+        if path.stat().st_size > 8 + n
+        else np.zeros(0, np.uint8)
+    )
     out = {}
     for name, info in header.items():
         if name == "__metadata__":
             continue
         if info["dtype"] not in _DTYPES:
-            raise CheckpointError(f"Tensor {name} in {path} has dtype {info['dtype']}, which slm_jax cannot read; save it as F32, F16 or BF16.")
+            raise CheckpointError(
+                f"Tensor {name} in {path} has dtype {info['dtype']}, which slm_jax cannot read; save it as F32, F16 or BF16."
+            )
         begin, end = info["data_offsets"]
         dtype = np.dtype(_DTYPES[info["dtype"]])
         shape = tuple(info["shape"])
         if end - begin != dtype.itemsize * int(np.prod(shape, dtype=np.int64)):
-            raise CheckpointError(f"Tensor {name} in {path} has {end - begin} bytes for shape {shape}; the file is corrupt, re-download it.")
+            raise CheckpointError(
+                f"Tensor {name} in {path} has {end - begin} bytes for shape {shape}; the file is corrupt, re-download it."
+            )
         out[name] = data[begin:end].view(dtype).reshape(shape)
     return out
 
@@ -67,7 +89,9 @@ def write_safetensors(path: str | Path, tensors: dict[str, np.ndarray], metadata
     for name in sorted(tensors):
         a = np.ascontiguousarray(tensors[name])
         if a.dtype not in _NAMES:
-            raise CheckpointError(f"Tensor {name} has dtype {a.dtype}, which safetensors cannot store; cast it to float32.")
+            raise CheckpointError(
+                f"Tensor {name} has dtype {a.dtype}, which safetensors cannot store; cast it to float32."
+            )
         a = a.astype(a.dtype.newbyteorder("<"), copy=False)
         header[name] = {"dtype": _NAMES[a.dtype], "shape": list(a.shape), "data_offsets": [offset, offset + a.nbytes]}
         arrays.append(a)
@@ -98,11 +122,15 @@ def read_checkpoint(directory: str | Path) -> dict[str, np.ndarray]:
         out = {}
         for shard in sorted(set(weight_map.values())):
             if not (directory / shard).is_file():
-                raise CheckpointError(f"{index} names the shard {shard}, which is missing from {directory}; download it.")
+                raise CheckpointError(
+                    f"{index} names the shard {shard}, which is missing from {directory}; download it."
+                )
             out.update(read_safetensors(directory / shard))
         missing = sorted(set(weight_map) - set(out))
         if missing:
-            raise CheckpointError(f"{index} lists tensor {missing[0]} but no shard holds it; re-download the checkpoint.")
+            raise CheckpointError(
+                f"{index} lists tensor {missing[0]} but no shard holds it; re-download the checkpoint."
+            )
         return out
     if (directory / SINGLE_FILE).is_file():
         return read_safetensors(directory / SINGLE_FILE)
@@ -112,12 +140,17 @@ def read_checkpoint(directory: str | Path) -> dict[str, np.ndarray]:
     pickles = sorted(p.name for p in directory.glob("*.bin")) + sorted(p.name for p in directory.glob("*.pt*"))
     hint = (
         f" (it holds {pickles[0]}, a pickle, which slm_jax never loads; convert it with transformers' save_pretrained(safe_serialization=True))"
-        if pickles else ""
+        if pickles
+        else ""
     )
-    raise CheckpointError(f"{directory} has no {SINGLE_FILE} or {INDEX_FILE}{hint}; pass a directory with safetensors weights.")
+    raise CheckpointError(
+        f"{directory} has no {SINGLE_FILE} or {INDEX_FILE}{hint}; pass a directory with safetensors weights."
+    )
 
 
-def write_checkpoint(directory: str | Path, tensors: dict[str, np.ndarray], max_shard_bytes: int = 2 * 2**30) -> list[str]:
+def write_checkpoint(
+    directory: str | Path, tensors: dict[str, np.ndarray], max_shard_bytes: int = 2 * 2**30
+) -> list[str]:
     """Write tensors as ``model.safetensors``, or as shards plus an index when over ``max_shard_bytes``.
 
     Returns the file names written.

@@ -76,7 +76,9 @@ class Attention(nn.Module):
     def from_config(cls, cfg, options) -> "Attention":
         if options.window < 0 or (cls is LocalAttention and options.window == 0):
             kind = "a positive window" if cls is LocalAttention else ">= 0 (0 = global)"
-            raise ConfigError(f"The {cls.__name__} window must be {kind}, got {options.window}; set model.mixers.<name>.window.")
+            raise ConfigError(
+                f"The {cls.__name__} window must be {kind}, got {options.window}; set model.mixers.<name>.window."
+            )
         return cls(
             width=cfg.d_model,
             num_heads=cfg.n_heads,
@@ -105,7 +107,9 @@ class Attention(nn.Module):
         q, key, value = jnp.split(dense((h + 2 * k) * e, "qkv", self.qkv_bias)(x), [h * e, (h + k) * e], axis=-1)
         q, key = q.reshape(b, t, h, e), key.reshape(b, t, k, e)
         if self.qk_norm:
-            norm = lambda name: RMSNorm(self.norm_eps, self.norm_offset, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+            norm = lambda name: RMSNorm(
+                self.norm_eps, self.norm_offset, dtype=self.dtype, param_dtype=self.param_dtype, name=name
+            )
             q, key = norm("q_norm")(q), norm("k_norm")(key)
         rope = lambda a: apply_rope(a, positions, self.rope_theta, self.rotary_dim, self.rope_scaling)
         q = rope(q)
@@ -119,7 +123,9 @@ class Attention(nn.Module):
             # Decode: write the token in place, then attend over the slots. The slot it
             # overwrites in a ring buffer holds position p - window, already outside the window.
             cache = _write_slots(cache, key, value, positions)
-            out = attend(q, cache["k"].astype(self.dtype), cache["v"].astype(self.dtype), positions, cache["pos"], self.window)
+            out = attend(
+                q, cache["k"].astype(self.dtype), cache["v"].astype(self.dtype), positions, cache["pos"], self.window
+            )
         else:
             # Prefill: attend over [cached slots ; new tokens] first, since the new tokens may
             # overwrite ring slots that earlier queries of this chunk still see.
@@ -198,6 +204,7 @@ def _write_slots(cache: PyTree, key: Array, value: Array, positions: Array) -> P
     else:
         kept = min(t, n)  # with t > L only the newest L tokens can stay
         slots = (cache["end"] + (t - kept) + jnp.arange(kept)) % n
+
         def put(buf, new, axis):
             index = (slice(None),) * axis + (slots,)
             return buf.at[index].set(jax.lax.slice_in_dim(new, t - kept, t, axis=axis).astype(buf.dtype))

@@ -101,14 +101,18 @@ class BaseConv(nn.Module):
     def from_config(cls, cfg, options: BaseConvOptions) -> "BaseConv":
         m = options
         if m.kernel_size != -1 and m.kernel_size < 1:
-            raise ConfigError(f"model.mixers.baseconv.kernel_size must be -1 (long conv) or >= 1 (short conv), got {m.kernel_size}.")
+            raise ConfigError(
+                f"model.mixers.baseconv.kernel_size must be -1 (long conv) or >= 1 (short conv), got {m.kernel_size}."
+            )
         if m.max_len < 2:
             raise ConfigError(f"model.mixers.baseconv.max_len (long filter taps) must be >= 2, got {m.max_len}.")
         if m.pos_emb_dim < 3 or m.pos_emb_dim % 2 == 0:
             raise ConfigError(f"model.mixers.baseconv.pos_emb_dim must be odd and >= 3, got {m.pos_emb_dim}.")
         if m.filter_hidden < 1:
             raise ConfigError(f"model.mixers.baseconv.filter_hidden must be >= 1, got {m.filter_hidden}.")
-        return cls(width=cfg.d_model, **{k: getattr(m, k) for k in BaseConvOptions.__dataclass_fields__}, **module_fields(cfg))
+        return cls(
+            width=cfg.d_model, **{k: getattr(m, k) for k in BaseConvOptions.__dataclass_fields__}, **module_fields(cfg)
+        )
 
     @property
     def short(self) -> bool:
@@ -137,8 +141,12 @@ class BaseConv(nn.Module):
         del positions
         d, t = self.width, x.shape[1]
         gate = Linear(
-            d, use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype,
-            kernel_init=nn.initializers.normal(self.init_std), name="projection",
+            d,
+            use_bias=True,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=nn.initializers.normal(self.init_std),
+            name="projection",
         )(x).astype(_f32)
         u = x.astype(_f32)
         h = self._filter(self.taps if cache is not None else min(self.taps, t))
@@ -157,8 +165,11 @@ class BaseConv(nn.Module):
         if self.use_act:
             gate, conv = jax.nn.silu(gate), jax.nn.silu(conv)
         out = Linear(
-            d, dtype=self.dtype, param_dtype=self.param_dtype,
-            kernel_init=scaled_init(self.init_std, self.n_layers), name="out_proj",
+            d,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=scaled_init(self.init_std, self.n_layers),
+            name="out_proj",
         )((gate * conv).astype(self.dtype))
         return out, new_cache
 
@@ -168,7 +179,9 @@ class BaseConv(nn.Module):
         return {"history": jnp.zeros((batch, self.taps - 1, self.width), dtype)}
 
     def _implicit_params(self) -> int:
-        return linear_params(self.pos_emb_dim, self.filter_hidden, True) + linear_params(self.filter_hidden, self.width, True)
+        return linear_params(self.pos_emb_dim, self.filter_hidden, True) + linear_params(
+            self.filter_hidden, self.width, True
+        )
 
     def num_params(self) -> int:
         d = self.width
@@ -204,7 +217,9 @@ class BaseConv(nn.Module):
             hidden = jax.nn.relu(pe @ p["filter_in"]["kernel"] + p["filter_in"]["bias"])
             h = hidden @ p["filter_out"]["kernel"] + p["filter_out"]["bias"]
         padded = jnp.pad(x, ((0, 0), (s - 1, 0), (0, 0)))  # s - 1 zeros before the sequence
-        conv = jnp.stack([jnp.sum(h[::-1] * padded[:, i : i + s], axis=1) for i in range(t)], axis=1)  # sum_j h_j x_{i-j}
+        conv = jnp.stack(
+            [jnp.sum(h[::-1] * padded[:, i : i + s], axis=1) for i in range(t)], axis=1
+        )  # sum_j h_j x_{i-j}
         conv = conv + (p["conv_bias"] if self.short else x)
         gate = x @ p["projection"]["kernel"] + p["projection"]["bias"]
         if self.use_act:

@@ -134,7 +134,9 @@ class Based(nn.Module):
             new_cache = {"s": state[..., :dv], "z": state[..., dv]}
         else:
             new_cache = {"s": state}
-        y = dense(self.width, "out_proj", scaled_init(self.init_std, self.n_layers))(o.reshape(bsz, t, d).astype(self.dtype))
+        y = dense(self.width, "out_proj", scaled_init(self.init_std, self.n_layers))(
+            o.reshape(bsz, t, d).astype(self.dtype)
+        )
         return y, None if cache is None else new_cache
 
     def init_cache(self, batch: int, max_len: int, dtype: Any = jnp.float32) -> PyTree:

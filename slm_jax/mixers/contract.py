@@ -47,8 +47,13 @@ def module_fields(cfg) -> dict:
     """The constructor fields every mixer takes from ``ModelConfig`` alike, for ``from_config``:
     dtypes, init scale, depth (for the scaled output init) and ``parent=None`` (unbound: the
     Block that receives the mixer adopts it as "mixer")."""
-    return {"dtype": dtype_of(cfg.dtype), "param_dtype": dtype_of(cfg.param_dtype), "init_std": cfg.init_std,
-            "n_layers": cfg.n_layers, "parent": None}
+    return {
+        "dtype": dtype_of(cfg.dtype),
+        "param_dtype": dtype_of(cfg.param_dtype),
+        "init_std": cfg.init_std,
+        "n_layers": cfg.n_layers,
+        "parent": None,
+    }
 
 
 def state_bytes(mixer, batch: int, max_len: int, dtype: Any = np.float32) -> int:

@@ -94,7 +94,9 @@ class DeltaNet(nn.Module):
         m = options
         for key in ("n_heads", "head_dim"):
             if getattr(m, key) < 0:
-                raise ConfigError(f"model.mixers.deltanet.{key} must be >= 0 (0 takes it from the model), got {getattr(m, key)}.")
+                raise ConfigError(
+                    f"model.mixers.deltanet.{key} must be >= 0 (0 takes it from the model), got {getattr(m, key)}."
+                )
         for key in ("conv_width", "chunk_size"):
             if getattr(m, key) <= 0:
                 raise ConfigError(f"model.mixers.deltanet.{key} must be positive, got {getattr(m, key)}.")
@@ -125,8 +127,12 @@ class DeltaNet(nn.Module):
         )
         feats, new_cache = {}, {}
         for name in _QKV:
-            conv = CausalConv1D(w, self.conv_width, dtype=self.dtype, param_dtype=self.param_dtype, name=f"{name}_conv1d")
-            a, new_cache[f"{name}_conv"] = conv(dense(w, f"{name}_proj")(x), None if cache is None else cache[f"{name}_conv"])
+            conv = CausalConv1D(
+                w, self.conv_width, dtype=self.dtype, param_dtype=self.param_dtype, name=f"{name}_conv1d"
+            )
+            a, new_cache[f"{name}_conv"] = conv(
+                dense(w, f"{name}_proj")(x), None if cache is None else cache[f"{name}_conv"]
+            )
             feats[name] = jax.nn.silu(a).reshape(bsz, t, h, e)
         q, k, v = l2norm(feats["q"]) * e**-0.5, l2norm(feats["k"]), feats["v"]
         beta = jax.nn.sigmoid(dense(h, "b_proj")(x).astype(_f32))  # [b, t, h]

@@ -130,7 +130,9 @@ class GatedDeltaNet(nn.Module):
         m = options
         for key in ("n_heads", "n_v_heads", "head_dim", "v_head_dim"):
             if getattr(m, key) < 0:
-                raise ConfigError(f"model.mixers.gated_deltanet.{key} must be >= 0 (0 = the default), got {getattr(m, key)}.")
+                raise ConfigError(
+                    f"model.mixers.gated_deltanet.{key} must be >= 0 (0 = the default), got {getattr(m, key)}."
+                )
         for key in ("conv_width", "chunk_size"):
             if getattr(m, key) <= 0:
                 raise ConfigError(f"model.mixers.gated_deltanet.{key} must be positive, got {getattr(m, key)}.")
@@ -174,7 +176,9 @@ class GatedDeltaNet(nn.Module):
         z = dense(self.value_width, "in_proj_z")(x).reshape(bsz, t, nv, e)
         b_gate = dense(nv, "in_proj_b")(x).astype(_f32)
         a_gate = dense(nv, "in_proj_a")(x).astype(_f32)
-        conv = CausalConv1D(self.conv_channels, self.conv_width, dtype=self.dtype, param_dtype=self.param_dtype, name="conv1d")
+        conv = CausalConv1D(
+            self.conv_channels, self.conv_width, dtype=self.dtype, param_dtype=self.param_dtype, name="conv1d"
+        )
         qkv, conv_cache = conv(qkv, None if cache is None else cache["conv"])
         q, k, v = jnp.split(jax.nn.silu(qkv), [self.key_width, 2 * self.key_width], axis=-1)
         # Each key head serves nv / nk consecutive value heads: repeat it to the value heads.
@@ -187,11 +191,15 @@ class GatedDeltaNet(nn.Module):
         beta = jax.nn.sigmoid(b_gate)  # [b, t, h]
         log_alpha = -jnp.exp(a_log.astype(_f32)) * jax.nn.softplus(a_gate + dt_bias.astype(_f32))  # [b, t, h]
 
-        o, state = chunk_delta_rule(q, k, v, beta, log_alpha, None if cache is None else cache["state"], self.chunk_size)
+        o, state = chunk_delta_rule(
+            q, k, v, beta, log_alpha, None if cache is None else cache["state"], self.chunk_size
+        )
         # Gated RMSNorm, norm before gate (Qwen3-Next's RMSNormGated): rmsnorm(o) * scale * silu(z).
         o = RMSNorm(self.norm_eps, dtype=self.dtype, param_dtype=self.param_dtype, name="o_norm")(o)
         o = (o.astype(_f32) * jax.nn.silu(z.astype(_f32))).astype(self.dtype)
-        y = dense(self.width, "out_proj", scaled_init(self.init_std, self.n_layers))(o.reshape(bsz, t, self.value_width))
+        y = dense(self.width, "out_proj", scaled_init(self.init_std, self.n_layers))(
+            o.reshape(bsz, t, self.value_width)
+        )
         return y, None if cache is None else {"conv": conv_cache, "state": state}
 
     def init_cache(self, batch: int, max_len: int, dtype: Any = jnp.float32) -> PyTree:
@@ -239,10 +247,15 @@ class GatedDeltaNet(nn.Module):
         unit = lambda a: a / jnp.sqrt(jnp.sum(a * a, axis=-1, keepdims=True) + 1e-6)
         q = unit(qkv[..., :kw].reshape(bsz, t, nk, n)) / jnp.sqrt(n)
         k = unit(qkv[..., kw : 2 * kw].reshape(bsz, t, nk, n))
-        q, k = jnp.repeat(q, nv // nk, axis=2), jnp.repeat(k, nv // nk, axis=2)  # value head j reads key head j // (h / k)
+        q, k = (
+            jnp.repeat(q, nv // nk, axis=2),
+            jnp.repeat(k, nv // nk, axis=2),
+        )  # value head j reads key head j // (h / k)
         v = qkv[..., 2 * kw :].reshape(bsz, t, nv, e)
         beta = jax.nn.sigmoid(x @ p["in_proj_b"]["kernel"])[..., None, None]  # [b, t, h, 1, 1]
-        alpha = jnp.exp(-jnp.exp(p["A_log"]) * jax.nn.softplus(x @ p["in_proj_a"]["kernel"] + p["dt_bias"]))[..., None, None]
+        alpha = jnp.exp(-jnp.exp(p["A_log"]) * jax.nn.softplus(x @ p["in_proj_a"]["kernel"] + p["dt_bias"]))[
+            ..., None, None
+        ]
         state, eye, outs = jnp.zeros((bsz, nv, n, e)), jnp.eye(n), []
         for i in range(t):  # S_t = alpha_t (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T;  o_t = S_t^T q_t
             kk = k[:, i, :, :, None] * k[:, i, :, None, :]  # [b, h, n, n]

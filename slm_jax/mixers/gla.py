@@ -148,8 +148,11 @@ class GLA(nn.Module):
         dense = lambda f, name, bias=False, init=nn.initializers.normal(self.init_std): Linear(
             f, use_bias=bias, dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=init, name=name
         )
-        q, k, v, r = jnp.split(dense(2 * self.key_dim + 2 * self.value_dim, "in_proj")(x),
-                               [self.key_dim, 2 * self.key_dim, 2 * self.key_dim + self.value_dim], axis=-1)
+        q, k, v, r = jnp.split(
+            dense(2 * self.key_dim + 2 * self.value_dim, "in_proj")(x),
+            [self.key_dim, 2 * self.key_dim, 2 * self.key_dim + self.value_dim],
+            axis=-1,
+        )
         gk = dense(self.key_dim, "gk_proj_b", bias=True)(dense(self.gate_low_rank, "gk_proj_a")(x))
         log_alpha = (jax.nn.log_sigmoid(gk.astype(_f32)) / self.gate_logit_normalizer).reshape(bsz, t, h, dk)
         q = q.reshape(bsz, t, h, dk) * dk**-0.5

@@ -117,13 +117,20 @@ class H3(nn.Module):
         if not 0 < m.dt_min <= m.dt_max:
             raise ConfigError(f"model.mixers.h3 needs 0 < dt_min <= dt_max, got dt_min={m.dt_min}, dt_max={m.dt_max}.")
         return cls(
-            width=cfg.d_model, d_state=m.d_state, conv_width=m.conv_width, chunk_size=m.chunk_size,
-            dt_min=m.dt_min, dt_max=m.dt_max, **module_fields(cfg),
+            width=cfg.d_model,
+            d_state=m.d_state,
+            conv_width=m.conv_width,
+            chunk_size=m.chunk_size,
+            dt_min=m.dt_min,
+            dt_max=m.dt_max,
+            **module_fields(cfg),
         )
 
     def _linear(self, name: str, init=None) -> Linear:
         init = init or nn.initializers.normal(self.init_std)
-        return Linear(self.width, use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=init, name=name)
+        return Linear(
+            self.width, use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=init, name=name
+        )
 
     @staticmethod
     def discretize(log_dt: Array, log_a_real: Array, a_imag: Array, c: Array) -> tuple[Array, Array, Array]:

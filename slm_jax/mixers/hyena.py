@@ -126,7 +126,9 @@ class Hyena(nn.Module):
             if getattr(m, key) < 1:
                 raise ConfigError(f"model.mixers.hyena.{key} must be >= 1, got {getattr(m, key)}.")
         if m.pos_emb_dim < 3 or m.pos_emb_dim % 2 == 0:
-            raise ConfigError(f"model.mixers.hyena.pos_emb_dim must be odd and >= 3 (time, cosine, sine), got {m.pos_emb_dim}.")
+            raise ConfigError(
+                f"model.mixers.hyena.pos_emb_dim must be odd and >= 3 (time, cosine, sine), got {m.pos_emb_dim}."
+            )
         if m.max_len < 2:
             raise ConfigError(f"model.mixers.hyena.max_len (filter taps) must be >= 2, got {m.max_len}.")
         if not (0 < m.decay_fast <= m.decay_slow and 0 < m.decay_target < 1):
@@ -134,12 +136,16 @@ class Hyena(nn.Module):
                 "model.mixers.hyena needs 0 < decay_fast <= decay_slow and 0 < decay_target < 1, got "
                 f"decay_fast={m.decay_fast}, decay_slow={m.decay_slow}, decay_target={m.decay_target}."
             )
-        return cls(width=cfg.d_model, **{k: getattr(m, k) for k in HyenaOptions.__dataclass_fields__}, **module_fields(cfg))
+        return cls(
+            width=cfg.d_model, **{k: getattr(m, k) for k in HyenaOptions.__dataclass_fields__}, **module_fields(cfg)
+        )
 
     def decay_rates(self) -> Array:
         """f32[N d]: |delta| of the exponential window, spread linearly over the filter channels."""
         target = math.log(self.decay_target)
-        return jnp.abs(jnp.linspace(target / self.decay_slow, target / self.decay_fast, self.order * self.width, dtype=_f32))
+        return jnp.abs(
+            jnp.linspace(target / self.decay_slow, target / self.decay_fast, self.order * self.width, dtype=_f32)
+        )
 
     def _filters(self, length: int) -> Array:
         """The implicit filters at lags 0 .. length - 1: f32[length, N, d]."""
@@ -162,8 +168,12 @@ class Hyena(nn.Module):
         del positions
         d, order, t = self.width, self.order, x.shape[1]
         proj = Linear(
-            (order + 1) * d, use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype,
-            kernel_init=nn.initializers.normal(self.init_std), name="in_proj",
+            (order + 1) * d,
+            use_bias=True,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=nn.initializers.normal(self.init_std),
+            name="in_proj",
         )(x)
         short = CausalConv1D(
             (order + 1) * d, self.short_conv_width, dtype=self.dtype, param_dtype=self.param_dtype, name="conv1d"
@@ -187,8 +197,12 @@ class Hyena(nn.Module):
                 histories.append(push_history(cache["history"][:, n], z))
             z = gates[n] * (conv + skip[n] * z)
         out = Linear(
-            d, use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype,
-            kernel_init=scaled_init(self.init_std, self.n_layers), name="out_proj",
+            d,
+            use_bias=True,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=scaled_init(self.init_std, self.n_layers),
+            name="out_proj",
         )(z.astype(self.dtype))
         new_cache = None if cache is None else {"conv": conv_cache, "history": jnp.stack(histories, axis=1)}
         return out, new_cache
@@ -205,7 +219,9 @@ class Hyena(nn.Module):
 
     def _filter_params(self) -> int:
         f = self.filter_hidden
-        return linear_params(self.pos_emb_dim, f, True) + 2 * linear_params(f, f, True) + f * self.order * self.width + f
+        return (
+            linear_params(self.pos_emb_dim, f, True) + 2 * linear_params(f, f, True) + f * self.order * self.width + f
+        )
 
     def num_params(self) -> int:
         d, order = self.width, self.order
@@ -227,7 +243,12 @@ class Hyena(nn.Module):
         # FFN matmuls, then per hidden layer bias, frequency and sine, then the window (scale, exp, product)
         ffn = 2 * (self.pos_emb_dim * f + 2 * f * f + f * order * d) + 9 * f + 3 * order * d
         ffn *= min(self.max_len, seq_len) / seq_len
-        return 2 * matmul + 2 * self.short_conv_width * (order + 1) * d + order * d * (fft_flops_per_token(seq_len) + 3) + ffn
+        return (
+            2 * matmul
+            + 2 * self.short_conv_width * (order + 1) * d
+            + order * d * (fft_flops_per_token(seq_len) + 3)
+            + ffn
+        )
 
     def reference(self, variables: PyTree, x: Array, positions: Array) -> tuple[Array, PyTree]:
         """The operator with each long conv as a Python loop over time (a dot with the last s inputs).

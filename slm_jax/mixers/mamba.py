@@ -113,7 +113,9 @@ class Mamba(nn.Module):
         if m.dt_rank < 0:
             raise ConfigError(f"model.mixers.mamba.dt_rank must be >= 0 (0 -> ceil(d_model / 16)), got {m.dt_rank}.")
         if not 0 < m.dt_min <= m.dt_max:
-            raise ConfigError(f"model.mixers.mamba needs 0 < dt_min <= dt_max, got dt_min={m.dt_min}, dt_max={m.dt_max}.")
+            raise ConfigError(
+                f"model.mixers.mamba needs 0 < dt_min <= dt_max, got dt_min={m.dt_min}, dt_max={m.dt_max}."
+            )
         return cls(
             width=cfg.d_model,
             inner_width=m.expand * cfg.d_model,
@@ -145,16 +147,22 @@ class Mamba(nn.Module):
             c = self.param("C", nn.initializers.normal(1.0), (n,), self.param_dtype).astype(_f32)  # S4D: C ~ N(0, 1)
             return jax.nn.softplus(dt), b, c
         dbc = Linear(
-            r + 2 * n, dtype=self.dtype, param_dtype=self.param_dtype,
-            kernel_init=nn.initializers.normal(self.init_std), name="x_proj",
+            r + 2 * n,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=nn.initializers.normal(self.init_std),
+            name="x_proj",
         )(x)
         dt, b, c = jnp.split(dbc.astype(_f32), [r, r + n], axis=-1)
         # dt_proj runs in float32: softplus and exp(dt A) amplify bfloat16 rounding of dt. Its
         # weights are uniform in +-r^-0.5 (variance preserving), as in the reference.
         dt = _BiasedLinear(
-            w, dtype=_f32, param_dtype=self.param_dtype,
+            w,
+            dtype=_f32,
+            param_dtype=self.param_dtype,
             kernel_init=_uniform(r**-0.5),
-            bias_init=dt_init, name="dt_proj",
+            bias_init=dt_init,
+            name="dt_proj",
         )(dt)
         return jax.nn.softplus(dt), b, c
 
@@ -164,8 +172,11 @@ class Mamba(nn.Module):
         del positions
         w, n = self.inner_width, self.d_state
         xz = Linear(
-            2 * w, dtype=self.dtype, param_dtype=self.param_dtype,
-            kernel_init=nn.initializers.normal(self.init_std), name="in_proj",
+            2 * w,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=nn.initializers.normal(self.init_std),
+            name="in_proj",
         )(x)
         xs, z = jnp.split(xz, 2, axis=-1)  # [b, t, w] each
         xs, conv_cache = self._conv()(xs, None if cache is None else cache["conv"])
@@ -180,14 +191,22 @@ class Mamba(nn.Module):
         dt = jnp.broadcast_to(dt, x32.shape)  # [b, t, w] (a constant [w] when not selective)
         bc_shape = x32.shape[:2] + (n,)  # [b, t, n] (constants [n] when not selective)
         y, last = selective_scan(
-            x32, dt, -jnp.exp(a_log.astype(_f32)), jnp.broadcast_to(b, bc_shape), jnp.broadcast_to(c, bc_shape),
-            None if cache is None else cache["h"], impl=self.scan_impl,
+            x32,
+            dt,
+            -jnp.exp(a_log.astype(_f32)),
+            jnp.broadcast_to(b, bc_shape),
+            jnp.broadcast_to(c, bc_shape),
+            None if cache is None else cache["h"],
+            impl=self.scan_impl,
         )  # training (h0 = 0), prefill and one-token decode (h0 from the cache) alike
         y = y + d_skip * x32  # [b, t, w]
         y = y * jax.nn.silu(z.astype(_f32))
         out = Linear(
-            self.width, dtype=self.dtype, param_dtype=self.param_dtype,
-            kernel_init=scaled_init(self.init_std, self.n_layers), name="out_proj",
+            self.width,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=scaled_init(self.init_std, self.n_layers),
+            name="out_proj",
         )(y.astype(self.dtype))
         new_cache = None if cache is None else {"conv": conv_cache, "h": last.astype(_f32)}
         return out, new_cache
@@ -204,7 +223,9 @@ class Mamba(nn.Module):
             dt_b_c = linear_params(w, r + 2 * n) + linear_params(r, w, bias=True)
         else:
             dt_b_c = w + 2 * n
-        return linear_params(d, 2 * w) + conv_params(w, self.conv_width) + dt_b_c + w * n + w + linear_params(w, d)  # + A_log, D
+        return (
+            linear_params(d, 2 * w) + conv_params(w, self.conv_width) + dt_b_c + w * n + w + linear_params(w, d)
+        )  # + A_log, D
 
     def flops_per_token(self, seq_len: int) -> float:
         """Forward FLOPs per token: 2 per matmul weight and conv tap, plus the scan's elementwise work.

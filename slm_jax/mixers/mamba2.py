@@ -138,7 +138,9 @@ class Mamba2(nn.Module):
                 f"The Mamba-2 head count ({w // m.head_dim} = {w} / head_dim) must be divisible by model.mixers.mamba2.n_groups ({m.n_groups}); pick a divisor such as 1."
             )
         if not 0 < m.dt_min <= m.dt_max:
-            raise ConfigError(f"model.mixers.mamba2 needs 0 < dt_min <= dt_max, got dt_min={m.dt_min}, dt_max={m.dt_max}.")
+            raise ConfigError(
+                f"model.mixers.mamba2 needs 0 < dt_min <= dt_max, got dt_min={m.dt_min}, dt_max={m.dt_max}."
+            )
         return cls(
             width=cfg.d_model,
             inner_width=w,
@@ -160,13 +162,19 @@ class Mamba2(nn.Module):
         bsz, t, _ = x.shape
         w, n, k, h, e = self.inner_width, self.d_state, self.n_groups, self.num_heads, self.head_dim
         proj = Linear(
-            2 * w + 2 * k * n + h, dtype=self.dtype, param_dtype=self.param_dtype,
-            kernel_init=nn.initializers.normal(self.init_std), name="in_proj",
+            2 * w + 2 * k * n + h,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=nn.initializers.normal(self.init_std),
+            name="in_proj",
         )(x)
         z, xbc, dt = jnp.split(proj, [w, 2 * w + 2 * k * n], axis=-1)
         conv = CausalConv1D(
-            features=self.conv_channels, kernel_size=self.conv_width,
-            dtype=self.dtype, param_dtype=self.param_dtype, name="conv1d",
+            features=self.conv_channels,
+            kernel_size=self.conv_width,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="conv1d",
         )
         xbc, conv_cache = conv(xbc, None if cache is None else cache["conv"])
         xbc = jax.nn.silu(xbc)
@@ -192,8 +200,11 @@ class Mamba2(nn.Module):
             y.reshape(bsz, t, w), z
         )
         out = Linear(
-            self.width, dtype=self.dtype, param_dtype=self.param_dtype,
-            kernel_init=scaled_init(self.init_std, self.n_layers), name="out_proj",
+            self.width,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=scaled_init(self.init_std, self.n_layers),
+            name="out_proj",
         )(y)
         new_cache = None if cache is None else {"conv": conv_cache, "h": last}
         return out, new_cache
@@ -239,7 +250,9 @@ class Mamba2(nn.Module):
         z, xbc, dt = proj[..., :w], proj[..., w : 2 * w + 2 * k * n], proj[..., 2 * w + 2 * k * n :]
         xbc = jax.nn.silu(causal_conv_reference(p["conv1d"], xbc))
         xs = xbc[..., :w].reshape(bsz, t, h, e)
-        bh = jnp.repeat(xbc[..., w : w + k * n].reshape(bsz, t, k, n), h // k, axis=2)  # head j reads group j // (h / k)
+        bh = jnp.repeat(
+            xbc[..., w : w + k * n].reshape(bsz, t, k, n), h // k, axis=2
+        )  # head j reads group j // (h / k)
         ch = jnp.repeat(xbc[..., w + k * n :].reshape(bsz, t, k, n), h // k, axis=2)
         dt = jax.nn.softplus(dt + p["dt_bias"])  # [b, t, h]
         a = -jnp.exp(p["A_log"])  # [h]

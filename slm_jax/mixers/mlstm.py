@@ -164,8 +164,11 @@ class MLSTM(nn.Module):
         bsz, t, _ = x.shape
         h, n, e = self.num_heads, self.qk_dim // self.num_heads, self.v_dim // self.num_heads
         proj = lambda f, name, init=None: Linear(
-            f, dtype=self.dtype, param_dtype=self.param_dtype,
-            kernel_init=nn.initializers.normal(self.init_std) if init is None else init, name=name,
+            f,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=nn.initializers.normal(self.init_std) if init is None else init,
+            name=name,
         )(x)
         q = proj(self.qk_dim, "query").reshape(bsz, t, h, n).astype(_f32) * n**-0.5
         k = proj(self.qk_dim, "key").reshape(bsz, t, h, n)
@@ -182,16 +185,21 @@ class MLSTM(nn.Module):
         if cache is None:
             hs, last = mlstm_chunked(q, k, v, log_i, log_f, self.chunk_size, eps=self.eps)
         elif t == 1:  # one decode step
-            hs, last = mlstm_step(q[:, 0], k[:, 0], v[:, 0], log_i[:, 0], log_f[:, 0],
-                                  (cache["C"], cache["n"], cache["m"]), eps=self.eps)
+            hs, last = mlstm_step(
+                q[:, 0], k[:, 0], v[:, 0], log_i[:, 0], log_f[:, 0], (cache["C"], cache["n"], cache["m"]), eps=self.eps
+            )
             hs = hs[:, None]
         else:  # prefill continuing the cached state
-            hs, last = mlstm_chunked(q, k, v, log_i, log_f, self.chunk_size,
-                                     state=(cache["C"], cache["n"], cache["m"]), eps=self.eps)
+            hs, last = mlstm_chunked(
+                q, k, v, log_i, log_f, self.chunk_size, state=(cache["C"], cache["n"], cache["m"]), eps=self.eps
+            )
         y = MultiHeadLayerNorm(self.norm_eps, self.dtype, self.param_dtype, name="multihead_norm")(hs)
         out = Linear(
-            self.width, dtype=self.dtype, param_dtype=self.param_dtype,
-            kernel_init=scaled_init(self.init_std, self.n_layers), name="out_proj",
+            self.width,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=scaled_init(self.init_std, self.n_layers),
+            name="out_proj",
         )((o * y.astype(_f32)).astype(self.dtype))
         new_cache = None if cache is None else dict(zip(("C", "n", "m"), last))
         return out, new_cache
@@ -219,7 +227,12 @@ class MLSTM(nn.Module):
         soft caps, logsigmoid and q scaling (~15 + n)."""
         d, h = self.width, self.num_heads
         n, e = self.qk_dim // h, self.v_dim // h
-        matmul = 2 * linear_params(d, self.qk_dim) + 2 * linear_params(d, self.v_dim) + 2 * d * h + linear_params(self.v_dim, d)
+        matmul = (
+            2 * linear_params(d, self.qk_dim)
+            + 2 * linear_params(d, self.v_dim)
+            + 2 * d * h
+            + linear_params(self.v_dim, d)
+        )
         chunk = min(self.chunk_size, seq_len)
         return 2 * matmul + mlstm_flops_per_token(h, n, e, chunk) + 10 * self.v_dim + h * (15 + n)
 
@@ -253,4 +266,3 @@ class MLSTM(nn.Module):
         hs = hs / jnp.sqrt((hs**2).mean(-1, keepdims=True) + self.norm_eps)
         y = jax.nn.sigmoid(x @ p["ogate_preact"]["kernel"]) * hs.reshape(bsz, t, h * e) * p["multihead_norm"]["scale"]
         return y @ p["out_proj"]["kernel"], {"C": c_mem, "n": n_mem, "m": m}
-

@@ -9,8 +9,8 @@ import dataclasses
 
 from slm_jax.errors import ConfigError
 from slm_jax.mixers.attention import Attention, LocalAttention
-from slm_jax.mixers.based import Based
 from slm_jax.mixers.baseconv import BaseConv
+from slm_jax.mixers.based import Based
 from slm_jax.mixers.deltanet import DeltaNet
 from slm_jax.mixers.gated_deltanet import GatedDeltaNet
 from slm_jax.mixers.gla import GLA

@@ -82,7 +82,9 @@ class RetNet(nn.Module):
         m = options
         h = m.n_heads or cfg.n_heads
         if h <= 0 or m.chunk_size <= 0:
-            raise ConfigError(f"model.mixers.retnet.n_heads and chunk_size must be positive, got {h} and {m.chunk_size}.")
+            raise ConfigError(
+                f"model.mixers.retnet.n_heads and chunk_size must be positive, got {h} and {m.chunk_size}."
+            )
         if cfg.d_model % h or (cfg.d_model // h) % 2:
             raise ConfigError(
                 f"model.d_model ({cfg.d_model}) must split into model.mixers.retnet.n_heads ({h}, 0 -> model.n_heads) "
@@ -116,7 +118,9 @@ class RetNet(nn.Module):
         dense = lambda f, name, init=nn.initializers.normal(self.init_std): Linear(
             f, dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=init, name=name
         )
-        q, k, v, r = jnp.split(dense(2 * d + 2 * self.value_dim, "in_proj")(x), [d, 2 * d, 2 * d + self.value_dim], axis=-1)
+        q, k, v, r = jnp.split(
+            dense(2 * d + 2 * self.value_dim, "in_proj")(x), [d, 2 * d, 2 * d + self.value_dim], axis=-1
+        )
         q = apply_rope(q.reshape(bsz, t, h, dk), positions, self.rope_theta) * dk**-0.5
         k = apply_rope(k.reshape(bsz, t, h, dk), positions, self.rope_theta)
         v = v.reshape(bsz, t, h, dv)

@@ -187,12 +187,20 @@ class RGLRU(nn.Module):
         """x f32[b, t, d], positions i32[b, t] (used only by reset_at_zero) -> (f32[b, t, d], cache)."""
         w = self.rnn_width
         gu = Linear(
-            2 * w, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
-            kernel_init=nn.initializers.normal(self.init_std), name="in_proj",
+            2 * w,
+            use_bias=self.use_bias,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=nn.initializers.normal(self.init_std),
+            name="in_proj",
         )(x)
         g, u = jnp.split(gu, 2, axis=-1)  # [b, t, w] each
         u, conv_cache = CausalConv1D(
-            features=w, kernel_size=self.conv_width, dtype=self.dtype, param_dtype=self.param_dtype, name="conv1d",
+            features=w,
+            kernel_size=self.conv_width,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="conv1d",
         )(u, None if cache is None else cache["conv"])
 
         bw = w // self.num_heads
@@ -217,8 +225,12 @@ class RGLRU(nn.Module):
             hs, last = linear_scan(a, b, None if cache is None else cache["h"], impl=self.scan_impl)
         y = hs * jax.nn.gelu(g.astype(_f32), approximate=True)
         out = Linear(
-            self.width, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
-            kernel_init=scaled_init(self.init_std, self.n_layers), name="out_proj",
+            self.width,
+            use_bias=self.use_bias,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=scaled_init(self.init_std, self.n_layers),
+            name="out_proj",
         )(y.astype(self.dtype))
         new_cache = None if cache is None else {"conv": conv_cache, "h": last.astype(_f32)}
         return out, new_cache
@@ -232,7 +244,9 @@ class RGLRU(nn.Module):
     def num_params(self) -> int:
         w, h, d, bias = self.rnn_width, self.num_heads, self.width, self.use_bias
         gate = w * (w // h) + w  # h blocks of (w/h)^2, plus a bias
-        return linear_params(d, 2 * w, bias) + conv_params(w, self.conv_width) + 2 * gate + w + linear_params(w, d, bias)
+        return (
+            linear_params(d, 2 * w, bias) + conv_params(w, self.conv_width) + 2 * gate + w + linear_params(w, d, bias)
+        )
 
     def flops_per_token(self, seq_len: int) -> float:
         """Forward FLOPs per token: 2 per matmul weight (gates: the blocks only) and conv tap, plus elementwise.

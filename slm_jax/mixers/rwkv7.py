@@ -202,7 +202,9 @@ class RWKV7(nn.Module):
         r = self._linear(d, "r_proj", nn.initializers.normal(self.init_std))(mixed["x_r"])
         k = self._linear(d, "k_proj", nn.initializers.normal(self.init_std))(mixed["x_k"]).astype(_f32)
         v = self._linear(d, "v_proj", nn.initializers.normal(self.init_std))(mixed["x_v"])
-        w_bias = self.param("w_bias", _const_init(-6.0 + 6.0 * (linear + 0.5) + 0.5 + 2.5 * zigzag), (d,), self.param_dtype)
+        w_bias = self.param(
+            "w_bias", _const_init(-6.0 + 6.0 * (linear + 0.5) + 0.5 + 2.5 * zigzag), (d,), self.param_dtype
+        )
         w_low = jnp.tanh(self._linear(self.decay_low_rank, "w_lora_down", nn.initializers.zeros)(mixed["x_w"]))
         w_pre = self._linear(d, "w_lora_up", lora_up)(w_low).astype(_f32) + w_bias.astype(_f32)
         log_w = -_DECAY_SCALE * jax.nn.sigmoid(w_pre)
@@ -233,8 +235,11 @@ class RWKV7(nn.Module):
         bonus = jnp.sum(r.astype(_f32) * k * r_k, axis=-1, keepdims=True) * v.astype(_f32)  # [b, t, h, e]
         y = (y.astype(_f32) + bonus.reshape(bsz, t, d)) * g
         out = Linear(
-            d, dtype=self.dtype, param_dtype=self.param_dtype,
-            kernel_init=scaled_init(self.init_std, self.n_layers), name="o_proj",
+            d,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=scaled_init(self.init_std, self.n_layers),
+            name="o_proj",
         )(y.astype(self.dtype))
         new_cache = None if cache is None else {"shift": x[:, -1].astype(cache["shift"].dtype), "S": last}
         return out, new_cache
@@ -255,8 +260,10 @@ class RWKV7(nn.Module):
         return (
             4 * linear_params(d, d)  # r, k, v, o projections
             + self._lora_params()
-            + len(_SHIFT_POWERS) * d + 2 * d  # token-shift lerps, w_bias and a_bias
-            + 2 * d + d  # k_k, k_a, r_k
+            + len(_SHIFT_POWERS) * d
+            + 2 * d  # token-shift lerps, w_bias and a_bias
+            + 2 * d
+            + d  # k_k, k_a, r_k
             + 2 * d  # group norm scale and bias
         )
 

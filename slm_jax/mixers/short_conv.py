@@ -81,7 +81,9 @@ class ShortConv(nn.Module):
     @classmethod
     def from_config(cls, cfg, options: ShortConvOptions) -> "ShortConv":
         if options.conv_width < 1:
-            raise ConfigError(f"model.mixers.short_conv.conv_width must be >= 1, got {options.conv_width}; LFM2 uses 3.")
+            raise ConfigError(
+                f"model.mixers.short_conv.conv_width must be >= 1, got {options.conv_width}; LFM2 uses 3."
+            )
         return cls(width=cfg.d_model, conv_width=options.conv_width, bias=options.bias, **module_fields(cfg))
 
     @nn.compact
@@ -90,8 +92,12 @@ class ShortConv(nn.Module):
         del positions
         d, t = self.width, x.shape[1]
         proj = Linear(
-            3 * d, use_bias=self.bias, dtype=self.dtype, param_dtype=self.param_dtype,
-            kernel_init=nn.initializers.normal(self.init_std), name="in_proj",
+            3 * d,
+            use_bias=self.bias,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=nn.initializers.normal(self.init_std),
+            name="in_proj",
         )(x)
         b_gate, c_gate, xs = jnp.split(proj, 3, axis=-1)
         z = b_gate * xs
@@ -109,8 +115,12 @@ class ShortConv(nn.Module):
             conv = conv + self.param("conv_bias", nn.initializers.zeros, (d,), self.param_dtype).astype(_f32)
         y = (c_gate.astype(_f32) * conv).astype(self.dtype)
         out = Linear(
-            d, use_bias=self.bias, dtype=self.dtype, param_dtype=self.param_dtype,
-            kernel_init=scaled_init(self.init_std, self.n_layers), name="out_proj",
+            d,
+            use_bias=self.bias,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=scaled_init(self.init_std, self.n_layers),
+            name="out_proj",
         )(y)
         return out, new_cache
 

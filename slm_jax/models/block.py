@@ -29,7 +29,9 @@ class Block(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, positions: Array, cache: PyTree = None) -> tuple[Array, PyTree]:
-        norm = lambda name: RMSNorm(self.norm_eps, self.norm_offset, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+        norm = lambda name: RMSNorm(
+            self.norm_eps, self.norm_offset, dtype=self.dtype, param_dtype=self.param_dtype, name=name
+        )
         # An int8 cache (model.cache_quant) is read as float and stored back as int8 around the mixer.
         y, new_cache = self.mixer(norm("mixer_norm")(x), positions, dequantize_cache(cache))
         cache = requantize_like(cache, new_cache)

@@ -85,7 +85,9 @@ class CausalLM(nn.Module):
                 in_axes=(nn.broadcast, 0),
                 length=n_rep,
             )
-            x, new_cache["periods"] = scanned(cfg, name="periods")(x, positions, None if cache is None else cache["periods"])
+            x, new_cache["periods"] = scanned(cfg, name="periods")(
+                x, positions, None if cache is None else cache["periods"]
+            )
         block_cls = nn.remat(Block) if cfg.remat else Block
         layer_caches = []
         for i in range(first, cfg.n_layers):
@@ -107,6 +109,7 @@ class CausalLM(nn.Module):
         """An empty decode cache for ``batch`` sequences of up to ``max_len`` tokens."""
         cfg = self.cfg
         dtype = dtype or dtype_of(cfg.dtype)
+
         def one(name: str) -> PyTree:
             mixer = build_mixer(cfg, name)
             cache = mixer.init_cache(batch, max_len, dtype)
@@ -133,7 +136,9 @@ def stack_layers(params: PyTree, cfg: ModelConfig) -> PyTree:
     n_rep = cfg.n_layers // period
     p = dict(params["params"])
     blocks = {
-        f"block_{j}": jax.tree.map(lambda *xs: jnp.stack(xs), *[p.pop(f"layers_{r * period + j}") for r in range(n_rep)])
+        f"block_{j}": jax.tree.map(
+            lambda *xs: jnp.stack(xs), *[p.pop(f"layers_{r * period + j}") for r in range(n_rep)]
+        )
         for j in range(period)
     }
     return {"params": {**p, "periods": blocks}}

@@ -31,7 +31,11 @@ PRESETS: dict[str, dict] = {
     # RetNet (Sun et al. 2023, arXiv:2307.08621): multi-scale retention (RoPE in place of xPos), SwiGLU MLP.
     "retnet": {"layer_pattern": ("retnet",), "mlp": "swiglu"},
     # Based (Arora et al. 2024, arXiv:2402.18668): Taylor linear attention alternating with 64-token sliding-window attention.
-    "based": {"layer_pattern": ("based", "local_attention"), "mlp": "swiglu", "mixers": {"local_attention": {"window": 64}}},
+    "based": {
+        "layer_pattern": ("based", "local_attention"),
+        "mlp": "swiglu",
+        "mixers": {"local_attention": {"window": 64}},
+    },
     # xLSTM's mLSTM blocks (Beck et al. 2024, arXiv:2405.04517; layout of xLSTM-7B): mLSTM in every
     # layer, each followed by a SwiGLU MLP.
     "mlstm": {"layer_pattern": ("mlstm",), "mlp": "swiglu"},
@@ -46,8 +50,12 @@ PRESETS: dict[str, dict] = {
     # LFM2-like (Liquid AI 2025, arXiv:2511.23404): LFM2-350M's 16 layers, 10 gated short convs and 6 attention
     # layers with QK-norm (GQA there: set n_kv_heads), RoPE theta 1e6, SwiGLU MLPs; cycled to n_layers.
     "lfm2_like": {
-        "layer_pattern": ("short_conv", "short_conv", "attention") * 3 + ("short_conv", "attention") * 3 + ("short_conv",),
-        "mlp": "swiglu", "qk_norm": True, "rope_theta": 1e6,
+        "layer_pattern": ("short_conv", "short_conv", "attention") * 3
+        + ("short_conv", "attention") * 3
+        + ("short_conv",),
+        "mlp": "swiglu",
+        "qk_norm": True,
+        "rope_theta": 1e6,
     },
 }
 

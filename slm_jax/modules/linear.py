@@ -37,7 +37,9 @@ class Linear(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        quantized = {n: self.get_variable("params", n) for n in quantized_leaf_names() if self.has_variable("params", n)}
+        quantized = {
+            n: self.get_variable("params", n) for n in quantized_leaf_names() if self.has_variable("params", n)
+        }
         if quantized:  # a quantized run: dequantize here, so every model runs it unchanged
             kernel = dequantize_kernel(quantized, x.shape[-1])
         else:
@@ -58,4 +60,3 @@ def linear_params(d_in: int, d_out: int, bias: bool = False) -> int:
 def scaled_init(std: float, n_layers: int) -> Callable:
     """GPT-2's residual-output init: std / sqrt(2 * n_layers) keeps the residual stream's scale."""
     return nn.initializers.normal(std / (2 * n_layers) ** 0.5)
-

@@ -37,7 +37,9 @@ def rope_frequencies(rotary_dim: int, theta: float = 10000.0, scaling=None) -> A
     return inv_freq
 
 
-def apply_rope(x: Array, positions: Array, theta: float = 10000.0, rotary_dim: int | None = None, scaling=None) -> Array:
+def apply_rope(
+    x: Array, positions: Array, theta: float = 10000.0, rotary_dim: int | None = None, scaling=None
+) -> Array:
     """Rotate x: f32[b, t, h, e] by angle positions * inv_freq; positions: i32[b, t].
 
     The first ``rotary_dim`` (None = e) channels of each head are rotated; the others pass through.

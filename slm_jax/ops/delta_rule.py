@@ -178,7 +178,9 @@ def chunk_delta_rule(
         return s_next, (s, corr)
 
     z_major = lambda a: jnp.moveaxis(a, 2, 0)
-    last, (entering, corr) = jax.lax.scan(step, start, (z_major(u), z_major(w), z_major(k_to_end), z_major(chunk_decay)))
+    last, (entering, corr) = jax.lax.scan(
+        step, start, (z_major(u), z_major(w), z_major(k_to_end), z_major(chunk_decay))
+    )
     entering, corr = jnp.moveaxis(entering, 0, 2), jnp.moveaxis(corr, 0, 2)  # [b, h, z, n, e], [b, h, z, c, e]
 
     # Outputs, chunk-parallel: the entering state read by decayed queries, plus intra-chunk attention.
@@ -200,5 +202,7 @@ def delta_rule_flops_per_token(heads: int, key_dim: int, value_dim: int, chunk: 
     """
     c, n, e = chunk, key_dim, value_dim
     p = 1 << (c - 1).bit_length()
-    per_head = 4 * c * n + 2 * p**3 / (3 * c) + 2 * c * (e + n) + 6 * n * e + 2 * c * e + 4 * c + 6 * n + 4 * e + n * e / c
+    per_head = (
+        4 * c * n + 2 * p**3 / (3 * c) + 2 * c * (e + n) + 6 * n * e + 2 * c * e + 4 * c + 6 * n + 4 * e + n * e / c
+    )
     return heads * per_head

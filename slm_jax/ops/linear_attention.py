@@ -53,7 +53,9 @@ def _log_decay(log_alpha: Array | None, b: int, t: int, h: int, k: int) -> Array
     la = jnp.asarray(log_alpha, _f32)
     g = la.shape[-1] if la.ndim else 1
     if g not in (1, k):
-        raise ValueError(f"log_alpha's last axis must be 1 (per head) or the key width {k} (per channel), got shape {la.shape}")
+        raise ValueError(
+            f"log_alpha's last axis must be 1 (per head) or the key width {k} (per channel), got shape {la.shape}"
+        )
     return jnp.broadcast_to(la, (b, t, h, g))
 
 
@@ -71,7 +73,9 @@ def _suffix(la: Array) -> Array:
 def _scores_per_head(q: Array, k: Array, la: Array) -> Array:
     """Intra-chunk scores with one decay per head: q, k f32[b, z, h, c, k], la f32[b, z, h, c, 1] -> [b, z, h, c, s]."""
     c = la.shape[-2]
-    decay = jnp.exp(_segsum(la.reshape(-1, c, 1))[..., 0]).reshape(q.shape[:-1] + (c,))  # at most 4 axes: see _scores_per_channel
+    decay = jnp.exp(_segsum(la.reshape(-1, c, 1))[..., 0]).reshape(
+        q.shape[:-1] + (c,)
+    )  # at most 4 axes: see _scores_per_channel
     return jnp.einsum("bzhck,bzhsk->bzhcs", q, k) * decay
 
 
@@ -171,9 +175,7 @@ def linear_attention(
     return o.astype(v.dtype), last
 
 
-def linear_attention_step(
-    q: Array, k: Array, v: Array, log_alpha: Array | None, state: Array
-) -> tuple[Array, Array]:
+def linear_attention_step(q: Array, k: Array, v: Array, log_alpha: Array | None, state: Array) -> tuple[Array, Array]:
     """One recurrent step (decode): q, k [b, h, k], v [b, h, v], state f32[b, h, k, v].
 
     log_alpha: f32[b, h, k] per channel, broadcastable to [b, h, 1] per head, or None.

@@ -50,8 +50,11 @@ State = tuple[Array, Array, Array]  # (C f32[b, h, n, e], n f32[b, h, n], m f32[
 
 def zero_state(bsz: int, heads: int, qk_dim: int, v_dim: int) -> State:
     """The empty mLSTM state: C = 0 [b, h, n, e], n = 0 [b, h, n], m = 0 [b, h]."""
-    return (jnp.zeros((bsz, heads, qk_dim, v_dim), _f32), jnp.zeros((bsz, heads, qk_dim), _f32),
-            jnp.zeros((bsz, heads), _f32))
+    return (
+        jnp.zeros((bsz, heads, qk_dim, v_dim), _f32),
+        jnp.zeros((bsz, heads, qk_dim), _f32),
+        jnp.zeros((bsz, heads), _f32),
+    )
 
 
 def _segsum(x: Array) -> Array:
@@ -66,8 +69,9 @@ def _segsum(x: Array) -> Array:
     return jnp.where(jnp.tril(jnp.ones((c, c), bool)), seg, -jnp.inf)
 
 
-def mlstm_step(q: Array, k: Array, v: Array, log_i: Array, log_f: Array, state: State,
-               eps: float = 1e-6) -> tuple[Array, State]:
+def mlstm_step(
+    q: Array, k: Array, v: Array, log_i: Array, log_f: Array, state: State, eps: float = 1e-6
+) -> tuple[Array, State]:
     """One recurrent step (decode).
 
     Args:
@@ -90,8 +94,9 @@ def mlstm_step(q: Array, k: Array, v: Array, log_i: Array, log_f: Array, state: 
     return (num / den[..., None]).astype(v.dtype), (c_mem, n_mem, m_new)
 
 
-def mlstm_recurrent(q: Array, k: Array, v: Array, log_i: Array, log_f: Array, state: State | None = None,
-                    eps: float = 1e-6) -> tuple[Array, State]:
+def mlstm_recurrent(
+    q: Array, k: Array, v: Array, log_i: Array, log_f: Array, state: State | None = None, eps: float = 1e-6
+) -> tuple[Array, State]:
     """The naive recurrence, one token at a time (``lax.scan`` of ``mlstm_step``); same contract as ``mlstm_chunked``."""
     bsz, _, h, n = q.shape
     start = zero_state(bsz, h, n, v.shape[-1]) if state is None else state
@@ -105,8 +110,16 @@ def mlstm_recurrent(q: Array, k: Array, v: Array, log_i: Array, log_f: Array, st
     return jnp.moveaxis(ys, 0, 1), last
 
 
-def mlstm_chunked(q: Array, k: Array, v: Array, log_i: Array, log_f: Array, chunk_size: int = 64,
-                  state: State | None = None, eps: float = 1e-6) -> tuple[Array, State]:
+def mlstm_chunked(
+    q: Array,
+    k: Array,
+    v: Array,
+    log_i: Array,
+    log_f: Array,
+    chunk_size: int = 64,
+    state: State | None = None,
+    eps: float = 1e-6,
+) -> tuple[Array, State]:
     """Chunked parallel mLSTM.
 
     Args:

@@ -91,13 +91,18 @@ def rwkv7_step(r: Array, log_w: Array, k: Array, v: Array, a: Array, b: Array, s
     s = state.astype(_f32)
     a32, b32, k32, v32 = a.astype(_f32), b.astype(_f32), k.astype(_f32), v.astype(_f32)
     u = jnp.einsum("bhn,bhne->bhe", a32, s)  # the old state's read-out along a, before decay
-    s = jnp.exp(log_w.astype(_f32))[..., None] * s + b32[..., :, None] * u[..., None, :] + k32[..., :, None] * v32[..., None, :]
+    s = (
+        jnp.exp(log_w.astype(_f32))[..., None] * s
+        + b32[..., :, None] * u[..., None, :]
+        + k32[..., :, None] * v32[..., None, :]
+    )
     y = jnp.einsum("bhn,bhne->bhe", r.astype(_f32), s)
     return y.astype(v.dtype), s
 
 
-def rwkv7_recurrent(r: Array, log_w: Array, k: Array, v: Array, a: Array, b: Array,
-                    state: Array | None = None) -> tuple[Array, Array]:
+def rwkv7_recurrent(
+    r: Array, log_w: Array, k: Array, v: Array, a: Array, b: Array, state: Array | None = None
+) -> tuple[Array, Array]:
     """The naive recurrence, one token at a time (``lax.scan`` of ``rwkv7_step``); same contract as ``rwkv7_chunked``."""
     bsz, _, h, n = k.shape
     start = jnp.zeros((bsz, h, n, v.shape[-1]), _f32) if state is None else state.astype(_f32)
@@ -111,8 +116,9 @@ def rwkv7_recurrent(r: Array, log_w: Array, k: Array, v: Array, a: Array, b: Arr
     return jnp.moveaxis(ys, 0, 1), last
 
 
-def rwkv7_chunked(r: Array, log_w: Array, k: Array, v: Array, a: Array, b: Array, chunk_size: int = 32,
-                  state: Array | None = None) -> tuple[Array, Array]:
+def rwkv7_chunked(
+    r: Array, log_w: Array, k: Array, v: Array, a: Array, b: Array, chunk_size: int = 32, state: Array | None = None
+) -> tuple[Array, Array]:
     """Chunked RWKV-7 state evolution.
 
     Args:
@@ -172,8 +178,11 @@ def rwkv7_chunked(r: Array, log_w: Array, k: Array, v: Array, a: Array, b: Array
 
     u = jnp.einsum("bzhcn,bzhne->bzhce", w_state, entering) + u_own  # [b, z, h, c, e]
     r_state = r32 * jnp.exp(cum)  # [b, z, c, h, n]
-    y = (jnp.einsum("bzchn,bzhne->bzhce", r_state, entering) + jnp.einsum("bzhts,bzhse->bzhte", n_rb, u)
-         + jnp.einsum("bzhts,bzshe->bzhte", n_rk, v32))
+    y = (
+        jnp.einsum("bzchn,bzhne->bzhce", r_state, entering)
+        + jnp.einsum("bzhts,bzhse->bzhte", n_rb, u)
+        + jnp.einsum("bzhts,bzshe->bzhte", n_rk, v32)
+    )
     y = jnp.moveaxis(y, 2, 3).reshape(bsz, nz * c, h, e)[:, :t]
     return y.astype(v.dtype), last
 

@@ -119,9 +119,7 @@ def ssd_step(x: Array, dt: Array, a: Array, b: Array, c: Array, state: Array) ->
     return y.astype(x.dtype), state
 
 
-def reference_ssd(
-    x: Array, dt: Array, a: Array, b: Array, c: Array, h0: Array | None = None
-) -> tuple[Array, Array]:
+def reference_ssd(x: Array, dt: Array, a: Array, b: Array, c: Array, h0: Array | None = None) -> tuple[Array, Array]:
     """The naive recurrence, one token at a time (``lax.scan`` of ``ssd_step``); same contract as ``ssd``."""
     bsz, t, h, e = x.shape
     start = jnp.zeros((bsz, h, e, b.shape[-1]), _f32) if h0 is None else h0.astype(_f32)

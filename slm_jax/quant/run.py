@@ -39,7 +39,9 @@ def quantize_run(run_dir: str | Path, out_dir: str | Path, bits: int, group_size
         raise ConfigError(f"--bits must be 4 or 8, got {bits}.")
     cfg = config_from_dict(read_run_config(run_dir))
     if cfg.model.quant.bits:
-        raise CheckpointError(f"{run_dir} is already quantized (int{cfg.model.quant.bits}); quantize the float run it was made from.")
+        raise CheckpointError(
+            f"{run_dir} is already quantized (int{cfg.model.quant.bits}); quantize the float run it was made from."
+        )
     if (out_dir / "checkpoints").exists() or (out_dir / "config.yaml").exists():
         raise CheckpointError(f"{out_dir} already holds a run; pass a new output directory.")
     params, step = restore_params(run_dir, cfg, best)

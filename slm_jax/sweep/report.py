@@ -136,7 +136,12 @@ def plot(sweep: Sweep, rows: list[dict], out: Path) -> list[Path]:
     x = _x_key(sweep, rows, series)
     if x:
         scatter(lambda r: r["values"][x], x, f"metric_vs_{x.split('.')[-1]}.png")
-    scatter(lambda r: max(r["decode_state_bytes_per_seq"], 1), "decode-state bytes per sequence", "metric_vs_state.png", logx=True)
+    scatter(
+        lambda r: max(r["decode_state_bytes_per_seq"], 1),
+        "decode-state bytes per sequence",
+        "metric_vs_state.png",
+        logx=True,
+    )
     if any(len(_lengths(sweep.metric, r)) > 1 for r in rows):  # evaluated at several lengths: extrapolation
         fig, ax = plt.subplots(figsize=(6, 4))
         for r in rows:

@@ -31,8 +31,8 @@ from typing import Any
 import yaml
 
 from slm_jax.config import Config, all_keys, config_from_dict, read_yaml_config
-from slm_jax.errors import ConfigError
 from slm_jax.data.task_data import head_fraction
+from slm_jax.errors import ConfigError
 from slm_jax.models import accounting
 
 BUDGET_QUANTITIES = ("params", "flops_per_token", "decode_state_bytes")
@@ -98,10 +98,14 @@ def _check_keys(raw: dict, allowed: tuple[str, ...], where: str) -> None:
 
 # What each top-level key of a sweep file must hold: (accepted types, how to write it).
 _SHAPES = {
-    "name": ((str, int), "a string"), "base": ((str,), "a config path relative to the sweep file"),
-    "set": ((list,), "a list of key=value strings"), "grid": ((dict,), "a mapping of config keys to lists of values"),
-    "points": ((list,), "a list of {key: value} mappings"), "lrs": ((list,), "a list of positive numbers"),
-    "metric": ((str,), "a metric name such as val_loss"), "budget": ((dict,), "a mapping such as {match: params}"),
+    "name": ((str, int), "a string"),
+    "base": ((str,), "a config path relative to the sweep file"),
+    "set": ((list,), "a list of key=value strings"),
+    "grid": ((dict,), "a mapping of config keys to lists of values"),
+    "points": ((list,), "a list of {key: value} mappings"),
+    "lrs": ((list,), "a list of positive numbers"),
+    "metric": ((str,), "a metric name such as val_loss"),
+    "budget": ((dict,), "a mapping such as {match: params}"),
     "plot": ((dict,), "a mapping such as {x: model.d_model}"),
 }
 
@@ -117,7 +121,9 @@ def _check_shapes(raw: dict, path: Path) -> None:
             raise ConfigError(f"Sweep axis {key!r} in {path} has no values; give it at least one value or remove it.")
     for item in raw.get("set") or ():
         if not isinstance(item, str) or "=" not in item:
-            raise ConfigError(f"set: in {path} must be {_SHAPES['set'][1]}, got {item!r}; write e.g. [train.steps=400].")
+            raise ConfigError(
+                f"set: in {path} must be {_SHAPES['set'][1]}, got {item!r}; write e.g. [train.steps=400]."
+            )
     for point in raw.get("points") or ():
         if not isinstance(point, dict):
             raise ConfigError(f"points: in {path} must be {_SHAPES['points'][1]}, got {point!r}.")
@@ -127,8 +133,12 @@ def _check_shapes(raw: dict, path: Path) -> None:
     budget = raw.get("budget") or {}
     if "multiple" in budget and (not isinstance(budget["multiple"], int) or budget["multiple"] <= 0):
         raise ConfigError(f"budget.multiple in {path} must be a positive integer, got {budget['multiple']!r}.")
-    if "target" in budget and (isinstance(budget["target"], bool) or not isinstance(budget["target"], (int, float)) or budget["target"] < 0):
-        raise ConfigError(f"budget.target in {path} must be a number >= 0 (0: the base config's own), got {budget['target']!r}.")
+    if "target" in budget and (
+        isinstance(budget["target"], bool) or not isinstance(budget["target"], (int, float)) or budget["target"] < 0
+    ):
+        raise ConfigError(
+            f"budget.target in {path} must be a number >= 0 (0: the base config's own), got {budget['target']!r}."
+        )
 
 
 def load_sweep(path: str | Path) -> Sweep:
@@ -157,7 +167,10 @@ def load_sweep(path: str | Path) -> Sweep:
     for key in sweep.axes + [sweep.budget.adjust] * bool(sweep.budget.match):
         if key not in known:
             close = difflib.get_close_matches(key, sorted(known), n=1)
-            raise ConfigError(f"Sweep axis {key!r} is not a config key; " + (f"did you mean {close[0]!r}?" if close else "see docs/config.md."))
+            raise ConfigError(
+                f"Sweep axis {key!r} is not a config key; "
+                + (f"did you mean {close[0]!r}?" if close else "see docs/config.md.")
+            )
     if sweep.budget.match and sweep.budget.match not in BUDGET_QUANTITIES:
         raise ConfigError(f"budget.match {sweep.budget.match!r} is not one of {', '.join(BUDGET_QUANTITIES)}.")
     if not sweep.axes and not sweep.lrs:
@@ -187,7 +200,9 @@ def _match_budget(raw: dict, overrides: list, budget: Budget, target: float) -> 
         if q > 2 * target:
             break
     if best is None:
-        raise ConfigError(f"No value of {budget.adjust} (multiples of {budget.multiple}) gives a valid config; change budget.multiple.")
+        raise ConfigError(
+            f"No value of {budget.adjust} (multiples of {budget.multiple}) gives a valid config; change budget.multiple."
+        )
     return best[1], best[2]
 
 

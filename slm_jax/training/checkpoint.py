@@ -45,8 +45,11 @@ def _rank(metrics: dict | None) -> float:
 def _set_aside(directory: Path, step: int, damage: Damaged, resuming: str) -> None:
     """Rename a damaged step folder (never delete it) and say so in one line on stderr."""
     moved = integrity.set_aside(directory / str(step), damage.reason)
-    print(f"warning: the checkpoint at step {step} in {directory} is damaged ({damage}); moved it to {moved.name}{resuming}.",
-          file=sys.stderr, flush=True)
+    print(
+        f"warning: the checkpoint at step {step} in {directory} is damaged ({damage}); moved it to {moved.name}{resuming}.",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _remove_partial_saves(directory: Path) -> None:
@@ -55,7 +58,9 @@ def _remove_partial_saves(directory: Path) -> None:
         shutil.rmtree(partial, ignore_errors=True)
 
 
-def _open_manager(directory: Path, keep: int | None, keep_best: bool, async_save: bool, read_only: bool = False, owner: bool = False):
+def _open_manager(
+    directory: Path, keep: int | None, keep_best: bool, async_save: bool, read_only: bool = False, owner: bool = False
+):
     """A CheckpointManager over ``directory`` with latest-``keep`` plus best retention.
 
     Orbax cannot open a directory in which a step's metrics file is unreadable: the ``owner``
@@ -76,7 +81,9 @@ def _open_manager(directory: Path, keep: int | None, keep_best: bool, async_save
     if keep_best:
         # reverse=True sorts descending, so BestN's kept tail is the lowest validation loss;
         # every step carries a metrics dict, so no step is kept merely for lacking one.
-        policies.append(checkpoint_managers.BestN(get_metric_fn=_rank, reverse=True, n=1, keep_checkpoints_without_metrics=False))
+        policies.append(
+            checkpoint_managers.BestN(get_metric_fn=_rank, reverse=True, n=1, keep_checkpoints_without_metrics=False)
+        )
     options = ocp.CheckpointManagerOptions(
         preservation_policy=None if read_only else checkpoint_managers.AnyPreservationPolicy(policies),
         # best_fn is what makes Orbax write each step's metrics; ranking is done by _rank.
@@ -87,8 +94,12 @@ def _open_manager(directory: Path, keep: int | None, keep_best: bool, async_save
         read_only=read_only,
     )
     # Handlers named up front, so a fresh manager can read metadata before its first restore.
-    handlers = {"state": ocp.StandardCheckpointHandler(), "data_state": ocp.JsonCheckpointHandler(), "config": ocp.JsonCheckpointHandler(),
-                CHECKSUMS: ocp.JsonCheckpointHandler()}
+    handlers = {
+        "state": ocp.StandardCheckpointHandler(),
+        "data_state": ocp.JsonCheckpointHandler(),
+        "config": ocp.JsonCheckpointHandler(),
+        CHECKSUMS: ocp.JsonCheckpointHandler(),
+    }
     return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
 
 
@@ -123,14 +134,18 @@ def _check_fits(saved: dict[str, tuple], wanted: dict[str, tuple], where: str) -
     first = lambda item: not item[0].startswith("params")
     for path, shape in sorted(wanted.items(), key=first):
         if path not in saved:
-            raise CheckpointError(f"{where} does not fit this model: it has no parameter {path} (shape {shape} here); {fix}")
+            raise CheckpointError(
+                f"{where} does not fit this model: it has no parameter {path} (shape {shape} here); {fix}"
+            )
         if saved[path] != shape:
             raise CheckpointError(
                 f"{where} does not fit this model: parameter {path} has shape {saved[path]} there but {shape} here; {fix}"
             )
     for path, shape in sorted(saved.items(), key=first):
         if path not in wanted:
-            raise CheckpointError(f"{where} does not fit this model: it has parameter {path} (shape {shape}) that this model lacks; {fix}")
+            raise CheckpointError(
+                f"{where} does not fit this model: it has parameter {path} (shape {shape}) that this model lacks; {fix}"
+            )
 
 
 class Checkpointer:
@@ -154,10 +169,19 @@ class Checkpointer:
         is damaged, :meth:`restore` sets it aside and resumes from the newest step that verifies.
     """
 
-    def __init__(self, run_dir: str | Path, every: int, keep: int, keep_best: bool = True, async_save: bool = True,
-                 owner: bool = False):
+    def __init__(
+        self,
+        run_dir: str | Path,
+        every: int,
+        keep: int,
+        keep_best: bool = True,
+        async_save: bool = True,
+        owner: bool = False,
+    ):
         if every <= 0 or keep <= 0:
-            raise CheckpointError(f"Checkpointer got every={every} and keep={keep}; set checkpoint.every and checkpoint.keep to positive integers.")
+            raise CheckpointError(
+                f"Checkpointer got every={every} and keep={keep}; set checkpoint.every and checkpoint.keep to positive integers."
+            )
         self.run_dir = Path(run_dir)
         self.directory = self.run_dir / "checkpoints"
         self.every, self.keep, self.keep_best = every, keep, keep_best
@@ -247,13 +271,22 @@ class Checkpointer:
         if code == errno.ENOSPC:
             free = shutil.disk_usage(self.directory).free
             if steps:  # the footprint of the newest complete checkpoint, in allocated blocks
-                need = sum(p.stat().st_blocks * 512 for p in (self.directory / str(max(steps))).rglob("*") if p.is_file())
+                need = sum(
+                    p.stat().st_blocks * 512 for p in (self.directory / str(max(steps))).rglob("*") if p.is_file()
+                )
                 detail = f" (a checkpoint of this run takes {_size(need)} on disk; {_size(free)} was free)"
             else:
                 detail = f" (its arrays alone take {_size(self._pending_bytes)}; {_size(free)} was free)"
-        then = (f", then run the same command to resume from step {max(steps)}, the last good checkpoint" if steps
-                else ", then run the same command; no checkpoint was written yet")
-        what = f"Saving the checkpoint of step {step} in {self.directory}" if step is not None else f"Writing checkpoints in {self.directory}"
+        then = (
+            f", then run the same command to resume from step {max(steps)}, the last good checkpoint"
+            if steps
+            else ", then run the same command; no checkpoint was written yet"
+        )
+        what = (
+            f"Saving the checkpoint of step {step} in {self.directory}"
+            if step is not None
+            else f"Writing checkpoints in {self.directory}"
+        )
         return write_failure(what, code, detail, then)
 
     def wait(self) -> None:
@@ -337,7 +370,9 @@ class Checkpointer:
                 saved = _shapes(getattr(saved_tree, "tree", saved_tree))  # TreeMetadata wraps the tree in 0.12
                 record = None
                 if (step_dir / CHECKSUMS).is_dir():  # absent in checkpoints from before checksums
-                    record = self._manager.restore(step, args=ocp.args.Composite(**{CHECKSUMS: ocp.args.JsonRestore()}))[CHECKSUMS]
+                    record = self._manager.restore(
+                        step, args=ocp.args.Composite(**{CHECKSUMS: ocp.args.JsonRestore()})
+                    )[CHECKSUMS]
         except Exception as e:  # any failure to read what Orbax wrote is damage
             raise Damaged("unreadable", f"its metadata cannot be read: {integrity.describe(e)}") from None
         if record is not None:
@@ -345,8 +380,11 @@ class Checkpointer:
         elif not saved:
             raise Damaged("metadata", "its state metadata lists no arrays")
         _check_fits(saved, _shapes(abstract_state), f"The checkpoint at step {step} in {self.directory}")
-        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data_state=ocp.args.JsonRestore(),
-                                  config=ocp.args.JsonRestore())
+        args = ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state),
+            data_state=ocp.args.JsonRestore(),
+            config=ocp.args.JsonRestore(),
+        )
         try:
             with integrity.quiet_failed_io():
                 restored = self._manager.restore(step, args=args)
@@ -379,8 +417,12 @@ class Checkpointer:
     def _damaged_message(self, step: int, damage: Damaged) -> str:
         """What a reader is told about a damaged step: which, why, and the newest other step to use."""
         others = [s for s in self.all_steps() if s != step]
-        fix = (f"the newest other checkpoint is step {max(others)}: pass --step {max(others)} (eval, generate), "
-               "or resume training, which sets damaged steps aside" if others else "restore it from a backup")
+        fix = (
+            f"the newest other checkpoint is step {max(others)}: pass --step {max(others)} (eval, generate), "
+            "or resume training, which sets damaged steps aside"
+            if others
+            else "restore it from a backup"
+        )
         return f"The checkpoint at step {step} in {self.directory} is damaged ({damage}); {fix}."
 
     def _pick_step(self, step: int | None, best: bool) -> int:
@@ -395,7 +437,9 @@ class Checkpointer:
             if step is None:
                 raise CheckpointError(f"{self.directory} has no checkpoint yet; train the run first with `slm train`.")
         elif step not in steps:
-            raise CheckpointError(f"{self.directory} has no checkpoint for step {step}; pass one of the saved steps {steps}.")
+            raise CheckpointError(
+                f"{self.directory} has no checkpoint for step {step}; pass one of the saved steps {steps}."
+            )
         return step
 
 
@@ -438,9 +482,13 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
         try:
             cfg = yaml.safe_load(path.read_text())
         except yaml.YAMLError as e:
-            raise CheckpointError(f"{path} is not valid YAML ({e.__class__.__name__}); restore it or delete it to use the checkpoint's config.") from None
+            raise CheckpointError(
+                f"{path} is not valid YAML ({e.__class__.__name__}); restore it or delete it to use the checkpoint's config."
+            ) from None
         if not isinstance(cfg, dict):
-            raise CheckpointError(f"{path} does not hold a config mapping; restore it or delete it to use the checkpoint's config.")
+            raise CheckpointError(
+                f"{path} does not hold a config mapping; restore it or delete it to use the checkpoint's config."
+            )
         return cfg
     step = latest_checkpoint_step(run_dir)
     if step is None:

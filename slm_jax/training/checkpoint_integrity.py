@@ -85,7 +85,11 @@ def checksums(tree: PyTree) -> dict[str, dict]:
     leaves = array_leaves(tree)
     host = iter(jax.device_get([leaf for _, leaf in leaves if _local(leaf)]))  # one batched copy
     return {
-        path: {"shape": list(leaf.shape), "dtype": str(leaf.dtype), "crc32": _crc32(np.asarray(next(host))) if _local(leaf) else None}
+        path: {
+            "shape": list(leaf.shape),
+            "dtype": str(leaf.dtype),
+            "crc32": _crc32(np.asarray(next(host))) if _local(leaf) else None,
+        }
         for path, leaf in leaves
     }
 
@@ -101,8 +105,11 @@ def check_structure(record: dict[str, dict], saved_shapes: dict[str, tuple]) -> 
 
 def check_arrays(record: dict[str, dict], tree: PyTree) -> None:
     """Raise Damaged at the first restored array whose CRC-32 differs from the one recorded at save time."""
-    todo = [(p, leaf) for p, leaf in array_leaves(tree)
-            if _local(leaf) and record.get(p, {}).get("crc32") is not None and str(leaf.dtype) == record[p]["dtype"]]
+    todo = [
+        (p, leaf)
+        for p, leaf in array_leaves(tree)
+        if _local(leaf) and record.get(p, {}).get("crc32") is not None and str(leaf.dtype) == record[p]["dtype"]
+    ]
     for (path, _), host in zip(todo, jax.device_get([leaf for _, leaf in todo])):
         if _crc32(np.asarray(host)) != record[path]["crc32"]:
             raise Damaged("checksum", f"the bytes of {path} differ from those written at save time (CRC-32 mismatch)")
@@ -144,7 +151,10 @@ def check_file_list(step_dir: Path) -> None:
             raise Damaged("missing-file", f"its file {name} is missing")
         now = _file_record(path, name)
         if now[0] != size:
-            raise Damaged("truncated" if now[0] < size else "resized", f"its file {name} has {now[0]} bytes but had {size} when saved")
+            raise Damaged(
+                "truncated" if now[0] < size else "resized",
+                f"its file {name} has {now[0]} bytes but had {size} when saved",
+            )
         if now[1] != crc:
             raise Damaged("metadata", f"the bytes of its file {name} changed since it was saved (CRC-32 mismatch)")
 

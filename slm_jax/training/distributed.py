@@ -44,7 +44,9 @@ def _int_env(env: Mapping[str, str], key: str) -> int | None:
     try:
         return int(env[key])
     except ValueError:
-        raise ConfigError(f"The environment variable {key}={env[key]!r} must be an integer; fix the launch script.") from None
+        raise ConfigError(
+            f"The environment variable {key}={env[key]!r} must be an integer; fix the launch script."
+        ) from None
 
 
 def initialize(env: Mapping[str, str] = os.environ) -> bool:
@@ -56,7 +58,9 @@ def initialize(env: Mapping[str, str] = os.environ) -> bool:
         return False
     if jax.distributed.is_initialized():
         return True
-    if env.get("JAX_COORDINATOR_ADDRESS") and (_int_env(env, "JAX_NUM_PROCESSES") is None or _int_env(env, "JAX_PROCESS_ID") is None):
+    if env.get("JAX_COORDINATOR_ADDRESS") and (
+        _int_env(env, "JAX_NUM_PROCESSES") is None or _int_env(env, "JAX_PROCESS_ID") is None
+    ):
         if not env.get("SLURM_JOB_ID"):
             raise ConfigError(
                 "JAX_COORDINATOR_ADDRESS is set but JAX_NUM_PROCESSES or JAX_PROCESS_ID is not; set both in every process "
@@ -64,7 +68,11 @@ def initialize(env: Mapping[str, str] = os.environ) -> bool:
             )
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # only the CPU backend reads it
     try:
-        jax.distributed.initialize(num_processes=_int_env(env, "JAX_NUM_PROCESSES"), process_id=_int_env(env, "JAX_PROCESS_ID"))
+        jax.distributed.initialize(
+            num_processes=_int_env(env, "JAX_NUM_PROCESSES"), process_id=_int_env(env, "JAX_PROCESS_ID")
+        )
     except (ValueError, RuntimeError) as e:
-        raise ConfigError(f"Joining the distributed run failed ({str(e).splitlines()[0]}); check the coordinator address, process count and id.") from None
+        raise ConfigError(
+            f"Joining the distributed run failed ({str(e).splitlines()[0]}); check the coordinator address, process count and id."
+        ) from None
     return True

@@ -78,7 +78,9 @@ def _check_until_step(until_step: int | None, start: int) -> None:
     if until_step is not None and until_step <= 0:
         raise ConfigError(f"--until-step must be a positive step number, got {until_step}.")
     if until_step is not None and until_step < start:
-        raise ConfigError(f"--until-step {until_step} is below step {start}, which this run already reached; pass a later step or drop --until-step.")
+        raise ConfigError(
+            f"--until-step {until_step} is below step {start}, which this run already reached; pass a later step or drop --until-step."
+        )
 
 
 def _close_all(*resources, quiet: bool) -> None:
@@ -161,8 +163,13 @@ def run_loop(
                 if not math.isfinite(last["loss"]):
                     raise _diverged(f"The loss became {last['loss']}", step, ckpt)
                 tok_s = tokens_per_step / dt
-                log.write(step, **{k: last[k] for k in ("loss", "accuracy", "grad_norm", "lr", *extra_metrics)},
-                          tokens_per_s=tok_s, ms_per_step=1e3 * dt, mfu=info["flops_per_token"] * tok_s / peak)
+                log.write(
+                    step,
+                    **{k: last[k] for k in ("loss", "accuracy", "grad_norm", "lr", *extra_metrics)},
+                    tokens_per_s=tok_s,
+                    ms_per_step=1e3 * dt,
+                    mfu=info["flops_per_token"] * tok_s / peak,
+                )
                 bar.update(step, loss=f"{last['loss']:.4f}", tok_s=f"{tok_s:,.0f}")
             val = {}
             if (cfg.eval.every and step % cfg.eval.every == 0) or step == tc.steps:
@@ -170,9 +177,15 @@ def run_loop(
                 for suffix, val_batches in val_sets.items():
                     val.update({k + suffix: v for k, v in evaluate(eval_fn, params, val_batches, unit).items()})
                 log.write(step, **val)
-                bar.write(f"step {step}: val_loss {val['val_loss']:.4f} " + (
-                    "val_accuracy " + ", ".join(f"{val['val_accuracy' + suffix]:.3f}{suffix}" for suffix in val_sets) if report_accuracy
-                    else f"({val[f'val_bits_per_{unit}']:.3f} bits/{unit})"))
+                bar.write(
+                    f"step {step}: val_loss {val['val_loss']:.4f} "
+                    + (
+                        "val_accuracy "
+                        + ", ".join(f"{val['val_accuracy' + suffix]:.3f}{suffix}" for suffix in val_sets)
+                        if report_accuracy
+                        else f"({val[f'val_bits_per_{unit}']:.3f} bits/{unit})"
+                    )
+                )
             if step % cfg.checkpoint.every == 0 or final:
                 saveable = par.saveable(state)
                 if not np.isfinite(par.host(optax.tree.norm(saveable["params"]))):
@@ -186,7 +199,9 @@ def run_loop(
         failed = False
     finally:
         stop.restore()
-        _close_all(ckpt, log, bar, quiet=failed)  # ckpt.close waits for the last save; a failed one is a CheckpointError
+        _close_all(
+            ckpt, log, bar, quiet=failed
+        )  # ckpt.close waits for the last save; a failed one is a CheckpointError
 
     ms = 1e3 * step_time / max(timed_steps, 1)
     return {

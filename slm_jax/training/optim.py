@@ -56,7 +56,9 @@ def make_optimizer(cfg: OptimConfig, total_steps: int, params: PyTree) -> tuple[
     if cfg.frozen:
         frozen = path_mask(params, cfg.frozen)
         if not any(jax.tree.leaves(frozen)):
-            raise ConfigError(f"optim.frozen patterns {list(cfg.frozen)} match no parameter path; check the names with `slm config show` and the model's parameter paths.")
+            raise ConfigError(
+                f"optim.frozen patterns {list(cfg.frozen)} match no parameter path; check the names with `slm config show` and the model's parameter paths."
+            )
         labels = jax.tree.map(lambda f: "frozen" if f else "train", frozen)
         tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
     return tx, schedule

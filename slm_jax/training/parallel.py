@@ -38,7 +38,9 @@ def _devices(n: int) -> list:
     """The first ``n`` devices (0: all of them)."""
     devices = jax.devices()
     if n < 0 or n > len(devices):
-        raise ConfigError(f"train.parallel.devices is {n} but there are {len(devices)} devices; set it to 0 (all) or at most {len(devices)}.")
+        raise ConfigError(
+            f"train.parallel.devices is {n} but there are {len(devices)} devices; set it to 0 (all) or at most {len(devices)}."
+        )
     if n and n < len(devices) and jax.process_count() > 1:
         raise ConfigError("train.parallel.devices must be 0 (all devices) when training on several processes.")
     return devices[:n] if n else devices
@@ -144,7 +146,9 @@ class Pmap(Single):
         per_device = self.tc.batch_size // self.n
 
         def put(x):
-            return jax.device_put(x.reshape((self.n_local, per_device) + x.shape[1:]), self._stacked)  # [local devices, b / n, ...]
+            return jax.device_put(
+                x.reshape((self.n_local, per_device) + x.shape[1:]), self._stacked
+            )  # [local devices, b / n, ...]
 
         return jax.tree.map(put, local)
 
@@ -159,7 +163,11 @@ class Pmap(Single):
         # Step outputs carry the device axis (every device holds the same reduced value).
         def one(x):
             a = _first_copy(x)
-            stacked = isinstance(x, jax.Array) and isinstance(x.sharding, NamedSharding) and x.sharding.spec == self._stacked.spec
+            stacked = (
+                isinstance(x, jax.Array)
+                and isinstance(x.sharding, NamedSharding)
+                and x.sharding.spec == self._stacked.spec
+            )
             return a.reshape(a.shape[1:]) if stacked else a
 
         return jax.tree.map(one, tree)
@@ -198,7 +206,9 @@ class Sharded(Single):
             out_shardings=(self.shardings, self._replicated),
             donate_argnums=0,
         )
-        spec = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), batch_spec, batch_shardings)
+        spec = jax.tree.map(
+            lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), batch_spec, batch_shardings
+        )
         # Traced under the mesh and the activation rules, so the model's logical constraints take effect.
         with jax.set_mesh(self.mesh), nn.logical_axis_rules(activation_rules()):
             lowered = step.lower(self.abstract_state(state), spec)

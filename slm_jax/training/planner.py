@@ -36,7 +36,9 @@ def parse_mesh(text: str) -> dict[str, int]:
     for item in filter(None, (t.strip() for t in text.split(","))):
         key, _, value = item.partition("=")
         if key not in sizes or not value.lstrip("-").isdigit():
-            raise ConfigError(f"--mesh item {item!r} is not AXIS=SIZE with AXIS one of {', '.join(MESH_AXES)}; write e.g. data=2,fsdp=2,tensor=2.")
+            raise ConfigError(
+                f"--mesh item {item!r} is not AXIS=SIZE with AXIS one of {', '.join(MESH_AXES)}; write e.g. data=2,fsdp=2,tensor=2."
+            )
         sizes[key] = int(value)
     return sizes
 
@@ -46,16 +48,26 @@ def mesh_devices(sizes: dict[str, int], devices: int | None) -> int:
     if devices:
         return devices
     if -1 in sizes.values():
-        raise ConfigError("--mesh leaves an axis at -1 (the rest), so give --devices N as well, or set every axis size.")
+        raise ConfigError(
+            "--mesh leaves an axis at -1 (the rest), so give --devices N as well, or set every axis size."
+        )
     return int(np.prod(list(sizes.values())))
 
 
 def plan_config(cfg: Config, sizes: dict[str, int], devices: int) -> Config:
     """``cfg`` set to train on a ``sizes`` mesh over ``devices`` devices."""
     if cfg.model.vocab_size <= 0:
-        raise ConfigError("The planner needs model.vocab_size (it reads no data); pass e.g. --set model.vocab_size=50304.")
-    return replace(cfg, **{"train.parallel.strategy": "mesh", "train.parallel.devices": devices,
-                           **{f"train.parallel.mesh.{k}": v for k, v in sizes.items()}})
+        raise ConfigError(
+            "The planner needs model.vocab_size (it reads no data); pass e.g. --set model.vocab_size=50304."
+        )
+    return replace(
+        cfg,
+        **{
+            "train.parallel.strategy": "mesh",
+            "train.parallel.devices": devices,
+            **{f"train.parallel.mesh.{k}": v for k, v in sizes.items()},
+        },
+    )
 
 
 def _step_parts(cfg: Config):
@@ -115,7 +127,10 @@ def plan(cfg: Config, peak_tflops: float = 0.0, mfu: float = 0.4) -> dict:
         "opt_state_bytes": opt_bytes,
         "argument_bytes": mem.argument_size_in_bytes,
         "activation_bytes": mem.temp_size_in_bytes,  # XLA temporaries: activations, gradients, workspace
-        "peak_bytes": mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes + mem.temp_size_in_bytes,
+        "peak_bytes": mem.argument_size_in_bytes
+        + mem.output_size_in_bytes
+        - mem.alias_size_in_bytes
+        + mem.temp_size_in_bytes,
         "xla_flops_per_step": xla_flops,
         "analytic_flops_per_step": analytic,
         "flops_ratio": xla_flops / analytic if analytic else None,
@@ -143,14 +158,23 @@ def format_plan(p: dict) -> str:
         ("FLOPs / step (analytic)", f"{p['analytic_flops_per_step']:.4g} (XLA / analytic = {p['flops_ratio']:.3f})"),
     ]
     if p["tokens_per_s"]:
-        rows.append((f"tokens/s at {p['peak_tflops_per_device']:g} TFLOP/s/device, MFU {p['mfu']:.0%}", f"{p['tokens_per_s']:,.0f}"))
+        rows.append(
+            (
+                f"tokens/s at {p['peak_tflops_per_device']:g} TFLOP/s/device, MFU {p['mfu']:.0%}",
+                f"{p['tokens_per_s']:,.0f}",
+            )
+        )
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
 def reexec_with_fake_devices(argv: list[str], devices: int) -> int:
     """Run ``slm <argv>`` again in a subprocess that has ``devices`` fake CPU devices; return its exit status."""
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "SLM_PLAN_REEXEC": "1",
-           "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip()}
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "SLM_PLAN_REEXEC": "1",
+        "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip(),
+    }
     code = "import sys; from slm_jax.cli import main; sys.exit(main(sys.argv[1:]))"
     return subprocess.run([sys.executable, "-c", code, *argv], env=env).returncode

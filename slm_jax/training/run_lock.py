@@ -47,7 +47,9 @@ def _open_lock_file(run_dir: Path) -> int:
     except OSError as e:
         blocker = _first_file_above(run_dir)
         if blocker is not None:
-            raise CheckpointError(f"Cannot use {run_dir} as a run directory: {blocker} is a file, not a directory; pass another directory.") from None
+            raise CheckpointError(
+                f"Cannot use {run_dir} as a run directory: {blocker} is a file, not a directory; pass another directory."
+            ) from None
         code = write_errno(e)
         if code is None:
             raise

@@ -137,7 +137,9 @@ def state_specs(state: PyTree, mesh: Mesh) -> PyTree:
 
 def state_shardings(state: PyTree, mesh: Mesh) -> PyTree:
     """NamedShardings of ``state_specs``."""
-    return jax.tree.map(lambda spec: NamedSharding(mesh, spec), state_specs(state, mesh), is_leaf=lambda x: isinstance(x, P))
+    return jax.tree.map(
+        lambda spec: NamedSharding(mesh, spec), state_specs(state, mesh), is_leaf=lambda x: isinstance(x, P)
+    )
 
 
 def activation_rules() -> tuple[tuple[str, str | tuple[str, ...] | None], ...]:

@@ -76,7 +76,10 @@ def make_train_step(
 
             first = jax.tree.map(lambda a: a[0], micro)
             metric_shapes = jax.eval_shape(lambda: grad_fn(params, first, *frozen)[0][1])
-            start = (jax.tree.map(jnp.zeros_like, params), jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metric_shapes))
+            start = (
+                jax.tree.map(jnp.zeros_like, params),
+                jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metric_shapes),
+            )
             (grads, metrics), _ = jax.lax.scan(accumulate, start, micro)
             grads = jax.tree.map(lambda g: g / grad_accum, grads)
             # Means over micro-batches; "tokens" stays a sum.
@@ -84,7 +87,12 @@ def make_train_step(
         if sync is not None:
             grads, metrics = sync(grads, metrics)
         updates, opt_state = optimizer.update(grads, state["opt_state"], params)
-        new_state = {**state, "params": optax.apply_updates(params, updates), "opt_state": opt_state, "step": state["step"] + 1}
+        new_state = {
+            **state,
+            "params": optax.apply_updates(params, updates),
+            "opt_state": opt_state,
+            "step": state["step"] + 1,
+        }
         metrics = {**metrics, "grad_norm": optax.tree.norm(grads), "lr": schedule(state["step"])}
         return new_state, metrics
 

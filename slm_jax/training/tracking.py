@@ -161,7 +161,15 @@ class Progress:
 
     def __init__(self, total: int, initial: int = 0, disable: bool = False, file: Any = None):
         self.disable = disable or jax.process_index() != 0
-        self._bar = tqdm(total=total, initial=initial, disable=self.disable, unit="step", dynamic_ncols=True, smoothing=0.1, file=file)
+        self._bar = tqdm(
+            total=total,
+            initial=initial,
+            disable=self.disable,
+            unit="step",
+            dynamic_ncols=True,
+            smoothing=0.1,
+            file=file,
+        )
         self.step = initial  # kept here too: a disabled tqdm does not count
 
     def update(self, step: int, **postfix: Any) -> None:
@@ -232,7 +240,10 @@ def device_info() -> dict:
         "backend": jax.default_backend(),
         "process_index": jax.process_index(),
         "process_count": jax.process_count(),
-        "devices": [{"id": d.id, "kind": d.device_kind, "platform": d.platform, "process_index": d.process_index, "str": str(d)} for d in jax.devices()],
+        "devices": [
+            {"id": d.id, "kind": d.device_kind, "platform": d.platform, "process_index": d.process_index, "str": str(d)}
+            for d in jax.devices()
+        ],
     }
 
 
@@ -260,7 +271,9 @@ def write_run_record(run_dir: str | Path, extra: dict | None = None) -> dict:
     if path.is_file():
         try:
             old = json.loads(path.read_text())
-            previous = old.get("previous_launches", []) + [{k: old.get(k) for k in ("time_utc", "git", "command", "resumed_from")}]
+            previous = old.get("previous_launches", []) + [
+                {k: old.get(k) for k in ("time_utc", "git", "command", "resumed_from")}
+            ]
         except (json.JSONDecodeError, AttributeError):
             previous = []  # an unreadable old record is replaced, not fatal
     if previous:

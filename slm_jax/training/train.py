@@ -22,16 +22,16 @@ from slm_jax.data.synthetic import task_batches
 from slm_jax.data.task_data import compact_labels, head_fraction, load_task, n_labels
 from slm_jax.data.task_data import val_sets as task_val_sets
 from slm_jax.data.tokenizers import save_tokenizer
-from slm_jax.inference.run import restore_params
 from slm_jax.errors import CheckpointError, ConfigError
+from slm_jax.inference.run import restore_params
 from slm_jax.models import accounting
 from slm_jax.models.lm import CausalLM
 from slm_jax.training.checkpoint import Checkpointer, latest_checkpoint_step, read_run_config
+from slm_jax.training.loop import run_loop
 from slm_jax.training.optim import make_optimizer
 from slm_jax.training.parallel import make_parallel
 from slm_jax.training.run_lock import run_lock
 from slm_jax.training.step import init_state, make_eval_step, make_train_step
-from slm_jax.training.loop import run_loop
 
 
 def default_run_dir(cfg: Config) -> Path:
@@ -52,7 +52,7 @@ def with_data_vocab(cfg: Config, data: Dataset) -> Config:
 
 
 def model_difference(run_dir: Path, cfg: Config) -> str:
-    """"" if ``run_dir`` was trained with ``cfg.model``, else the first differing key, both values."""
+    """ "" if ``run_dir`` was trained with ``cfg.model``, else the first differing key, both values."""
     # A key the saved config lacks was added to slm_jax later: it had its default then.
     old = {**to_dict(ModelConfig()), **read_run_config(run_dir).get("model", {})}
     new = to_dict(cfg.model)
@@ -64,7 +64,9 @@ def check_resumable(run_dir: Path, cfg: Config, has_checkpoint: bool) -> None:
     """A run directory with checkpoints may only be resumed by the same model."""
     diff = model_difference(run_dir, cfg) if has_checkpoint else ""
     if diff:
-        raise CheckpointError(f"{run_dir} holds checkpoints of a different model ({diff}); pass a new --run-dir or the config that made it.")
+        raise CheckpointError(
+            f"{run_dir} holds checkpoints of a different model ({diff}); pass a new --run-dir or the config that made it."
+        )
 
 
 def warm_start_params(source: str | Path, cfg: Config) -> PyTree:
@@ -75,10 +77,14 @@ def warm_start_params(source: str | Path, cfg: Config) -> PyTree:
     """
     source = Path(source)
     if not (source / "config.yaml").is_file():
-        raise ConfigError(f"train.init_from={str(source)!r} is not a run directory (no config.yaml); point it at a directory written by `slm train`.")
+        raise ConfigError(
+            f"train.init_from={str(source)!r} is not a run directory (no config.yaml); point it at a directory written by `slm train`."
+        )
     diff = model_difference(source, cfg)
     if diff:
-        raise ConfigError(f"train.init_from={str(source)!r} holds a different model ({diff}); a warm start needs the same model config.")
+        raise ConfigError(
+            f"train.init_from={str(source)!r} holds a different model ({diff}); a warm start needs the same model config."
+        )
     params, _ = restore_params(source, config_from_dict(read_run_config(source)))
     return params
 
@@ -96,7 +102,13 @@ def train_curriculum(cfg: Config, run_dir: Path, progress: bool) -> tuple[str, d
     source = cfg.train.init_from
     for i, (seq_len, steps) in enumerate(cfg.train.curriculum, 1):
         stage_dir = run_dir / f"stage{i}_len{seq_len}"
-        stage = {"train.seq_len": seq_len, "train.steps": steps, "train.curriculum": (), "train.init_from": source, "data.task.eval_lengths": ()}
+        stage = {
+            "train.seq_len": seq_len,
+            "train.steps": steps,
+            "train.curriculum": (),
+            "train.init_from": source,
+            "data.task.eval_lengths": (),
+        }
         if latest_checkpoint_step(stage_dir) != steps:
             summary = train(replace(cfg, **stage), stage_dir, progress=progress)
             if summary["step"] < steps:
@@ -105,7 +117,9 @@ def train_curriculum(cfg: Config, run_dir: Path, progress: bool) -> tuple[str, d
     return source, None
 
 
-def train(cfg: Config, run_dir: str | Path | None = None, *, until_step: int | None = None, progress: bool = True) -> dict:
+def train(
+    cfg: Config, run_dir: str | Path | None = None, *, until_step: int | None = None, progress: bool = True
+) -> dict:
     """Train ``cfg`` in ``run_dir`` (default ``runs/<name>``); return a summary dict (training/loop.py).
 
     ``until_step`` stops early after that step with a checkpoint, as a preemption would; the
@@ -127,7 +141,9 @@ def _train_locked(cfg: Config, run_dir: Path, ckpt: Checkpointer, until_step: in
     """The body of :func:`train`, run while holding the lock of ``run_dir`` with its checkpointer open."""
     # ---------------------------------------------------------------- run directory & data
     fresh = ckpt.latest_step() is None
-    start_from, stopped = train_curriculum(cfg, run_dir, progress) if cfg.train.curriculum and fresh else (cfg.train.init_from, None)
+    start_from, stopped = (
+        train_curriculum(cfg, run_dir, progress) if cfg.train.curriculum and fresh else (cfg.train.init_from, None)
+    )
     if stopped:  # stopped inside a stage: the main run has not begun
         return {**stopped, "run_dir": str(run_dir), "step": 0, "stopped_in": stopped["run_dir"]}
     task = load_task(cfg) if cfg.data.task.name else None
@@ -163,17 +179,23 @@ def _train_locked(cfg: Config, run_dir: Path, ckpt: Checkpointer, until_step: in
     # Text: i32[b, t + 1] windows. Task: compact labels, so logits are computed only where scored.
     eval_batch = cfg.eval.batch_size or tc.batch_size
     if task is None:
-        batches = train_batches(data.train, tc.batch_size, tc.seq_len, tc.seed, jax.process_index(), jax.process_count())
+        batches = train_batches(
+            data.train, tc.batch_size, tc.seq_len, tc.seed, jax.process_index(), jax.process_count()
+        )
         to_step_batch = lambda batch: batch
         batch_spec = jax.ShapeDtypeStruct((tc.batch_size, tc.seq_len + 1), np.int32)
         val_sets = {"": eval_batches(data.val, eval_batch, tc.seq_len, cfg.eval.batches)}
         unit = {"char": "char", "byte": "byte"}.get(data.meta.get("tokenizer"), "token")
     else:
         m = n_labels(task.train)
-        batches = task_batches(task.train, tc.batch_size, tc.seed, process_index=jax.process_index(), process_count=jax.process_count())
+        batches = task_batches(
+            task.train, tc.batch_size, tc.seed, process_index=jax.process_index(), process_count=jax.process_count()
+        )
         to_step_batch = lambda batch: compact_labels(batch, m)
-        batch_spec = {"inputs": jax.ShapeDtypeStruct((tc.batch_size, tc.seq_len), np.int32),
-                      **{k: jax.ShapeDtypeStruct((tc.batch_size, m), np.int32) for k in ("label_positions", "labels")}}
+        batch_spec = {
+            "inputs": jax.ShapeDtypeStruct((tc.batch_size, tc.seq_len), np.int32),
+            **{k: jax.ShapeDtypeStruct((tc.batch_size, m), np.int32) for k in ("label_positions", "labels")},
+        }
         val_sets = task_val_sets(task, eval_batch, cfg.eval.batches)
         unit = "token"
     if data_state:
@@ -181,11 +203,28 @@ def _train_locked(cfg: Config, run_dir: Path, ckpt: Checkpointer, until_step: in
 
     # ---------------------------------------------------------------- compile (timed apart)
     t0 = time.perf_counter()
-    step_fn = par.compile(lambda sync: make_train_step(model, optimizer, schedule, tc.z_loss, tc.grad_accum, sync), state, batch_spec)
+    step_fn = par.compile(
+        lambda sync: make_train_step(model, optimizer, schedule, tc.z_loss, tc.grad_accum, sync), state, batch_spec
+    )
     eval_fn = jax.jit(make_eval_step(model))
     compile_s = time.perf_counter() - t0
 
     # ---------------------------------------------------------------- accounting & loop
     info = {**accounting.summary(cfg.model, tc.seq_len, head_fraction(cfg)), "compile_s": compile_s}
-    return run_loop(cfg, run_dir, ckpt, state, step_fn, batches, eval_fn, val_sets, unit, info, par=par,
-                    to_step_batch=to_step_batch, report_accuracy=task is not None, until_step=until_step, progress=progress)
+    return run_loop(
+        cfg,
+        run_dir,
+        ckpt,
+        state,
+        step_fn,
+        batches,
+        eval_fn,
+        val_sets,
+        unit,
+        info,
+        par=par,
+        to_step_batch=to_step_batch,
+        report_accuracy=task is not None,
+        until_step=until_step,
+        progress=progress,
+    )

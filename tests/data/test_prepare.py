@@ -35,7 +35,9 @@ def test_prepare_writes_files_and_meta(tmp_path, text_file, tokenizer):
     assert meta["tokenizer"] == tokenizer and meta["dtype"] == "uint16"
     assert meta["train_tokens"] == int(n * 0.9) and meta["train_tokens"] + meta["val_tokens"] == n
     assert meta["vocab_size"] == (len(set(TEXT)) if tokenizer == "char" else 256)
-    assert meta["sources"] == [{"path": str(text_file.resolve()), "bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}]
+    assert meta["sources"] == [
+        {"path": str(text_file.resolve()), "bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}
+    ]
     # raw little-endian uint16, train then val == the whole corpus in order
     train = np.fromfile(out / "train.bin", dtype="<u2")
     val = load_split(out, "val")
@@ -43,7 +45,7 @@ def test_prepare_writes_files_and_meta(tmp_path, text_file, tokenizer):
     tok = load_data_tokenizer(out)
     assert tok.decode(np.concatenate([train, val])) == TEXT
     if tokenizer == "char":
-        assert tok.decode(val) == TEXT[-len(val):]  # val is the last 10%
+        assert tok.decode(val) == TEXT[-len(val) :]  # val is the last 10%
 
 
 def test_prepare_concatenates_in_order(tmp_path):

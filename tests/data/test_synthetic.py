@@ -149,7 +149,10 @@ def take(it, n):
 
 def test_task_batches_epochs_and_state_round_trip():
     source = TaskSource("mqar", 0, "train", 8, 32, 64, n_pairs=4)
-    assert repr(source) == "TaskSource('mqar', seed=0, split='train', num_examples=8, seq_len=32, vocab_size=64, n_pairs=4)"
+    assert (
+        repr(source)
+        == "TaskSource('mqar', seed=0, split='train', num_examples=8, seq_len=32, vocab_size=64, n_pairs=4)"
+    )
     index_of = {source[i]["inputs"].tobytes(): i for i in range(len(source))}
     assert len(index_of) == 8
 
@@ -202,11 +205,14 @@ def test_min_len_mixes_lengths_left_padded_with_the_scored_positions_at_the_end(
         assert (ex["targets"] >= 0).sum() == 1
         nonpad = np.flatnonzero(ex["inputs"])  # induction heads never emits token 0, so 0 is padding
         lengths.append(64 - nonpad[0])
-        assert (ex["inputs"][nonpad[0]:] > 0).all() and (ex["targets"][: nonpad[0]] == -1).all()
+        assert (ex["inputs"][nonpad[0] :] > 0).all() and (ex["targets"][: nonpad[0]] == -1).all()
     lengths = np.array(lengths)
     assert lengths.min() >= 8 and lengths.max() >= 56
     assert 0.35 < (lengths <= 23).mean() < 0.65  # log-uniform: the geometric midpoint sqrt(8 * 64) ~ 23 splits it
-    assert source[5]["inputs"].tolist() == make_example("induction_heads", 0, "train", 5, 64, 16, min_len=8)["inputs"].tolist()
+    assert (
+        source[5]["inputs"].tolist()
+        == make_example("induction_heads", 0, "train", 5, 64, 16, min_len=8)["inputs"].tolist()
+    )
 
 
 def test_min_len_errors_name_the_key():

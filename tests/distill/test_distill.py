@@ -18,7 +18,9 @@ from slm_jax.inference.run import load_run
 from slm_jax.training.tracking import read_metrics
 from slm_jax.training.train import train
 
-TEXT = "".join(f"{w} {v}\n" for w, v in zip(["to be", "or not", "that is", "the question"] * 150, ["so", "ho", "lo"] * 200))
+TEXT = "".join(
+    f"{w} {v}\n" for w, v in zip(["to be", "or not", "that is", "the question"] * 150, ["so", "ho", "lo"] * 200)
+)
 
 
 def raw(data_path, preset="transformer", **train):
@@ -55,7 +57,9 @@ def test_griffin_student_learns_from_a_transformer_teacher_which_stays_frozen(te
 
 def test_precomputed_topk_with_k_equal_vocab_gives_the_on_the_fly_loss(teacher):
     run = load_run(teacher / "teacher")
-    student_cfg = config_from_dict(raw(teacher / "corpus.txt", preset="griffin"), [f"model.vocab_size={run.cfg.model.vocab_size}"])
+    student_cfg = config_from_dict(
+        raw(teacher / "corpus.txt", preset="griffin"), [f"model.vocab_size={run.cfg.model.vocab_size}"]
+    )
     from slm_jax.models.lm import CausalLM
 
     student = CausalLM(student_cfg.model)
@@ -93,23 +97,44 @@ def test_another_vocabulary_is_a_clear_error(teacher, tmp_path):
         distill(config_from_dict(raw(other)), teacher / "teacher", tmp_path / "s", progress=False)
     n = load_run(teacher / "teacher").cfg.model.vocab_size
     with pytest.raises(ConfigError, match="model.vocab_size"):
-        distill(config_from_dict(raw(teacher / "corpus.txt"), [f"model.vocab_size={n + 5}"]), teacher / "teacher", tmp_path / "v", progress=False)
+        distill(
+            config_from_dict(raw(teacher / "corpus.txt"), [f"model.vocab_size={n + 5}"]),
+            teacher / "teacher",
+            tmp_path / "v",
+            progress=False,
+        )
     with pytest.raises(ConfigError, match="train.curriculum"):
-        distill(config_from_dict(raw(teacher / "corpus.txt"), ["train.curriculum=[[8, 2]]"]), teacher / "teacher", tmp_path / "c", progress=False)
+        distill(
+            config_from_dict(raw(teacher / "corpus.txt"), ["train.curriculum=[[8, 2]]"]),
+            teacher / "teacher",
+            tmp_path / "c",
+            progress=False,
+        )
 
 
 def test_cli_precompute_then_distill_from_stored_logits(teacher, tmp_path, capsys):
     out = tmp_path / "top4"
-    assert main(["distill", "precompute", "--teacher", str(teacher / "teacher"), "--out", str(out), "--top-k", "4"]) == 0
+    assert (
+        main(["distill", "precompute", "--teacher", str(teacher / "teacher"), "--out", str(out), "--top-k", "4"]) == 0
+    )
     meta = json.loads(capsys.readouterr().out)
     assert meta["top_k"] == 4 and np.load(out / "values.npy").shape == (meta["n_tokens"], 4)
     config = tmp_path / "student.yaml"
     config.write_text(yaml.safe_dump(raw(teacher / "corpus.txt", steps=5)))
-    argv = ["distill", str(config), "--teacher", str(teacher / "teacher"), "--run-dir", str(tmp_path / "s"), "--no-progress",
-            "--set", f"distill.precomputed={out}"]
+    argv = [
+        "distill",
+        str(config),
+        "--teacher",
+        str(teacher / "teacher"),
+        "--run-dir",
+        str(tmp_path / "s"),
+        "--no-progress",
+        "--set",
+        f"distill.precomputed={out}",
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    summary = json.loads(out[out.index("{"):])  # after the progress messages
+    summary = json.loads(out[out.index("{") :])  # after the progress messages
     assert summary["step"] == 5 and "teacher_params" not in summary  # the teacher was not loaded
     assert all(np.isfinite(m["kl"]) for m in read_metrics(tmp_path / "s") if "kl" in m)
     assert main(["distill", str(config), "--run-dir", str(tmp_path / "n"), "--set", "distill.teacher="]) == 2

@@ -33,7 +33,9 @@ def test_loss_equals_hand_computed_value(alpha, temperature, expected):
     loss, m = distill_loss(STUDENT, LABEL, TEACHER, alpha, temperature)
     assert float(loss) == pytest.approx(expected, abs=2e-6)
     assert float(m["ce"]) == pytest.approx(math.log(2), abs=1e-6)
-    assert float(loss) == pytest.approx(alpha * float(m["ce"]) + (1 - alpha) * temperature**2 * float(m["kl"]), abs=1e-6)
+    assert float(loss) == pytest.approx(
+        alpha * float(m["ce"]) + (1 - alpha) * temperature**2 * float(m["kl"]), abs=1e-6
+    )
     assert 0.1308 < float(distill_loss(STUDENT, LABEL, TEACHER, 0.0, 1.0)[1]["kl"]) < 0.1309
 
 
@@ -41,7 +43,9 @@ def test_topk_with_k_equal_vocab_is_the_full_kl_and_smaller_k_follows_the_formul
     ks, kt = jax.random.split(jax.random.key(0))
     student, teacher = jax.random.normal(ks, (2, 5, 7)) * 2, jax.random.normal(kt, (2, 5, 7)) * 2
     values, indices = jax.lax.top_k(teacher, 7)
-    np.testing.assert_allclose(kl_topk(student, values, indices, 1.5), kl_full(student, teacher, 1.5), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        kl_topk(student, values, indices, 1.5), kl_full(student, teacher, 1.5), rtol=1e-5, atol=1e-6
+    )
     # k = 3: teacher renormalised over its top 3; student log-probs over the whole vocabulary
     values, indices = jax.lax.top_k(teacher, 3)
     p = np.exp(values / 1.5) / np.exp(values / 1.5).sum(-1, keepdims=True)

@@ -27,7 +27,9 @@ def run_onnx(fn, *args):
     """fn(*args) through jaxpr -> ONNX -> onnxruntime; returns the flat outputs."""
     closed = jax.make_jaxpr(fn)(*args)
     flat = jax.tree.leaves(args)
-    model = jaxpr_to_onnx(closed, [f"in{i}" for i in range(len(flat))], [f"out{i}" for i in range(len(closed.jaxpr.outvars))])
+    model = jaxpr_to_onnx(
+        closed, [f"in{i}" for i in range(len(flat))], [f"out{i}" for i in range(len(closed.jaxpr.outvars))]
+    )
     onnx.checker.check_model(model, full_check=True)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return session.run(None, {f"in{i}": np.asarray(a) for i, a in enumerate(flat)})
@@ -52,12 +54,30 @@ def test_primitives_keep_jax_semantics():
     assert_same(lambda x, s: jax.lax.dynamic_update_slice(x, jnp.ones((1, 2, 5)), (s, s, 0)), x, jnp.int32(-2))
     # dot_general with batch dims in the middle, gathers in JAX's dimension order, scatter, pad, cumsum
     assert_same(lambda a, b: jnp.einsum("bij,jbk->bik", a, b), x, jnp.asarray(r.randn(5, 3, 2), jnp.float32))
-    assert_same(lambda x, k: (x[:, k], jnp.take(x, k, axis=2), jnp.stack([x, -x], axis=1)), x, jnp.asarray([[3, 0], [1, 1]], jnp.int32))
+    assert_same(
+        lambda x, k: (x[:, k], jnp.take(x, k, axis=2), jnp.stack([x, -x], axis=1)),
+        x,
+        jnp.asarray([[3, 0], [1, 1]], jnp.int32),
+    )
     assert_same(lambda x, k: x.at[:, k].set(-1.0).at[0, :, 1].add(2.0), x, jnp.asarray([2, 0], jnp.int32))
     assert_same(lambda x: jax.lax.pad(x, 0.5, [(1, -1, 0), (0, 2, 1), (-2, 0, 2)]), x)
-    assert_same(lambda x: (jnp.cumsum(x, 1), jax.lax.cumsum(x[::-1], 2, reverse=True), jnp.argmax(x, -1), x.max((0, 2))), x)
-    assert_same(lambda x: (jnp.where(x > 0, x > 1, x < -1), jax.nn.softplus(x), jax.lax.integer_pow(x, -2), jax.lax.rsqrt(x * x)), x)
-    assert_same(lambda x, k: (jax.lax.select_n(k, x, -x, 2 * x), jax.lax.clamp(-0.5, x, 0.5)), x, jnp.asarray(r.randint(0, 3, x.shape), jnp.int32))
+    assert_same(
+        lambda x: (jnp.cumsum(x, 1), jax.lax.cumsum(x[::-1], 2, reverse=True), jnp.argmax(x, -1), x.max((0, 2))), x
+    )
+    assert_same(
+        lambda x: (
+            jnp.where(x > 0, x > 1, x < -1),
+            jax.nn.softplus(x),
+            jax.lax.integer_pow(x, -2),
+            jax.lax.rsqrt(x * x),
+        ),
+        x,
+    )
+    assert_same(
+        lambda x, k: (jax.lax.select_n(k, x, -x, 2 * x), jax.lax.clamp(-0.5, x, 0.5)),
+        x,
+        jnp.asarray(r.randint(0, 3, x.shape), jnp.int32),
+    )
     halves = jnp.asarray([-2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 0.7, -0.2], jnp.float32)
     assert_same(lambda h: (jnp.round(h), jax.lax.round(h)), halves, atol=0)
     # log1p / expm1 stay accurate near 0 (RG-LRU's sqrt(1 - a^2) and softplus need it) and at the extremes
@@ -78,8 +98,21 @@ def test_every_scan_impl_translates(impl):
 
 def test_layers_under_nn_scan_become_an_onnx_scan():
     """Flax nn.scan over layers (scan_layers) translates to one Scan node: prefill then decode on its cache."""
-    cfg = config_from_dict({"name": "g", "model": {"preset": "griffin", "n_layers": 6, "d_model": 16, "n_heads": 2, "vocab_size": 11,
-                                                   "mixers": {"local_attention": {"window": 8}}, "init_std": 0.3, "scan_layers": True}})
+    cfg = config_from_dict(
+        {
+            "name": "g",
+            "model": {
+                "preset": "griffin",
+                "n_layers": 6,
+                "d_model": 16,
+                "n_heads": 2,
+                "vocab_size": 11,
+                "mixers": {"local_attention": {"window": 8}},
+                "init_std": 0.3,
+                "scan_layers": True,
+            },
+        }
+    )
     model = CausalLM(cfg.model)
     params = model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
     cache = model.init_cache(1, 32)
@@ -98,7 +131,9 @@ def test_onnx_steps_reproduce_the_model(tmp_path, preset, n_layers):
     art = Artifact(tmp_path / "export")
     decode = onnx.load(tmp_path / "export" / "decode.onnx")
     cache_inputs = [i for i in decode.graph.input if i.name.startswith("cache/")]
-    assert [[d.dim_value for d in i.type.tensor_type.shape.dim] for i in cache_inputs] == [list(a.shape) for a in art.empty_cache]
+    assert [[d.dim_value for d in i.type.tensor_type.shape.dim] for i in cache_inputs] == [
+        list(a.shape) for a in art.empty_cache
+    ]
     prompt = [int(i) for i in tok.encode(PROMPT)]
     new, seen = art.generate(prompt, N_NEW)
     ref = reference_logits(cfg, params, prompt, new)

@@ -27,8 +27,19 @@ N_NEW = 64
 def make_run(run_dir, preset, **model):
     """A run directory (config, char tokenizer, step-0 checkpoint) around a randomly initialised tiny model."""
     tok = CharTokenizer.from_text(TEXT)
-    raw = {"name": preset, "model": {"preset": preset, "n_layers": 3, "d_model": 32, "n_heads": 2, "vocab_size": tok.vocab_size,
-                                     "mixers": {"local_attention": {"window": 16}}, "init_std": 0.3, **model}}
+    raw = {
+        "name": preset,
+        "model": {
+            "preset": preset,
+            "n_layers": 3,
+            "d_model": 32,
+            "n_heads": 2,
+            "vocab_size": tok.vocab_size,
+            "mixers": {"local_attention": {"window": 16}},
+            "init_std": 0.3,
+            **model,
+        },
+    }
     cfg = config_from_dict(raw)
     params = CausalLM(cfg.model).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
     run_dir.mkdir(parents=True)
@@ -64,15 +75,34 @@ def test_exported_steps_reproduce_the_model(tmp_path, preset, n_layers):
     assert new == [int(i) for i in ref.argmax(-1)]
 
 
-@pytest.mark.parametrize("fmt, forbidden", [("stablehlo", ("slm_jax",)), ("onnx", ("slm_jax", "jax", "jaxlib", "flax"))])
+@pytest.mark.parametrize(
+    "fmt, forbidden", [("stablehlo", ("slm_jax",)), ("onnx", ("slm_jax", "jax", "jaxlib", "flax"))]
+)
 def test_runner_is_standalone_and_matches_slm_generate(tmp_path, capsys, fmt, forbidden):
     """The runner loads an export without slm_jax (and, for ONNX, without jax) and prints slm generate's text."""
     if fmt == "onnx":
         pytest.importorskip("onnx")
         pytest.importorskip("onnxruntime")
     make_run(tmp_path / "run", "transformer", n_layers=1)
-    assert main(["export", str(tmp_path / "run"), "--format", fmt, "--out", str(tmp_path / "export"), "--max-len", "96"]) == 0
-    assert main(["generate", str(tmp_path / "run"), "--prompt", PROMPT, "--max-new-tokens", str(N_NEW), "--temperature", "0"]) == 0
+    assert (
+        main(["export", str(tmp_path / "run"), "--format", fmt, "--out", str(tmp_path / "export"), "--max-len", "96"])
+        == 0
+    )
+    assert (
+        main(
+            [
+                "generate",
+                str(tmp_path / "run"),
+                "--prompt",
+                PROMPT,
+                "--max-new-tokens",
+                str(N_NEW),
+                "--temperature",
+                "0",
+            ]
+        )
+        == 0
+    )
     expected = capsys.readouterr().out.splitlines()[-1]
     runner = Path(__file__).parents[2] / "slm_jax" / "export" / "runner.py"
     code = (
@@ -82,8 +112,13 @@ def test_runner_is_standalone_and_matches_slm_generate(tmp_path, capsys, fmt, fo
         f"loaded = [m for m in sys.modules if m.split('.')[0] in {forbidden!r}]\n"
         "assert not loaded, loaded\n"
     )
-    out = subprocess.run([sys.executable, "-c", code, str(runner), str(tmp_path / "export"), PROMPT, str(N_NEW)],
-                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(runner), str(tmp_path / "export"), PROMPT, str(N_NEW)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.splitlines()[-1] == expected
 
@@ -98,8 +133,13 @@ def test_quantized_run_exports(tmp_path, capsys):
     assert len(new) == 5
 
 
-@pytest.mark.parametrize("extra, message", [(["--format", "tflite"], "not supported; use --format stablehlo or --format onnx"),
-                                            (["--max-len", "8", "--prefill-chunk", "16"], "--prefill-chunk in [1, max-len]")])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--format", "tflite"], "not supported; use --format stablehlo or --format onnx"),
+        (["--max-len", "8", "--prefill-chunk", "16"], "--prefill-chunk in [1, max-len]"),
+    ],
+)
 def test_export_errors(tmp_path, capsys, extra, message):
     make_run(tmp_path / "run", "transformer", n_layers=1)
     code = main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "export"), *extra])

@@ -37,26 +37,71 @@ def write_task(path, n, seed):
 @pytest.fixture(scope="module")
 def base_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ft")
-    run_dir = train_text_run(tmp, "abc: def. gha: bed. ", 200, [
-        "model.n_layers=2", "model.d_model=32", "model.n_heads=2", "train.steps=20", "train.batch_size=8",
-        "train.seq_len=16", "eval.every=0", "eval.batches=1", "checkpoint.every=20"], name="base")
-    return {"run": run_dir, "train": write_task(tmp / "train.jsonl", 512, 0), "eval": write_task(tmp / "eval.jsonl", 128, 1)}
+    run_dir = train_text_run(
+        tmp,
+        "abc: def. gha: bed. ",
+        200,
+        [
+            "model.n_layers=2",
+            "model.d_model=32",
+            "model.n_heads=2",
+            "train.steps=20",
+            "train.batch_size=8",
+            "train.seq_len=16",
+            "eval.every=0",
+            "eval.batches=1",
+            "checkpoint.every=20",
+        ],
+        name="base",
+    )
+    return {
+        "run": run_dir,
+        "train": write_task(tmp / "train.jsonl", 512, 0),
+        "eval": write_task(tmp / "eval.jsonl", 128, 1),
+    }
 
 
 def test_full_and_lora_learn_the_task_and_merge_matches(capsys, base_run, tmp_path):
-    common = ["--data", base_run["train"], "--eval-data", base_run["eval"], "--steps", "150", "--batch-size", "32", "--lr", "1e-2"]
+    common = [
+        "--data",
+        base_run["train"],
+        "--eval-data",
+        base_run["eval"],
+        "--steps",
+        "150",
+        "--batch-size",
+        "32",
+        "--lr",
+        "1e-2",
+    ]
     code, out, err = run(capsys, "finetune", base_run["run"], "--out", tmp_path / "full", *common)
     assert code == 0, err
     full = json.loads(out)
-    code, out, err = run(capsys, "finetune", base_run["run"], "--out", tmp_path / "lora", "--lora", "--rank", "4",
-                         "--targets", "qkv|o$|mlp", *common)
+    code, out, err = run(
+        capsys,
+        "finetune",
+        base_run["run"],
+        "--out",
+        tmp_path / "lora",
+        "--lora",
+        "--rank",
+        "4",
+        "--targets",
+        "qkv|o$|mlp",
+        *common,
+    )
     assert code == 0, err
     lo = json.loads(out)
     assert full["before"]["exact_match"] < 0.2 and lo["before"]["exact_match"] < 0.2
     assert full["after"]["exact_match"] > 0.9, full["after"]
     assert lo["after"]["exact_match"] > 0.9 * full["after"]["exact_match"], (lo["after"], full["after"])
     assert full["trainable_params"] == full["base_params"] and lo["trainable_params"] < 0.2 * lo["base_params"]
-    assert sorted(p.name for p in (tmp_path / "lora").iterdir()) == [".lock", "adapter.json", "adapter.safetensors", "finetune.json"]
+    assert sorted(p.name for p in (tmp_path / "lora").iterdir()) == [
+        ".lock",
+        "adapter.json",
+        "adapter.safetensors",
+        "finetune.json",
+    ]
     assert json.loads((tmp_path / "lora" / "adapter.json").read_text())["base_step"] == 20
 
     code, out, err = run(capsys, "finetune", "merge", tmp_path / "lora", "--out", tmp_path / "merged")
@@ -70,14 +115,20 @@ def test_full_and_lora_learn_the_task_and_merge_matches(capsys, base_run, tmp_pa
     want = lora.apply_unmerged(base.model, base.params, adapters, spec, tokens)
     assert float(jnp.max(jnp.abs(got - want))) <= 1e-5
     assert float(jnp.max(jnp.abs(got - base.model.apply(base.params, tokens)[0]))) > 1e-2  # the adapters did change it
-    code, out, _ = run(capsys, "generate", tmp_path / "merged", "--prompt", "bcd:", "--max-new-tokens", "3", "--temperature", "0")
+    code, out, _ = run(
+        capsys, "generate", tmp_path / "merged", "--prompt", "bcd:", "--max-new-tokens", "3", "--temperature", "0"
+    )
     assert code == 0 and out.strip() == "bcd:bb."
-    code, out, _ = run(capsys, "generate", tmp_path / "full", "--prompt", "bcd:", "--max-new-tokens", "3", "--temperature", "0")
+    code, out, _ = run(
+        capsys, "generate", tmp_path / "full", "--prompt", "bcd:", "--max-new-tokens", "3", "--temperature", "0"
+    )
     assert code == 0 and out.strip() == "bcd:bb."
 
 
 def test_merge_with_scan_layers_and_dropout_mask():
-    cfg = config_from_dict({"model": {"n_layers": 2, "d_model": 16, "n_heads": 2, "vocab_size": 11, "scan_layers": True}}).model
+    cfg = config_from_dict(
+        {"model": {"n_layers": 2, "d_model": 16, "n_heads": 2, "vocab_size": 11, "scan_layers": True}}
+    ).model
     params = CausalLM(cfg).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
     spec = lora.LoraSpec(rank=2, alpha=4.0, dropout=0.5)
     paths = lora.target_paths(cfg, spec)
@@ -112,8 +163,18 @@ def test_bad_jsonl(capsys, base_run, tmp_path, lines, message):
 
 
 def test_target_pattern_matching_nothing_lists_paths(capsys, base_run, tmp_path):
-    code, _, err = run(capsys, "finetune", base_run["run"], "--data", base_run["train"], "--out", tmp_path / "o",
-                       "--lora", "--targets", "attn_q")
+    code, _, err = run(
+        capsys,
+        "finetune",
+        base_run["run"],
+        "--data",
+        base_run["train"],
+        "--out",
+        tmp_path / "o",
+        "--lora",
+        "--targets",
+        "attn_q",
+    )
     assert code == 2 and "matches no projection" in err and "layers_0/mixer/qkv" in err and err.count("\n") == 1
     code, _, err = run(capsys, "finetune", "merge", tmp_path / "nowhere", "--out", tmp_path / "m")
     assert code == 2 and "adapter.json" in err

@@ -35,7 +35,9 @@ def _model(**model):
 
 
 @pytest.mark.parametrize(
-    "chunk, preset", [(None, "transformer"), (4, "transformer"), (7, "transformer")] + [(5, p) for p in sorted(set(PRESETS) - {"transformer"})]
+    "chunk, preset",
+    [(None, "transformer"), (4, "transformer"), (7, "transformer")]
+    + [(5, p) for p in sorted(set(PRESETS) - {"transformer"})],
 )
 def test_compiled_greedy_decode_equals_naive_rerun(chunk, preset):
     missing = set(PRESETS[preset]["layer_pattern"]) - set(mixer_names())

@@ -19,10 +19,20 @@ from tests.tiny_runs import train_text_run
 
 
 def _model(preset: str, seed: int, vocab: int = 23, init_std: float = 0.2):
-    cfg = config_from_dict({"model": {
-        "preset": preset, "vocab_size": vocab, "d_model": 16, "n_heads": 2, "n_layers": 3, "tie_embeddings": False,
-        "init_std": init_std, "mixers": {"local_attention": {"window": 4}},  # the ring buffer wraps
-    }}).model
+    cfg = config_from_dict(
+        {
+            "model": {
+                "preset": preset,
+                "vocab_size": vocab,
+                "d_model": 16,
+                "n_heads": 2,
+                "n_layers": 3,
+                "tie_embeddings": False,
+                "init_std": init_std,
+                "mixers": {"local_attention": {"window": 4}},  # the ring buffer wraps
+            }
+        }
+    ).model
     model = CausalLM(cfg)
     return model, model.init(jax.random.key(seed), jnp.zeros((1, 8), jnp.int32))
 
@@ -45,7 +55,9 @@ PROMPT = np.array([[3, 1, 4, 1, 5, 9, 2, 6]], np.int32)
 
 
 @pytest.mark.parametrize("k", [1, 3, 4])
-@pytest.mark.parametrize("target_preset, draft_preset", [("transformer", "griffin"), ("griffin", "transformer"), ("mamba", "transformer")])
+@pytest.mark.parametrize(
+    "target_preset, draft_preset", [("transformer", "griffin"), ("griffin", "transformer"), ("mamba", "transformer")]
+)
 def test_greedy_equals_target_greedy(target_preset, draft_preset, k):
     target, tp = _model(target_preset, 0)
     draft, dp = _model(draft_preset, 1)
@@ -122,7 +134,9 @@ def test_one_round_follows_the_target():
     rows, k = 20000, 2
     prompt = np.repeat(SHORT, rows, axis=0)
     caches = advance(target, tp, draft, dp, target.init_cache(rows, 8), draft.init_cache(rows, 8), prompt[:, :-1], 0)
-    fed, accepted, out, *_ = speculate(target, tp, draft, dp, *caches, prompt[:, -1], 3, jax.random.key(0), k, 1.0, 0, 1.0)
+    fed, accepted, out, *_ = speculate(
+        target, tp, draft, dp, *caches, prompt[:, -1], 3, jax.random.key(0), k, 1.0, 0, 1.0
+    )
     drafts, accepted, out = np.asarray(fed[:, 1:]), np.asarray(accepted), np.asarray(out)
     assert np.bincount(accepted, minlength=k + 1).min() > 1000  # every way a round can end is common
     assert _prefix_pvalue(target, tp, out, accepted + 1) > 1e-4
@@ -133,9 +147,13 @@ def test_generated_pairs_follow_the_target_with_temperature_and_top_k():
     """Joint law of the first two generated tokens, through rollbacks and a second round."""
     target, tp, draft, dp = _pair()
     rows, temperature, top_k = 4000, 0.8, 3
-    got, _ = _run(target, tp, draft, dp, np.repeat(SHORT, rows, axis=0), 2, k=3, temperature=temperature, top_k=top_k, seed=1)
+    got, _ = _run(
+        target, tp, draft, dp, np.repeat(SHORT, rows, axis=0), 2, k=3, temperature=temperature, top_k=top_k, seed=1
+    )
     p1 = _target_probs(target, tp, list(SHORT[0]), temperature, top_k)
-    joint = np.concatenate([p1[x] * _target_probs(target, tp, list(SHORT[0]) + [x], temperature, top_k) for x in range(V)])
+    joint = np.concatenate(
+        [p1[x] * _target_probs(target, tp, list(SHORT[0]) + [x], temperature, top_k) for x in range(V)]
+    )
     assert _chi2_pvalue([(np.bincount(got[:, 0] * V + got[:, 1], minlength=V * V), joint)]) > 1e-4
 
 
@@ -162,10 +180,20 @@ def test_bad_arguments():
 
 
 def test_cli_generate_with_a_draft(capsys, tmp_path):
-    common = ["model.d_model=32", "model.n_heads=2", "train.steps=5", "train.batch_size=4", "train.seq_len=32",
-              "eval.every=5", "eval.batches=1", "checkpoint.every=5"]
+    common = [
+        "model.d_model=32",
+        "model.n_heads=2",
+        "train.steps=5",
+        "train.batch_size=4",
+        "train.seq_len=32",
+        "eval.every=5",
+        "eval.batches=1",
+        "checkpoint.every=5",
+    ]
     target = train_text_run(tmp_path, "the cat sat on the mat. ", 50, [*common, "model.n_layers=2"], name="target")
-    draft = train_text_run(tmp_path, "the cat sat on the mat. ", 50, [*common, "model.n_layers=1", "model.preset=hawk"], name="draft")
+    draft = train_text_run(
+        tmp_path, "the cat sat on the mat. ", 50, [*common, "model.n_layers=1", "model.preset=hawk"], name="draft"
+    )
     capsys.readouterr()
     args = ["generate", str(target), "--prompt", "the ", "--max-new-tokens", "12", "--temperature", "0"]
     assert main(args) == 0

@@ -17,16 +17,42 @@ from slm_jax.interop.safetensors_io import read_checkpoint, read_safetensors, wr
 from slm_jax.models.lm import CausalLM
 
 MODELS = {  # our configs, one per export family
-    "llama": {"preset": "transformer", "d_model": 48, "n_heads": 3, "n_kv_heads": 1, "qkv_bias": True, "tie_embeddings": False},
-    "qwen2": {"preset": "transformer", "layer_pattern": ["attention", "local_attention"], "mixers": {"local_attention": {"window": 8}}, "n_kv_heads": 2},
-    "qwen3": {"preset": "transformer", "qk_norm": True, "head_dim": 16, "rope_scaling": {"kind": "linear", "factor": 2.0}},
+    "llama": {
+        "preset": "transformer",
+        "d_model": 48,
+        "n_heads": 3,
+        "n_kv_heads": 1,
+        "qkv_bias": True,
+        "tie_embeddings": False,
+    },
+    "qwen2": {
+        "preset": "transformer",
+        "layer_pattern": ["attention", "local_attention"],
+        "mixers": {"local_attention": {"window": 8}},
+        "n_kv_heads": 2,
+    },
+    "qwen3": {
+        "preset": "transformer",
+        "qk_norm": True,
+        "head_dim": 16,
+        "rope_scaling": {"kind": "linear", "factor": 2.0},
+    },
     "phi3": {"preset": "transformer", "rotary_fraction": 0.5, "tie_embeddings": False},
     "gemma": {"preset": "transformer", "mlp": "geglu", "norm_offset": 1.0, "embed_scale": float(np.float32(64**0.5))},
     "mamba": {"preset": "mamba", "tie_embeddings": False},
     "mamba2": {"preset": "mamba2", "mixers": {"mamba2": {"d_state": 8, "head_dim": 16, "n_groups": 2}}},
-    "recurrent_gemma": {"preset": "griffin", "mlp": "geglu", "norm_offset": 1.0, "embed_scale": 8.0, "logit_softcap": 30.0,
-                        "rotary_fraction": 0.5, "n_kv_heads": 1, "mixers": {"rglru": {"bias": True, "reset_at_zero": True}}, "mlp_bias": True,
-                        "attn_out_bias": True},
+    "recurrent_gemma": {
+        "preset": "griffin",
+        "mlp": "geglu",
+        "norm_offset": 1.0,
+        "embed_scale": 8.0,
+        "logit_softcap": 30.0,
+        "rotary_fraction": 0.5,
+        "n_kv_heads": 1,
+        "mixers": {"rglru": {"bias": True, "reset_at_zero": True}},
+        "mlp_bias": True,
+        "attn_out_bias": True,
+    },
 }
 
 
@@ -102,7 +128,9 @@ def test_unsupported_fields_are_named(tmp_path):
         _write_hf(d, {**hf_config, **patch}, tensors)
         with pytest.raises(CheckpointError, match=needle):
             import_hf(d)
-    _write_hf(tmp_path / "extra", hf_config, {**tensors, "model.layers.0.self_attn.extra.weight": np.zeros(2, np.float32)})
+    _write_hf(
+        tmp_path / "extra", hf_config, {**tensors, "model.layers.0.self_attn.extra.weight": np.zeros(2, np.float32)}
+    )
     with pytest.raises(CheckpointError, match="extra.weight"):
         import_hf(tmp_path / "extra")
     pickled = tmp_path / "pickled"
@@ -129,7 +157,9 @@ def test_cli_import_then_generate_and_export(tmp_path, capsys):
     _write_hf(hf_dir, hf_config, tensors)
     (hf_dir / "tokenizer.json").write_text(hf_tokenizer_json(CharTokenizer("".join(chr(97 + i) for i in range(26)))))
     assert main(["convert", "from-hf", str(hf_dir), str(tmp_path / "run")]) == 0
-    assert main(["generate", str(tmp_path / "run"), "--prompt", "abc", "--max-new-tokens", "5", "--temperature", "0"]) == 0
+    assert (
+        main(["generate", str(tmp_path / "run"), "--prompt", "abc", "--max-new-tokens", "5", "--temperature", "0"]) == 0
+    )
     assert capsys.readouterr().out.splitlines()[-1].startswith("abc")
     assert main(["convert", "to-hf", str(tmp_path / "run"), str(tmp_path / "out"), "--max-shard-mb", "0.05"]) == 0
     assert (tmp_path / "out" / "model.safetensors.index.json").is_file()

@@ -25,45 +25,131 @@ from slm_jax.interop.hf_tokenizer import hf_tokenizer_json  # noqa: E402
 TOL = 1e-4
 SEQ = 24  # longer than every sliding window below
 VOCAB = 97
-_ROPE_LLAMA3 = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
-                "high_freq_factor": 4.0, "original_max_position_embeddings": 16}
+_ROPE_LLAMA3 = {
+    "rope_type": "llama3",
+    "rope_theta": 10000.0,
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 16,
+}
 
 CASES = {
     # odd head count (3), GQA 3:1, untied, llama3 RoPE scaling, attention and MLP biases; sharded save
-    "llama": ("LlamaConfig", dict(hidden_size=48, intermediate_size=80, num_hidden_layers=2, num_attention_heads=3,
-                                  num_key_value_heads=1, rope_parameters=_ROPE_LLAMA3, attention_bias=True, mlp_bias=True,
-                                  tie_word_embeddings=False)),
+    "llama": (
+        "LlamaConfig",
+        dict(
+            hidden_size=48,
+            intermediate_size=80,
+            num_hidden_layers=2,
+            num_attention_heads=3,
+            num_key_value_heads=1,
+            rope_parameters=_ROPE_LLAMA3,
+            attention_bias=True,
+            mlp_bias=True,
+            tie_word_embeddings=False,
+        ),
+    ),
     # GQA 4:2, tied, q/k/v biases, full + sliding layers (window 8)
-    "qwen2": ("Qwen2Config", dict(hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
-                                  num_key_value_heads=2, tie_word_embeddings=True, use_sliding_window=True, sliding_window=8,
-                                  max_window_layers=1)),
+    "qwen2": (
+        "Qwen2Config",
+        dict(
+            hidden_size=64,
+            intermediate_size=96,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            tie_word_embeddings=True,
+            use_sliding_window=True,
+            sliding_window=8,
+            max_window_layers=1,
+        ),
+    ),
     # q/k norm, MQA with 3 heads, head_dim 16 != d / h, untied, linear RoPE scaling, all layers sliding
-    "qwen3": ("Qwen3Config", dict(hidden_size=40, intermediate_size=64, num_hidden_layers=2, num_attention_heads=3,
-                                  num_key_value_heads=1, head_dim=16, tie_word_embeddings=False, use_sliding_window=True,
-                                  sliding_window=6, max_window_layers=0,
-                                  rope_parameters={"rope_type": "linear", "rope_theta": 500.0, "factor": 2.0})),
+    "qwen3": (
+        "Qwen3Config",
+        dict(
+            hidden_size=40,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=3,
+            num_key_value_heads=1,
+            head_dim=16,
+            tie_word_embeddings=False,
+            use_sliding_window=True,
+            sliding_window=6,
+            max_window_layers=0,
+            rope_parameters={"rope_type": "linear", "rope_theta": 500.0, "factor": 2.0},
+        ),
+    ),
     # fused qkv and gate_up, partial rotary 0.5, sliding window 8, GQA 4:2, untied
-    "phi3": ("Phi3Config", dict(hidden_size=64, intermediate_size=80, num_hidden_layers=2, num_attention_heads=4,
-                                num_key_value_heads=2, sliding_window=8, tie_word_embeddings=False,
-                                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5})),
+    "phi3": (
+        "Phi3Config",
+        dict(
+            hidden_size=64,
+            intermediate_size=80,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            sliding_window=8,
+            tie_word_embeddings=False,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5},
+        ),
+    ),
     # sqrt(d) embedding scale, (1 + w) norms, GeGLU, head_dim 32 > d / h, MQA, tied
-    "gemma": ("GemmaConfig", dict(hidden_size=48, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                                  num_key_value_heads=1, head_dim=32, tie_word_embeddings=True)),
-    "mamba": ("MambaConfig", dict(hidden_size=32, state_size=8, num_hidden_layers=2, expand=2, conv_kernel=4,
-                                  tie_word_embeddings=True)),
+    "gemma": (
+        "GemmaConfig",
+        dict(
+            hidden_size=48,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=32,
+            tie_word_embeddings=True,
+        ),
+    ),
+    "mamba": (
+        "MambaConfig",
+        dict(hidden_size=32, state_size=8, num_hidden_layers=2, expand=2, conv_kernel=4, tie_word_embeddings=True),
+    ),
     # two B/C groups, untied
-    "mamba2": ("Mamba2Config", dict(hidden_size=32, state_size=8, num_hidden_layers=2, expand=2, num_heads=8, head_dim=8,
-                                    n_groups=2, chunk_size=8, tie_word_embeddings=False)),
+    "mamba2": (
+        "Mamba2Config",
+        dict(
+            hidden_size=32,
+            state_size=8,
+            num_hidden_layers=2,
+            expand=2,
+            num_heads=8,
+            head_dim=8,
+            n_groups=2,
+            chunk_size=8,
+            tie_word_embeddings=False,
+        ),
+    ),
     # recurrent, recurrent, local attention (window 8, MQA), lru width != d, tied, soft-capped
-    "recurrent_gemma": ("RecurrentGemmaConfig", dict(hidden_size=64, intermediate_size=96, num_hidden_layers=3,
-                                                     num_attention_heads=4, num_key_value_heads=1, lru_width=48,
-                                                     attention_window_size=8, logits_soft_cap=30.0)),
+    "recurrent_gemma": (
+        "RecurrentGemmaConfig",
+        dict(
+            hidden_size=64,
+            intermediate_size=96,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            lru_width=48,
+            attention_window_size=8,
+            logits_soft_cap=30.0,
+        ),
+    ),
 }
 
 
 def _hf_model(family):
     cls_name, kwargs = CASES[family]
-    config = getattr(transformers, cls_name)(vocab_size=VOCAB, bos_token_id=None, eos_token_id=None, pad_token_id=None, **kwargs)
+    config = getattr(transformers, cls_name)(
+        vocab_size=VOCAB, bos_token_id=None, eos_token_id=None, pad_token_id=None, **kwargs
+    )
     torch.manual_seed(0)
     model = transformers.AutoModelForCausalLM.from_config(config).float().eval()
     with torch.no_grad():  # perturb everything so zero-initialised biases and norms are exercised too
@@ -82,7 +168,7 @@ def _hf_greedy(model, prompt, n):
     model.generation_config.pad_token_id = 0
     with torch.no_grad():
         out = model.generate(torch.tensor(prompt, dtype=torch.long), max_new_tokens=n, do_sample=False)
-    return out[:, prompt.shape[1]:].numpy()
+    return out[:, prompt.shape[1] :].numpy()
 
 
 @pytest.mark.parametrize("family", list(CASES))
@@ -109,7 +195,9 @@ def test_round_trip_parity(family, tmp_path):
     # ours -> HF
     summary = to_hf(run_dir, out_dir)
     assert summary["family"] == family
-    back, info = transformers.AutoModelForCausalLM.from_pretrained(out_dir, output_loading_info=True, dtype=torch.float32)
+    back, info = transformers.AutoModelForCausalLM.from_pretrained(
+        out_dir, output_loading_info=True, dtype=torch.float32
+    )
     assert not info["missing_keys"] and not info["unexpected_keys"], info
     back_logits = _hf_logits(back.eval(), tokens)
     to_hf_diff = float(np.abs(back_logits - ours).max())

@@ -60,8 +60,17 @@ def _ours_from_deepmind(p: dict, block_types) -> dict:
 
 def test_griffin_matches_recurrentgemma():
     blocks = (rg.TemporalBlockType.RECURRENT, rg.TemporalBlockType.RECURRENT, rg.TemporalBlockType.ATTENTION)
-    config = rg.GriffinConfig(vocab_size=V, width=D, mlp_expanded_width=F, num_heads=H, block_types=blocks,
-                              embeddings_scale_by_sqrt_dim=True, attention_window_size=W, logits_soft_cap=30.0, lru_width=LRU)
+    config = rg.GriffinConfig(
+        vocab_size=V,
+        width=D,
+        mlp_expanded_width=F,
+        num_heads=H,
+        block_types=blocks,
+        embeddings_scale_by_sqrt_dim=True,
+        attention_window_size=W,
+        logits_soft_cap=30.0,
+        lru_width=LRU,
+    )
     theirs = rg.Griffin(config, gradient_checkpointing=False)
     tokens = jnp.asarray(np.random.RandomState(0).randint(0, V, (2, 24)), jnp.int32)
     positions = jnp.broadcast_to(jnp.arange(24), tokens.shape)
@@ -71,13 +80,39 @@ def test_griffin_matches_recurrentgemma():
     params = jax.tree.unflatten(tree, [x + 0.1 * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)])
     ref, _ = theirs.apply(params, tokens, positions, return_cache=False)
 
-    cfg = config_from_dict({"model": {
-        "preset": "griffin", "n_layers": 3, "d_model": D, "n_heads": H, "n_kv_heads": 1, "vocab_size": V, "d_ff": F,
-        "mlp": "geglu", "mlp_bias": True, "attn_out_bias": True, "norm_eps": 1e-6, "norm_offset": 1.0,
-        "embed_scale": bfloat16_round(D**0.5), "logit_softcap": 30.0, "rotary_fraction": 0.5, "tie_embeddings": True,
-        "mixers": {"local_attention": {"window": W + 1},
-                   "rglru": {"width": LRU, "n_heads": H, "conv_width": 4, "c": 8.0, "bias": True, "reset_at_zero": True}},
-    }})
+    cfg = config_from_dict(
+        {
+            "model": {
+                "preset": "griffin",
+                "n_layers": 3,
+                "d_model": D,
+                "n_heads": H,
+                "n_kv_heads": 1,
+                "vocab_size": V,
+                "d_ff": F,
+                "mlp": "geglu",
+                "mlp_bias": True,
+                "attn_out_bias": True,
+                "norm_eps": 1e-6,
+                "norm_offset": 1.0,
+                "embed_scale": bfloat16_round(D**0.5),
+                "logit_softcap": 30.0,
+                "rotary_fraction": 0.5,
+                "tie_embeddings": True,
+                "mixers": {
+                    "local_attention": {"window": W + 1},
+                    "rglru": {
+                        "width": LRU,
+                        "n_heads": H,
+                        "conv_width": 4,
+                        "c": 8.0,
+                        "bias": True,
+                        "reset_at_zero": True,
+                    },
+                },
+            }
+        }
+    )
     ours, _ = CausalLM(cfg.model).apply(_ours_from_deepmind(params["params"], blocks), tokens, positions)
     diff = float(jnp.abs(ours - ref).max())
     print(f"\nrecurrentgemma (DeepMind JAX) -> slm_jax: max |logit diff| {diff:.2e}")

@@ -33,8 +33,15 @@ NAMES = mixer_names()
 
 def model_cfg(name: str, d_model: int = D, n_heads: int = HEADS, **model):
     options = MIXERS[name].test_options
-    raw = {"layer_pattern": [name], "d_model": d_model, "n_heads": n_heads, "n_layers": 2, "vocab_size": 29,
-           "mixers": {name: dict(options)}, **model}
+    raw = {
+        "layer_pattern": [name],
+        "d_model": d_model,
+        "n_heads": n_heads,
+        "n_layers": 2,
+        "vocab_size": 29,
+        "mixers": {name: dict(options)},
+        **model,
+    }
     return config_from_dict({"model": raw}).model
 
 
@@ -164,7 +171,9 @@ def test_declarations_cover_the_parameters(name):
     found = target_paths(cfg, LoraSpec())
     for layer in range(cfg.n_layers):
         for target in cls.lora_targets:
-            assert f"layers_{layer}/mixer/{target}" in found, f"{name}: LoRA target {target} is not a Linear of layer {layer}"
+            assert f"layers_{layer}/mixer/{target}" in found, (
+                f"{name}: LoRA target {target} is not a Linear of layer {layer}"
+            )
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -175,12 +184,16 @@ def test_cache_declarations(name):
     assert set(cls.kv_leaves) <= set(small), f"{name}: kv_leaves {cls.kv_leaves} are not cache leaves"
     floats = {k for k, v in small.items() if jnp.issubdtype(v.dtype, jnp.floating)}
     grows = {k for k in floats if np.shape(small[k]) != np.shape(large[k])}
-    assert grows <= set(cls.kv_leaves), f"{name}: cache leaves {sorted(grows)} grow with the context; declare them in kv_leaves"
+    assert grows <= set(cls.kv_leaves), (
+        f"{name}: cache leaves {sorted(grows)} grow with the context; declare them in kv_leaves"
+    )
     quantized = quantize_cache(small)
     for k, leaf in small.items():
         assert isinstance(quantized[k], Int8Leaf) == jnp.issubdtype(leaf.dtype, jnp.floating), k
     kv = quantize_cache(small, leaves=cls.kv_leaves)
-    assert {k for k, v in kv.items() if isinstance(v, Int8Leaf)} == {k for k in cls.kv_leaves if jnp.issubdtype(small[k].dtype, jnp.floating)}
+    assert {k for k, v in kv.items() if isinstance(v, Int8Leaf)} == {
+        k for k in cls.kv_leaves if jnp.issubdtype(small[k].dtype, jnp.floating)
+    }
     assert state_bytes(mixer, 2, 8) == cache_bytes(small)
     assert state_bytes(mixer, 2, 16) == cache_bytes(large)
 

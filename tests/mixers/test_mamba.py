@@ -14,7 +14,14 @@ D = 36  # not a power of two
 
 
 def model_cfg(**mamba):
-    model = {"preset": "mamba", "d_model": D, "n_heads": 3, "n_layers": 2, "vocab_size": 29, "mixers": {"mamba": {"d_state": 5, **mamba}}}
+    model = {
+        "preset": "mamba",
+        "d_model": D,
+        "n_heads": 3,
+        "n_layers": 2,
+        "vocab_size": 29,
+        "mixers": {"mamba": {"d_state": 5, **mamba}},
+    }
     return config_from_dict({"model": model}).model
 
 

@@ -14,7 +14,14 @@ D = 36  # w = 72 = 6 heads of 12, in 2 groups of 3 heads
 
 def model_cfg(**mamba2):
     mamba2 = {"d_state": 8, "head_dim": 12, "n_groups": 2, "chunk_size": 16, **mamba2}
-    model = {"preset": "mamba2", "d_model": D, "n_heads": 3, "n_layers": 2, "vocab_size": 29, "mixers": {"mamba2": mamba2}}
+    model = {
+        "preset": "mamba2",
+        "d_model": D,
+        "n_heads": 3,
+        "n_layers": 2,
+        "vocab_size": 29,
+        "mixers": {"mamba2": mamba2},
+    }
     return config_from_dict({"model": model}).model
 
 

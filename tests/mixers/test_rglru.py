@@ -14,8 +14,14 @@ D, W, H = 24, 36, 3  # widths not powers of two; gate blocks of 12
 
 
 def model_cfg(d_model=D, **rglru):
-    model = {"preset": "hawk", "d_model": d_model, "n_heads": H, "n_layers": 2, "vocab_size": 29,
-             "mixers": {"rglru": {"width": W, "n_heads": H, **rglru}}}
+    model = {
+        "preset": "hawk",
+        "d_model": d_model,
+        "n_heads": H,
+        "n_layers": 2,
+        "vocab_size": 29,
+        "mixers": {"rglru": {"width": W, "n_heads": H, **rglru}},
+    }
     return config_from_dict({"model": model}).model
 
 
@@ -28,7 +34,10 @@ def test_gates_are_block_diagonal():
     """Perturbing one head's channels of the conv output moves only that head's gates."""
     _, p = init(model_cfg())
     assert p["gate_a"]["kernel"].shape == (H, W // H, W // H)
-    ps = [(jax.random.normal(jax.random.key(i), p[n]["kernel"].shape), p[n]["bias"]) for i, n in enumerate(("gate_a", "gate_x"))]
+    ps = [
+        (jax.random.normal(jax.random.key(i), p[n]["kernel"].shape), p[n]["bias"])
+        for i, n in enumerate(("gate_a", "gate_x"))
+    ]
     u = jax.random.normal(jax.random.key(3), (2, 5, W))
     base = block_diagonal(u, ps)
     moved = block_diagonal(u.at[..., 12:24].add(1.0), ps)  # head 1 only

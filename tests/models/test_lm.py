@@ -90,8 +90,10 @@ def test_local_attention_ring_buffer_is_bounded_and_exact():
 @pytest.mark.parametrize("n_layers,pattern", [(4, ("attention",)), (3, ("attention", "local_attention"))])
 def test_scan_layers_same_logits_as_unrolled(n_layers, pattern):
     cfg = small(n_layers=n_layers, layer_pattern=pattern)
-    scan_cfg = replace(config_from_dict({"model": {**SMALL, "n_layers": n_layers, "layer_pattern": list(pattern)}}),
-                       **{"model.scan_layers": True}).model
+    scan_cfg = replace(
+        config_from_dict({"model": {**SMALL, "n_layers": n_layers, "layer_pattern": list(pattern)}}),
+        **{"model.scan_layers": True},
+    ).model
     toks = tokens()
     params = CausalLM(cfg).init(jax.random.key(4), toks)
     stacked = stack_layers(params, scan_cfg)
@@ -118,7 +120,8 @@ def test_remat_same_params_and_gradients():
 
 
 @pytest.mark.parametrize(
-    "model", [{}, {"tie_embeddings": False}, {"n_kv_heads": 2, "mlp": "geglu"}, {"mlp": "none", "d_ff": 0}, {"head_dim": 10}]
+    "model",
+    [{}, {"tie_embeddings": False}, {"n_kv_heads": 2, "mlp": "geglu"}, {"mlp": "none", "d_ff": 0}, {"head_dim": 10}],
 )
 def test_param_count_formula_equals_real_count(model):
     cfg = small(**model)
@@ -178,7 +181,9 @@ def test_short_training_run_lowers_the_loss(preset):
     from slm_jax.training.optim import make_optimizer
     from slm_jax.training.step import init_state, make_train_step
 
-    cfg = config_from_dict({"model": {**SMALL, "preset": preset, "n_layers": 2}, "optim": {"lr": 1e-2, "warmup_steps": 5}})
+    cfg = config_from_dict(
+        {"model": {**SMALL, "preset": preset, "n_layers": 2}, "optim": {"lr": 1e-2, "warmup_steps": 5}}
+    )
     model = CausalLM(cfg.model)
     abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), tokens()))
     optimizer, schedule = make_optimizer(cfg.optim, 40, abstract)

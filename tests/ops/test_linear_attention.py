@@ -88,7 +88,10 @@ def test_sub_chunk_sizes_agree(sub_chunk):
 
 def test_without_initial_state():
     q, k, v, la, _ = _inputs("channel", t=20, h=1, dk=3, dv=7, seed=2)
-    _close(jax.jit(lambda *a: linear_attention(*a, chunk_size=8))(q, k, v, la), jax.jit(reference_linear_attention)(q, k, v, la))
+    _close(
+        jax.jit(lambda *a: linear_attention(*a, chunk_size=8))(q, k, v, la),
+        jax.jit(reference_linear_attention)(q, k, v, la),
+    )
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -96,7 +99,9 @@ def test_split_sequence_continues_from_state(kind):
     """[0, 17) then [17, 40) from its final state == [0, 40) (prefill), and one step from there."""
     q, k, v, la, h0 = _inputs(kind, t=40, seed=3)
     cut = lambda a, lo, hi: a if a is None or a.ndim < 4 else a[:, lo:hi]
-    run = jax.jit(lambda lo, hi, s: linear_attention(*(cut(a, lo, hi) for a in (q, k, v, la)), 8, s), static_argnums=(0, 1))
+    run = jax.jit(
+        lambda lo, hi, s: linear_attention(*(cut(a, lo, hi) for a in (q, k, v, la)), 8, s), static_argnums=(0, 1)
+    )
     y_full, last_full = run(0, 40, h0)
     y1, mid = run(0, 17, h0)
     y2, last = run(17, 40, mid)

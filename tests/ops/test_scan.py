@@ -12,10 +12,15 @@ F32, BF16 = jnp.float32, jnp.bfloat16
 # (shape [b, t, w...], chunk size, dtype, with h0): odd lengths and widths, a chunk that does
 # not divide t, a chunk longer than t, chunks of 1, length 1, an SSM-style trailing state dim n.
 CASES = [
-    ((2, 63, 7), 16, F32, True), ((2, 63, 7), 16, BF16, True), ((2, 63, 7), 10, F32, False),
-    ((3, 1, 33), 4, F32, True), ((3, 1, 33), 4, BF16, False),
-    ((2, 20, 5, 3), 8, F32, False), ((2, 20, 5, 3), 8, BF16, True),
-    ((1, 40, 4), 64, F32, False), ((2, 17, 3), 1, F32, True),
+    ((2, 63, 7), 16, F32, True),
+    ((2, 63, 7), 16, BF16, True),
+    ((2, 63, 7), 10, F32, False),
+    ((3, 1, 33), 4, F32, True),
+    ((3, 1, 33), 4, BF16, False),
+    ((2, 20, 5, 3), 8, F32, False),
+    ((2, 20, 5, 3), 8, BF16, True),
+    ((1, 40, 4), 64, F32, False),
+    ((2, 17, 3), 1, F32, True),
 ]
 # Compiled once per (shapes, impl, chunk): an eager associative scan dispatches op by op.
 _jit_scan = jax.jit(linear_scan, static_argnames=("impl", "chunk_size"))

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from slm_jax.ops.ssd import segsum, reference_ssd, ssd, ssd_step
+from slm_jax.ops.ssd import reference_ssd, segsum, ssd, ssd_step
 
 
 def _inputs(bsz=2, t=63, h=4, e=3, k=2, n=5, seed=0, dtype=jnp.float32):

@@ -18,7 +18,10 @@ def test_leaf_round_trip_error_is_at_most_half_a_step():
     err = jnp.abs(dequantize_leaf(leaf) - x).reshape(3, 5, 3, 32)
     assert float(jnp.max(err / leaf.scale[..., None])) <= 0.5 + 1e-4
     odd = quantize_leaf(x[..., :86])  # 32 + 32 + 22: the last group is shorter
-    assert odd.scale.shape == (3, 5, 3) and float(jnp.max(jnp.abs(dequantize_leaf(odd) - x[..., :86]))) <= float(odd.scale.max()) / 2 + 1e-4
+    assert (
+        odd.scale.shape == (3, 5, 3)
+        and float(jnp.max(jnp.abs(dequantize_leaf(odd) - x[..., :86]))) <= float(odd.scale.max()) / 2 + 1e-4
+    )
     again = quantize_leaf(dequantize_leaf(leaf))  # stored slots do not drift when re-quantized every step
     np.testing.assert_array_equal(again.q, leaf.q)
     np.testing.assert_allclose(again.scale, leaf.scale, rtol=1e-6)
@@ -49,7 +52,15 @@ def decode_logits(model, params, toks, split):
 
 @pytest.mark.parametrize("preset", ["transformer", "griffin", "mamba"])
 def test_int8_cache_decode_close_to_float_cache(preset):
-    base = {"preset": preset, "vocab_size": 41, "d_model": 64, "n_heads": 2, "n_layers": 3, "mixers": {"local_attention": {"window": 8}}, "init_std": 0.1}
+    base = {
+        "preset": preset,
+        "vocab_size": 41,
+        "d_model": 64,
+        "n_heads": 2,
+        "n_layers": 3,
+        "mixers": {"local_attention": {"window": 8}},
+        "init_std": 0.1,
+    }
     cfg = config_from_dict({"model": base}).model
     qcfg = config_from_dict({"model": {**base, "cache_quant": "int8"}}).model
     toks = jax.random.randint(jax.random.key(0), (2, 20), 0, 41)
@@ -67,8 +78,16 @@ def test_int8_cache_decode_close_to_float_cache(preset):
 
 
 def test_generate_with_int8_cache_scan_layers():
-    base = {"preset": "griffin", "vocab_size": 41, "d_model": 32, "n_heads": 2, "n_layers": 3, "scan_layers": True,
-            "mixers": {"local_attention": {"window": 8}}, "init_std": 0.1}
+    base = {
+        "preset": "griffin",
+        "vocab_size": 41,
+        "d_model": 32,
+        "n_heads": 2,
+        "n_layers": 3,
+        "scan_layers": True,
+        "mixers": {"local_attention": {"window": 8}},
+        "init_std": 0.1,
+    }
     model, qmodel = (CausalLM(config_from_dict({"model": {**base, "cache_quant": c}}).model) for c in ("none", "int8"))
     prompt = np.asarray(jax.random.randint(jax.random.key(0), (1, 5), 0, 41))
     params = model.init(jax.random.key(1), jnp.asarray(prompt))

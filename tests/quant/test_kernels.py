@@ -39,19 +39,28 @@ def test_round_trip_error_is_at_most_half_a_step(bits, group):
 
 
 def test_group_defaults_and_errors():
-    assert group_for(128, 8, 0) == 128 and group_for(128, 4, 0) == 64 and group_for(96, 4, 0) == 48 and group_for(8, 4, 0) == 8
+    assert (
+        group_for(128, 8, 0) == 128
+        and group_for(128, 4, 0) == 64
+        and group_for(96, 4, 0) == 48
+        and group_for(8, 4, 0) == 8
+    )
     with pytest.raises(ConfigError, match="does not divide the input width 96 of x/qkv"):
         group_for(96, 4, 64, "x/qkv")
 
 
 def _model(preset, **extra):
-    cfg = config_from_dict({"model": {"preset": preset, "n_layers": 1, "d_model": 64, "n_heads": 2, "vocab_size": 40, **extra}}).model
+    cfg = config_from_dict(
+        {"model": {"preset": preset, "n_layers": 1, "d_model": 64, "n_heads": 2, "vocab_size": 40, **extra}}
+    ).model
     model = CausalLM(cfg)
     params = jax.jit(model.init)(jax.random.key(1), jnp.zeros((1, 8), jnp.int32))
     return cfg, jax.jit(model.apply), params  # jitted: eager op-by-op dispatch compiles every op on a cold cache
 
 
-@pytest.mark.parametrize("preset, n_layers", [("griffin", 3), ("mamba", 1)])  # every Linear kind: attention, MLP, RG-LRU, Mamba
+@pytest.mark.parametrize(
+    "preset, n_layers", [("griffin", 3), ("mamba", 1)]
+)  # every Linear kind: attention, MLP, RG-LRU, Mamba
 def test_quantized_logits_are_close_to_float(preset, n_layers):
     cfg, apply, params = _model(preset, n_layers=n_layers, tie_embeddings=False)
     tokens = jax.random.randint(jax.random.key(2), (2, 16), 0, 40)
@@ -69,7 +78,9 @@ def test_quantized_logits_are_close_to_float(preset, n_layers):
 
 
 def test_quantized_tree_matches_abstract_and_scan_layers():
-    cfg, apply, stacked = _model("hawk", n_layers=3, layer_pattern=["rglru", "attention"], scan_layers=True)  # 1 scanned period + 1 unrolled
+    cfg, apply, stacked = _model(
+        "hawk", n_layers=3, layer_pattern=["rglru", "attention"], scan_layers=True
+    )  # 1 scanned period + 1 unrolled
     assert "periods" in stacked["params"] and "layers_2" in stacked["params"]
     q = quantize_params(stacked, linear_paths(cfg), 4)
     qcfg = config_from_dict({"model": {**to_dict(cfg), "quant": {"bits": 4}}}).model

@@ -16,9 +16,23 @@ def run(capsys, *argv):
 
 @pytest.fixture(scope="module")
 def float_run(tmp_path_factory):
-    return train_text_run(tmp_path_factory.mktemp("quant"), "the cat sat on the mat. ", 400, [
-        "model.n_layers=1", "model.d_model=64", "model.n_heads=2", "model.tie_embeddings=false", "train.steps=40",
-        "train.batch_size=8", "train.seq_len=32", "eval.every=40", "eval.batches=2", "checkpoint.every=40"])
+    return train_text_run(
+        tmp_path_factory.mktemp("quant"),
+        "the cat sat on the mat. ",
+        400,
+        [
+            "model.n_layers=1",
+            "model.d_model=64",
+            "model.n_heads=2",
+            "model.tie_embeddings=false",
+            "train.steps=40",
+            "train.batch_size=8",
+            "train.seq_len=32",
+            "eval.every=40",
+            "eval.batches=2",
+            "checkpoint.every=40",
+        ],
+    )
 
 
 def test_quantized_runs_eval_and_generate(capsys, float_run, tmp_path):
@@ -33,13 +47,18 @@ def test_quantized_runs_eval_and_generate(capsys, float_run, tmp_path):
         assert ratio > (3.5 if bits == 8 else 6.5), summary  # scales: 4 bytes per column (int8), per 64 inputs (int4)
         code, out, _ = run(capsys, "eval", out_dir, "--batches", "2")
         assert code == 0 and abs(json.loads(out)["val_loss"] - base) < tol
-    code, out, _ = run(capsys, "generate", out_dir, "--prompt", "the ", "--max-new-tokens", "8", "--temperature", "0")  # int4
+    code, out, _ = run(
+        capsys, "generate", out_dir, "--prompt", "the ", "--max-new-tokens", "8", "--temperature", "0"
+    )  # int4
     assert code == 0 and out.startswith("the ") and len(out.rstrip("\n")) == 12
 
 
 @pytest.mark.parametrize(
     "extra, message",
-    [(["--bits", "3"], "--bits must be 4 or 8"), (["--bits", "4", "--group-size", "48"], "does not divide the input width 64")],
+    [
+        (["--bits", "3"], "--bits must be 4 or 8"),
+        (["--bits", "4", "--group-size", "48"], "does not divide the input width 64"),
+    ],
 )
 def test_quantize_errors(capsys, float_run, tmp_path, extra, message):
     code, out, err = run(capsys, "quantize", float_run, "--out", tmp_path / "q", *extra)

@@ -26,7 +26,11 @@ SWEEPS = {
     "sweep_set_string": {"base": "tiny.yaml", "set": "train.steps=3", "lrs": [1.0e-3]},
     "sweep_set_no_equals": {"base": "tiny.yaml", "set": ["train.steps"], "lrs": [1.0e-3]},
     "sweep_budget_match": {"base": "tiny.yaml", "grid": {"model.n_layers": [1]}, "budget": {"match": "speed"}},
-    "sweep_budget_multiple": {"base": "tiny.yaml", "grid": {"model.n_layers": [1]}, "budget": {"match": "params", "multiple": 0}},
+    "sweep_budget_multiple": {
+        "base": "tiny.yaml",
+        "grid": {"model.n_layers": [1]},
+        "budget": {"match": "params", "multiple": 0},
+    },
     "sweep_nothing": {"base": "tiny.yaml"},
     "sweep_bad_value": {"base": "tiny.yaml", "grid": {"model.d_model": ["wide"]}},
 }
@@ -112,7 +116,11 @@ CASES = [
     ("config_list", T("config", "show", "{tmp}/list.yaml"), "mapping of sections"),
     ("config_binary", T("config", "show", "{tmp}/binary.yaml"), "not UTF-8"),
     ("config_duplicate_section", T("config", "show", "{tmp}/dup_top.yaml"), "'model' is given twice, on lines 2 and 4"),
-    ("config_duplicate_key", T("config", "show", "{tmp}/dup_nested.yaml"), "'d_model' is given twice, on lines 3 and 4"),
+    (
+        "config_duplicate_key",
+        T("config", "show", "{tmp}/dup_nested.yaml"),
+        "'d_model' is given twice, on lines 3 and 4",
+    ),
     ("config_malformed", T("config", "show", "{tmp}/malformed.yaml"), "malformed.yaml line 3, column 1"),
     ("config_tab_indent", T("config", "show", "{tmp}/tabs.yaml"), "tabs.yaml line 3"),
     ("config_unknown_section", T("config", "show", "{tmp}/unknown_top.yaml"), "'modle'; did you mean 'model'?"),
@@ -123,17 +131,43 @@ CASES = [
     ("set_unknown_key", T("config", "show", "{cfg}", "--set", "train.step=3"), "did you mean 'train.steps'"),
     ("set_malformed_value", T("config", "show", "{cfg}", "--set", "model.d_model=[1"), "--set"),
     ("set_wrong_type", T("config", "show", "{cfg}", "--set", "train.batch_size=big"), "expects int"),
-    ("set_old_mixer_key", T("config", "show", "{cfg}", "--set", "model.rglru.width=32"), "did you mean 'model.mixers.rglru.width'"),
-    ("set_unknown_mixer_option", T("config", "show", "{cfg}", "--set", "model.mixers.gla.rank=4"), "Unknown config key 'model.mixers.gla.rank'"),
-    ("mixer_option_bad_size", T("config", "show", "{cfg}", "--set", "model.layer_pattern=[gla]", "--set", "model.mixers.gla.expand_k=0.01"),
-     "model.mixers.gla.expand_k"),
-    ("mixer_option_bad_window", T("config", "show", "{cfg}", "--set", "model.layer_pattern=[local_attention]", "--set", "model.mixers.local_attention.window=0"),
-     "window"),
+    (
+        "set_old_mixer_key",
+        T("config", "show", "{cfg}", "--set", "model.rglru.width=32"),
+        "did you mean 'model.mixers.rglru.width'",
+    ),
+    (
+        "set_unknown_mixer_option",
+        T("config", "show", "{cfg}", "--set", "model.mixers.gla.rank=4"),
+        "Unknown config key 'model.mixers.gla.rank'",
+    ),
+    (
+        "mixer_option_bad_size",
+        T("config", "show", "{cfg}", "--set", "model.layer_pattern=[gla]", "--set", "model.mixers.gla.expand_k=0.01"),
+        "model.mixers.gla.expand_k",
+    ),
+    (
+        "mixer_option_bad_window",
+        T(
+            "config",
+            "show",
+            "{cfg}",
+            "--set",
+            "model.layer_pattern=[local_attention]",
+            "--set",
+            "model.mixers.local_attention.window=0",
+        ),
+        "window",
+    ),
     ("heads_do_not_divide", T("config", "show", "{cfg}", "--set", "model.n_heads=3"), "divisible"),
     ("zero_layers", T("config", "show", "{cfg}", "--set", "model.n_layers=0"), "model.n_layers must be positive"),
     ("negative_vocab", T("config", "show", "{cfg}", "--set", "model.vocab_size=-1"), "model.vocab_size"),
     ("unknown_mixer", T("config", "show", "{cfg}", "--set", "model.layer_pattern=[attn]"), "attn"),
-    ("bad_rope_scaling", T("config", "show", "{cfg}", "--set", "model.rope_scaling.kind=yarn"), "model.rope_scaling.kind"),
+    (
+        "bad_rope_scaling",
+        T("config", "show", "{cfg}", "--set", "model.rope_scaling.kind=yarn"),
+        "model.rope_scaling.kind",
+    ),
     ("bad_dtype", T("config", "show", "{cfg}", "--set", "model.dtype=float64"), "float32, bfloat16"),
     ("bad_val_fraction", T("config", "show", "{cfg}", "--set", "data.val_fraction=1.5"), "data.val_fraction"),
     ("bad_schedule", T("config", "show", "{cfg}", "--set", "optim.schedule=linear"), "optim.schedule"),
@@ -142,45 +176,113 @@ CASES = [
     ("zero_keep", T("config", "show", "{cfg}", "--set", "checkpoint.keep=0"), "checkpoint.keep"),
     ("bad_alpha", T("config", "show", "{cfg}", "--set", "distill.alpha=2"), "distill.alpha"),
     ("bad_curriculum", T("config", "show", "{cfg}", "--set", "train.curriculum=[[16]]"), "[seq_len, steps] pairs"),
-    ("accum_does_not_divide", T("config", "show", "{cfg}", "--set", "train.grad_accum=3"), "divisible by train.grad_accum"),
+    (
+        "accum_does_not_divide",
+        T("config", "show", "{cfg}", "--set", "train.grad_accum=3"),
+        "divisible by train.grad_accum",
+    ),
     # ---------------------------------------------------------------- train: data, run directory, resume
-    ("train_data_missing", T("train", "{cfg}", "--set", "data.path={tmp}/nowhere.txt", "--run-dir", "{tmp}/r1"), "does not exist"),
+    (
+        "train_data_missing",
+        T("train", "{cfg}", "--set", "data.path={tmp}/nowhere.txt", "--run-dir", "{tmp}/r1"),
+        "does not exist",
+    ),
     ("train_data_empty", T("train", "{cfg}", "--set", "data.path={tmp}/empty.txt", "--run-dir", "{tmp}/r2"), "empty"),
-    ("train_data_not_utf8", T("train", "{cfg}", "--set", "data.path={tmp}/binary.txt", "--run-dir", "{tmp}/r3"), "UTF-8"),
-    ("train_data_not_prepared", T("train", "{cfg}", "--set", "data.path={tmp}/not_prepared", "--run-dir", "{tmp}/r4"), "not a prepared data directory"),
+    (
+        "train_data_not_utf8",
+        T("train", "{cfg}", "--set", "data.path={tmp}/binary.txt", "--run-dir", "{tmp}/r3"),
+        "UTF-8",
+    ),
+    (
+        "train_data_not_prepared",
+        T("train", "{cfg}", "--set", "data.path={tmp}/not_prepared", "--run-dir", "{tmp}/r4"),
+        "not a prepared data directory",
+    ),
     ("train_no_data", T("train", "{cfg}", "--set", "data.path=", "--run-dir", "{tmp}/r5"), "No data"),
-    ("train_unknown_corpus", T("train", "{cfg}", "--set", "data.path=", "--set", "data.synthetic=nope", "--run-dir", "{tmp}/r6"), "nope"),
-    ("train_vocab_too_small", T("train", "{cfg}", "--set", "model.vocab_size=3", "--run-dir", "{tmp}/r7"), "smaller than the data's vocabulary"),
+    (
+        "train_unknown_corpus",
+        T("train", "{cfg}", "--set", "data.path=", "--set", "data.synthetic=nope", "--run-dir", "{tmp}/r6"),
+        "nope",
+    ),
+    (
+        "train_vocab_too_small",
+        T("train", "{cfg}", "--set", "model.vocab_size=3", "--run-dir", "{tmp}/r7"),
+        "smaller than the data's vocabulary",
+    ),
     ("train_run_dir_is_file", T("train", "{cfg}", "--run-dir", "{tmp}/afile"), "is a file, not a directory"),
     ("train_run_dir_under_file", T("train", "{cfg}", "--run-dir", "{tmp}/afile/run"), "is a file, not a directory"),
     ("train_other_model", T("train", "{tmp}/wide.yaml", "--run-dir", "{run}"), "different model (model.d_model"),
-    ("train_until_step_below", T("train", "{cfg}", "--run-dir", "{run}", "--until-step", "1"), "--until-step 1 is below step 4"),
+    (
+        "train_until_step_below",
+        T("train", "{cfg}", "--run-dir", "{run}", "--until-step", "1"),
+        "--until-step 1 is below step 4",
+    ),
     ("train_quantized_config", T("train", "{tmp}/quantized.yaml", "--run-dir", "{tmp}/r8"), "cannot be trained"),
-    ("train_init_from_missing", T("train", "{cfg}", "--set", "train.init_from={tmp}/nowhere", "--run-dir", "{tmp}/r9"), "not a run directory"),
+    (
+        "train_init_from_missing",
+        T("train", "{cfg}", "--set", "train.init_from={tmp}/nowhere", "--run-dir", "{tmp}/r9"),
+        "not a run directory",
+    ),
     # ---------------------------------------------------------------- data prepare
     ("prepare_missing_input", T("data", "prepare", "--input", "{tmp}/nowhere.txt", "--out", "{tmp}/p1"), "nowhere.txt"),
     ("prepare_empty_input", T("data", "prepare", "--input", "{tmp}/empty.txt", "--out", "{tmp}/p2"), "empty"),
     ("prepare_not_utf8", T("data", "prepare", "--input", "{tmp}/binary.txt", "--out", "{tmp}/p3"), "UTF-8"),
-    ("prepare_val_fraction_zero", T("data", "prepare", "--input", "{tmp}/tiny_corpus.txt", "--out", "{tmp}/p4", "--val-fraction", "0"), "val"),
-    ("prepare_val_fraction_high", T("data", "prepare", "--input", "{tmp}/tiny_corpus.txt", "--out", "{tmp}/p5", "--val-fraction", "1.5"), "val"),
+    (
+        "prepare_val_fraction_zero",
+        T("data", "prepare", "--input", "{tmp}/tiny_corpus.txt", "--out", "{tmp}/p4", "--val-fraction", "0"),
+        "val",
+    ),
+    (
+        "prepare_val_fraction_high",
+        T("data", "prepare", "--input", "{tmp}/tiny_corpus.txt", "--out", "{tmp}/p5", "--val-fraction", "1.5"),
+        "val",
+    ),
     ("prepare_out_is_file", T("data", "prepare", "--input", "{tmp}/tiny_corpus.txt", "--out", "{tmp}/afile"), "afile"),
-    ("prepare_bad_tokenizer", T("data", "prepare", "--input", "{tmp}/tiny_corpus.txt", "--out", "{tmp}/p6", "--tokenizer", "bpe"), "invalid choice"),
-    ("prepare_out_under_file", T("data", "prepare", "--input", "{tmp}/tiny_corpus.txt", "--out", "{tmp}/afile/p7"), "afile"),
+    (
+        "prepare_bad_tokenizer",
+        T("data", "prepare", "--input", "{tmp}/tiny_corpus.txt", "--out", "{tmp}/p6", "--tokenizer", "bpe"),
+        "invalid choice",
+    ),
+    (
+        "prepare_out_under_file",
+        T("data", "prepare", "--input", "{tmp}/tiny_corpus.txt", "--out", "{tmp}/afile/p7"),
+        "afile",
+    ),
     # ---------------------------------------------------------------- generate
     ("generate_missing_run", T("generate", "{tmp}/nowhere", "--prompt", "the"), "not a run directory"),
     ("generate_data_dir_as_run", T("generate", "{data}", "--prompt", "the"), "not a run directory"),
     ("generate_no_tokenizer", T("generate", "{tmp}/no_tokenizer_run", "--prompt", "the"), "no tokenizer.json"),
     ("generate_empty_prompt", T("generate", "{run}", "--prompt", ""), "prompt is empty"),
     ("generate_prompt_out_of_vocab", T("generate", "{run}", "--prompt", "QQQ"), "Q"),
-    ("generate_zero_tokens", T("generate", "{run}", "--prompt", "the", "--max-new-tokens", "0"), "--max-new-tokens must be positive"),
+    (
+        "generate_zero_tokens",
+        T("generate", "{run}", "--prompt", "the", "--max-new-tokens", "0"),
+        "--max-new-tokens must be positive",
+    ),
     ("generate_bad_top_p", T("generate", "{run}", "--prompt", "the", "--top-p", "0"), "top_p"),
     ("generate_negative_temperature", T("generate", "{run}", "--prompt", "the", "--temperature", "-1"), "temperature"),
     ("generate_negative_top_k", T("generate", "{run}", "--prompt", "the", "--top-k", "-2"), "top_k"),
     ("generate_negative_chunk", T("generate", "{run}", "--prompt", "the", "--chunk", "-1"), "--chunk"),
-    ("generate_missing_draft", T("generate", "{run}", "--prompt", "the", "--draft", "{tmp}/nowhere"), "not a run directory"),
-    ("generate_zero_draft_tokens", T("generate", "{run}", "--prompt", "the", "--draft", "{run}", "--draft-tokens", "0"), "draft"),
-    ("generate_missing_step", T("generate", "{run}", "--prompt", "the", "--step", "99"), "no checkpoint for step 99; pass one of the saved steps [2, 4]"),
-    ("generate_step_and_best", T("generate", "{run}", "--prompt", "the", "--step", "2", "--best"), "either --best or --step"),
+    (
+        "generate_missing_draft",
+        T("generate", "{run}", "--prompt", "the", "--draft", "{tmp}/nowhere"),
+        "not a run directory",
+    ),
+    (
+        "generate_zero_draft_tokens",
+        T("generate", "{run}", "--prompt", "the", "--draft", "{run}", "--draft-tokens", "0"),
+        "draft",
+    ),
+    (
+        "generate_missing_step",
+        T("generate", "{run}", "--prompt", "the", "--step", "99"),
+        "no checkpoint for step 99; pass one of the saved steps [2, 4]",
+    ),
+    (
+        "generate_step_and_best",
+        T("generate", "{run}", "--prompt", "the", "--step", "2", "--best"),
+        "either --best or --step",
+    ),
     ("generate_bad_cache_dtype", T("generate", "{run}", "--prompt", "the", "--cache-dtype", "int4"), "invalid choice"),
     # ---------------------------------------------------------------- eval
     ("eval_missing_run", T("eval", "{tmp}/nowhere"), "not a run directory"),
@@ -197,8 +299,16 @@ CASES = [
     ("quantize_missing_run", T("quantize", "{tmp}/nowhere", "--bits", "8", "--out", "{tmp}/q3"), "not a run directory"),
     ("quantize_out_is_a_run", T("quantize", "{run}", "--bits", "8", "--out", "{run}"), "already holds a run"),
     ("quantize_out_is_file", T("quantize", "{run}", "--bits", "8", "--out", "{tmp}/afile"), "afile"),
-    ("quantize_negative_group", T("quantize", "{run}", "--bits", "4", "--out", "{tmp}/q4", "--group-size", "-4"), "group"),
-    ("quantize_group_does_not_divide", T("quantize", "{run}", "--bits", "4", "--out", "{tmp}/q5", "--group-size", "7"), "group"),
+    (
+        "quantize_negative_group",
+        T("quantize", "{run}", "--bits", "4", "--out", "{tmp}/q4", "--group-size", "-4"),
+        "group",
+    ),
+    (
+        "quantize_group_does_not_divide",
+        T("quantize", "{run}", "--bits", "4", "--out", "{tmp}/q5", "--group-size", "7"),
+        "group",
+    ),
     # ---------------------------------------------------------------- export
     ("export_bad_format", T("export", "{run}", "--out", "{tmp}/e1", "--format", "tflite"), "tflite"),
     ("export_missing_run", T("export", "{tmp}/nowhere", "--out", "{tmp}/e2"), "not a run directory"),
@@ -218,24 +328,98 @@ CASES = [
     ("from_hf_into_a_run", T("convert", "from-hf", "{tmp}/hf_no_type", "{run}"), "already holds a run"),
     # ---------------------------------------------------------------- finetune
     ("finetune_no_data", T("finetune", "{run}", "--out", "{tmp}/f1"), "--data"),
-    ("finetune_data_missing", T("finetune", "{run}", "--data", "{tmp}/nowhere.jsonl", "--out", "{tmp}/f2"), "does not exist"),
-    ("finetune_malformed_jsonl", T("finetune", "{run}", "--data", "{tmp}/ft_bad_json.jsonl", "--out", "{tmp}/f3"), "Line 2"),
-    ("finetune_missing_field", T("finetune", "{run}", "--data", "{tmp}/ft_missing_field.jsonl", "--out", "{tmp}/f4"), "completion"),
-    ("finetune_wrong_type", T("finetune", "{run}", "--data", "{tmp}/ft_wrong_type.jsonl", "--out", "{tmp}/f5"), "completion"),
+    (
+        "finetune_data_missing",
+        T("finetune", "{run}", "--data", "{tmp}/nowhere.jsonl", "--out", "{tmp}/f2"),
+        "does not exist",
+    ),
+    (
+        "finetune_malformed_jsonl",
+        T("finetune", "{run}", "--data", "{tmp}/ft_bad_json.jsonl", "--out", "{tmp}/f3"),
+        "Line 2",
+    ),
+    (
+        "finetune_missing_field",
+        T("finetune", "{run}", "--data", "{tmp}/ft_missing_field.jsonl", "--out", "{tmp}/f4"),
+        "completion",
+    ),
+    (
+        "finetune_wrong_type",
+        T("finetune", "{run}", "--data", "{tmp}/ft_wrong_type.jsonl", "--out", "{tmp}/f5"),
+        "completion",
+    ),
     ("finetune_not_objects", T("finetune", "{run}", "--data", "{tmp}/ft_list.jsonl", "--out", "{tmp}/f6"), "Line 1"),
-    ("finetune_empty_file", T("finetune", "{run}", "--data", "{tmp}/ft_empty.jsonl", "--out", "{tmp}/f7"), "no examples"),
-    ("finetune_empty_prompt", T("finetune", "{run}", "--data", "{tmp}/ft_empty_prompt.jsonl", "--out", "{tmp}/f8"), "empty prompt"),
-    ("finetune_out_of_vocab", T("finetune", "{run}", "--data", "{tmp}/ft_oov.jsonl", "--out", "{tmp}/f9"), "cannot be encoded"),
-    ("finetune_zero_steps", T("finetune", "{run}", "--data", "{tmp}/ft_good.jsonl", "--out", "{tmp}/f10", "--steps", "0"), "--steps"),
-    ("finetune_zero_lr", T("finetune", "{run}", "--data", "{tmp}/ft_good.jsonl", "--out", "{tmp}/f11", "--lr", "0"), "--lr"),
-    ("finetune_out_not_empty", T("finetune", "{run}", "--data", "{tmp}/ft_good.jsonl", "--out", "{tmp}/nonempty"), "not empty"),
-    ("finetune_out_is_file", T("finetune", "{run}", "--data", "{tmp}/ft_good.jsonl", "--out", "{tmp}/afile"), "is a file"),
-    ("finetune_missing_base", T("finetune", "{tmp}/nowhere", "--data", "{tmp}/ft_good.jsonl", "--out", "{tmp}/f12"), "not a run directory"),
-    ("finetune_max_len", T("finetune", "{run}", "--data", "{tmp}/ft_good.jsonl", "--out", "{tmp}/f13", "--max-len", "2"), "--max-len"),
-    ("finetune_zero_rank", T("finetune", "{run}", "--data", "{tmp}/ft_good.jsonl", "--out", "{tmp}/f14", "--lora", "--rank", "0"), "rank"),
-    ("finetune_bad_targets", T("finetune", "{run}", "--data", "{tmp}/ft_good.jsonl", "--out", "{tmp}/f15", "--lora", "--targets", "nothing_matches"), "nothing_matches"),
+    (
+        "finetune_empty_file",
+        T("finetune", "{run}", "--data", "{tmp}/ft_empty.jsonl", "--out", "{tmp}/f7"),
+        "no examples",
+    ),
+    (
+        "finetune_empty_prompt",
+        T("finetune", "{run}", "--data", "{tmp}/ft_empty_prompt.jsonl", "--out", "{tmp}/f8"),
+        "empty prompt",
+    ),
+    (
+        "finetune_out_of_vocab",
+        T("finetune", "{run}", "--data", "{tmp}/ft_oov.jsonl", "--out", "{tmp}/f9"),
+        "cannot be encoded",
+    ),
+    (
+        "finetune_zero_steps",
+        T("finetune", "{run}", "--data", "{tmp}/ft_good.jsonl", "--out", "{tmp}/f10", "--steps", "0"),
+        "--steps",
+    ),
+    (
+        "finetune_zero_lr",
+        T("finetune", "{run}", "--data", "{tmp}/ft_good.jsonl", "--out", "{tmp}/f11", "--lr", "0"),
+        "--lr",
+    ),
+    (
+        "finetune_out_not_empty",
+        T("finetune", "{run}", "--data", "{tmp}/ft_good.jsonl", "--out", "{tmp}/nonempty"),
+        "not empty",
+    ),
+    (
+        "finetune_out_is_file",
+        T("finetune", "{run}", "--data", "{tmp}/ft_good.jsonl", "--out", "{tmp}/afile"),
+        "is a file",
+    ),
+    (
+        "finetune_missing_base",
+        T("finetune", "{tmp}/nowhere", "--data", "{tmp}/ft_good.jsonl", "--out", "{tmp}/f12"),
+        "not a run directory",
+    ),
+    (
+        "finetune_max_len",
+        T("finetune", "{run}", "--data", "{tmp}/ft_good.jsonl", "--out", "{tmp}/f13", "--max-len", "2"),
+        "--max-len",
+    ),
+    (
+        "finetune_zero_rank",
+        T("finetune", "{run}", "--data", "{tmp}/ft_good.jsonl", "--out", "{tmp}/f14", "--lora", "--rank", "0"),
+        "rank",
+    ),
+    (
+        "finetune_bad_targets",
+        T(
+            "finetune",
+            "{run}",
+            "--data",
+            "{tmp}/ft_good.jsonl",
+            "--out",
+            "{tmp}/f15",
+            "--lora",
+            "--targets",
+            "nothing_matches",
+        ),
+        "nothing_matches",
+    ),
     ("merge_missing_adapters", T("finetune", "merge", "{tmp}/nowhere", "--out", "{tmp}/m1"), "adapter.json"),
-    ("merge_two_dirs", T("finetune", "merge", "{tmp}/a", "{tmp}/b", "--out", "{tmp}/m2"), "exactly one adapter directory"),
+    (
+        "merge_two_dirs",
+        T("finetune", "merge", "{tmp}/a", "{tmp}/b", "--out", "{tmp}/m2"),
+        "exactly one adapter directory",
+    ),
     # ---------------------------------------------------------------- sweep
     ("sweep_missing_file", T("sweep", "{tmp}/nowhere.yaml", "--dry-run"), "does not exist"),
     ("sweep_empty_axis", T("sweep", "{tmp}/sweep_empty_axis.yaml", "--dry-run"), "Sweep axis 'model.d_model'"),
@@ -257,16 +441,40 @@ CASES = [
     ("sweep_malformed", T("sweep", "{tmp}/sweep_malformed.yaml", "--dry-run"), "sweep_malformed.yaml line"),
     # ---------------------------------------------------------------- distill
     ("distill_no_teacher", T("distill", "{cfg}", "--run-dir", "{tmp}/d1"), "No teacher"),
-    ("distill_teacher_missing", T("distill", "{cfg}", "--teacher", "{tmp}/nowhere", "--run-dir", "{tmp}/d2"), "not a run directory"),
-    ("distill_mismatched_teacher", T("distill", "{tmp}/other_vocab.yaml", "--teacher", "{run}", "--run-dir", "{tmp}/d3"), "another tokenizer"),
+    (
+        "distill_teacher_missing",
+        T("distill", "{cfg}", "--teacher", "{tmp}/nowhere", "--run-dir", "{tmp}/d2"),
+        "not a run directory",
+    ),
+    (
+        "distill_mismatched_teacher",
+        T("distill", "{tmp}/other_vocab.yaml", "--teacher", "{run}", "--run-dir", "{tmp}/d3"),
+        "another tokenizer",
+    ),
     ("distill_pmap", T("distill", "{tmp}/pmap.yaml", "--teacher", "{run}", "--run-dir", "{tmp}/d4"), "one device"),
     ("distill_two_configs", T("distill", "{cfg}", "{cfg}", "--teacher", "{run}"), "exactly one config"),
     ("distill_until_step_zero", T("distill", "{cfg}", "--teacher", "{run}", "--until-step", "0"), "positive integer"),
-    ("distill_bad_top_k", T("distill", "{cfg}", "--teacher", "{run}", "--set", "distill.top_k=-1", "--run-dir", "{tmp}/d5"), "distill.top_k"),
+    (
+        "distill_bad_top_k",
+        T("distill", "{cfg}", "--teacher", "{run}", "--set", "distill.top_k=-1", "--run-dir", "{tmp}/d5"),
+        "distill.top_k",
+    ),
     ("precompute_no_out", T("distill", "precompute", "--teacher", "{run}"), "--out"),
-    ("precompute_missing_teacher", T("distill", "precompute", "--teacher", "{tmp}/nowhere", "--out", "{tmp}/pc1"), "not a run directory"),
-    ("precompute_zero_top_k", T("distill", "precompute", "--teacher", "{run}", "--out", "{tmp}/pc2", "--top-k", "0"), "top-k"),
-    ("precompute_bad_dtype", T("distill", "precompute", "--teacher", "{run}", "--out", "{tmp}/pc3", "--dtype", "int8"), "dtype"),
+    (
+        "precompute_missing_teacher",
+        T("distill", "precompute", "--teacher", "{tmp}/nowhere", "--out", "{tmp}/pc1"),
+        "not a run directory",
+    ),
+    (
+        "precompute_zero_top_k",
+        T("distill", "precompute", "--teacher", "{run}", "--out", "{tmp}/pc2", "--top-k", "0"),
+        "top-k",
+    ),
+    (
+        "precompute_bad_dtype",
+        T("distill", "precompute", "--teacher", "{run}", "--out", "{tmp}/pc3", "--dtype", "int8"),
+        "dtype",
+    ),
     # ---------------------------------------------------------------- plan
     ("plan_bad_mesh", T("plan", "{cfg}", "--mesh", "data=two"), "mesh"),
 ]
@@ -284,7 +492,19 @@ def test_bad_input_is_one_clear_line_and_exit_code_2(env, capsys, argv, phrase):
 def test_the_table_is_large_and_covers_every_command():
     assert len(CASES) >= 70 and len({c[0] for c in CASES}) == len(CASES)
     commands = {c[1][0] for c in CASES if c[1]}
-    assert {"config", "data", "train", "generate", "eval", "quantize", "convert", "finetune", "export", "sweep", "distill"} <= commands
+    assert {
+        "config",
+        "data",
+        "train",
+        "generate",
+        "eval",
+        "quantize",
+        "convert",
+        "finetune",
+        "export",
+        "sweep",
+        "distill",
+    } <= commands
 
 
 def test_generate_prints_an_error_on_a_line_of_its_own(env, capsys, monkeypatch):
@@ -303,4 +523,3 @@ def test_generate_prints_an_error_on_a_line_of_its_own(env, capsys, monkeypatch)
     assert main(["generate", str(env["run"]), "--prompt", "the"]) == 2
     out, err = capsys.readouterr()
     assert out == "the\n" and err == "error: the decode failed.\n"
-

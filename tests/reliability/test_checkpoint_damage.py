@@ -47,8 +47,10 @@ def copy_run(runs, tmp_path) -> Path:
 
 def array_data_file(step_dir: Path) -> Path:
     """The largest tensorstore data file of the step: where most of the weights' bytes are."""
-    return max((p for p in (step_dir / "state").rglob("*") if p.is_file() and "d" in p.relative_to(step_dir).parts[:-1]),
-               key=lambda p: p.stat().st_size)
+    return max(
+        (p for p in (step_dir / "state").rglob("*") if p.is_file() and "d" in p.relative_to(step_dir).parts[:-1]),
+        key=lambda p: p.stat().st_size,
+    )
 
 
 def flip_middle_byte(path: Path) -> None:
@@ -63,7 +65,10 @@ def garble(path: Path) -> None:
 
 
 DAMAGE = {
-    "truncated_data_file": (lambda step: os.truncate(array_data_file(step), array_data_file(step).stat().st_size // 2), "truncated"),
+    "truncated_data_file": (
+        lambda step: os.truncate(array_data_file(step), array_data_file(step).stat().st_size // 2),
+        "truncated",
+    ),
     "deleted_state_dir": (lambda step: shutil.rmtree(step / "state"), "missing-file"),
     "deleted_orbax_metadata": (lambda step: (step / "_CHECKPOINT_METADATA").unlink(), "missing-file"),
     "garbled_state_metadata": (lambda step: garble(step / "state" / "_METADATA"), "metadata"),
@@ -110,8 +115,17 @@ def test_every_file_of_a_step_deleted_or_garbled_is_detected(runs, tmp_path, cap
     expected_state, expected_data_state, _ = restore(good)
     step_dir = runs["template"] / "checkpoints" / "4"
     files = sorted(str(p.relative_to(step_dir)) for p in step_dir.rglob("*") if p.is_file())
-    assert {"_CHECKPOINT_METADATA", "state/_METADATA", "state/_sharding", "state/manifest.ocdbt", "config/metadata",
-            "data_state/metadata", f"{CHECKSUMS}/metadata", "metrics/metrics", FILE_LIST} <= set(files)
+    assert {
+        "_CHECKPOINT_METADATA",
+        "state/_METADATA",
+        "state/_sharding",
+        "state/manifest.ocdbt",
+        "config/metadata",
+        "data_state/metadata",
+        f"{CHECKSUMS}/metadata",
+        "metrics/metrics",
+        FILE_LIST,
+    } <= set(files)
     cases = [("delete", name) for name in files if name != FILE_LIST]  # no file list = saved before lists (test below)
     cases += [("garble", name) for name in files if "d" not in Path(name).parts[:-1]]  # array data: the CRC test above
     for how, name in cases:
@@ -169,10 +183,21 @@ def test_nothing_is_moved_when_no_older_checkpoint_verifies(runs, tmp_path, caps
 @pytest.mark.slow
 def test_killed_at_random_moments_the_run_still_reproduces_the_uninterrupted_losses(tmp_path):
     """SIGKILL `slm train` at random times (mid-step, mid-save) until it finishes; the losses equal one clean run's."""
-    config = write_config(tmp_path, train={"steps": 80}, eval={"every": 80}, checkpoint={"every": 5, "async_save": True})
+    config = write_config(
+        tmp_path, train={"steps": 80}, eval={"every": 80}, checkpoint={"every": 5, "async_save": True}
+    )
     cfg = load_config(config)
     train(cfg, tmp_path / "full", progress=False)
-    argv = [sys.executable, "-m", "slm_jax.cli", "train", str(config), "--run-dir", str(tmp_path / "run"), "--no-progress"]
+    argv = [
+        sys.executable,
+        "-m",
+        "slm_jax.cli",
+        "train",
+        str(config),
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--no-progress",
+    ]
     rng, kills = random.Random(0), 0
     while True:
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

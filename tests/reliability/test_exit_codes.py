@@ -25,20 +25,22 @@ def signal_at_step(monkeypatch, signum, step):
 
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_a_stopped_train_exits_with_128_plus_the_signal_after_its_checkpoint(tmp_path, monkeypatch, capsys, signum, code):
+def test_a_stopped_train_exits_with_128_plus_the_signal_after_its_checkpoint(
+    tmp_path, monkeypatch, capsys, signum, code
+):
     config = write_config(tmp_path, train={"steps": 6}, eval={"every": 6})
     argv = ["train", str(config), "--run-dir", str(tmp_path / "run"), "--no-progress"]
     signal_at_step(monkeypatch, signum, 3)
     assert main(argv) == code
     out = capsys.readouterr().out
-    summary = json.loads(out[out.index("{"):])
+    summary = json.loads(out[out.index("{") :])
     # the signal lands mid-step 3 (after its loss is logged), so the loop stops after step 4
     assert summary["stopped_by"] == signal.Signals(signum).name and summary["step"] == 4
     assert latest_checkpoint_step(tmp_path / "run") == 4
     monkeypatch.undo()
     assert main(argv) == 0  # finished: 0, and the summary says nothing stopped it
     out = capsys.readouterr().out
-    assert json.loads(out[out.index("{"):])["stopped_by"] is None
+    assert json.loads(out[out.index("{") :])["stopped_by"] is None
 
 
 def test_a_stopped_sweep_exits_like_its_stopped_run(tmp_path, monkeypatch, capsys):

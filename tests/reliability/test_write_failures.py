@@ -39,9 +39,17 @@ def assert_resumes_from_step_2(config, run, expected, capsys):
     assert "resuming at step 2" in capsys.readouterr().out and losses(run) == expected
 
 
-@pytest.mark.parametrize("code, words", [(errno.ENOSPC, "no space left on device"), (errno.EROFS, "read-only file system"),
-                                         (errno.EACCES, "permission denied")])
-def test_a_failed_save_is_one_sentence_and_the_last_checkpoint_survives(full, tmp_path, monkeypatch, capsys, code, words):
+@pytest.mark.parametrize(
+    "code, words",
+    [
+        (errno.ENOSPC, "no space left on device"),
+        (errno.EROFS, "read-only file system"),
+        (errno.EACCES, "permission denied"),
+    ],
+)
+def test_a_failed_save_is_one_sentence_and_the_last_checkpoint_survives(
+    full, tmp_path, monkeypatch, capsys, code, words
+):
     config, expected = full
     save = ocp.CheckpointManager.save
 
@@ -69,8 +77,10 @@ class _FailedWrite:
     """A commit future whose write failed the way tensorstore reports a full disk."""
 
     def result(self, timeout=None):
-        raise ValueError('RESOURCE_EXHAUSTED: Error writing "params.embed" in OCDBT database: No space left on device '
-                         "[os_error_code='28']")
+        raise ValueError(
+            'RESOURCE_EXHAUSTED: Error writing "params.embed" in OCDBT database: No space left on device '
+            "[os_error_code='28']"
+        )
 
 
 def test_a_full_disk_in_a_background_save_is_reported_at_the_next_wait(full, tmp_path, monkeypatch, capsys):

@@ -23,26 +23,42 @@ BASE = {
 
 
 def write(tmp_path, sweep, base=BASE):
-    (tmp_path / "base.yaml").write_text(yaml.safe_dump({**base, "data": {**base["data"], "cache_dir": str(tmp_path / "cache")}}))
+    (tmp_path / "base.yaml").write_text(
+        yaml.safe_dump({**base, "data": {**base["data"], "cache_dir": str(tmp_path / "cache")}})
+    )
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump({"base": "base.yaml", **sweep}, sort_keys=False))
     return load_sweep(path)
 
 
 def test_grid_and_points_expand_in_order(tmp_path):
-    sweep = write(tmp_path, {"grid": {"model.preset": ["transformer", "mamba"], "model.d_model": [32, 48]},
-                             "points": [{"model.preset": "mamba2", "model.d_model": 16}]})
+    sweep = write(
+        tmp_path,
+        {
+            "grid": {"model.preset": ["transformer", "mamba"], "model.d_model": [32, 48]},
+            "points": [{"model.preset": "mamba2", "model.d_model": 16}],
+        },
+    )
     points = expand(sweep)
     assert [p.slug for p in points] == [
-        "preset=transformer,d_model=32", "preset=transformer,d_model=48", "preset=mamba,d_model=32",
-        "preset=mamba,d_model=48", "preset=mamba2,d_model=16"]
+        "preset=transformer,d_model=32",
+        "preset=transformer,d_model=48",
+        "preset=mamba,d_model=32",
+        "preset=mamba,d_model=48",
+        "preset=mamba2,d_model=16",
+    ]
     assert points[2].cfg.model.pattern == ("mamba",) and points[2].cfg.model.mlp == "none"  # preset fields follow
     assert points[4].cfg.model.d_model == 16 and points[0].cfg.train.steps == 6
 
 
 def test_budget_matching_holds_params_close(tmp_path):
-    sweep = write(tmp_path, {"grid": {"model.preset": ["transformer", "mamba", "mamba2"]},
-                             "budget": {"match": "params", "adjust": "model.d_model", "multiple": 8}})
+    sweep = write(
+        tmp_path,
+        {
+            "grid": {"model.preset": ["transformer", "mamba", "mamba2"]},
+            "budget": {"match": "params", "adjust": "model.d_model", "multiple": 8},
+        },
+    )
     points = expand(sweep)
     target = quantity(points[0].cfg, "params")
     for p in points:
@@ -52,8 +68,12 @@ def test_budget_matching_holds_params_close(tmp_path):
 
 @pytest.mark.parametrize(
     "sweep, message",
-    [({"grid": {"model.n_layer": [1]}}, "model.n_layers"), ({"gird": {}}, "grid"), ({}, "varies nothing"),
-     ({"grid": {"model.d_model": [32]}, "budget": {"match": "speed"}}, "budget.match")],
+    [
+        ({"grid": {"model.n_layer": [1]}}, "model.n_layers"),
+        ({"gird": {}}, "grid"),
+        ({}, "varies nothing"),
+        ({"grid": {"model.d_model": [32]}, "budget": {"match": "speed"}}, "budget.match"),
+    ],
 )
 def test_bad_sweep_files_are_clear_errors(tmp_path, sweep, message):
     with pytest.raises(ConfigError, match=message):
@@ -69,7 +89,11 @@ def test_sweep_runs_skips_finished_and_resumes_interrupted(tmp_path, monkeypatch
     runner.train(cfg, out / "runs" / name, until_step=3, progress=False)
     calls = []
     real_train = runner.train
-    monkeypatch.setattr(runner, "train", lambda cfg, run_dir, progress: calls.append(run_dir.name) or real_train(cfg, run_dir, progress=False))
+    monkeypatch.setattr(
+        runner,
+        "train",
+        lambda cfg, run_dir, progress: calls.append(run_dir.name) or real_train(cfg, run_dir, progress=False),
+    )
     records = run_sweep(sweep, points, out, progress=False)
     assert len(records) == 4 and len(calls) == 4
     resumed = [m["step"] for m in read_metrics(out / "runs" / name) if "loss" in m]
@@ -86,13 +110,18 @@ def test_sweep_runs_skips_finished_and_resumes_interrupted(tmp_path, monkeypatch
 def test_interrupted_run_stops_the_sweep_with_a_resume_hint(tmp_path, monkeypatch):
     sweep = write(tmp_path, {"grid": {"model.preset": ["transformer"]}})
     real_train = runner.train
-    monkeypatch.setattr(runner, "train", lambda cfg, run_dir, progress: real_train(cfg, run_dir, until_step=2, progress=False))
+    monkeypatch.setattr(
+        runner, "train", lambda cfg, run_dir, progress: real_train(cfg, run_dir, until_step=2, progress=False)
+    )
     with pytest.raises(runner.SweepInterrupted, match="run the same sweep command again"):
         run_sweep(sweep, expand(sweep), tmp_path / "out", progress=False)
 
 
 def test_list_values_make_glob_safe_directory_names(tmp_path):
-    sweep = write(tmp_path, {"points": [{"model.layer_pattern": ["rglru", "local_attention"], "model.mixers.local_attention.window": 4}]})
+    sweep = write(
+        tmp_path,
+        {"points": [{"model.layer_pattern": ["rglru", "local_attention"], "model.mixers.local_attention.window": 4}]},
+    )
     (point,) = expand(sweep)
     assert point.slug == "layer_pattern=rglru+local_attention,window=4"
     assert point.cfg.model.pattern == ("rglru", "local_attention")

@@ -28,7 +28,12 @@ from slm_jax.training.step import init_state, make_train_step  # noqa: E402
 from slm_jax.training.tracking import read_metrics  # noqa: E402
 from slm_jax.training.train import train  # noqa: E402
 
-MESH8 = ["train.parallel.strategy=mesh", "train.parallel.mesh.data=2", "train.parallel.mesh.fsdp=2", "train.parallel.mesh.tensor=2"]
+MESH8 = [
+    "train.parallel.strategy=mesh",
+    "train.parallel.mesh.data=2",
+    "train.parallel.mesh.fsdp=2",
+    "train.parallel.mesh.tensor=2",
+]
 
 
 def config(out, *overrides, **model):
@@ -70,7 +75,9 @@ def preset_step_losses(out, preset):
         tcfg = config(out, f"model.preset={preset}", "model.vocab_size=64", "train.grad_accum=1", *overrides).train
         par = make_parallel(tcfg, jax.eval_shape(lambda: init(optimizer)))
         state = par.init(init, optimizer)
-        step = par.compile(lambda sync: make_train_step(model, optimizer, schedule, grad_accum=tc.grad_accum, sync=sync), state, spec)
+        step = par.compile(
+            lambda sync: make_train_step(model, optimizer, schedule, grad_accum=tc.grad_accum, sync=sync), state, spec
+        )
         results[name] = []
         for b in batches:
             state, m = step(state, par.batch(b))
@@ -86,10 +93,17 @@ def main(out):
     }
     # Topology changes: 8-device checkpoints at step 3, continued on 1, 2 and 4 devices.
     result["mesh8_to_single"] = run(out, "mesh8_to_single", start_from="mesh8")
-    result["mesh8_to_pmap2"] = run(out, "mesh8_to_pmap2", "train.parallel.strategy=pmap", "train.parallel.devices=2", start_from="mesh8")
+    result["mesh8_to_pmap2"] = run(
+        out, "mesh8_to_pmap2", "train.parallel.strategy=pmap", "train.parallel.devices=2", start_from="mesh8"
+    )
     result["pmap8_to_mesh4"] = run(
-        out, "pmap8_to_mesh4", "train.parallel.strategy=mesh", "train.parallel.devices=4", "train.parallel.mesh.fsdp=2",
-        "train.parallel.mesh.tensor=2", start_from="pmap8",
+        out,
+        "pmap8_to_mesh4",
+        "train.parallel.strategy=mesh",
+        "train.parallel.devices=4",
+        "train.parallel.mesh.fsdp=2",
+        "train.parallel.mesh.tensor=2",
+        start_from="pmap8",
     )
     result["presets"] = {"griffin": preset_step_losses(out, "griffin")}  # its 1 layer is RG-LRU: a recurrent mixer
     print(json.dumps(result))

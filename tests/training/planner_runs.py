@@ -21,8 +21,8 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 from slm_jax.config import load_config  # noqa: E402
 from slm_jax.models.lm import CausalLM  # noqa: E402
 from slm_jax.training import planner  # noqa: E402
-from slm_jax.training.step import init_state  # noqa: E402
 from slm_jax.training.optim import make_optimizer  # noqa: E402
+from slm_jax.training.step import init_state  # noqa: E402
 
 
 def live_bytes_per_device() -> int:

@@ -17,13 +17,21 @@ CONFIG = {"name": "t", "model": {"d_model": 8, "n_layers": 1}, "train": {"steps"
 def make_state(seed=0, width=8):
     """A trainer-shaped state: params, a real AdamW state (namedtuples), step, rng key data."""
     k1, k2 = jax.random.split(jax.random.key(seed))
-    params = {"embed": {"embedding": jax.random.normal(k1, (16, width))}, "out": {"kernel": jax.random.normal(k2, (width, 16)), "bias": jnp.zeros(16)}}
+    params = {
+        "embed": {"embedding": jax.random.normal(k1, (16, width))},
+        "out": {"kernel": jax.random.normal(k2, (width, 16)), "bias": jnp.zeros(16)},
+    }
     opt = optax.adamw(1e-3)
     opt_state = opt.init(params)
     # one real update so mu/nu/count are not all zeros (a zero restore would pass by luck)
     grads = jax.tree.map(jnp.ones_like, params)
     _, opt_state = opt.update(grads, opt_state, params)
-    return {"params": params, "opt_state": opt_state, "step": jnp.array(7, jnp.int32), "rng": jax.random.key_data(jax.random.key(seed + 1))}
+    return {
+        "params": params,
+        "opt_state": opt_state,
+        "step": jnp.array(7, jnp.int32),
+        "rng": jax.random.key_data(jax.random.key(seed + 1)),
+    }
 
 
 def assert_tree_equal(a, b):
@@ -85,9 +93,13 @@ def test_every_gating_force_and_no_overwrite(tmp_path):
 def test_mismatched_architecture_raises_with_parameter_path(tmp_path):
     with Checkpointer(tmp_path, every=1, keep=2, async_save=False) as ckpt:
         ckpt.save(1, make_state(width=8), {}, CONFIG)
-        with pytest.raises(CheckpointError, match=r"params/embed/embedding.*\(16, 8\).*\(16, 12\).*fresh run directory"):
+        with pytest.raises(
+            CheckpointError, match=r"params/embed/embedding.*\(16, 8\).*\(16, 12\).*fresh run directory"
+        ):
             ckpt.restore(jax.eval_shape(lambda: make_state(width=12)))
-        wider = jax.eval_shape(lambda: {**make_state(), "params": {**make_state()["params"], "extra": {"w": jnp.zeros(3)}}})
+        wider = jax.eval_shape(
+            lambda: {**make_state(), "params": {**make_state()["params"], "extra": {"w": jnp.zeros(3)}}}
+        )
         with pytest.raises(CheckpointError, match="params/extra/w"):
             ckpt.restore(wider)
 

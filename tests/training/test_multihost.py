@@ -42,16 +42,25 @@ def free_port() -> int:
 
 def launch(config, run_dir, **env):
     base = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
-    base.update(JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=os.path.expanduser("~/.cache/slm_jax/jax_tests"),
-                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", **env)
-    return subprocess.Popen([SLM, "train", str(config), "--run-dir", str(run_dir), "--no-progress"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=base)
+    base.update(
+        JAX_PLATFORMS="cpu",
+        JAX_COMPILATION_CACHE_DIR=os.path.expanduser("~/.cache/slm_jax/jax_tests"),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        **env,
+    )
+    return subprocess.Popen(
+        [SLM, "train", str(config), "--run-dir", str(run_dir), "--no-progress"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=base,
+    )
 
 
 def summary(proc):
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]
-    return json.loads(out[out.index("{"):])
+    return json.loads(out[out.index("{") :])
 
 
 def restore_params(run_dir):
@@ -60,8 +69,10 @@ def restore_params(run_dir):
     abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, 16), np.int32)))
     optimizer, _ = make_optimizer(cfg.optim, cfg.train.steps, abstract)
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
-                          jax.eval_shape(lambda: init_state(model, optimizer, 0, 16)))
+    target = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
+        jax.eval_shape(lambda: init_state(model, optimizer, 0, 16)),
+    )
     with Checkpointer(run_dir, 100, 2) as ckpt:
         assert ckpt.all_steps() == [4]
         state, data_state, _ = ckpt.restore(target)

@@ -9,8 +9,12 @@ from slm_jax.errors import ConfigError
 from slm_jax.training.loss import cross_entropy
 from slm_jax.training.optim import make_optimizer, make_schedule, path_mask
 
-PARAMS = {"params": {"embed": {"embedding": jnp.ones((5, 4))}, "layers_0": {"mlp": {"up": {"kernel": jnp.ones((4, 4))}},
-                                                                         "mlp_norm": {"scale": jnp.ones(4)}}}}
+PARAMS = {
+    "params": {
+        "embed": {"embedding": jnp.ones((5, 4))},
+        "layers_0": {"mlp": {"up": {"kernel": jnp.ones((4, 4))}}, "mlp_norm": {"scale": jnp.ones(4)}},
+    }
+}
 
 
 def test_cosine_schedule_shape():
@@ -65,7 +69,9 @@ def test_cross_entropy_matches_optax_and_masks():
     assert float(loss) == pytest.approx(float(ref), rel=1e-6)
     mask = jnp.zeros((2, 5)).at[0, 1].set(1)
     loss, m = cross_entropy(logits, targets, mask)
-    assert float(loss) == pytest.approx(float(optax.softmax_cross_entropy_with_integer_labels(logits, targets)[0, 1]), rel=1e-6)
+    assert float(loss) == pytest.approx(
+        float(optax.softmax_cross_entropy_with_integer_labels(logits, targets)[0, 1]), rel=1e-6
+    )
     assert float(m["tokens"]) == 1
     z, mz = cross_entropy(logits, targets, z_loss=1e-2)
     assert float(z) > float(mz["loss"])  # the z-loss adds log(Z)^2

@@ -31,7 +31,11 @@ def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("parallel")
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run(
-        [sys.executable, os.path.join(HERE, "parallel_runs.py"), str(out)], capture_output=True, text=True, env=env, timeout=600
+        [sys.executable, os.path.join(HERE, "parallel_runs.py"), str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -64,20 +68,35 @@ def test_a_recurrent_preset_trains_the_same_on_a_mesh(runs):
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_every_preset_shards_its_weights(preset):
-    cfg = config_from_dict({"model": {"preset": preset, "d_model": 32, "n_heads": 4, "n_layers": len(PRESETS[preset]["layer_pattern"]), "vocab_size": 64}})
+    cfg = config_from_dict(
+        {
+            "model": {
+                "preset": preset,
+                "d_model": 32,
+                "n_heads": 4,
+                "n_layers": len(PRESETS[preset]["layer_pattern"]),
+                "vocab_size": 64,
+            }
+        }
+    )
     model = CausalLM(cfg.model)
     abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), jax.numpy.zeros((1, 8), "int32")))
     optimizer, _ = make_optimizer(cfg.optim, 10, abstract)
     state = jax.eval_shape(lambda: init_state(model, optimizer, 0, 8))
     specs = state_specs(state, AbstractMesh((2, 2, 2), MESH_AXES))
-    flat = {jax.tree_util.keystr(p): s for p, s in jax.tree_util.tree_flatten_with_path(specs, is_leaf=lambda x: isinstance(x, P))[0]}
-    params = {k[len("['params']"):]: s for k, s in flat.items() if k.startswith("['params']")}
+    flat = {
+        jax.tree_util.keystr(p): s
+        for p, s in jax.tree_util.tree_flatten_with_path(specs, is_leaf=lambda x: isinstance(x, P))[0]
+    }
+    params = {k[len("['params']") :]: s for k, s in flat.items() if k.startswith("['params']")}
     # Every 2-D weight is split over fsdp (d_model side) and the mixer's in-projection over tensor too.
     kernels = {k: s for k, s in params.items() if "kernel" in k}
-    assert all("fsdp" in tuple(s) for k, s in kernels.items() if ("in_proj" in k or "qkv" in k or "gate_up" in k)), kernels
+    assert all("fsdp" in tuple(s) for k, s in kernels.items() if ("in_proj" in k or "qkv" in k or "gate_up" in k)), (
+        kernels
+    )
     assert any("tensor" in tuple(s) for k, s in params.items() if "mixer" in k), params
     # Adam moments are placed like their parameters.
-    mu = {k[k.index("['params']"):]: s for k, s in flat.items() if ".mu" in k}
+    mu = {k[k.index("['params']") :]: s for k, s in flat.items() if ".mu" in k}
     assert len(mu) == len(params) and all(params[k] == s for k, s in mu.items())
     assert flat["['step']"] == P()
 

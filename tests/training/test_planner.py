@@ -28,8 +28,13 @@ def config_path(tmp_path_factory):
 @pytest.fixture(scope="module")
 def measured(config_path):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run([sys.executable, os.path.join(HERE, "planner_runs.py"), str(config_path)],
-                          capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, os.path.join(HERE, "planner_runs.py"), str(config_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -54,9 +59,24 @@ def test_planned_flops_match_the_analytic_count_within_10_percent(measured):
 def test_cli_replans_on_fake_devices_in_a_subprocess(config_path, capfd, monkeypatch):
     monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", os.path.expanduser("~/.cache/slm_jax/jax_tests"))
     monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-    assert main(["plan", str(config_path), "--mesh", "data=2,fsdp=2,tensor=2", "--peak-tflops", "100", "--mfu", "0.5", "--json"]) == 0
+    assert (
+        main(
+            [
+                "plan",
+                str(config_path),
+                "--mesh",
+                "data=2,fsdp=2,tensor=2",
+                "--peak-tflops",
+                "100",
+                "--mfu",
+                "0.5",
+                "--json",
+            ]
+        )
+        == 0
+    )
     out = capfd.readouterr().out
-    result = json.loads(out[out.index("{"):])
+    result = json.loads(out[out.index("{") :])
     assert result["devices"] == 8 and result["mesh"] == {"data": 2, "fsdp": 2, "tensor": 2}
     assert 0.9 <= result["flops_ratio"] <= 1.1
 

@@ -3,8 +3,8 @@
 import json
 import math
 
-import numpy as np
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from slm_jax.errors import CheckpointError

@@ -1,9 +1,9 @@
 """Training on a generated task: compact labels, accuracy per eval length, resume, clear errors."""
 
+import json
+
 import numpy as np
 import pytest
-
-import json
 
 from slm_jax.cli import main
 from slm_jax.config import config_from_dict
@@ -19,7 +19,9 @@ def task_cfg(tmp_path, *overrides):
         {
             "name": "task",
             "model": {"n_layers": 2, "d_model": 32, "n_heads": 2, "vocab_size": 16},
-            "data": {"task": {"name": "induction_heads", "train_examples": 512, "val_examples": 32, "eval_lengths": [64]}},
+            "data": {
+                "task": {"name": "induction_heads", "train_examples": 512, "val_examples": 32, "eval_lengths": [64]}
+            },
             "train": {"steps": 12, "batch_size": 8, "seq_len": 32, "log_every": 1},
             "optim": {"lr": 3e-3, "warmup_steps": 2},
             "eval": {"every": 6, "batches": 2},
@@ -30,7 +32,10 @@ def task_cfg(tmp_path, *overrides):
 
 
 def test_compact_labels_keeps_scored_positions_in_order():
-    batch = {"inputs": np.arange(12).reshape(2, 6), "targets": np.array([[-1, 5, -1, 7, -1, -1], [9, -1, -1, -1, -1, -1]])}
+    batch = {
+        "inputs": np.arange(12).reshape(2, 6),
+        "targets": np.array([[-1, 5, -1, 7, -1, -1], [9, -1, -1, -1, -1, -1]]),
+    }
     out = compact_labels(batch, 2)
     np.testing.assert_array_equal(out["label_positions"], [[1, 3], [0, 0]])
     np.testing.assert_array_equal(out["labels"], [[5, 7], [9, -1]])  # the short row is padded unscored
@@ -58,8 +63,12 @@ def test_task_run_resumes_with_the_same_losses(tmp_path):
 
 @pytest.mark.parametrize(
     "overrides, message",
-    [(["model.vocab_size=0"], "model.vocab_size"), (["data.synthetic=arithmetic"], "only one"),
-     (["data.task.name=mqa"], "mqar"), (["data.task.name=mqar", "data.task.n_pairs=20"], "n_pairs")],
+    [
+        (["model.vocab_size=0"], "model.vocab_size"),
+        (["data.synthetic=arithmetic"], "only one"),
+        (["data.task.name=mqa"], "mqar"),
+        (["data.task.name=mqar", "data.task.n_pairs=20"], "n_pairs"),
+    ],
 )
 def test_task_config_mistakes_are_clear_errors(tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message):

@@ -25,8 +25,14 @@ from slm_jax.interop.hf_weights import Tensors, conv_in, conv_out, f32, linear_i
 
 ARCHITECTURES = {"mamba": "MambaForCausalLM", "mamba2": "Mamba2ForCausalLM"}
 _INIT_ONLY = (  # fields that only shape the random initialisation or pick a kernel
-    "time_step_scale", "time_step_init_scheme", "time_step_floor", "rescale_prenorm_residual",
-    "residual_in_fp32", "use_mambapy", "use_associative_scan", "intermediate_size",
+    "time_step_scale",
+    "time_step_init_scheme",
+    "time_step_floor",
+    "rescale_prenorm_residual",
+    "residual_in_fp32",
+    "use_mambapy",
+    "use_associative_scan",
+    "intermediate_size",
 )
 
 
@@ -57,29 +63,35 @@ def config_from_hf(c: HFConfig) -> dict:
     dt = {"dt_min": float(c.get("time_step_min", 0.001)), "dt_max": float(c.get("time_step_max", 0.1))}
     rank = c.get("time_step_rank", "auto")
     if t == "mamba":
-        m["mixers"] = {"mamba": {
-            "d_state": int(c.get("state_size", 16)),
-            "expand": int(expand),
-            "conv_width": int(c.get("conv_kernel", 4)),
-            "dt_rank": math.ceil(d / 16) if rank == "auto" else int(rank),
-            **dt,
-        }}
+        m["mixers"] = {
+            "mamba": {
+                "d_state": int(c.get("state_size", 16)),
+                "expand": int(expand),
+                "conv_width": int(c.get("conv_kernel", 4)),
+                "dt_rank": math.ceil(d / 16) if rank == "auto" else int(rank),
+                **dt,
+            }
+        }
         return m
     heads, head_dim = int(c.get("num_heads", 128)), int(c.get("head_dim", 64))
     if heads * head_dim != int(expand) * d:
-        raise unsupported(c, "num_heads", heads, f"num_heads * head_dim must equal expand * hidden_size = {int(expand) * d}")
+        raise unsupported(
+            c, "num_heads", heads, f"num_heads * head_dim must equal expand * hidden_size = {int(expand) * d}"
+        )
     limit = c.get("time_step_limit", (0.0, float("inf")))
     if list(limit) != [0.0, float("inf")]:
         raise unsupported(c, "time_step_limit", list(limit), "clamping dt is not implemented; only (0, inf) is")
-    m["mixers"] = {"mamba2": {
-        "d_state": int(c.get("state_size", 128)),
-        "expand": int(expand),
-        "head_dim": head_dim,
-        "n_groups": int(c.get("n_groups", 8)),
-        "conv_width": int(c.get("conv_kernel", 4)),
-        "chunk_size": int(c.get("chunk_size", 256)),
-        **dt,
-    }}
+    m["mixers"] = {
+        "mamba2": {
+            "d_state": int(c.get("state_size", 128)),
+            "expand": int(expand),
+            "head_dim": head_dim,
+            "n_groups": int(c.get("n_groups", 8)),
+            "conv_width": int(c.get("conv_kernel", 4)),
+            "chunk_size": int(c.get("chunk_size", 256)),
+            **dt,
+        }
+    }
     return m
 
 
@@ -97,7 +109,9 @@ def params_from_hf(t: Tensors, m, raw: dict) -> dict:
     if not m.tie_embeddings:
         p["head"] = {"kernel": linear_in(t.take("lm_head.weight", (v, d)))}
     elif t.has("lm_head.weight") and not np.array_equal(t.take("lm_head.weight", (v, d)), p["embed"]["embedding"]):
-        raise CheckpointError(f"{t.where} has tie_word_embeddings true but an lm_head.weight unlike the embedding table; set it to false in config.json.")
+        raise CheckpointError(
+            f"{t.where} has tie_word_embeddings true but an lm_head.weight unlike the embedding table; set it to false in config.json."
+        )
     return {"params": p}
 
 
@@ -113,7 +127,10 @@ def _mamba_from_hf(t: Tensors, m, pre: str, conv_bias: bool) -> dict:
         "in_proj": {"kernel": linear_in(t.take(pre + "in_proj.weight", (2 * w, d)))},
         "conv1d": _conv(t, pre, w, mc.conv_width, conv_bias),
         "x_proj": {"kernel": linear_in(t.take(pre + "x_proj.weight", (r + 2 * n, w)))},
-        "dt_proj": {"kernel": linear_in(t.take(pre + "dt_proj.weight", (w, r))), "bias": t.take(pre + "dt_proj.bias", (w,))},
+        "dt_proj": {
+            "kernel": linear_in(t.take(pre + "dt_proj.weight", (w, r))),
+            "bias": t.take(pre + "dt_proj.bias", (w,)),
+        },
         "A_log": t.take(pre + "A_log", (w, n)),
         "D": t.take(pre + "D", (w,)),
         "out_proj": {"kernel": linear_in(t.take(pre + "out_proj.weight", (d, w)))},
@@ -142,13 +159,17 @@ def check_exportable(m, family: str) -> None:
     """Raise a ConfigError naming the first field of ``m`` that ``family`` cannot express."""
     name = ARCHITECTURES[family]
     other = "export it as another family (--family) or retrain without it"
-    require_exportable(set(m.layers) == {family}, "layer_pattern", list(m.pattern), name, f"every layer must be {family}")
+    require_exportable(
+        set(m.layers) == {family}, "layer_pattern", list(m.pattern), name, f"every layer must be {family}"
+    )
     require_exportable(m.mlp == "none", "mlp", m.mlp, name, "Mamba blocks have no MLP")
     require_exportable(m.embed_scale == 1.0, "embed_scale", m.embed_scale, name, other)
     require_exportable(m.norm_offset == 0.0, "norm_offset", m.norm_offset, name, other)
     require_exportable(m.logit_softcap == 0, "logit_softcap", m.logit_softcap, name, other)
     if family == "mamba":
-        require_exportable(m.mixers.mamba.selective, "mixers.mamba.selective", m.mixers.mamba.selective, name, "HF Mamba is selective")
+        require_exportable(
+            m.mixers.mamba.selective, "mixers.mamba.selective", m.mixers.mamba.selective, name, "HF Mamba is selective"
+        )
 
 
 def config_to_hf(m, family: str) -> dict:
@@ -172,14 +193,26 @@ def config_to_hf(m, family: str) -> dict:
     if family == "mamba":
         mc = m.mixers.mamba
         out.update(
-            state_size=mc.d_state, expand=mc.expand, conv_kernel=mc.conv_width, time_step_rank=mc.dt_rank or math.ceil(m.d_model / 16),
-            time_step_min=mc.dt_min, time_step_max=mc.dt_max, intermediate_size=mc.expand * m.d_model,
+            state_size=mc.d_state,
+            expand=mc.expand,
+            conv_kernel=mc.conv_width,
+            time_step_rank=mc.dt_rank or math.ceil(m.d_model / 16),
+            time_step_min=mc.dt_min,
+            time_step_max=mc.dt_max,
+            intermediate_size=mc.expand * m.d_model,
         )
     else:
         mc = m.mixers.mamba2
         out.update(
-            state_size=mc.d_state, expand=mc.expand, conv_kernel=mc.conv_width, num_heads=mc.expand * m.d_model // mc.head_dim,
-            head_dim=mc.head_dim, n_groups=mc.n_groups, chunk_size=mc.chunk_size, time_step_min=mc.dt_min, time_step_max=mc.dt_max,
+            state_size=mc.d_state,
+            expand=mc.expand,
+            conv_kernel=mc.conv_width,
+            num_heads=mc.expand * m.d_model // mc.head_dim,
+            head_dim=mc.head_dim,
+            n_groups=mc.n_groups,
+            chunk_size=mc.chunk_size,
+            time_step_min=mc.dt_min,
+            time_step_max=mc.dt_max,
         )
     return out
 
@@ -187,7 +220,10 @@ def config_to_hf(m, family: str) -> dict:
 def params_to_hf(params: dict, m, family: str) -> dict[str, np.ndarray]:
     """HF tensor name -> float32 array for our per-layer ``params``."""
     p = params["params"]
-    out = {"backbone.embeddings.weight": f32(p["embed"]["embedding"]), "backbone.norm_f.weight": f32(p["final_norm"]["scale"])}
+    out = {
+        "backbone.embeddings.weight": f32(p["embed"]["embedding"]),
+        "backbone.norm_f.weight": f32(p["final_norm"]["scale"]),
+    }
     for i in range(m.n_layers):
         layer, pre = p[f"layers_{i}"], f"backbone.layers.{i}.mixer."
         mix = layer["mixer"]

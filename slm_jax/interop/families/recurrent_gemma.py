@@ -51,11 +51,15 @@ def config_from_hf(c: HFConfig) -> dict:
     if not blocks or any(b not in _BLOCKS for b in blocks):
         raise unsupported(c, "block_types", blocks, "use recurrent and attention blocks")
     if c.get("head_dim", d // h) != d // h:
-        raise unsupported(c, "head_dim", c.raw["head_dim"], f"transformers fixes it to hidden_size / num_attention_heads = {d // h}")
+        raise unsupported(
+            c, "head_dim", c.raw["head_dim"], f"transformers fixes it to hidden_size / num_attention_heads = {d // h}"
+        )
     c.ignore("w_init_variance_scale", "final_w_init_variance_scale")
     rope = read_rope(c, default_fraction=0.5)
     if rope["rope_scaling"]["kind"] != "none":
-        raise unsupported(c, "rope_parameters.rope_type", rope["rope_scaling"]["kind"], "RecurrentGemma uses default RoPE")
+        raise unsupported(
+            c, "rope_parameters.rope_type", rope["rope_scaling"]["kind"], "RecurrentGemma uses default RoPE"
+        )
     layers = [_BLOCKS[blocks[i % len(blocks)]] for i in range(n_layers)]
     return {
         "preset": "griffin",
@@ -77,14 +81,17 @@ def config_from_hf(c: HFConfig) -> dict:
         "logit_softcap": float(c.get("logits_soft_cap", 30.0)),
         "tie_embeddings": bool(c.get("tie_word_embeddings", True)),
         **rope,
-        "mixers": {"local_attention": {"window": int(c.get("attention_window_size", 2048))}, "rglru": {
-            "width": int(c.get("lru_width", None) or d),
-            "n_heads": h,
-            "conv_width": int(c.get("conv1d_width", 4)),
-            "c": 8.0,
-            "bias": True,
-            "reset_at_zero": True,
-        }},
+        "mixers": {
+            "local_attention": {"window": int(c.get("attention_window_size", 2048))},
+            "rglru": {
+                "width": int(c.get("lru_width", None) or d),
+                "n_heads": h,
+                "conv_width": int(c.get("conv1d_width", 4)),
+                "c": 8.0,
+                "bias": True,
+                "reset_at_zero": True,
+            },
+        },
     }
 
 
@@ -108,34 +115,71 @@ def params_from_hf(t: Tensors, m, raw: dict) -> dict:
                     "kernel": linear_in(_rows(t, [tb + "linear_y.weight", tb + "linear_x.weight"], (w, d))),
                     "bias": _rows(t, [tb + "linear_y.bias", tb + "linear_x.bias"], (w,)),
                 },
-                "conv1d": {"kernel": conv_in(t.take(tb + "conv_1d.weight", (w, 1, m.mixers.rglru.conv_width))), "bias": t.take(tb + "conv_1d.bias", (w,))},
-                "gate_x": {"kernel": t.take(lru + "input_gate_weight", (hr, bw, bw)), "bias": t.take(lru + "input_gate_bias", (hr, bw)).reshape(w)},
-                "gate_a": {"kernel": t.take(lru + "recurrent_gate_weight", (hr, bw, bw)), "bias": t.take(lru + "recurrent_gate_bias", (hr, bw)).reshape(w)},
+                "conv1d": {
+                    "kernel": conv_in(t.take(tb + "conv_1d.weight", (w, 1, m.mixers.rglru.conv_width))),
+                    "bias": t.take(tb + "conv_1d.bias", (w,)),
+                },
+                "gate_x": {
+                    "kernel": t.take(lru + "input_gate_weight", (hr, bw, bw)),
+                    "bias": t.take(lru + "input_gate_bias", (hr, bw)).reshape(w),
+                },
+                "gate_a": {
+                    "kernel": t.take(lru + "recurrent_gate_weight", (hr, bw, bw)),
+                    "bias": t.take(lru + "recurrent_gate_bias", (hr, bw)).reshape(w),
+                },
                 "a_param": -t.take(lru + "recurrent_param", (w,)),
-                "out_proj": {"kernel": linear_in(t.take(tb + "linear_out.weight", (d, w))), "bias": t.take(tb + "linear_out.bias", (d,))},
+                "out_proj": {
+                    "kernel": linear_in(t.take(tb + "linear_out.weight", (d, w))),
+                    "bias": t.take(tb + "linear_out.bias", (d,)),
+                },
             }
         else:
             h, k, e = m.n_heads, m.kv_heads, m.attn_head_dim
-            qkv = np.concatenate([t.take(tb + "q_proj.weight", (h * e, d)), t.take(tb + "k_proj.weight", (k * e, d)), t.take(tb + "v_proj.weight", (k * e, d))])
-            mixer = {"qkv": {"kernel": linear_in(qkv)}, "o": {"kernel": linear_in(t.take(tb + "o_proj.weight", (d, h * e))), "bias": t.take(tb + "o_proj.bias", (d,))}}
+            qkv = np.concatenate(
+                [
+                    t.take(tb + "q_proj.weight", (h * e, d)),
+                    t.take(tb + "k_proj.weight", (k * e, d)),
+                    t.take(tb + "v_proj.weight", (k * e, d)),
+                ]
+            )
+            mixer = {
+                "qkv": {"kernel": linear_in(qkv)},
+                "o": {
+                    "kernel": linear_in(t.take(tb + "o_proj.weight", (d, h * e))),
+                    "bias": t.take(tb + "o_proj.bias", (d,)),
+                },
+            }
             if m.qkv_bias:
-                mixer["qkv"]["bias"] = np.concatenate([t.take(tb + "q_proj.bias", (h * e,)), t.take(tb + "k_proj.bias", (k * e,)), t.take(tb + "v_proj.bias", (k * e,))])
+                mixer["qkv"]["bias"] = np.concatenate(
+                    [
+                        t.take(tb + "q_proj.bias", (h * e,)),
+                        t.take(tb + "k_proj.bias", (k * e,)),
+                        t.take(tb + "v_proj.bias", (k * e,)),
+                    ]
+                )
         mlp = pre + "mlp_block."
         p[f"layers_{i}"] = {
             "mixer_norm": {"scale": t.take(pre + "temporal_pre_norm.weight", (d,))},
             "mixer": mixer,
             "mlp_norm": {"scale": t.take(pre + "channel_pre_norm.weight", (d,))},
             "mlp": {
-                "gate_up": {"kernel": linear_in(_rows(t, [mlp + "gate_proj.weight", mlp + "up_proj.weight"], (f, d))),
-                            "bias": _rows(t, [mlp + "gate_proj.bias", mlp + "up_proj.bias"], (f,))},
-                "down": {"kernel": linear_in(t.take(mlp + "down_proj.weight", (d, f))), "bias": t.take(mlp + "down_proj.bias", (d,))},
+                "gate_up": {
+                    "kernel": linear_in(_rows(t, [mlp + "gate_proj.weight", mlp + "up_proj.weight"], (f, d))),
+                    "bias": _rows(t, [mlp + "gate_proj.bias", mlp + "up_proj.bias"], (f,)),
+                },
+                "down": {
+                    "kernel": linear_in(t.take(mlp + "down_proj.weight", (d, f))),
+                    "bias": t.take(mlp + "down_proj.bias", (d,)),
+                },
             },
         }
     p["final_norm"] = {"scale": t.take("model.final_norm.weight", (d,))}
     if not m.tie_embeddings:
         p["head"] = {"kernel": linear_in(t.take("lm_head.weight", (v, d)))}
     elif t.has("lm_head.weight") and not np.array_equal(t.take("lm_head.weight", (v, d)), p["embed"]["embedding"]):
-        raise CheckpointError(f"{t.where} has tie_word_embeddings true but an lm_head.weight unlike the embedding table; set it to false in config.json.")
+        raise CheckpointError(
+            f"{t.where} has tie_word_embeddings true but an lm_head.weight unlike the embedding table; set it to false in config.json."
+        )
     return {"params": p}
 
 
@@ -146,19 +190,49 @@ def check_exportable(m, family: str = "recurrent_gemma") -> None:
     """Raise a ConfigError naming the first field of ``m`` that RecurrentGemma cannot express."""
     other = "export it as another family (--family) or retrain without it"
     name = ARCHITECTURE
-    require_exportable(set(m.layers) <= {"rglru", "local_attention"}, "layer_pattern", list(m.pattern), name, "use rglru and local_attention layers")
+    require_exportable(
+        set(m.layers) <= {"rglru", "local_attention"},
+        "layer_pattern",
+        list(m.pattern),
+        name,
+        "use rglru and local_attention layers",
+    )
     require_exportable(m.mlp == "geglu", "mlp", m.mlp, name, other)
     require_exportable(m.norm_offset == 1.0, "norm_offset", m.norm_offset, name, other)
-    require_exportable(m.embed_scale == bfloat16_round(m.d_model**0.5), "embed_scale", m.embed_scale, name, "it is sqrt(d_model) rounded to bfloat16 there")
-    require_exportable(m.logit_softcap > 0, "logit_softcap", m.logit_softcap, name, "RecurrentGemma always soft-caps its logits")
-    require_exportable(m.attn_head_dim * m.n_heads == m.d_model, "head_dim", m.head_dim, name, "it is d_model / n_heads there")
+    require_exportable(
+        m.embed_scale == bfloat16_round(m.d_model**0.5),
+        "embed_scale",
+        m.embed_scale,
+        name,
+        "it is sqrt(d_model) rounded to bfloat16 there",
+    )
+    require_exportable(
+        m.logit_softcap > 0, "logit_softcap", m.logit_softcap, name, "RecurrentGemma always soft-caps its logits"
+    )
+    require_exportable(
+        m.attn_head_dim * m.n_heads == m.d_model, "head_dim", m.head_dim, name, "it is d_model / n_heads there"
+    )
     require_exportable(m.rope_scaling.kind == "none", "rope_scaling.kind", m.rope_scaling.kind, name, other)
     require_exportable(not m.qk_norm, "qk_norm", m.qk_norm, name, other)
-    require_exportable(m.mixers.attention.window == 0, "mixers.attention.window", m.mixers.attention.window, name, "only local_attention layers have a window there")
+    require_exportable(
+        m.mixers.attention.window == 0,
+        "mixers.attention.window",
+        m.mixers.attention.window,
+        name,
+        "only local_attention layers have a window there",
+    )
     r = m.mixers.rglru
     require_exportable(r.c == 8.0, "mixers.rglru.c", r.c, name, "it is fixed to 8 there")
-    require_exportable(r.reset_at_zero, "mixers.rglru.reset_at_zero", r.reset_at_zero, name, "it always resets at position 0")
-    require_exportable((r.n_heads or m.n_heads) == m.n_heads, "mixers.rglru.n_heads", r.n_heads, name, "the gate blocks follow num_attention_heads there")
+    require_exportable(
+        r.reset_at_zero, "mixers.rglru.reset_at_zero", r.reset_at_zero, name, "it always resets at position 0"
+    )
+    require_exportable(
+        (r.n_heads or m.n_heads) == m.n_heads,
+        "mixers.rglru.n_heads",
+        r.n_heads,
+        name,
+        "the gate blocks follow num_attention_heads there",
+    )
 
 
 def config_to_hf(m, family: str = "recurrent_gemma") -> dict:
@@ -201,14 +275,24 @@ def params_to_hf(params: dict, m, family: str = "recurrent_gemma") -> dict[str, 
     d = m.d_model
     w = build_mixer(m, "rglru").rnn_width
     zeros = lambda n: np.zeros(n, np.float32)
-    out = {"model.embed_tokens.weight": f32(p["embed"]["embedding"]), "model.final_norm.weight": f32(p["final_norm"]["scale"])}
+    out = {
+        "model.embed_tokens.weight": f32(p["embed"]["embedding"]),
+        "model.final_norm.weight": f32(p["final_norm"]["scale"]),
+    }
     for i, name in enumerate(m.layers):
         layer, pre, tb = p[f"layers_{i}"], f"model.layers.{i}.", f"model.layers.{i}.temporal_block."
         mix = layer["mixer"]
         if name == "rglru":
             y, x = np.split(linear_out(mix["in_proj"]["kernel"]), 2)
             yb, xb = np.split(f32(mix["in_proj"].get("bias", zeros(2 * w))), 2)
-            out.update({tb + "linear_y.weight": y, tb + "linear_x.weight": x, tb + "linear_y.bias": yb, tb + "linear_x.bias": xb})
+            out.update(
+                {
+                    tb + "linear_y.weight": y,
+                    tb + "linear_x.weight": x,
+                    tb + "linear_y.bias": yb,
+                    tb + "linear_x.bias": xb,
+                }
+            )
             out[tb + "linear_out.weight"] = linear_out(mix["out_proj"]["kernel"])
             out[tb + "linear_out.bias"] = f32(mix["out_proj"].get("bias", zeros(d)))
             out[tb + "conv_1d.weight"] = conv_out(mix["conv1d"]["kernel"])
@@ -233,7 +317,14 @@ def params_to_hf(params: dict, m, family: str = "recurrent_gemma") -> dict[str, 
         mlp, mp = layer["mlp"], pre + "mlp_block."
         gate, up = np.split(linear_out(mlp["gate_up"]["kernel"]), 2)
         gb, ub = np.split(f32(mlp["gate_up"].get("bias", zeros(2 * m.ff_width))), 2)
-        out.update({mp + "gate_proj.weight": gate, mp + "up_proj.weight": up, mp + "gate_proj.bias": gb, mp + "up_proj.bias": ub})
+        out.update(
+            {
+                mp + "gate_proj.weight": gate,
+                mp + "up_proj.weight": up,
+                mp + "gate_proj.bias": gb,
+                mp + "up_proj.bias": ub,
+            }
+        )
         out[mp + "down_proj.weight"] = linear_out(mlp["down"]["kernel"])
         out[mp + "down_proj.bias"] = f32(mlp["down"].get("bias", zeros(d)))
         out[pre + "temporal_pre_norm.weight"] = f32(layer["mixer_norm"]["scale"])

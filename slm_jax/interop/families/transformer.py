@@ -118,10 +118,17 @@ def params_from_hf(t: Tensors, m, raw: dict) -> dict:
         if fused:
             qkv = t.take(a + "qkv_proj.weight", ((h + 2 * k) * e, d))
         else:
-            qkv = _concat_rows(t, [a + "q_proj.weight", a + "k_proj.weight", a + "v_proj.weight"], [(h * e, d), (k * e, d), (k * e, d)])
-        attn: dict = {"qkv": {"kernel": linear_in(qkv)}, "o": {"kernel": linear_in(t.take(a + "o_proj.weight", (d, h * e)))}}
+            qkv = _concat_rows(
+                t, [a + "q_proj.weight", a + "k_proj.weight", a + "v_proj.weight"], [(h * e, d), (k * e, d), (k * e, d)]
+            )
+        attn: dict = {
+            "qkv": {"kernel": linear_in(qkv)},
+            "o": {"kernel": linear_in(t.take(a + "o_proj.weight", (d, h * e)))},
+        }
         if m.qkv_bias:
-            attn["qkv"]["bias"] = _concat_rows(t, [a + "q_proj.bias", a + "k_proj.bias", a + "v_proj.bias"], [(h * e,), (k * e,), (k * e,)])
+            attn["qkv"]["bias"] = _concat_rows(
+                t, [a + "q_proj.bias", a + "k_proj.bias", a + "v_proj.bias"], [(h * e,), (k * e,), (k * e,)]
+            )
         if m.attn_out_bias:
             attn["o"]["bias"] = t.take(a + "o_proj.bias", (d,))
         if m.qk_norm:
@@ -131,7 +138,10 @@ def params_from_hf(t: Tensors, m, raw: dict) -> dict:
             gate_up = t.take(mp + "gate_up_proj.weight", (2 * f, d))
         else:
             gate_up = _concat_rows(t, [mp + "gate_proj.weight", mp + "up_proj.weight"], [(f, d), (f, d)])
-        mlp: dict = {"gate_up": {"kernel": linear_in(gate_up)}, "down": {"kernel": linear_in(t.take(mp + "down_proj.weight", (d, f)))}}
+        mlp: dict = {
+            "gate_up": {"kernel": linear_in(gate_up)},
+            "down": {"kernel": linear_in(t.take(mp + "down_proj.weight", (d, f)))},
+        }
         if m.mlp_bias:
             mlp["gate_up"]["bias"] = _concat_rows(t, [mp + "gate_proj.bias", mp + "up_proj.bias"], [(f,), (f,)])
             mlp["down"]["bias"] = t.take(mp + "down_proj.bias", (d,))
@@ -159,28 +169,62 @@ def check_exportable(m, family: str) -> None:
     """Raise a ConfigError naming the first field of ModelConfig ``m`` that ``family`` cannot express."""
     name = ARCHITECTURES[family]
     other = "export it as another family (--family) or retrain without it"
-    require_exportable(set(m.layers) <= {"attention", "local_attention"}, "layer_pattern", list(m.pattern), name, "only attention layers exist there")
+    require_exportable(
+        set(m.layers) <= {"attention", "local_attention"},
+        "layer_pattern",
+        list(m.pattern),
+        name,
+        "only attention layers exist there",
+    )
     require_exportable(m.logit_softcap == 0, "logit_softcap", m.logit_softcap, name, other)
     windows = set(layer_windows(m))
     gemma = family == "gemma"
     require_exportable(m.mlp == ("geglu" if gemma else "swiglu"), "mlp", m.mlp, name, other)
     require_exportable(m.norm_offset == (1.0 if gemma else 0.0), "norm_offset", m.norm_offset, name, other)
     scale = float32_round(m.d_model**0.5) if gemma else 1.0
-    require_exportable(m.embed_scale == scale, "embed_scale", m.embed_scale, name, f"it is fixed to {scale} there; {other}")
+    require_exportable(
+        m.embed_scale == scale, "embed_scale", m.embed_scale, name, f"it is fixed to {scale} there; {other}"
+    )
     require_exportable(m.qk_norm == (family == "qwen3"), "qk_norm", m.qk_norm, name, other)
     if family == "phi3":
-        require_exportable(len(windows) == 1, "mixers.local_attention.window", m.mixers.local_attention.window, name, "Phi-3 has one sliding window for every layer")
+        require_exportable(
+            len(windows) == 1,
+            "mixers.local_attention.window",
+            m.mixers.local_attention.window,
+            name,
+            "Phi-3 has one sliding window for every layer",
+        )
         for key in ("qkv_bias", "attn_out_bias"):
             require_exportable(not getattr(m, key), key, getattr(m, key), name, other)
     elif family in ("qwen2", "qwen3"):
-        require_exportable(len(windows - {0}) <= 1, "mixers.local_attention.window", sorted(windows), name, "all sliding layers share one window there")
+        require_exportable(
+            len(windows - {0}) <= 1,
+            "mixers.local_attention.window",
+            sorted(windows),
+            name,
+            "all sliding layers share one window there",
+        )
     else:
-        require_exportable(windows == {0}, "mixers.local_attention.window", sorted(windows), name, "it has no sliding-window attention; use qwen2, qwen3 or phi3")
+        require_exportable(
+            windows == {0},
+            "mixers.local_attention.window",
+            sorted(windows),
+            name,
+            "it has no sliding-window attention; use qwen2, qwen3 or phi3",
+        )
     if family == "qwen2":  # q/k/v always have biases (zeros are exact), o never has one
         require_exportable(not m.attn_out_bias, "attn_out_bias", m.attn_out_bias, name, other)
     require_exportable(not m.mlp_bias or family == "llama", "mlp_bias", m.mlp_bias, name, other)
-    require_exportable(family in ("llama", "qwen2", "qwen3") or m.rope_scaling.kind == "none", "rope_scaling.kind", m.rope_scaling.kind, name, other)
-    require_exportable(family in ("phi3",) or m.rotary_fraction == 1.0, "rotary_fraction", m.rotary_fraction, name, "use --family phi3")
+    require_exportable(
+        family in ("llama", "qwen2", "qwen3") or m.rope_scaling.kind == "none",
+        "rope_scaling.kind",
+        m.rope_scaling.kind,
+        name,
+        other,
+    )
+    require_exportable(
+        family in ("phi3",) or m.rotary_fraction == 1.0, "rotary_fraction", m.rotary_fraction, name, "use --family phi3"
+    )
 
 
 def config_to_hf(m, family: str) -> dict:
@@ -226,7 +270,10 @@ def params_to_hf(params: dict, m, family: str) -> dict[str, np.ndarray]:
     """HF tensor name -> float32 array for our per-layer ``params`` (``{"params": ...}``)."""
     p = params["params"]
     h, k, e, d = m.n_heads, m.kv_heads, m.attn_head_dim, m.d_model
-    out = {"model.embed_tokens.weight": f32(p["embed"]["embedding"]), "model.norm.weight": f32(p["final_norm"]["scale"])}
+    out = {
+        "model.embed_tokens.weight": f32(p["embed"]["embedding"]),
+        "model.norm.weight": f32(p["final_norm"]["scale"]),
+    }
     has_attn_bias = family == "qwen2" or (family in ("llama", "qwen3", "gemma") and (m.qkv_bias or m.attn_out_bias))
     for i in range(m.n_layers):
         layer, pre = p[f"layers_{i}"], f"model.layers.{i}."
