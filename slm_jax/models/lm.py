@@ -125,6 +125,11 @@ class CausalLM(nn.Module):
         return cache
 
 
+def abstract_params(cfg: ModelConfig) -> PyTree:
+    """The parameter tree of ``CausalLM(cfg)`` as ``jax.ShapeDtypeStruct`` leaves (no arrays allocated)."""
+    return jax.eval_shape(lambda: CausalLM(cfg).init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32)))
+
+
 def cache_bytes(cache: PyTree) -> int:
     """Bytes held by a decode cache."""
     return sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(cache))
