@@ -72,11 +72,9 @@ def cmd_train(args) -> int:
 
 def cmd_eval(args) -> None:
     import jax
-    import numpy as np
 
-    from slm_jax.config import replace
     from slm_jax.data.pipeline import eval_batches
-    from slm_jax.data.source import load_dataset
+    from slm_jax.data.run_tokens import run_text_tokens
     from slm_jax.errors import DataError
     from slm_jax.eval.perplexity import evaluate
     from slm_jax.inference.run import load_run
@@ -99,17 +97,7 @@ def cmd_eval(args) -> None:
             result.update({k + suffix: v for k, v in evaluate(eval_fn, run.params, batches).items()})
         print(json.dumps({"run_dir": str(args.run_dir), "step": run.step, **result}, indent=1))
         return
-    if args.data and Path(args.data).is_file():
-        # A raw text file is encoded with the run's own tokenizer and evaluated whole.
-        tokens = np.asarray(run.tokenizer.encode(Path(args.data).read_text(encoding="utf-8")), np.int32)
-    else:
-        data = load_dataset(replace(run.cfg, **{"data.path": args.data}).data if args.data else run.cfg.data)
-        if data.tokenizer.to_dict() != run.tokenizer.to_dict():
-            raise DataError(
-                f"The data in {data.data_dir} was tokenized with another vocabulary than the run; "
-                "pass a raw text file with --data instead."
-            )
-        tokens = data.val
+    tokens = run_text_tokens(run.cfg, run.tokenizer, args.data, "val")
     batches = eval_batches(tokens, run.cfg.eval.batch_size or tc.batch_size, tc.seq_len, args.batches)
     unit = {"char": "char", "byte": "byte"}.get(run.tokenizer.to_dict().get("type"), "token")
     result = evaluate(eval_fn, run.params, batches, unit)
@@ -250,7 +238,17 @@ def cmd_convert_to_hf(args) -> None:
 def cmd_quantize(args) -> None:
     from slm_jax.quant.run import quantize_run
 
-    print(json.dumps(quantize_run(args.run_dir, args.out, args.bits, args.group_size, best=args.best), indent=1))
+    summary = quantize_run(
+        args.run_dir,
+        args.out,
+        args.bits,
+        args.group_size,
+        best=args.best,
+        method=args.method,
+        calib=args.calib,
+        calib_tokens=args.calib_tokens,
+    )
+    print(json.dumps(summary, indent=1))
 
 
 def cmd_export(args) -> None:
@@ -475,6 +473,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="inputs per scale (default: int8 per channel, int4 the largest divisor <= 64)",
     )
+    p.add_argument(
+        "--method",
+        default="rtn",
+        choices=("rtn", "gptq", "awq"),
+        help="rtn: round to nearest; gptq / awq: calibrated on --calib (Frantar et al. 2022; Lin et al. 2023)",
+    )
+    p.add_argument(
+        "--calib",
+        default="",
+        help="calibration text for gptq/awq: a text file or a prepared directory (default: the run's training data)",
+    )
+    p.add_argument("--calib-tokens", type=int, default=32_768, help="calibration tokens for gptq/awq")
     p.add_argument("--best", action="store_true", help="quantize the best checkpoint by validation loss")
     p.set_defaults(func=cmd_quantize)
 

@@ -38,9 +38,9 @@ class QuantConfig:
     """Post-training weight-only quantization of every ``Linear`` kernel, set by ``slm quantize`` (slm_jax/quant/)."""
 
     bits: int = 0  # 0 -> float weights; 8 -> int8; 4 -> int4 packed two per byte
-    group_size: int = (
-        0  # inputs per scale; 0 -> int8: the whole input width (per output channel), int4: largest divisor <= 64
-    )
+    # inputs per scale; 0 -> int8: the whole input width (per output channel), int4: largest divisor <= 64
+    group_size: int = 0
+    method: str = "rtn"  # rtn (round to nearest) | gptq | awq (calibrated: quant/gptq.py, quant/awq.py)
 
 
 @dataclass(frozen=True)
@@ -496,6 +496,10 @@ def validate(cfg: Config) -> None:
     _require(
         m.quant.bits in (0, 4, 8) and m.quant.group_size >= 0,
         f"model.quant.bits must be 0, 4 or 8 and model.quant.group_size >= 0, got {m.quant.bits} and {m.quant.group_size}.",
+    )
+    _require(
+        m.quant.method in ("rtn", "gptq", "awq"),
+        f"model.quant.method must be rtn, gptq or awq, got {m.quant.method!r}.",
     )
     _require(
         m.cache_quant in ("none", "int8", "int8_kv"),

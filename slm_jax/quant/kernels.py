@@ -10,6 +10,9 @@ round-to-nearest. Stored leaves, which replace ``kernel`` in a ``Linear``'s para
 
   int8: ``kernel_int8`` i8[..., d_in, f],           ``kernel_scale`` f32[..., d_in / g, f]
   int4: ``kernel_int4`` u8[..., ceil(d_in / 2), f], ``kernel_scale`` f32[..., d_in / g, f]
+
+AWQ (quant/awq.py) adds ``kernel_in_scale`` f32[..., d_in]: the integers quantize ``diag(s) W`` and the kernel is
+``dequantized / s`` per input row.
 """
 
 import jax.numpy as jnp
@@ -21,6 +24,7 @@ from slm_jax.quant.packing import pack_int4, unpack_int4
 QMAX = {8: 127, 4: 7}
 LEAVES = {8: "kernel_int8", 4: "kernel_int4"}
 SCALE = "kernel_scale"
+IN_SCALE = "kernel_in_scale"
 DEFAULT_INT4_GROUP = 64
 
 
@@ -57,9 +61,10 @@ def dequantize_kernel(leaves: dict[str, Array], d_in: int) -> Array:
     q = leaves[LEAVES[8]] if LEAVES[8] in leaves else unpack_int4(leaves[LEAVES[4]], d_in)
     *lead, n_groups, f = scale.shape
     w = q.astype(jnp.float32).reshape(*lead, n_groups, d_in // n_groups, f) * scale[..., None, :]
-    return w.reshape(*lead, d_in, f)
+    w = w.reshape(*lead, d_in, f)
+    return w / leaves[IN_SCALE][..., None] if IN_SCALE in leaves else w
 
 
 def quantized_leaf_names() -> tuple[str, ...]:
     """Names a quantized ``Linear`` holds instead of ``kernel``."""
-    return (*LEAVES.values(), SCALE)
+    return (*LEAVES.values(), SCALE, IN_SCALE)

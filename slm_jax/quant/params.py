@@ -18,7 +18,7 @@ from slm_jax.array_typing import PyTree
 from slm_jax.config import ModelConfig
 from slm_jax.errors import ConfigError
 from slm_jax.modules.linear import Linear
-from slm_jax.quant.kernels import LEAVES, group_for, quantize_kernel
+from slm_jax.quant.kernels import IN_SCALE, LEAVES, group_for, quantize_kernel
 
 
 def linear_paths(cfg: ModelConfig) -> set[tuple[str, ...]]:
@@ -66,14 +66,25 @@ def _quantize_tree(params: PyTree, paths: frozenset, bits: int, group_size: int)
     return {"params": walk(dict(params["params"]), ())}
 
 
-def abstract_quantized(cfg: ModelConfig, seq_len: int = 1) -> PyTree:
-    """Shapes and dtypes of the quantized params of the model of ``cfg`` (``cfg.quant`` set)."""
-    from slm_jax.models.lm import CausalLM
+def abstract_quantized(cfg: ModelConfig) -> PyTree:
+    """Shapes and dtypes of the quantized params of the model of ``cfg`` (``cfg.quant`` set; AWQ adds ``IN_SCALE``)."""
+    from slm_jax.models.lm import abstract_params
 
     q = cfg.quant
     paths = linear_paths(cfg)
-    init = lambda: CausalLM(cfg).init(jax.random.key(0), jnp.zeros((1, seq_len), jnp.int32))
-    return jax.eval_shape(lambda: quantize_params(init(), paths, q.bits, q.group_size))
+    floats = abstract_params(cfg)
+    quantized = jax.eval_shape(lambda: quantize_params(floats, paths, q.bits, q.group_size))
+    if q.method != "awq":
+        return quantized
+
+    def add_in_scale(node: Any, float_node: Any, path: tuple[str, ...]) -> Any:
+        if not isinstance(node, dict):
+            return node
+        if path in paths and "kernel" in float_node:
+            return {**node, IN_SCALE: jax.ShapeDtypeStruct(float_node["kernel"].shape[:-1], jnp.float32)}
+        return {k: add_in_scale(v, float_node[k], path + (k,)) for k, v in node.items()}
+
+    return {"params": add_in_scale(quantized["params"], floats["params"], ())}
 
 
 def tree_bytes(tree: PyTree, paths: set[tuple[str, ...]] | None = None) -> int:
