@@ -30,7 +30,7 @@ from slm_jax.inference.run import load_run
 from slm_jax.models import accounting
 from slm_jax.models.lm import CausalLM
 from slm_jax.training.checkpoint import Checkpointer
-from slm_jax.training.loop import run_loop
+from slm_jax.training.loop import LoopParts, run_loop
 from slm_jax.training.optim import make_optimizer
 from slm_jax.training.parallel import make_parallel
 from slm_jax.training.run_lock import run_lock
@@ -154,19 +154,5 @@ def _distill_locked(cfg: Config, teacher_dir: str, run_dir: Path, until_step: in
         info["flops_per_token"] += accounting.forward_flops_per_token(teacher.cfg.model, tc.seq_len)
         info["teacher_params"] = accounting.param_count(teacher.cfg.model)
     info["compile_s"] = compile_s
-    return run_loop(
-        cfg,
-        run_dir,
-        ckpt,
-        state,
-        step_fn,
-        batches,
-        eval_fn,
-        {"": val_batches},
-        unit,
-        info,
-        par=par,
-        until_step=until_step,
-        progress=progress,
-        extra_metrics=("ce", "kl"),
-    )
+    parts = LoopParts(step_fn, batches, eval_fn, {"": val_batches}, unit, info, extra_metrics=("ce", "kl"))
+    return run_loop(cfg, run_dir, ckpt, state, parts, par=par, until_step=until_step, progress=progress)

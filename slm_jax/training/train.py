@@ -27,7 +27,7 @@ from slm_jax.inference.run import restore_params
 from slm_jax.models import accounting
 from slm_jax.models.lm import CausalLM
 from slm_jax.training.checkpoint import Checkpointer, latest_checkpoint_step, read_run_config
-from slm_jax.training.loop import run_loop
+from slm_jax.training.loop import LoopParts, run_loop
 from slm_jax.training.optim import make_optimizer
 from slm_jax.training.parallel import make_parallel
 from slm_jax.training.run_lock import run_lock
@@ -211,20 +211,7 @@ def _train_locked(cfg: Config, run_dir: Path, ckpt: Checkpointer, until_step: in
 
     # ---------------------------------------------------------------- accounting & loop
     info = {**accounting.summary(cfg.model, tc.seq_len, head_fraction(cfg)), "compile_s": compile_s}
-    return run_loop(
-        cfg,
-        run_dir,
-        ckpt,
-        state,
-        step_fn,
-        batches,
-        eval_fn,
-        val_sets,
-        unit,
-        info,
-        par=par,
-        to_step_batch=to_step_batch,
-        report_accuracy=task is not None,
-        until_step=until_step,
-        progress=progress,
+    parts = LoopParts(
+        step_fn, batches, eval_fn, val_sets, unit, info, to_step_batch, report_accuracy=task is not None
     )
+    return run_loop(cfg, run_dir, ckpt, state, parts, par=par, until_step=until_step, progress=progress)
