@@ -1,10 +1,12 @@
 """Measure `slm quantize` on small trained models: bytes on disk and validation loss, float vs int8 vs int4.
 
     python benchmarks/quantization.py [--steps 500] [--out /tmp/slm_quant] [--data ../shared/data/tinyshakespeare.txt]
+    python benchmarks/quantization.py --presets all --methods rtn gptq awq --steps 300 --batches 40   # docs/deploy.md
 
-Trains a tiny transformer and a tiny griffin on Tiny Shakespeare (char level, ~1 min each on
-2 CPU cores), quantizes each to int8 and int4 and evaluates all three on the same validation
-batches. Prints one JSON object per model and a markdown table (docs/deploy.md quotes it).
+Trains each preset at shakespeare_char's shape on Tiny Shakespeare (char level, ~1 min each on
+2 CPU cores), quantizes it with each method at int8 and int4 (``--groups``; 0 = the default group) and
+evaluates all on the same validation batches. Prints one JSON object per model and markdown tables: bytes
+(round to nearest) and the validation-loss change per method (docs/deploy.md quotes both).
 """
 
 import argparse
@@ -23,12 +25,18 @@ from slm_jax.quant.run import directory_bytes
 from slm_jax.training.checkpoint import Checkpointer, read_run_config
 
 
+class QuantizeRefused(Exception):
+    """`slm` exited 2 with its one-sentence error."""
+
+
 def slm(*argv) -> dict:
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
+    buf, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(err):
         code = main([str(a) for a in argv])
     out = buf.getvalue()
-    assert code == 0, out
+    if code == 2:
+        raise QuantizeRefused(err.getvalue().strip())
+    assert code == 0, out + err.getvalue()
     return json.loads(out[out.index("{") :])
 
 
@@ -72,47 +80,84 @@ def measure(preset: str, args) -> dict:
             "run_checkpoint_on_disk_with_adam_state": directory_bytes(run_dir / "checkpoints"),
         }
     }
-    for bits in (8, 4):
-        q_dir = out / f"int{bits}"
-        if not q_dir.exists():
-            summary = slm("quantize", run_dir, "--bits", bits, "--out", q_dir)
-        else:
-            summary = {"param_bytes": {}, "projection_bytes": {}}
-        row[f"val_loss_int{bits}"] = slm("eval", q_dir, "--batches", args.batches)["val_loss"]
-        row["bytes"][f"int{bits}"] = {
-            "params_checkpoint_on_disk": directory_bytes(q_dir / "checkpoints"),
-            "params": summary["param_bytes"].get("quantized"),
-            "projections": summary["projection_bytes"].get("quantized"),
-        }
+    row["val_loss"] = {}
+    for method in args.methods:
+        for bits, group in [(8, 0)] + [(4, g) for g in args.groups]:
+            name = f"int{bits}" if not group else f"int{bits}_g{group}"
+            q_dir = out / f"{name}_{method}"
+            flags = ["--bits", bits, "--group-size", group, "--method", method, "--out", q_dir]
+            if method != "rtn":
+                flags += ["--calib-tokens", args.calib_tokens]  # from the run's own training split
+            try:
+                summary = slm("quantize", run_dir, *flags) if not q_dir.exists() else {}
+            except QuantizeRefused as e:  # e.g. a group size that does not divide a projection's width
+                row["val_loss"][f"{name}_{method}"] = str(e)
+                continue
+            row["val_loss"][f"{name}_{method}"] = slm("eval", q_dir, "--batches", args.batches)["val_loss"]
+            if method == "rtn" and group in (0, args.groups[0]):
+                row["bytes"][f"int{bits}"] = {
+                    "params_checkpoint_on_disk": directory_bytes(q_dir / "checkpoints"),
+                    "params": summary.get("param_bytes", {}).get("quantized"),
+                    "projections": summary.get("projection_bytes", {}).get("quantized"),
+                }
     return row
 
 
-def table(rows: list[dict]) -> str:
+def bytes_table(rows: list[dict]) -> str:
     lines = [
-        "| model | val loss f32 | int8 (delta) | int4 (delta) | projection bytes f32 / int8 / int4 | checkpoint on disk f32 / int8 / int4 |",
-        "|---|---|---|---|---|---|",
+        "| model | projection bytes f32 / int8 / int4 | params-only checkpoint on disk f32 / int8 / int4 |",
+        "|---|---|---|",
     ]
     for r in rows:
         b = r["bytes"]
-        d8, d4 = r["val_loss_int8"] - r["val_loss_float"], r["val_loss_int4"] - r["val_loss_float"]
-        proj = " / ".join(f"{b[k]['projections']:,}" for k in ("float", "int8", "int4"))
+        if not {"int8", "int4"} <= set(b):
+            continue
+        proj = " / ".join(f"{b[k]['projections'] or 0:,}" for k in ("float", "int8", "int4"))
         disk = " / ".join(f"{b[k]['params_checkpoint_on_disk']:,}" for k in ("float", "int8", "int4"))
-        lines.append(
-            f"| {r['preset']} ({r['steps']} steps) | {r['val_loss_float']:.4f} | {r['val_loss_int8']:.4f} ({d8:+.4f}) "
-            f"| {r['val_loss_int4']:.4f} ({d4:+.4f}) | {proj} | {disk} |"
-        )
+        lines.append(f"| {r['preset']} | {proj} | {disk} |")
+    return "\n".join(lines)
+
+
+def quality_table(rows: list[dict], methods: list[str], groups: list[int]) -> str:
+    """Validation-loss change vs float per (bits, group) and method; best int4 method in bold."""
+    settings = ["int8"] + [f"int4_g{g}" if g else "int4" for g in groups]
+    head = " | ".join(f"{s} {m}" for s in settings for m in methods)
+    lines = [f"| model | val loss f32 | {head} |", "|---" * (2 + len(settings) * len(methods)) + "|"]
+    for r in rows:
+        cells = []
+        for setting in settings:
+            values = {m: r["val_loss"].get(f"{setting}_{m}") for m in methods}
+            numbers = {m: v for m, v in values.items() if isinstance(v, float)}
+            best = min(numbers.values()) if numbers else None
+            for m in methods:
+                v = values[m]
+                if not isinstance(v, float):
+                    cells.append("n/a")
+                    continue
+                cell = f"{v - r['val_loss_float']:+.4f}"
+                cells.append(f"**{cell}**" if setting != "int8" and v == best and len(numbers) > 1 else cell)
+        lines.append(f"| {r['preset']} | {r['val_loss_float']:.4f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 if __name__ == "__main__":
+    from slm_jax.models.presets import PRESETS
+
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=500)
     ap.add_argument("--batches", type=int, default=100)
     ap.add_argument("--out", default="/tmp/slm_quant")
     ap.add_argument("--data", default="../shared/data/tinyshakespeare.txt")
-    ap.add_argument("--presets", nargs="+", default=["transformer", "griffin"])
+    ap.add_argument("--presets", nargs="+", default=["transformer", "griffin"], help="preset names, or 'all'")
+    ap.add_argument("--methods", nargs="+", default=["rtn"], choices=["rtn", "gptq", "awq"])
+    ap.add_argument("--groups", nargs="+", type=int, default=[0], help="int4 group sizes (0: the default, <= 64)")
+    ap.add_argument("--calib-tokens", type=int, default=8192)
     args = ap.parse_args()
-    rows = [measure(p, args) for p in args.presets]
-    for r in rows:
-        print(json.dumps(r))
-    print(table(rows))
+    presets = list(PRESETS) if args.presets == ["all"] else args.presets
+    rows = []
+    for p in presets:
+        rows.append(measure(p, args))
+        print(json.dumps(rows[-1]), flush=True)
+    print(bytes_table(rows))
+    print()
+    print(quality_table(rows, args.methods, args.groups))
