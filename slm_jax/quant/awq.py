@@ -12,16 +12,20 @@ f32[d_in], quant/kernels.py), because a mixer's projections do not all follow an
 
 import numpy as np
 
-from slm_jax.quant.kernels import QMAX
+from slm_jax.quant.kernels import QMAX, even_group
 
 
 def rtn_dequantized(w: np.ndarray, bits: int, group: int) -> np.ndarray:
     """Round-to-nearest with group scales (quant/kernels.py's rule), dequantized: f[d_in, f] -> f64[d_in, f]."""
     d_in, f = w.shape
-    wg = np.asarray(w, np.float64).reshape(d_in // group, group, f)
+    group = even_group(d_in, group)
+    n_groups = -(-d_in // group)
+    wg = np.zeros((n_groups * group, f))  # the last group may be shorter: zero rows do not change its max
+    wg[:d_in] = w
+    wg = wg.reshape(n_groups, group, f)
     scale = np.max(np.abs(wg), axis=1, keepdims=True) / QMAX[bits]
     scale = np.where(scale > 0, scale, 1.0)
-    return (np.clip(np.round(wg / scale), -QMAX[bits], QMAX[bits]) * scale).reshape(d_in, f)
+    return (np.clip(np.round(wg / scale), -QMAX[bits], QMAX[bits]) * scale).reshape(-1, f)[:d_in]
 
 
 def output_error(w: np.ndarray, w_hat: np.ndarray, hessian: np.ndarray) -> float:

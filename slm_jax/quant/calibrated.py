@@ -50,7 +50,7 @@ def quantize_params_calibrated(
             if path not in stats:
                 raise ConfigError(f"The calibration pass never ran {where}; calibrate with data that reaches it.")
             w = np.asarray(jax.device_get(node["kernel"]), np.float32)
-            group = group_for(w.shape[0], bits, group_size, where)
+            group = group_for(w.shape[0], bits, group_size)
             rest = {k: v for k, v in node.items() if k != "kernel"}
             return {**rest, **_kernel_leaves(w, stats[path], method, bits, group)}
         return {k: walk(v, path + (k,)) for k, v in node.items()}

@@ -13,7 +13,7 @@ precision on nearly singular calibration Hessians.
 
 import numpy as np
 
-from slm_jax.quant.kernels import QMAX
+from slm_jax.quant.kernels import QMAX, even_group
 
 
 def damped_hessian(hessian: np.ndarray, damp: float) -> tuple[np.ndarray, np.ndarray]:
@@ -40,15 +40,16 @@ def _group_scale(rows: np.ndarray, qmax: int) -> np.ndarray:
 def gptq_kernel(
     w: np.ndarray, hessian: np.ndarray, bits: int, group: int, damp: float = 0.01
 ) -> tuple[np.ndarray, np.ndarray]:
-    """f[d_in, f] kernel, f[d_in, d_in] input Hessian -> (i8[d_in, f] integers, f32[d_in / group, f] scales)."""
+    """f[d_in, f] kernel, f[d_in, d_in] input Hessian -> (i8[d_in, f] integers, f32[ceil(d_in / group), f] scales)."""
     qmax = QMAX[bits]
     h, dead = damped_hessian(hessian, damp)
     w = np.array(w, np.float64)
     w[dead] = 0.0
     u = np.linalg.cholesky(np.linalg.inv(h)).T  # upper: H^-1 = U^T U
     d_in = w.shape[0]
+    group = even_group(d_in, group)
     q = np.zeros(w.shape, np.int8)
-    scales = np.zeros((d_in // group, w.shape[1]), np.float64)
+    scales = np.zeros((-(-d_in // group), w.shape[1]), np.float64)
     for i in range(d_in):
         if i % group == 0:
             scales[i // group] = _group_scale(w[i : i + group], qmax)
@@ -72,8 +73,9 @@ def obq_reference(
     w = np.array(w, np.float64)
     w[dead] = 0.0
     hinv = np.linalg.inv(h)
+    group = even_group(w.shape[0], group)
     q = np.zeros(w.shape, np.int8)
-    scales = np.zeros((w.shape[0] // group, w.shape[1]), np.float64)
+    scales = np.zeros((-(-w.shape[0] // group), w.shape[1]), np.float64)
     for i in range(w.shape[0]):
         if i % group == 0:
             scales[i // group] = _group_scale(w[i : i + group], qmax)

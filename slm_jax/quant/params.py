@@ -44,8 +44,6 @@ def quantize_params(params: PyTree, paths: set[tuple[str, ...]], bits: int, grou
     """
     if bits not in LEAVES:
         raise ConfigError(f"--bits must be 4 or 8, got {bits}.")
-    if group_size < 0:
-        raise ConfigError(f"--group-size must be positive (or omitted for the default), got {group_size}.")
     return _quantize_tree(dict(params), frozenset(paths), bits, group_size)
 
 
@@ -59,7 +57,7 @@ def _quantize_tree(params: PyTree, paths: frozenset, bits: int, group_size: int)
         if path in paths and "kernel" in node:
             rest = {k: v for k, v in node.items() if k != "kernel"}
             d_in = node["kernel"].shape[-2]
-            group = group_for(d_in, bits, group_size, "/".join(path))
+            group = group_for(d_in, bits, group_size)
             return {**rest, **quantize_kernel(node["kernel"], bits, group)}
         return {k: walk(v, path + (k,)) for k, v in node.items()}
 

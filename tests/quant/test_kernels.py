@@ -8,7 +8,7 @@ import pytest
 from slm_jax.config import config_from_dict, to_dict
 from slm_jax.errors import ConfigError
 from slm_jax.models.lm import CausalLM
-from slm_jax.quant.kernels import SCALE, dequantize_kernel, group_for, quantize_kernel
+from slm_jax.quant.kernels import SCALE, dequantize_kernel, group_for, quantize_kernel, rows_per_group
 from slm_jax.quant.packing import pack_int4, unpack_int4
 from slm_jax.quant.params import abstract_quantized, linear_paths, quantize_params
 
@@ -26,27 +26,35 @@ def test_int4_nibble_layout():
     assert int(packed[0, 0]) == 0x2F
 
 
-@pytest.mark.parametrize("bits, group", [(8, 48), (8, 16), (4, 16), (4, 48)])
-def test_round_trip_error_is_at_most_half_a_step(bits, group):
-    w = jax.random.normal(jax.random.key(0), (2, 48, 24)) * jnp.linspace(0.1, 3.0, 24)  # stacked, uneven columns
+@pytest.mark.parametrize(
+    "bits, d_in, group", [(8, 48, 48), (8, 48, 16), (4, 48, 16), (4, 48, 48), (4, 43, 11), (8, 45, 16)]
+)
+def test_round_trip_error_is_at_most_half_a_step(bits, d_in, group):
+    w = jax.random.normal(jax.random.key(0), (2, d_in, 24)) * jnp.linspace(0.1, 3.0, 24)  # stacked, uneven columns
     leaves = quantize_kernel(w, bits, group)
-    assert leaves[SCALE].shape == (2, 48 // group, 24)
-    back = dequantize_kernel(leaves, 48)
-    step = jnp.repeat(leaves[SCALE], group, axis=-2)  # the scale of every entry
+    n_groups = -(-d_in // group)
+    assert leaves[SCALE].shape == (2, n_groups, 24)
+    group = rows_per_group(d_in, n_groups)  # at most the requested rows, split evenly
+    back = dequantize_kernel(leaves, d_in)
+    step = jnp.repeat(leaves[SCALE], group, axis=-2)[:, :d_in]  # the scale of every entry (the last group shorter)
     assert bool(jnp.all(jnp.abs(back - w) <= 0.5 * step + 1e-7))
     rel = float(jnp.linalg.norm(back - w) / jnp.linalg.norm(w))
     assert rel < (0.01 if bits == 8 else 0.15)
+    # each group's scale is the max of exactly its own rows
+    for g in range(n_groups):
+        rows = w[:, g * group : (g + 1) * group]
+        np.testing.assert_allclose(
+            leaves[SCALE][:, g], jnp.max(jnp.abs(rows), axis=1) / (127 if bits == 8 else 7), rtol=1e-6
+        )
 
 
-def test_group_defaults_and_errors():
-    assert (
-        group_for(128, 8, 0) == 128
-        and group_for(128, 4, 0) == 64
-        and group_for(96, 4, 0) == 48
-        and group_for(8, 4, 0) == 8
-    )
-    with pytest.raises(ConfigError, match="does not divide the input width 96 of x/qkv"):
-        group_for(96, 4, 64, "x/qkv")
+def test_group_defaults_and_uneven_sizes():
+    assert group_for(128, 8, 0) == 128 and group_for(128, 4, 0) == 64 and group_for(96, 4, 0) == 48
+    assert group_for(8, 4, 0) == 8 and group_for(96, 4, 32) == 32 and group_for(96, 4, 500) == 96
+    # a size that does not divide the width: ceil(d_in / size) groups, split as evenly as possible
+    assert group_for(352, 4, 128) == 118 and group_for(172, 4, 32) == 29 and group_for(172, 4, 0) == 58
+    with pytest.raises(ConfigError, match="--group-size must be positive"):
+        group_for(96, 4, -4)
 
 
 def _model(preset, **extra):

@@ -57,7 +57,7 @@ def test_quantized_runs_eval_and_generate(capsys, float_run, tmp_path):
     "extra, message",
     [
         (["--bits", "3"], "--bits must be 4 or 8"),
-        (["--bits", "4", "--group-size", "48"], "does not divide the input width 64"),
+        (["--bits", "4", "--group-size", "-4"], "--group-size must be positive"),
     ],
 )
 def test_quantize_errors(capsys, float_run, tmp_path, extra, message):

@@ -305,9 +305,14 @@ CASES = [
         "group",
     ),
     (
-        "quantize_group_does_not_divide",
-        T("quantize", "{run}", "--bits", "4", "--out", "{tmp}/q5", "--group-size", "7"),
-        "group",
+        "quantize_calib_with_rtn",
+        T("quantize", "{run}", "--bits", "4", "--out", "{tmp}/q5", "--calib", "{tmp}/afile"),
+        "--calib is read only by --method gptq or awq",
+    ),
+    (
+        "quantize_too_few_calib_tokens",
+        T("quantize", "{run}", "--bits", "4", "--out", "{tmp}/q6", "--method", "awq", "--calib-tokens", "2"),
+        "is below one sequence",
     ),
     # ---------------------------------------------------------------- export
     ("export_bad_format", T("export", "{run}", "--out", "{tmp}/e1", "--format", "tflite"), "tflite"),
