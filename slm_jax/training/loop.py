@@ -2,8 +2,8 @@
 
 ``run_loop`` reads top to bottom: setup, then the step loop calling the trainer's compiled
 ``step_fn(state, batch) -> (state, metrics)`` (``LoopParts``) for steps ``start + 1 .. end``, with the
-hooks ``_log_step``, ``_evaluate`` and ``_checkpoint``. Around the step it does what every run does: metrics to ``metrics.jsonl`` and
-TensorBoard, the progress bar, validation every ``eval.every`` steps, checkpoints every
+hooks ``_log_step``, ``_evaluate`` and ``_checkpoint``. Around the step it does what every run does:
+metrics to ``metrics.jsonl`` and TensorBoard, the progress bar, validation every ``eval.every`` steps, checkpoints every
 ``checkpoint.every`` steps and at the end, a checkpoint and a clean exit on SIGINT/SIGTERM (the
 summary's ``stopped_by`` names the signal; ``exit_code`` turns it into 130 / 143), and a clear
 error when the loss or the parameters stop being finite. Device placement goes through ``par``
@@ -81,7 +81,8 @@ def _check_until_step(until_step: int | None, start: int) -> None:
         raise ConfigError(f"--until-step must be a positive step number, got {until_step}.")
     if until_step is not None and until_step < start:
         raise ConfigError(
-            f"--until-step {until_step} is below step {start}, which this run already reached; pass a later step or drop --until-step."
+            f"--until-step {until_step} is below step {start}, which this run already reached; "
+            "pass a later step or drop --until-step."
         )
 
 
