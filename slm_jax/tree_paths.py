@@ -2,7 +2,7 @@
 
 
 def path_str(key_path: tuple) -> str:
-    """``"opt_state/0/mu/dense/kernel"`` from a jax key path (dict keys, namedtuple fields by name, sequence indices)."""
+    """``"opt_state/0/mu/dense/kernel"`` from a jax key path (dict keys, namedtuple fields, sequence indices)."""
     parts = []
     for key in key_path:
         for attr in ("key", "name", "idx"):

@@ -48,13 +48,14 @@ def tokenizer_identity(tok) -> object:
 def check_same_vocabulary(
     teacher: str, teacher_tokenizer: object, teacher_vocab: int, tokenizer, vocab_size: int
 ) -> None:
-    """Refuse a teacher (named ``teacher`` in the message) whose tokenizer or vocabulary size differs from the student's.
+    """Refuse a teacher (named ``teacher`` in the message) whose tokenizer or vocabulary differs from the student's.
 
     ``teacher_tokenizer`` is the teacher's ``tokenizer_identity``; ``tokenizer`` the student data's tokenizer.
     """
     if teacher_tokenizer is None or teacher_tokenizer != tokenizer_identity(tokenizer):
         raise DataError(
-            f"The teacher {teacher} was trained with another tokenizer than the student's data (their tokenizer.json differ), "
+            f"The teacher {teacher} was trained with another tokenizer than the student's data "
+            "(their tokenizer.json differ), "
             "so their token ids do not match; distill only between runs on the same data.path and data.tokenizer."
         )
     if teacher_vocab != vocab_size:
@@ -133,13 +134,14 @@ def precompute(
     dtype: str = "float16",
     best: bool = False,
 ) -> dict:
-    """Write the teacher's top-k logits over the training split of ``data`` (default: the teacher's own) to ``out_dir``."""
+    """Write the teacher's top-k logits over the training split of ``data`` (default: the teacher's) to ``out_dir``."""
     if dtype not in ("float16", "float32"):
         raise ConfigError(f"--dtype must be float16 or float32, got {dtype!r}.")
     teacher = load_run(teacher_dir, best=best)
     if teacher.cfg.data.task.name:
         raise DataError(
-            f"The teacher {teacher_dir} was trained on a generated task, which has no text to distill on; pass a teacher trained on text (data.path)."
+            f"The teacher {teacher_dir} was trained on a generated task, which has no text to distill on; "
+            "pass a teacher trained on text (data.path)."
         )
     dataset = load_dataset(replace(teacher.cfg, **{"data.path": data}).data if data else teacher.cfg.data)
     vocab = teacher.cfg.model.vocab_size
@@ -184,7 +186,7 @@ class TopkStore:
 def open_store(
     path: str | Path, train_tokens: np.ndarray, tokenizer, vocab_size: int, teacher_dir: str | Path | None = None
 ) -> TopkStore:
-    """Open ``path``; check it was computed on exactly ``train_tokens``, in the student's vocabulary (and by ``teacher_dir``)."""
+    """Open ``path``; check it holds exactly ``train_tokens`` in the student's vocabulary, made by ``teacher_dir``."""
     path = Path(path)
     if not (path / META).is_file():
         raise DataError(
@@ -201,7 +203,8 @@ def open_store(
         )
     if teacher_dir and Path(teacher_dir).resolve() != Path(meta["teacher"]):
         raise ConfigError(
-            f"The teacher logits in {path} come from {meta['teacher']}, not {teacher_dir}; pass that teacher or re-run the precompute."
+            f"The teacher logits in {path} come from {meta['teacher']}, not {teacher_dir}; "
+            "pass that teacher or re-run the precompute."
         )
     values, indices = np.load(path / "values.npy", mmap_mode="r"), np.load(path / "indices.npy", mmap_mode="r")
     return TopkStore(values, indices, meta)
@@ -233,4 +236,5 @@ class TopkWindowBatches:
         }
 
     def __repr__(self) -> str:  # stable: grain checkpoints validate sources by repr
-        return f"TopkWindowBatches({self.windows!r}, store={self.store.meta['tokens_sha256'][:12]}:k={self.store.meta['top_k']})"
+        meta = self.store.meta
+        return f"TopkWindowBatches({self.windows!r}, store={meta['tokens_sha256'][:12]}:k={meta['top_k']})"

@@ -7,7 +7,7 @@ from slm_jax.array_typing import Array
 
 
 def filtered_logits(logits: Array, temperature: float, top_k: int = 0, top_p: float = 1.0) -> Array:
-    """Logits f32[..., v] divided by ``temperature`` (> 0), with tokens outside top-k / top-p set to the float minimum."""
+    """Logits f32[..., v] divided by ``temperature`` (> 0), tokens outside top-k / top-p set to the float minimum."""
     logits = logits.astype(jnp.float32) / temperature
     neg = jnp.finfo(jnp.float32).min
     if top_k:

@@ -63,7 +63,10 @@ def dequantize_leaf(leaf: Int8Leaf, dtype=jnp.float32) -> Array:
 
 
 def quantize_cache(cache: PyTree, leaves: tuple[str, ...] | None = None) -> PyTree:
-    """Every floating leaf of a mixer's ``cache`` -> Int8Leaf (only those named in ``leaves`` when given); others unchanged."""
+    """Every floating leaf of a mixer's ``cache`` -> Int8Leaf (only those named in ``leaves`` when given).
+
+    Other leaves are returned unchanged.
+    """
 
     def one(path, x):
         name = getattr(path[-1], "key", None) if path else None

@@ -20,17 +20,23 @@ from slm_jax.modules.linear import Linear
 
 def _batch_statistics(model: nn.Module, params: PyTree, tokens: Array) -> dict[tuple[str, ...], dict[str, Array]]:
     found: dict[tuple[str, ...], dict[str, Array]] = {}
+    inside: set[tuple[str, ...]] = set()  # a Linear subclass calling super().__call__ is one call, not two
 
     def record(next_fun, args, kwargs, context):
-        if isinstance(context.module, Linear) and context.method_name == "__call__":
-            path = tuple(context.module.path)
-            if path in found:
-                raise ConfigError(
-                    f"The projection {'/'.join(path)} runs twice in one forward pass; calibrate it alone."
-                )
-            x = args[0].reshape(-1, args[0].shape[-1]).astype(jnp.float32)
-            found[path] = {"hessian": x.T @ x, "abs_sum": jnp.sum(jnp.abs(x), axis=0)}
-        return next_fun(*args, **kwargs)
+        if not (isinstance(context.module, Linear) and context.method_name == "__call__"):
+            return next_fun(*args, **kwargs)
+        path = tuple(context.module.path)
+        if path in inside:
+            return next_fun(*args, **kwargs)
+        if path in found:
+            raise ConfigError(f"The projection {'/'.join(path)} runs twice in one forward pass; calibrate it alone.")
+        x = args[0].reshape(-1, args[0].shape[-1]).astype(jnp.float32)
+        found[path] = {"hessian": x.T @ x, "abs_sum": jnp.sum(jnp.abs(x), axis=0)}
+        inside.add(path)
+        try:
+            return next_fun(*args, **kwargs)
+        finally:
+            inside.discard(path)
 
     with nn.intercept_methods(record):
         model.apply(params, tokens)

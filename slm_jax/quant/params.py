@@ -86,7 +86,7 @@ def abstract_quantized(cfg: ModelConfig) -> PyTree:
 
 
 def tree_bytes(tree: PyTree, paths: set[tuple[str, ...]] | None = None) -> int:
-    """Bytes of the arrays in ``tree`` ({"params": ...}); with ``paths``, only those modules' kernels (float or quantized)."""
+    """Bytes of the arrays in ``tree`` ({"params": ...}); with ``paths``, only those modules' kernels (any format)."""
     total = 0
     for key_path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
         names = tuple(str(getattr(k, "key", k)) for k in key_path)[1:]  # drop the "params" root

@@ -1,4 +1,5 @@
-"""int8 decode cache (model.cache_quant): leaf round trip, no drift on re-quantization, and decode logits close to the float cache."""
+"""int8 decode cache (model.cache_quant): leaf round trip, no drift on re-quantization,
+and decode logits close to the float cache."""
 
 import jax
 import jax.numpy as jnp

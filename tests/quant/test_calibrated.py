@@ -1,4 +1,4 @@
-"""GPTQ and AWQ: exact against slow references and RTN where they must coincide, better than RTN where they should be."""
+"""GPTQ and AWQ: exact against slow references and RTN where they must coincide, better than RTN where they should."""
 
 import jax
 import jax.numpy as jnp
@@ -112,7 +112,7 @@ def _node(tree, path):
     return tree
 
 
-@pytest.mark.parametrize("preset", ["transformer", "griffin", "gated_deltanet"])
+@pytest.mark.parametrize("preset", ["transformer", "griffin", "gated_deltanet", "mamba"])  # mamba: a Linear subclass
 @pytest.mark.parametrize("method", ["gptq", "awq"])
 def test_calibrated_model_runs_and_beats_rtn_layer_by_layer(preset, method):
     cfg, params = _tiny(preset)
