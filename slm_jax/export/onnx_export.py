@@ -1,9 +1,9 @@
 """``slm export --format onnx``: the prefill and decode steps as two ONNX models, from their jaxprs.
 
 The same step function as the StableHLO export (``stablehlo.make_step``), traced with
-``jax.make_jaxpr`` at the two fixed shapes and translated by ``onnx_graph`` (opset 18). No
-jax2onnx: it pins an orbax-checkpoint older than slm_jax's, and it cannot export Flax
-``nn.scan`` over layers or ``lax.associative_scan``, both of which this translator handles.
+``jax.make_jaxpr`` at the two fixed shapes and translated by ``onnx_graph`` (opset 18). Not
+jax2onnx (measured in benchmarks/jax2onnx_eval.py, docs/deploy.md): it pins an orbax-checkpoint
+older than slm_jax's, fails on rwkv7's prefill and on layers under ``nn.scan``, and exports 5-200x slower.
 Exporting needs only the ``onnx`` package; running, only ``onnxruntime`` and numpy.
 
 Graph signature of both models (names are the flat parameter and cache paths):
@@ -36,7 +36,7 @@ def _dtypes(jaxpr) -> set:
 def onnx_steps(
     step: Callable, weights: list, cache: list, prefill_chunk: int, weight_names: list[str], cache_names: list[str]
 ) -> dict[str, bytes]:
-    """{"prefill.onnx": ..., "decode.onnx": ...}: serialized, checked ONNX models of ``step`` at ``prefill_chunk`` and 1 tokens."""
+    """{"prefill.onnx": ..., "decode.onnx": ...}: checked ONNX models of ``step`` at ``prefill_chunk`` and 1 tokens."""
     try:
         import onnx
 
@@ -44,7 +44,8 @@ def onnx_steps(
         from slm_jax.export.onnx_ops import UnsupportedPrimitive
     except ImportError as e:
         raise ConfigError(
-            f"ONNX export needs the onnx package ({e}); install it with `pip install -e '.[onnx]'`, or use --format stablehlo."
+            f"ONNX export needs the onnx package ({e}); "
+            "install it with `pip install -e '.[onnx]'`, or use --format stablehlo."
         ) from None
     inputs = [*weight_names, "tokens", "start", *(f"cache/{n}" for n in cache_names)]
     outputs = ["logits", *(f"new_cache/{n}" for n in cache_names)]
@@ -67,7 +68,8 @@ def onnx_steps(
             model = jaxpr_to_onnx(closed, inputs, outputs, name=f"slm_jax_{name}")
         except UnsupportedPrimitive as e:
             raise ConfigError(
-                f"ONNX export cannot translate the JAX operation {e} that this model uses; export it with --format stablehlo."
+                f"ONNX export cannot translate the JAX operation {e} that this model uses; "
+                "export it with --format stablehlo."
             ) from None
         onnx.checker.check_model(model)
         files[f"{name}.onnx"] = model.SerializeToString()

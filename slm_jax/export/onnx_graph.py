@@ -73,7 +73,7 @@ class Graph:
 
 
 def emit_jaxpr(g: Graph, jaxpr, args: list[str]) -> list[str]:
-    """Append the equations of ``jaxpr`` (a Jaxpr or ClosedJaxpr) applied to value names ``args``; returns its outputs."""
+    """Append the equations of ``jaxpr`` (Jaxpr or ClosedJaxpr) applied to value names ``args``; returns its outputs."""
     if isinstance(jaxpr, core.ClosedJaxpr):
         consts = [g.const(np.asarray(c)) for c in jaxpr.consts]
         jaxpr = jaxpr.jaxpr

@@ -1,6 +1,7 @@
 """One ONNX translation per JAX primitive: ``RULES[name](graph, eqn, inputs) -> output name(s)``.
 
-The set covers what slm_jax's prefill and decode steps trace to (all presets, float and
+The set covers what slm_jax's prefill and decode steps trace to (every preset but the FFT
+long convolutions of h3, hyena and baseconv, which need ``fft`` and complex numbers; float and
 weight-quantized, int8 caches, scanned or unrolled layers, every ``ScanImpl``) and keeps JAX's semantics
 where ONNX differs: ``rem`` truncates (``Mod`` with fmod=1), ``dynamic_slice`` and
 ``dynamic_update_slice`` clamp their start indices, ``dot_general`` becomes a batched
@@ -96,7 +97,7 @@ def _scalar_like(g, eqn, value) -> str:
 
 
 def _log1p(g, eqn, ins):
-    """log(1 + x) without the cancellation of a plain Log(1 + x) for small x (Kahan: log(u) * x / (u - 1), u = 1 + x)."""
+    """log(1 + x) without the cancellation of Log(1 + x) for small x (Kahan: log(u) * x / (u - 1), u = 1 + x)."""
     x, one = ins[0], _scalar_like(g, eqn, 1)
     u = g.op("Add", [x, one])
     ratio = g.op("Div", [g.op("Mul", [g.op("Log", [u]), x]), g.op("Sub", [u, one])])
@@ -123,7 +124,7 @@ def _round(g, eqn, ins):
 
 
 def _select_n(g, eqn, ins):
-    """select_n(pred, *cases) as nested Where; bool and int8/int16 cases (no ORT Where kernel) go through a wider type."""
+    """select_n(pred, *cases) as nested Where; bool and int8/int16 cases (no ORT Where kernel) go via a wider type."""
     pred, *cases = ins
     if len(cases) == 1:
         return cases[0]
@@ -291,25 +292,22 @@ def _dynamic_update_slice(g, eqn, ins):
 
 
 def _gather(g, eqn, ins):
-    """Whole-slice lookups along one axis (embedding rows, take): ONNX Gather, then JAX's dimension order."""
+    """Whole-slice lookups along some axes (embedding rows, take, diagonals): GatherND, then JAX's dimension order."""
     dn, sizes = eqn.params["dimension_numbers"], eqn.params["slice_sizes"]
     src, idx = _in(eqn, 0).shape, _in(eqn, 1).shape
-    axis = dn.start_index_map[0] if len(dn.start_index_map) == 1 else None
+    axes = list(dn.start_index_map)
+    rest = [d for d in range(len(src)) if d not in axes]
     if (
-        axis is None
-        or tuple(dn.collapsed_slice_dims) != (axis,)
+        sorted(dn.collapsed_slice_dims) != sorted(axes)
         or dn.operand_batching_dims
-        or idx[-1] != 1
-        or any(sizes[d] != src[d] for d in range(len(src)) if d != axis)
+        or idx[-1] != len(axes)
+        or any(sizes[d] != src[d] for d in rest)
     ):
-        raise UnsupportedPrimitive("gather (only whole slices along one axis are translated)")
-    y = g.op("Gather", [ins[0], _reshape(g, ins[1], idx, idx[:-1])], axis=axis)
-    n_batch, rest = len(idx) - 1, [d for d in range(len(src)) if d != axis]
-    onnx_order = (
-        [("slice", d) for d in range(axis)]
-        + [("batch", i) for i in range(n_batch)]
-        + [("slice", d) for d in rest[axis:]]
-    )
+        raise UnsupportedPrimitive("gather (only whole slices along the indexed axes are translated)")
+    data = _transpose(g, ins[0], axes + rest)
+    y = g.op("GatherND", [data, g.op("Cast", [ins[1]], to=TensorProto.INT64)])  # [*batch, *rest]
+    n_batch = len(idx) - 1
+    onnx_order = [("batch", i) for i in range(n_batch)] + [("slice", d) for d in rest]
     jax_order, batch = [None] * len(onnx_order), iter(range(n_batch))
     for pos, d in zip(dn.offset_dims, rest):
         jax_order[pos] = ("slice", d)
@@ -402,12 +400,10 @@ RULES: dict[str, Callable] = {
     "convert_element_type": _convert,
     "stop_gradient": _identity,
     "copy": _identity,
-    "copy_p": _identity,
     "optimization_barrier": _identity,
     "broadcast_in_dim": _broadcast_in_dim,
     "reshape": _to_out_shape,
     "squeeze": _to_out_shape,
-    "expand_dims": _to_out_shape,
     "transpose": lambda g, eqn, ins: _transpose(g, ins[0], list(eqn.params["permutation"])),
     "concatenate": lambda g, eqn, ins: g.op("Concat", ins, axis=eqn.params["dimension"]),
     "stack": _stack,
@@ -429,5 +425,4 @@ RULES: dict[str, Callable] = {
     "gather": _gather,
     "scatter": _scatter("none"),
     "scatter-add": _scatter("add"),
-    "scatter_add": _scatter("add"),
 }

@@ -1,108 +1,53 @@
 """Read and write safetensors files, single or sharded, as numpy arrays (no torch, no pickle).
 
-The format (https://github.com/huggingface/safetensors) is an 8-byte little-endian header
-length N, N bytes of JSON ``{name: {"dtype", "shape", "data_offsets": [begin, end]}, ...,
-"__metadata__": {str: str}}``, then the raw little-endian tensor bytes. It is simple enough to
-read directly, which also covers bfloat16 (most published checkpoints) through ``ml_dtypes``,
-a dtype the ``safetensors.numpy`` API does not map. A sharded checkpoint is several such files
-plus ``model.safetensors.index.json`` whose ``weight_map`` names the file of every tensor.
+Single files go through the maintained ``safetensors`` package's numpy API
+(https://huggingface.co/docs/safetensors); bfloat16 works there once ``ml_dtypes`` has registered
+the dtype with numpy, which importing it here does. Sharding is ours, as the package has none: a
+sharded checkpoint is several files plus ``model.safetensors.index.json`` whose ``weight_map``
+names the file of every tensor (the layout of transformers' ``save_pretrained``).
 """
 
 from __future__ import annotations
 
 import json
-import struct
 from pathlib import Path
 
-import ml_dtypes
+import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy, which safetensors' numpy loader needs)
 import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
 
 from slm_jax.errors import CheckpointError
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
-_DTYPES = {
-    "F64": np.float64,
-    "F32": np.float32,
-    "F16": np.float16,
-    "BF16": ml_dtypes.bfloat16,
-    "I64": np.int64,
-    "I32": np.int32,
-    "I16": np.int16,
-    "I8": np.int8,
-    "U64": np.uint64,
-    "U32": np.uint32,
-    "U16": np.uint16,
-    "U8": np.uint8,
-    "BOOL": np.bool_,
-}
-_NAMES = {np.dtype(v): k for k, v in _DTYPES.items()}
-_MAX_HEADER = 100 * 2**20
+_READABLE = {"F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U64", "U32", "U16", "U8", "BOOL"}
 
 
 def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
-    """All tensors of one ``.safetensors`` file, name -> array (memory-mapped, read-only)."""
-    path = Path(path)
-    with open(path, "rb") as f:
-        raw = f.read(8)
-        if len(raw) != 8:
-            raise CheckpointError(f"{path} is too short to be a safetensors file; re-save it with safetensors.")
-        (n,) = struct.unpack("<Q", raw)
-        if n > _MAX_HEADER:
-            raise CheckpointError(
-                f"{path} has a {n}-byte header, so it is not a safetensors file; re-save it with safetensors."
-            )
-        try:
-            header = json.loads(f.read(n))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise CheckpointError(
-                f"{path} has no valid JSON header, so it is not a safetensors file; re-save it with safetensors."
-            ) from None
-    data = (
-        np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n)
-        if path.stat().st_size > 8 + n
-        else np.zeros(0, np.uint8)
-    )
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        if info["dtype"] not in _DTYPES:
-            raise CheckpointError(
-                f"Tensor {name} in {path} has dtype {info['dtype']}, which slm_jax cannot read; save it as F32, F16 or BF16."
-            )
-        begin, end = info["data_offsets"]
-        dtype = np.dtype(_DTYPES[info["dtype"]])
-        shape = tuple(info["shape"])
-        if end - begin != dtype.itemsize * int(np.prod(shape, dtype=np.int64)):
-            raise CheckpointError(
-                f"Tensor {name} in {path} has {end - begin} bytes for shape {shape}; the file is corrupt, re-download it."
-            )
-        out[name] = data[begin:end].view(dtype).reshape(shape)
-    return out
+    """All tensors of one ``.safetensors`` file, name -> array."""
+    try:
+        with safe_open(path, framework="np") as f:
+            for name in f.keys():
+                dtype = f.get_slice(name).get_dtype()
+                if dtype not in _READABLE:
+                    raise CheckpointError(
+                        f"Tensor {name} in {path} has dtype {dtype}, which slm_jax cannot read; "
+                        "save it as F32, F16 or BF16."
+                    )
+            return {name: f.get_tensor(name) for name in f.keys()}
+    except SafetensorError as e:
+        raise CheckpointError(f"{path} is not a valid safetensors file ({e}); re-download or re-save it.") from None
 
 
 def write_safetensors(path: str | Path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
-    """Write name -> array as one ``.safetensors`` file (tensors laid out in sorted-name order)."""
-    header: dict = {"__metadata__": dict(metadata or {})} if metadata else {}
-    arrays, offset = [], 0
-    for name in sorted(tensors):
-        a = np.ascontiguousarray(tensors[name])
-        if a.dtype not in _NAMES:
-            raise CheckpointError(
-                f"Tensor {name} has dtype {a.dtype}, which safetensors cannot store; cast it to float32."
-            )
-        a = a.astype(a.dtype.newbyteorder("<"), copy=False)
-        header[name] = {"dtype": _NAMES[a.dtype], "shape": list(a.shape), "data_offsets": [offset, offset + a.nbytes]}
-        arrays.append(a)
-        offset += a.nbytes
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned, as the reference writer does
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)))
-        f.write(text)
-        for a in arrays:
-            f.write(a.tobytes())
+    """Write name -> array (numpy or JAX) as one ``.safetensors`` file."""
+    # The package reads each array's memory as is: a transposed view would be written in the wrong order.
+    arrays = {name: np.ascontiguousarray(np.asarray(a)) for name, a in tensors.items()}
+    try:
+        save_file(arrays, path, metadata=dict(metadata) if metadata else None)
+    except SafetensorError as e:
+        raise CheckpointError(f"Cannot write {path}: {e}; cast the tensors to float32.") from None
 
 
 def read_checkpoint(directory: str | Path) -> dict[str, np.ndarray]:
@@ -139,7 +84,8 @@ def read_checkpoint(directory: str | Path) -> dict[str, np.ndarray]:
         return read_safetensors(files[0])
     pickles = sorted(p.name for p in directory.glob("*.bin")) + sorted(p.name for p in directory.glob("*.pt*"))
     hint = (
-        f" (it holds {pickles[0]}, a pickle, which slm_jax never loads; convert it with transformers' save_pretrained(safe_serialization=True))"
+        f" (it holds {pickles[0]}, a pickle, which slm_jax never loads; "
+        "convert it with transformers' save_pretrained(safe_serialization=True))"
         if pickles
         else ""
     )

@@ -60,6 +60,10 @@ def test_primitives_keep_jax_semantics():
         jnp.asarray([[3, 0], [1, 1]], jnp.int32),
     )
     assert_same(lambda x, k: x.at[:, k].set(-1.0).at[0, :, 1].add(2.0), x, jnp.asarray([2, 0], jnp.int32))
+    # gathers over several axes at once (diagonals, as in DeltaNet's chunked prefill)
+    assert_same(
+        lambda x, k: (x[k, :, k], x[:, k, k], jnp.diagonal(x, 0, 1, 2)), x, jnp.asarray([[2, 0], [1, 1]], jnp.int32)
+    )
     assert_same(lambda x: jax.lax.pad(x, 0.5, [(1, -1, 0), (0, 2, 1), (-2, 0, 2)]), x)
     assert_same(
         lambda x: (jnp.cumsum(x, 1), jax.lax.cumsum(x[::-1], 2, reverse=True), jnp.argmax(x, -1), x.max((0, 2))), x
