@@ -1,4 +1,5 @@
-"""Effect of the int8 decode cache (model.cache_quant=int8 / int8_kv) on trained runs: bytes, logits, loss, greedy tokens.
+"""Effect of the int8 decode cache (model.cache_quant=int8 / int8_kv) on trained runs: bytes, logits, loss,
+greedy tokens.
 
     python benchmarks/cache_quant.py RUN_DIR [RUN_DIR ...] [--tokens 256] [--new-tokens 64]
 
@@ -94,13 +95,14 @@ if __name__ == "__main__":
     for r in rows:
         print(json.dumps(r), flush=True)
     print(
-        "\n| model | cache | cache bytes @2k f32 / quantized | val loss f32 / quantized (teacher-forced decode) | max / mean abs logit diff | argmax agree | greedy agree (64 tok) | tokens before 1st diff |"
+        "\n| model | cache | cache bytes @2k f32 / quantized | val loss f32 / quantized (teacher-forced decode) "
+        "| max / mean abs logit diff | argmax agree | greedy agree (64 tok) | tokens before 1st diff |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         c, v, d, q = r["cache_bytes@2048"], r["val_loss"], r["logit_abs_diff"], r["cache_quant"]
         print(
-            f"| {r['preset']} | {q} | {c['float32']:,} / {c[q]:,} ({c['float32'] / c[q]:.1f}x) | {v['float32']:.4f} / {v[q]:.4f} "
-            f"({v[q] - v['float32']:+.4f}) | {d['max']:.3f} / {d['mean']:.4f} | {r['argmax_agreement']:.4f} "
+            f"| {r['preset']} | {q} | {c['float32']:,} / {c[q]:,} ({c['float32'] / c[q]:.1f}x) | {v['float32']:.4f} / "
+            f"{v[q]:.4f} ({v[q] - v['float32']:+.4f}) | {d['max']:.3f} / {d['mean']:.4f} | {r['argmax_agreement']:.4f} "
             f"| {r['greedy_token_agreement']:.3f} | {r['greedy_tokens_before_first_difference']:.1f} |"
         )

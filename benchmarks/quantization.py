@@ -22,7 +22,7 @@ from slm_jax.config import config_from_dict
 from slm_jax.inference.run import restore_params
 from slm_jax.quant.params import linear_paths, tree_bytes
 from slm_jax.quant.run import directory_bytes
-from slm_jax.training.checkpoint import Checkpointer, read_run_config
+from slm_jax.rundir.checkpoint import Checkpointer, read_run_config
 
 
 class QuantizeRefused(Exception):
@@ -141,7 +141,7 @@ def quality_table(rows: list[dict], methods: list[str], groups: list[int]) -> st
 
 
 if __name__ == "__main__":
-    from slm_jax.models.presets import PRESETS
+    from slm_jax.presets import PRESETS
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=500)

@@ -79,7 +79,8 @@ def table(rows: list[dict]) -> str:
     for row in rows:
         ratio = row["ms"] / best[(row["size"], row["pass"])]
         lines.append(
-            f"| {row['size']} | {row['pass']} | {row['impl']} | {row['ms']:.2f} | {ratio:.2f} | {row['compile_s']:.2f} |"
+            f"| {row['size']} | {row['pass']} | {row['impl']} | "
+            f"{row['ms']:.2f} | {ratio:.2f} | {row['compile_s']:.2f} |"
         )
     return "\n".join(lines)
 

@@ -109,13 +109,15 @@ def main():
             rows.append(measure(d, variant, args))
             print(json.dumps(rows[-1]), flush=True)
     print(
-        "\n| model | weights | params | bytes on disk | val loss | decode tok/s (b=1) | decode state @2k: f32 cache / int8 cache |"
+        "\n| model | weights | params | bytes on disk | val loss | decode tok/s (b=1) "
+        "| decode state @2k: f32 cache / int8 cache |"
     )
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['preset']} ({r['steps']} steps) | {r['variant']} | {r['params']:,} | {r['bytes_on_disk']:,} | {r['val_loss']:.4f} "
-            f"| {r['decode_tok_s_b1']:,.0f} | {r['state_bytes@2048']:,} / {r['state_bytes@2048_int8_cache']:,} |"
+            f"| {r['preset']} ({r['steps']} steps) | {r['variant']} | {r['params']:,} | "
+            f"{r['bytes_on_disk']:,} | {r['val_loss']:.4f} | {r['decode_tok_s_b1']:,.0f} "
+            f"| {r['state_bytes@2048']:,} / {r['state_bytes@2048_int8_cache']:,} |"
         )
 
 

@@ -6,7 +6,8 @@ batch 16 x 256, float32, AdamW), for a side-by-side comparison:
 
     python benchmarks/train_throughput.py
     python benchmarks/train_throughput.py --presets transformer,griffin,mamba
-    python benchmarks/train_throughput.py --presets transformer,gla --set model.n_layers=24 --set model.scan_layers=true --steps 2
+    python benchmarks/train_throughput.py --presets transformer,gla --set model.n_layers=24 \\
+        --set model.scan_layers=true --steps 2
 
 The ``vs_first`` column is each preset's tokens/s over the first preset's, measured in the same
 process (ratios hold across machine load better than absolute numbers).

@@ -63,7 +63,8 @@ def cmd_train(args) -> int:
         from slm_jax.errors import ConfigError
 
         raise ConfigError(
-            "This config has model.quant.bits set, and a quantized run cannot be trained; train the float config and run `slm quantize` afterwards."
+            "This config has model.quant.bits set, and a quantized run cannot be trained; "
+            "train the float config and run `slm quantize` afterwards."
         )
     summary = train(cfg, args.run_dir, until_step=args.until_step, progress=not args.no_progress)
     print(json.dumps(summary, indent=1))
@@ -88,7 +89,8 @@ def cmd_eval(args) -> None:
 
         if args.data:
             raise DataError(
-                f"{args.run_dir} was trained on the generated task {run.cfg.data.task.name!r}, which has no text; drop --data."
+                f"{args.run_dir} was trained on the generated task {run.cfg.data.task.name!r}, which has no text; "
+                "drop --data."
             )
         result = {}
         for suffix, batches in val_sets(
@@ -99,7 +101,9 @@ def cmd_eval(args) -> None:
         return
     tokens = run_text_tokens(run.cfg, run.tokenizer, args.data, "val")
     batches = eval_batches(tokens, run.cfg.eval.batch_size or tc.batch_size, tc.seq_len, args.batches)
-    unit = {"char": "char", "byte": "byte"}.get(run.tokenizer.to_dict().get("type"), "token")
+    unit = (
+        {"char": "char", "byte": "byte"}.get(run.tokenizer.to_dict().get("type"), "token") if run.tokenizer else "token"
+    )
     result = evaluate(eval_fn, run.params, batches, unit)
     print(json.dumps({"run_dir": str(args.run_dir), "step": run.step, **result}, indent=1))
 
@@ -109,13 +113,11 @@ def cmd_generate(args) -> None:
 
     from slm_jax.errors import DataError
     from slm_jax.inference.generate import generate
-    from slm_jax.inference.run import load_run
+    from slm_jax.inference.run import load_run, missing_tokenizer
 
     run = load_run(args.run_dir, best=args.best, step=args.step)
     if run.tokenizer is None:
-        raise DataError(
-            f"{args.run_dir} was trained on the generated task {run.cfg.data.task.name!r} and has no tokenizer to read a text prompt; evaluate it with `slm eval {args.run_dir}`."
-        )
+        raise DataError(missing_tokenizer(args.run_dir, run.cfg))
     prompt = np.asarray(run.tokenizer.encode(args.prompt), np.int32)[None]
     model = run.model
     if args.cache_dtype:  # int8: KV / recurrent-state cache stored as int8 (slm_jax/quant/cache.py)
@@ -160,7 +162,8 @@ def _speculative_chunks(args, run, model, prompt):
     draft = load_run(args.draft)
     if draft.tokenizer is None or draft.tokenizer.to_dict() != run.tokenizer.to_dict():
         raise ConfigError(
-            f"The draft {args.draft} ({draft.cfg.model.vocab_size} tokens) does not use the tokenizer of {args.run_dir} ({run.cfg.model.vocab_size} tokens); pick a draft trained on the same tokenizer."
+            f"The draft {args.draft} ({draft.cfg.model.vocab_size} tokens) does not use the tokenizer of "
+            f"{args.run_dir} ({run.cfg.model.vocab_size} tokens); pick a draft trained on the same tokenizer."
         )
     start, accepted, rounds, new = time.perf_counter(), 0, 0, 0
     for tokens, kept in speculative_generate(
@@ -221,13 +224,14 @@ def cmd_convert_from_hf(args) -> None:
 def cmd_convert_to_hf(args) -> None:
     from slm_jax.config import config_from_dict
     from slm_jax.interop.convert import to_hf
-    from slm_jax.training.checkpoint import read_run_config
+    from slm_jax.rundir.checkpoint import read_run_config
 
     if config_from_dict(read_run_config(args.run_dir)).model.quant.bits:
         from slm_jax.errors import CheckpointError
 
         raise CheckpointError(
-            f"{args.run_dir} is quantized and Hugging Face export needs float weights; convert the float run it was made from."
+            f"{args.run_dir} is quantized and Hugging Face export needs float weights; "
+            "convert the float run it was made from."
         )
     summary = to_hf(
         args.run_dir, args.hf_dir, family=args.family, best=args.best, max_shard_bytes=int(args.max_shard_mb * 2**20)
@@ -308,7 +312,8 @@ def cmd_distill(args) -> int | None:
 
         if len(args.target) != 1 or not args.teacher or not args.out:
             raise ConfigError(
-                "Usage: slm distill precompute --teacher RUN_DIR --out DIR [--data PATH] [--top-k K]; give --teacher and --out."
+                "Usage: slm distill precompute --teacher RUN_DIR --out DIR [--data PATH] [--top-k K]; "
+                "give --teacher and --out."
             )
         summary = precompute(
             args.teacher,
@@ -412,7 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--cache-dtype",
         choices=["float", "int8", "int8_kv"],
         default=None,
-        help="int8: store the KV cache and recurrent states as int8 with group-wise scales; int8_kv: only the KV cache (default: the run's model.cache_quant)",
+        help="int8: store the KV cache and recurrent states as int8 with group-wise scales; "
+        "int8_kv: only the KV cache (default: the run's model.cache_quant)",
     )
     p.add_argument("--best", action="store_true", help="use the best checkpoint by validation loss")
     p.add_argument("--step", type=int, default=None, help="use the checkpoint of this step (default: the latest)")
@@ -420,7 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--draft",
         metavar="RUN_DIR",
         default=None,
-        help="speculative decoding: a smaller run with the same tokenizer proposes tokens, this run verifies them (same output distribution; --chunk unused)",
+        help="speculative decoding: a smaller run with the same tokenizer proposes tokens, "
+        "this run verifies them (same output distribution; --chunk unused)",
     )
     p.add_argument(
         "--draft-tokens", metavar="K", type=int, default=4, help="tokens the draft proposes per round (with --draft)"
@@ -455,7 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--family",
         default=None,
-        help="llama, qwen2, qwen3, phi3, gemma, mamba, mamba2 or recurrent_gemma (default: the imported family, else inferred)",
+        help="llama, qwen2, qwen3, phi3, gemma, mamba, mamba2 or recurrent_gemma "
+        "(default: the imported family, else inferred)",
     )
     p.add_argument("--best", action="store_true", help="export the best checkpoint by validation loss")
     p.add_argument("--max-shard-mb", type=float, default=2048, help="shard the safetensors above this size")
@@ -609,7 +617,7 @@ def _drop_closed_loop_reports(hook):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one ``slm`` command; return its exit code (0, 2 for a user-fixable error, 130 / 143 when stopped by a signal)."""
+    """Run one ``slm`` command; return its exit code (0; 2: a user-fixable error; 130 / 143: stopped by a signal)."""
     # Orbax logs the failures of its background threads (a full disk, an unreadable file) with
     # tracebacks through absl, and asyncio reports each of their failed write tasks again when it
     # collects them, even after exit; every such failure reaches this function as an exception.

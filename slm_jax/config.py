@@ -19,7 +19,8 @@ from typing import Any, Sequence
 import yaml
 
 from slm_jax.errors import ConfigError
-from slm_jax.mixers.registry import MixerOptions
+from slm_jax.mixers.registry import MixerOptions, build_mixer
+from slm_jax.presets import preset_fields, preset_pattern
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,9 @@ class ModelConfig:
     remat: bool = False
     mixers: MixerOptions = field(default_factory=MixerOptions)  # model.mixers.<name>.<field>: each mixer's own options
     quant: QuantConfig = field(default_factory=QuantConfig)
-    cache_quant: str = "none"  # none | int8 (KV and recurrent states) | int8_kv (KV only): decode cache stored int8 with group-wise scales (quant/cache.py)
+    # none | int8 (KV and recurrent states) | int8_kv (KV only): decode cache stored int8 with group-wise scales
+    # (quant/cache.py)
+    cache_quant: str = "none"
 
     @property
     def kv_heads(self) -> int:
@@ -98,8 +101,6 @@ class ModelConfig:
     @property
     def pattern(self) -> tuple[str, ...]:
         """The layer pattern (one period), from the field or else the preset."""
-        from slm_jax.models.presets import preset_pattern
-
         return self.layer_pattern or preset_pattern(self.preset)
 
     @property
@@ -178,6 +179,37 @@ class ParallelConfig:
 
 
 @dataclass(frozen=True)
+class FederatedConfig:
+    """Federated training (slm_jax/federated/, docs/federated.md): with ``algorithm`` set, ``slm train`` runs rounds."""
+
+    algorithm: str = ""  # "" -> centralized | fedavg | fedsgd | fedprox | diloco
+    partition: str = "iid"  # iid (equal random shares of the train split) | role (Shakespeare speaking roles, LEAF)
+    n_clients: int = 0  # iid: clients to cut the data into; role: the N largest roles (0 -> every role big enough)
+    fraction: float = 1.0  # C: share of the clients sampled each round
+    clients_per_round: int = 0  # 0 -> max(1, round(fraction * n_clients))
+    rounds: int = 100
+    local_steps: int = 1  # E local steps (H for DiLoCo) of client_batch windows per round; fedsgd: 1
+    client_batch: int = 0  # B windows per local step; 0 -> train.batch_size
+    client_optimizer: str = ""  # sgd (client_lr) | adamw (the optim section, kept per client); "" -> by algorithm
+    client_lr: float = 0.1
+    mu: float = 0.0  # FedProx proximal weight: mu / 2 * ||w - w_global||^2 in the client loss
+    server_optimizer: str = ""  # sgd | momentum | adam | yogi | nesterov; "" -> nesterov for diloco, else sgd
+    server_lr: float = 0.0  # 0 -> 1.0 for sgd and momentum, 0.7 for nesterov (DiLoCo), 0.01 for adam and yogi
+    server_momentum: float = 0.9  # momentum, nesterov; beta1 of adam and yogi
+    server_beta2: float = 0.99  # adam, yogi
+    server_eps: float = 1e-3  # adam, yogi: tau of Reddi et al. 2021
+    clients_in_parallel: int = 0  # clients vmapped together; 0 -> all clients of a round at once
+    compression: str = "none"  # none | int8 | int4 | topk: uplink compression with error feedback
+    topk_fraction: float = 0.01  # topk: share of each tensor's entries sent
+    drop_fraction: float = 0.0  # share of the sampled clients that fail each round (stragglers)
+    dp_clip: float = 0.0  # S: clip each client update to this L2 norm; 0 -> no DP
+    dp_noise: float = 0.0  # z: Gaussian noise std z * S on the sum of clipped updates
+    dp_delta: float = 1e-5
+    dp_epsilon: float = 0.0  # privacy budget: stop before a round would exceed it; 0 -> no budget
+    secure_agg: bool = False  # pairwise additive masks that cancel in the sum (Bonawitz et al. 2017)
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     steps: int = 2000
     batch_size: int = 12
@@ -190,6 +222,7 @@ class TrainConfig:
     init_from: str = ""  # a run directory whose latest parameters start this run (fresh optimizer, step 0)
     curriculum: tuple[tuple[int, ...], ...] = ()  # [seq_len, steps] stages trained first, each warm-starting the next
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    federated: FederatedConfig = field(default_factory=FederatedConfig)
 
 
 @dataclass(frozen=True)
@@ -336,7 +369,7 @@ class _StrictLoader(yaml.SafeLoader):
 
 
 def load_yaml(text: str, source: str) -> Any:
-    """Parse YAML ``text`` with duplicate keys refused; a mistake is one ConfigError naming ``source``, line and column."""
+    """Parse YAML ``text``, refusing duplicate keys; a mistake is one ConfigError naming ``source``, line and column."""
     try:
         return yaml.load(text, Loader=_StrictLoader)
     except yaml.MarkedYAMLError as e:
@@ -361,8 +394,6 @@ def config_from_dict(raw: dict, overrides: Sequence[str | tuple[str, Any]] = ())
     Each override is ``"key=value"`` text (the value read as YAML) or a ``(key, value)`` pair.
     Overrides are applied before the preset, so changing ``model.preset`` brings its fields.
     """
-    from slm_jax.models.presets import preset_fields
-
     raw = _deep_copy(raw or {})
     for item in overrides:
         key, value = parse_override(item) if isinstance(item, str) else item
@@ -384,7 +415,8 @@ def read_yaml_config(path: str | Path) -> dict:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(
-            f"Config file {str(p)!r} does not exist; pass a YAML file such as configs/experiments/shakespeare_char.yaml."
+            f"Config file {str(p)!r} does not exist; "
+            "pass a YAML file such as configs/experiments/shakespeare_char.yaml."
         )
     try:
         text = p.read_text(encoding="utf-8")
@@ -453,24 +485,25 @@ def _require(ok: bool, message: str) -> None:
 
 def validate(cfg: Config) -> None:
     """Check sizes and names against each other; raise one clear ConfigError."""
-    from slm_jax.mixers.registry import build_mixer
-
     m, t, o = cfg.model, cfg.train, cfg.optim
     for key in ("n_layers", "d_model", "n_heads"):
         _require(getattr(m, key) > 0, f"model.{key} must be positive, got {getattr(m, key)}.")
     _require(
         m.head_dim > 0 or m.d_model % m.n_heads == 0,
-        f"model.d_model ({m.d_model}) must be divisible by model.n_heads ({m.n_heads}); change one, or set model.head_dim.",
+        f"model.d_model ({m.d_model}) must be divisible by model.n_heads ({m.n_heads}); "
+        "change one, or set model.head_dim.",
     )
     _require(m.kv_heads > 0, f"model.n_kv_heads must be >= 0, got {m.n_kv_heads}.")
     _require(
         m.n_heads % m.kv_heads == 0,
-        f"model.n_heads ({m.n_heads}) must be divisible by model.n_kv_heads ({m.kv_heads}); pick a divisor such as 1 or {m.n_heads}.",
+        f"model.n_heads ({m.n_heads}) must be divisible by model.n_kv_heads ({m.kv_heads}); "
+        f"pick a divisor such as 1 or {m.n_heads}.",
     )
     _require(0.0 <= m.rotary_fraction <= 1.0, f"model.rotary_fraction must be in [0, 1], got {m.rotary_fraction}.")
     _require(
         m.rotary_dim % 2 == 0,
-        f"RoPE rotates {m.rotary_dim} channels per head (head width {m.attn_head_dim} x model.rotary_fraction {m.rotary_fraction}), "
+        f"RoPE rotates {m.rotary_dim} channels per head (head width {m.attn_head_dim} x model.rotary_fraction "
+        f"{m.rotary_fraction}), "
         "which must be even; change model.d_model, model.n_heads or model.rotary_fraction.",
     )
     rs = m.rope_scaling
@@ -495,7 +528,8 @@ def validate(cfg: Config) -> None:
         build_mixer(m, name)  # an unknown name, or a mixer's own options that do not fit the model, fail here
     _require(
         m.quant.bits in (0, 4, 8) and m.quant.group_size >= 0,
-        f"model.quant.bits must be 0, 4 or 8 and model.quant.group_size >= 0, got {m.quant.bits} and {m.quant.group_size}.",
+        "model.quant.bits must be 0, 4 or 8 and model.quant.group_size >= 0, "
+        f"got {m.quant.bits} and {m.quant.group_size}.",
     )
     _require(
         m.quant.method in ("rtn", "gptq", "awq"),
@@ -510,7 +544,8 @@ def validate(cfg: Config) -> None:
         _require(getattr(t, key) > 0, f"train.{key} must be positive, got {getattr(t, key)}.")
     _require(
         all(len(stage) == 2 and min(stage) > 0 for stage in t.curriculum),
-        f"train.curriculum is a list of [seq_len, steps] pairs of positive integers, got {[list(s) for s in t.curriculum]}; write e.g. [[64, 400]].",
+        "train.curriculum is a list of [seq_len, steps] pairs of positive integers, "
+        f"got {[list(s) for s in t.curriculum]}; write e.g. [[64, 400]].",
     )
     _require(
         t.batch_size % t.grad_accum == 0,
@@ -525,7 +560,8 @@ def validate(cfg: Config) -> None:
     sizes = [par.mesh.data, par.mesh.fsdp, par.mesh.tensor]
     _require(
         all(s > 0 or s == -1 for s in sizes) and sizes.count(-1) <= 1,
-        f"train.parallel.mesh sizes (data, fsdp, tensor) = {tuple(sizes)} must be positive, with at most one -1 (the rest of the devices).",
+        f"train.parallel.mesh sizes (data, fsdp, tensor) = {tuple(sizes)} must be positive, "
+        "with at most one -1 (the rest of the devices).",
     )
     _require(
         o.schedule in ("cosine", "wsd", "constant"),
@@ -549,4 +585,78 @@ def validate(cfg: Config) -> None:
     _require(
         kd.temperature > 0 and kd.top_k >= 0,
         f"distill.temperature must be > 0 and distill.top_k >= 0, got {kd.temperature} and {kd.top_k}.",
+    )
+    _validate_federated(t.federated)
+
+
+FEDERATED_ALGORITHMS = ("fedavg", "fedsgd", "fedprox", "diloco")
+SERVER_OPTIMIZERS = ("sgd", "momentum", "adam", "yogi", "nesterov")
+
+
+def _validate_federated(f: FederatedConfig) -> None:
+    """``train.federated``: one sentence per mistake, naming the key."""
+    k = "train.federated."
+    _require(
+        f.algorithm in ("", *FEDERATED_ALGORITHMS),
+        f"{k}algorithm must be one of {', '.join(FEDERATED_ALGORITHMS)} (or empty for centralized training), "
+        f"got {f.algorithm!r}.",
+    )
+    _require(f.partition in ("iid", "role"), f"{k}partition must be iid or role, got {f.partition!r}.")
+    _require(f.n_clients >= 0, f"{k}n_clients must be >= 0, got {f.n_clients}.")
+    _require(
+        not f.algorithm or f.partition != "iid" or f.n_clients > 0,
+        f"{k}n_clients must be set (> 0) for the iid partition; it says how many clients share the data.",
+    )
+    _require(0.0 < f.fraction <= 1.0, f"{k}fraction (C) must be in (0, 1], got {f.fraction}.")
+    _require(
+        f.clients_per_round >= 0, f"{k}clients_per_round must be >= 0 (0 = from fraction), got {f.clients_per_round}."
+    )
+    _require(
+        not f.n_clients or f.clients_per_round <= f.n_clients,
+        f"{k}clients_per_round ({f.clients_per_round}) samples more clients than exist ({k}n_clients = "
+        f"{f.n_clients}); lower it.",
+    )
+    for key in ("rounds", "local_steps"):
+        _require(getattr(f, key) > 0, f"{k}{key} must be positive, got {getattr(f, key)}.")
+    _require(
+        f.algorithm != "fedsgd" or f.local_steps == 1,
+        f"{k}local_steps must be 1 for fedsgd (one full-batch gradient per client), got {f.local_steps}; "
+        "use fedavg for more.",
+    )
+    _require(f.client_batch >= 0, f"{k}client_batch must be >= 0 (0 = train.batch_size), got {f.client_batch}.")
+    _require(
+        f.client_optimizer in ("", "sgd", "adamw"),
+        f"{k}client_optimizer must be sgd or adamw, got {f.client_optimizer!r}.",
+    )
+    _require(f.client_lr > 0, f"{k}client_lr must be positive, got {f.client_lr}.")
+    _require(f.mu >= 0, f"{k}mu must be >= 0, got {f.mu}.")
+    _require(
+        f.server_optimizer in ("", *SERVER_OPTIMIZERS),
+        f"{k}server_optimizer must be one of {', '.join(SERVER_OPTIMIZERS)}, got {f.server_optimizer!r}.",
+    )
+    _require(f.server_lr >= 0, f"{k}server_lr must be >= 0 (0 = the optimizer's default), got {f.server_lr}.")
+    _require(0.0 <= f.server_momentum < 1.0, f"{k}server_momentum must be in [0, 1), got {f.server_momentum}.")
+    _require(0.0 <= f.server_beta2 < 1.0, f"{k}server_beta2 must be in [0, 1), got {f.server_beta2}.")
+    _require(f.server_eps > 0, f"{k}server_eps must be positive, got {f.server_eps}.")
+    _require(f.clients_in_parallel >= 0, f"{k}clients_in_parallel must be >= 0 (0 = all), got {f.clients_in_parallel}.")
+    _require(
+        f.compression in ("none", "int8", "int4", "topk"),
+        f"{k}compression must be none, int8, int4 or topk, got {f.compression!r}.",
+    )
+    _require(0.0 < f.topk_fraction <= 1.0, f"{k}topk_fraction must be in (0, 1], got {f.topk_fraction}.")
+    _require(0.0 <= f.drop_fraction < 1.0, f"{k}drop_fraction must be in [0, 1), got {f.drop_fraction}.")
+    _require(f.dp_clip >= 0 and f.dp_noise >= 0, f"{k}dp_clip and {k}dp_noise must be >= 0.")
+    _require(
+        f.dp_noise == 0 or f.dp_clip > 0,
+        f"{k}dp_noise is set but {k}dp_clip is 0; DP needs a clipping norm S, e.g. {k}dp_clip=1.0.",
+    )
+    _require(
+        f.dp_epsilon == 0 or f.dp_noise > 0,
+        f"{k}dp_epsilon (a privacy budget) needs {k}dp_noise > 0; without noise there is no privacy to account.",
+    )
+    _require(0.0 < f.dp_delta < 1.0, f"{k}dp_delta must be in (0, 1), got {f.dp_delta}.")
+    _require(f.dp_epsilon >= 0, f"{k}dp_epsilon must be >= 0 (0 = no budget), got {f.dp_epsilon}.")
+    _require(
+        not (f.secure_agg and f.compression != "none"),
+        f"{k}secure_agg sends 32-bit masked updates, so {k}compression must be none with it, got {f.compression!r}.",
     )

@@ -6,7 +6,8 @@ from slm_jax.cli import main
 
 
 def train_text_run(tmp: Path, phrase: str, repeats: int, overrides: list[str], name: str = "run") -> Path:
-    """``slm train`` on ``phrase * repeats`` with shakespeare_char.yaml plus ``overrides``; returns the run directory."""
+    """``slm train`` on ``phrase * repeats`` with shakespeare_char.yaml plus ``overrides``; returns the run
+    directory."""
     text = tmp / "corpus.txt"
     text.write_text(phrase * repeats)
     run_dir = tmp / name

@@ -28,7 +28,7 @@ MODES = ("scratch", "distilled")
 
 
 def finished(run_dir: Path, steps: int) -> bool:
-    from slm_jax.training.checkpoint import latest_checkpoint_step
+    from slm_jax.rundir.checkpoint import latest_checkpoint_step
 
     return run_dir.is_dir() and latest_checkpoint_step(run_dir) == steps
 

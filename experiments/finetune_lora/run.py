@@ -1,6 +1,7 @@
 """LoRA vs full fine-tuning of a Shakespeare char transformer on a task it cannot know.
 
-    python experiments/finetune_lora/run.py [--task class|upper] [--base experiments/finetune_lora/runs/base] [--steps 300]
+    python experiments/finetune_lora/run.py [--task class|upper] \\
+        [--base experiments/finetune_lora/runs/base] [--steps 300]
 
 Tasks (built here, written as prompt/completion JSONL): the prompt is a random lowercase
 "word" of 3-6 letters and a colon. ``class``: the completion is a made-up label of the
@@ -136,7 +137,8 @@ if __name__ == "__main__":
 
     full = rows[0]["after"]
     print(
-        "\n| method | lr | trainable params | share of base | exact match before | after | within 10% of full | train s |"
+        "\n| method | lr | trainable params | share of base | "
+        "exact match before | after | within 10% of full | train s |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:

@@ -36,7 +36,8 @@ READ_OPTIONS = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
 def _check_sizes(n_tokens: int, batch_size: int, seq_len: int) -> None:
     if batch_size < 1 or seq_len < 1:
         raise DataError(
-            f"batch_size and seq_len must be positive, got batch_size={batch_size}, seq_len={seq_len}; fix train.batch_size / train.seq_len."
+            f"batch_size and seq_len must be positive, got batch_size={batch_size}, seq_len={seq_len}; "
+            "fix train.batch_size / train.seq_len."
         )
     if seq_len + 1 > n_tokens:
         raise DataError(
@@ -79,11 +80,13 @@ class RandomWindowBatches:
         _check_sizes(len(tokens), batch_size, seq_len)
         if process_count < 1 or not 0 <= process_index < process_count:
             raise DataError(
-                f"process_index={process_index} must be in [0, process_count={process_count}); pass jax.process_index() and jax.process_count()."
+                f"process_index={process_index} must be in [0, process_count={process_count}); "
+                "pass jax.process_index() and jax.process_count()."
             )
         if batch_size % process_count:
             raise DataError(
-                f"train.batch_size ({batch_size}) is not divisible by the number of processes ({process_count}); set it to a multiple of {process_count}."
+                f"train.batch_size ({batch_size}) is not divisible by the number of processes ({process_count}); "
+                f"set it to a multiple of {process_count}."
             )
         if seed < 0:
             raise DataError(f"The data seed must be non-negative, got {seed}; set train.seed >= 0.")

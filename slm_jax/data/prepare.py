@@ -58,8 +58,8 @@ def _decode_utf8(blob: bytes, path: str) -> str:
         return blob.decode("utf-8")
     except UnicodeDecodeError as e:
         raise DataError(
-            f"{path} is not UTF-8 text (byte 0x{blob[e.start]:02x} at offset {e.start}), which the char tokenizer needs; "
-            "use --tokenizer byte (data.tokenizer=byte)."
+            f"{path} is not UTF-8 text (byte 0x{blob[e.start]:02x} at offset {e.start}), "
+            "which the char tokenizer needs; use --tokenizer byte (data.tokenizer=byte)."
         ) from None
 
 
@@ -111,8 +111,9 @@ def prepare(
     n_train = int(n * (1.0 - val_fraction))  # nanoGPT: train = ids[:n_train], val = the rest
     if n_train < MIN_SPLIT_TOKENS or n - n_train < MIN_SPLIT_TOKENS:
         raise DataError(
-            f"The input has {n} tokens, which splits into {n_train} train and {n - n_train} val tokens with "
-            f"val_fraction={val_fraction}; each split needs at least {MIN_SPLIT_TOKENS}, so use more text or change val_fraction."
+            f"The input has {n} tokens, which splits into {n_train} train and "
+            f"{n - n_train} val tokens with val_fraction={val_fraction}; each split "
+            f"needs at least {MIN_SPLIT_TOKENS}, so use more text or change val_fraction."
         )
 
     out_dir = Path(out_dir).expanduser()
@@ -171,7 +172,8 @@ def _writable_dir(path: Path) -> Path:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise DataError(
-            f"Cannot create the data cache directory {path} ({e.strerror}); set data.cache_dir or $SLM_JAX_CACHE to a writable directory."
+            f"Cannot create the data cache directory {path} ({e.strerror}); "
+            "set data.cache_dir or $SLM_JAX_CACHE to a writable directory."
         ) from None
     return path
 

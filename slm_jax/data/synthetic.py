@@ -63,12 +63,13 @@ def mqar(
         raise ConfigError(f"MQAR needs at least one key-value pair, got n_pairs={n_pairs}; set data.task.n_pairs >= 1.")
     if seq_len < 4 * n_pairs:
         raise ConfigError(
-            f"MQAR with {n_pairs} pairs needs seq_len >= 4 * n_pairs = {4 * n_pairs} (pairs plus one two-token query each), "
-            f"got {seq_len}; raise train.seq_len or lower data.task.n_pairs."
+            f"MQAR with {n_pairs} pairs needs seq_len >= 4 * n_pairs = {4 * n_pairs} "
+            f"(pairs plus one two-token query each), got {seq_len}; raise train.seq_len or lower data.task.n_pairs."
         )
     if vocab_size < 2 * n_pairs + 2:
         raise ConfigError(
-            f"MQAR with {n_pairs} distinct keys in [1, vocab_size // 2) needs vocab_size >= 2 * n_pairs + 2 = {2 * n_pairs + 2}, "
+            f"MQAR with {n_pairs} distinct keys in [1, vocab_size // 2) "
+            f"needs vocab_size >= 2 * n_pairs + 2 = {2 * n_pairs + 2}, "
             f"got {vocab_size}; raise model.vocab_size or lower data.task.n_pairs."
         )
     if not alpha > 0:
@@ -114,12 +115,13 @@ def selective_copying(rng: np.random.Generator, seq_len: int, vocab_size: int, n
         )
     if seq_len < 2 * n_tokens:
         raise ConfigError(
-            f"Selective copying of {n_tokens} tokens needs seq_len >= 2 * n_tokens = {2 * n_tokens} (the tokens, then as many markers), "
-            f"got {seq_len}; raise train.seq_len or lower data.task.n_tokens."
+            f"Selective copying of {n_tokens} tokens needs seq_len >= 2 * n_tokens = {2 * n_tokens} (the tokens, "
+            f"then as many markers), got {seq_len}; raise train.seq_len or lower data.task.n_tokens."
         )
     if vocab_size < 3:
         raise ConfigError(
-            f"Selective copying reserves tokens 0 (noise) and 1 (marker), so vocab_size must be >= 3, got {vocab_size}; raise model.vocab_size."
+            "Selective copying reserves tokens 0 (noise) and 1 (marker), "
+            f"so vocab_size must be >= 3, got {vocab_size}; raise model.vocab_size."
         )
     region = seq_len - n_tokens
     data = rng.integers(2, vocab_size, size=n_tokens)  # (n_tokens,)
@@ -144,11 +146,13 @@ def induction_heads(rng: np.random.Generator, seq_len: int, vocab_size: int) -> 
     """
     if seq_len < 3:
         raise ConfigError(
-            f"Induction heads needs seq_len >= 3 (special token, its successor, special token), got {seq_len}; raise train.seq_len."
+            f"Induction heads needs seq_len >= 3 (special token, its successor, special token), got {seq_len}; "
+            "raise train.seq_len."
         )
     if vocab_size < 3:
         raise ConfigError(
-            f"Induction heads reserves tokens 0 and 1 (special), so vocab_size must be >= 3, got {vocab_size}; raise model.vocab_size."
+            f"Induction heads reserves tokens 0 and 1 (special), so vocab_size must be >= 3, got {vocab_size}; "
+            "raise model.vocab_size."
         )
     inputs = rng.integers(2, vocab_size, size=seq_len)  # X at s + 1 is one of these
     special = rng.integers(seq_len // 2)  # s + 1 <= seq_len - 2: X never overwrites the final special token
@@ -172,7 +176,10 @@ def _task(name: str) -> Callable[..., Example]:
 
 
 def task_options(task: str) -> dict[str, object]:
-    """The options ``task`` takes beyond ``(rng, seq_len, vocab_size)``, with defaults (``inspect.Parameter.empty`` if required)."""
+    """The options ``task`` takes beyond ``(rng, seq_len, vocab_size)``, with defaults.
+
+    A required option's default is ``inspect.Parameter.empty``.
+    """
     params = list(inspect.signature(_task(task)).parameters.values())[3:]
     return {p.name: p.default for p in params}
 
@@ -221,7 +228,8 @@ def make_example(
         )
     if min_len < 0 or min_len > seq_len:
         raise ConfigError(
-            f"data.task.min_train_len must be in [0, {seq_len}] (train.seq_len), got {min_len}; use 0 for full-length examples only."
+            f"data.task.min_train_len must be in [0, {seq_len}] (train.seq_len), got {min_len}; "
+            "use 0 for full-length examples only."
         )
     if 0 < min_len < seq_len:
         try:
@@ -308,7 +316,8 @@ def task_batches(
     if process_count > 1:
         if batch_size % process_count or not 0 <= process_index < process_count:
             raise DataError(
-                f"train.batch_size ({batch_size}) is not divisible by the number of processes ({process_count}); set it to a multiple of {process_count}."
+                f"train.batch_size ({batch_size}) is not divisible by the number of processes ({process_count}); "
+                f"set it to a multiple of {process_count}."
             )
         rows = slice(process_index * (batch_size // process_count), (process_index + 1) * (batch_size // process_count))
         ds = ds.map(lambda batch: {k: v[rows] for k, v in batch.items()})
@@ -328,7 +337,8 @@ def task_eval_batches(source: TaskSource, batch_size: int, n_batches: int) -> li
         raise DataError(f"The number of eval batches must be positive, got {n_batches}; set eval.batches >= 1.")
     if len(source) < batch_size:
         raise DataError(
-            f"An eval batch of {batch_size} examples does not fit in {len(source)} examples; raise data.task.val_examples or lower the batch size."
+            f"An eval batch of {batch_size} examples does not fit in {len(source)} examples; "
+            "raise data.task.val_examples or lower the batch size."
         )
     n = min(n_batches, len(source) // batch_size)
     examples = [source[i] for i in range(n * batch_size)]

@@ -31,7 +31,8 @@ def load_task(cfg: Config) -> TaskData:
         raise ConfigError("data.task.name and data.path / data.synthetic are alternatives; set only one of them.")
     if vocab <= 0:
         raise ConfigError(
-            f"A generated task has no tokenizer to take the vocabulary from; set model.vocab_size (e.g. 8192 for MQAR), got {vocab}."
+            "A generated task has no tokenizer to take the vocabulary from; "
+            f"set model.vocab_size (e.g. 8192 for MQAR), got {vocab}."
         )
     options = {name: getattr(t, name) for name in task_options(t.name) if hasattr(t, name)}
 

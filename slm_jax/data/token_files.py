@@ -63,7 +63,8 @@ def load_meta(data_dir: Union[str, Path]) -> dict:
         raise DataError(f"{data_dir / META_FILE} lacks {', '.join(missing)}; re-run `slm data prepare` to rewrite it.")
     if meta["dtype"] not in DTYPES:
         raise DataError(
-            f"{data_dir / META_FILE} names dtype {meta['dtype']!r}; only {', '.join(DTYPES)} are supported, re-run `slm data prepare`."
+            f"{data_dir / META_FILE} names dtype {meta['dtype']!r}; "
+            f"only {', '.join(DTYPES)} are supported, re-run `slm data prepare`."
         )
     return meta
 

@@ -55,7 +55,8 @@ class CharTokenizer:
         self._vocab_cps = _codepoints(chars)  # (v,) uint32, sorted: encode is a searchsorted
         if np.any(np.diff(self._vocab_cps.astype(np.int64)) <= 0):
             raise DataError(
-                "A char tokenizer's vocabulary must be sorted distinct characters; rebuild it with CharTokenizer.from_text."
+                "A char tokenizer's vocabulary must be sorted distinct characters; "
+                "rebuild it with CharTokenizer.from_text."
             )
 
     @classmethod
@@ -86,7 +87,8 @@ class CharTokenizer:
             bad = chr(int(cps[np.argmax(unknown)]))
             raise DataError(
                 f"Character {bad!r} is not in the char tokenizer's vocabulary of {self.vocab_size} characters "
-                "(it was built from another corpus); use text from that corpus or the byte tokenizer (--tokenizer byte)."
+                "(it was built from another corpus); "
+                "use text from that corpus or the byte tokenizer (--tokenizer byte)."
             )
         return ids.astype(np.int32)
 
@@ -125,7 +127,8 @@ class ByteTokenizer:
                 text = text.encode("utf-8")
             except UnicodeEncodeError as e:
                 raise DataError(
-                    f"Text contains {text[e.start]!r}, which has no UTF-8 encoding; remove the lone surrogate from the input."
+                    f"Text contains {text[e.start]!r}, which has no UTF-8 encoding; "
+                    "remove the lone surrogate from the input."
                 ) from None
         return np.frombuffer(text, dtype=np.uint8).astype(np.int32)
 
@@ -170,7 +173,8 @@ def tokenizer_from_dict(d: dict) -> Tokenizer:
     """Inverse of ``tok.to_dict()``: the ``"type"`` key selects the class."""
     if not isinstance(d, dict) or "type" not in d:
         raise DataError(
-            f"A tokenizer description must be a JSON object with a 'type' key, got {str(d)[:80]!r}; re-run `slm data prepare`."
+            f"A tokenizer description must be a JSON object with a 'type' key, got {str(d)[:80]!r}; "
+            "re-run `slm data prepare`."
         )
     _check_name(d["type"])
     try:

@@ -19,21 +19,21 @@ import grain
 import jax
 import numpy as np
 
-from slm_jax.config import Config, replace, to_yaml
+from slm_jax.config import Config, replace
 from slm_jax.data.pipeline import READ_OPTIONS, RandomWindowBatches, eval_batches
 from slm_jax.data.source import load_dataset
-from slm_jax.data.tokenizers import save_tokenizer
 from slm_jax.distill.loss import make_distill_loss_fn
 from slm_jax.distill.precompute import TopkWindowBatches, check_same_vocabulary, open_store, tokenizer_identity
 from slm_jax.errors import ConfigError
 from slm_jax.inference.run import load_run
 from slm_jax.models import accounting
-from slm_jax.models.lm import CausalLM
-from slm_jax.training.checkpoint import Checkpointer
+from slm_jax.models.lm import CausalLM, abstract_params
+from slm_jax.rundir.checkpoint import Checkpointer
+from slm_jax.rundir.files import write_config, write_tokenizer
+from slm_jax.rundir.run_lock import run_lock
 from slm_jax.training.loop import LoopParts, run_loop
 from slm_jax.training.optim import make_optimizer
 from slm_jax.training.parallel import make_parallel
-from slm_jax.training.run_lock import run_lock
 from slm_jax.training.step import init_state, make_eval_step, make_train_step
 from slm_jax.training.train import check_resumable, default_run_dir, with_data_vocab
 
@@ -46,7 +46,7 @@ def distill(
     until_step: int | None = None,
     progress: bool = True,
 ) -> dict:
-    """Distill ``teacher_dir`` (default ``distill.teacher``) into the student ``cfg`` in ``run_dir``; return a summary."""
+    """Distill ``teacher_dir`` (default ``distill.teacher``) into the student ``cfg`` in ``run_dir``; the summary."""
     kd = cfg.distill
     teacher_dir = str(teacher_dir or kd.teacher)
     if not teacher_dir and not kd.precomputed:
@@ -55,19 +55,22 @@ def distill(
         )
     if cfg.train.parallel.strategy != "none":
         raise ConfigError(
-            f"slm distill runs on one device, but train.parallel.strategy is {cfg.train.parallel.strategy!r}; set it to none."
+            f"slm distill runs on one device, but train.parallel.strategy is {cfg.train.parallel.strategy!r}; "
+            "set it to none."
         )
     if cfg.train.init_from or cfg.train.curriculum:
         raise ConfigError(
-            "slm distill starts the student from scratch and has no curriculum; clear train.init_from and train.curriculum."
+            "slm distill starts the student from scratch and has no curriculum; "
+            "clear train.init_from and train.curriculum."
         )
     if cfg.data.task.name:
         raise ConfigError(
-            f"Distillation trains on text, but data.task.name is {cfg.data.task.name!r}; set data.path to a text corpus."
+            f"Distillation trains on text, but data.task.name is {cfg.data.task.name!r}; "
+            "set data.path to a text corpus."
         )
 
     run_dir = Path(run_dir) if run_dir else default_run_dir(cfg)
-    with run_lock(run_dir):  # one writer per run directory (training/run_lock.py)
+    with run_lock(run_dir):  # one writer per run directory (rundir/run_lock.py)
         return _distill_locked(cfg, teacher_dir, run_dir, until_step, progress)
 
 
@@ -83,7 +86,8 @@ def _distill_locked(cfg: Config, teacher_dir: str, run_dir: Path, until_step: in
         store = open_store(kd.precomputed, data.train, data.tokenizer, cfg.model.vocab_size, teacher_dir)
         if kd.top_k > store.meta["top_k"]:
             raise ConfigError(
-                f"distill.top_k is {kd.top_k} but {kd.precomputed} stores only the top {store.meta['top_k']}; lower distill.top_k or re-run the precompute."
+                f"distill.top_k is {kd.top_k} but {kd.precomputed} stores only the top {store.meta['top_k']}; "
+                "lower distill.top_k or re-run the precompute."
             )
     else:
         teacher = load_run(teacher_dir, best=kd.best)
@@ -103,14 +107,13 @@ def _distill_locked(cfg: Config, teacher_dir: str, run_dir: Path, until_step: in
         owner=True,
     )
     check_resumable(run_dir, cfg, ckpt.latest_step() is not None)
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
-    save_tokenizer(data.tokenizer, run_dir / "tokenizer.json")
+    write_config(run_dir, cfg)
+    write_tokenizer(run_dir, data.tokenizer)
 
     # ---------------------------------------------------------------- student, optimizer, state
     model = CausalLM(cfg.model)
     init = lambda opt: init_state(model, opt, tc.seed, tc.seq_len)
-    abstract_params = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, tc.seq_len), np.int32)))
-    optimizer, schedule = make_optimizer(cfg.optim, tc.steps, abstract_params)
+    optimizer, schedule = make_optimizer(cfg.optim, tc.steps, abstract_params(cfg.model))
     par = make_parallel(tc, jax.eval_shape(lambda: init(optimizer)))  # one device (checked above)
     data_state = None
     if ckpt.latest_step() is not None:

@@ -48,7 +48,8 @@ def _onnx_steps(d: Path) -> tuple:
     return load("prefill"), load("decode")
 
 
-# manifest "format" -> (prefill, decode), each (weights, tokens i32[1, t], start i32[], cache) -> (logits f32[1, v], cache)
+# manifest "format" -> (prefill, decode), each
+# (weights, tokens i32[1, t], start i32[], cache) -> (logits f32[1, v], cache)
 BACKENDS = {"slm_jax.stablehlo/1": _jax_steps, "slm_jax.onnx/1": _onnx_steps}
 
 
@@ -76,8 +77,8 @@ class Artifact:
         """Greedy continuation of ``prompt`` (token ids): (new ids, logits f32[v] before each new id)."""
         if not prompt or len(prompt) + max_new_tokens > self.max_len:
             raise SystemExit(
-                f"error: the prompt ({len(prompt)} tokens) plus --max-new-tokens ({max_new_tokens}) must be between 1 and the "
-                f"exported max length {self.max_len}; shorten them or re-export with a larger --max-len."
+                f"error: the prompt ({len(prompt)} tokens) plus --max-new-tokens ({max_new_tokens}) must be between "
+                f"1 and the exported max length {self.max_len}; shorten them or re-export with a larger --max-len."
             )
         cache, pos = self.empty_cache, 0
         n_full = len(prompt) // self.chunk * self.chunk
@@ -108,7 +109,8 @@ class Artifact:
             missing = [c for c in text if c not in index]
             if missing:
                 raise SystemExit(
-                    f"error: character {missing[0]!r} is not in the model's vocabulary; use characters of its training text."
+                    f"error: character {missing[0]!r} is not in the model's vocabulary; "
+                    "use characters of its training text."
                 )
             return [index[c] for c in text]
         raise SystemExit(

@@ -43,6 +43,7 @@ import numpy as np
 from slm_jax.array_typing import PyTree
 from slm_jax.errors import CheckpointError, ConfigError
 from slm_jax.models.lm import CausalLM, cache_bytes
+from slm_jax.tree_paths import path_str
 
 FORMATS = ("stablehlo", "onnx")  # onnx: the same two steps as ONNX models (onnx_export.py)
 
@@ -84,10 +85,6 @@ def _save_flat(path: Path, arrays: list) -> list[str]:
     return dtypes
 
 
-def _path(key_path) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in key_path)
-
-
 def export_run(
     run_dir: str | Path,
     out_dir: str | Path,
@@ -123,8 +120,8 @@ def export_run(
             weights,
             cache_list,
             prefill_chunk,
-            [_path(p) for p, _ in weight_leaves],
-            [_path(p) for p, _ in cache_leaves],
+            [path_str(p) for p, _ in weight_leaves],
+            [path_str(p) for p, _ in cache_leaves],
         )
     else:
         files = {
@@ -152,11 +149,11 @@ def export_run(
         "batch": 1,
         "tokenizer": tokenizer,
         "weights": {
-            "paths": [_path(p) for p, _ in weight_leaves],
+            "paths": [path_str(p) for p, _ in weight_leaves],
             "dtypes": _save_flat(out_dir / "weights.npz", weights),
         },
         "cache": {
-            "paths": [_path(p) for p, _ in cache_leaves],
+            "paths": [path_str(p) for p, _ in cache_leaves],
             "dtypes": _save_flat(out_dir / "cache.npz", cache_list),
         },
         "cache_bytes": cache_bytes(cache),

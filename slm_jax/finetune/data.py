@@ -23,7 +23,8 @@ def read_jsonl(path: str | Path) -> list[dict[str, str]]:
     path = Path(path)
     if not path.is_file():
         raise DataError(
-            f'Fine-tuning data {str(path)!r} does not exist; pass a JSONL file of {{"prompt": ..., "completion": ...}} lines.'
+            f"Fine-tuning data {str(path)!r} does not exist; "
+            'pass a JSONL file of {"prompt": ..., "completion": ...} lines.'
         )
     examples = []
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
@@ -58,7 +59,8 @@ def encode_examples(examples: list[dict[str, str]], tokenizer: Any, max_len: int
     """
     if tokenizer is None:
         raise DataError(
-            "This run has no tokenizer (it was trained on a generated task), so text cannot be encoded; fine-tune a text run."
+            "This run has no tokenizer (it was trained on a generated task), so text cannot be encoded; "
+            "fine-tune a text run."
         )
     rows = []
     for i, ex in enumerate(examples):

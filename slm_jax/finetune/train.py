@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,15 +29,17 @@ import numpy as np
 import optax
 
 from slm_jax.array_typing import PyTree
-from slm_jax.config import Config, config_from_dict, to_dict, to_yaml
+from slm_jax.config import Config, config_from_dict
 from slm_jax.errors import CheckpointError, ConfigError
 from slm_jax.finetune import data as ft_data
 from slm_jax.finetune import lora
-from slm_jax.inference.run import load_run, restore_params
+from slm_jax.inference.run import load_run
 from slm_jax.interop.safetensors_io import read_safetensors, write_safetensors
-from slm_jax.training.checkpoint import Checkpointer, read_run_config
+from slm_jax.rundir.checkpoint import read_run_config
+from slm_jax.rundir.files import check_new_run_dir, copy_run_files, discard_unused_run_dir, new_run_dir, write_config
+from slm_jax.rundir.params import restore_params, save_params
+from slm_jax.rundir.run_lock import run_lock
 from slm_jax.training.optim import make_optimizer
-from slm_jax.training.run_lock import LOCK_FILE, run_lock
 from slm_jax.training.step import make_loss_fn
 
 ADAPTER_FILE = "adapter.safetensors"
@@ -114,13 +115,19 @@ def finetune(
 ) -> dict:
     """Fine-tune the run in ``run_dir`` on ``data_path`` (JSONL) into ``out_dir``; return a summary (module docstring).
 
-    ``out_dir`` is locked while this runs (training/run_lock.py): a second fine-tune into it stops at once.
+    ``out_dir`` is locked while this runs (rundir/run_lock.py): a second fine-tune into it stops at once. It is
+    written atomically (rundir/files.py): a failure leaves no ``out_dir`` behind.
     """
     out_dir = Path(out_dir)
-    if out_dir.is_dir() and any(p.name != LOCK_FILE for p in out_dir.iterdir()):
-        raise CheckpointError(f"{out_dir} already exists and is not empty; pass a new --out directory.")
+    check_new_run_dir(out_dir)
+    created = not out_dir.exists()
     with run_lock(out_dir):
-        return _finetune_locked(run_dir, data_path, out_dir, options, eval_data, log)
+        try:
+            return _finetune_locked(run_dir, data_path, out_dir, options, eval_data, log)
+        except BaseException:
+            if created:
+                discard_unused_run_dir(out_dir)
+            raise
 
 
 def _finetune_locked(
@@ -191,12 +198,12 @@ def _finetune_locked(
     tuned = combine(run.params, state["params"], None)
     if eval_set is not None:
         summary["after"] = exact_match(run.model, tuned, eval_set)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if spec is not None:
-        save_adapters(out_dir, state["params"], spec, summary)
-    else:
-        write_run_dir(out_dir, run.cfg, tuned, run.step, Path(run_dir))
-    (out_dir / "finetune.json").write_text(json.dumps(summary, indent=1))
+    with new_run_dir(out_dir) as tmp:
+        if spec is not None:
+            save_adapters(tmp, state["params"], spec, summary)
+        else:
+            write_run_dir(tmp, run.cfg, tuned, run.step, Path(run_dir))
+        (tmp / "finetune.json").write_text(json.dumps(summary, indent=1))
     return {"out_dir": str(out_dir), **summary}
 
 
@@ -219,7 +226,8 @@ def load_adapters(adapter_dir: str | Path) -> tuple[dict, lora.LoraSpec, dict]:
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / ADAPTER_META).is_file() or not (adapter_dir / ADAPTER_FILE).is_file():
         raise CheckpointError(
-            f"{adapter_dir} has no {ADAPTER_META} and {ADAPTER_FILE}; pass the --out directory of `slm finetune --lora`."
+            f"{adapter_dir} has no {ADAPTER_META} and {ADAPTER_FILE}; "
+            "pass the --out directory of `slm finetune --lora`."
         )
     meta = json.loads((adapter_dir / ADAPTER_META).read_text())
     spec = lora.LoraSpec(rank=meta["rank"], alpha=meta["alpha"], dropout=meta["dropout"], targets=meta["targets"])
@@ -235,8 +243,7 @@ def merge_adapters(adapter_dir: str | Path, out_dir: str | Path, base_run: str |
     adapters, spec, meta = load_adapters(adapter_dir)
     base = Path(base_run or meta["base_run"])
     out_dir = Path(out_dir)
-    if (out_dir / "checkpoints").exists() or (out_dir / "config.yaml").exists():
-        raise CheckpointError(f"{out_dir} already holds a run; pass a new --out directory.")
+    check_new_run_dir(out_dir)
     if not base.is_dir():
         raise CheckpointError(
             f"The base run {str(base)!r} of these adapters does not exist; pass its new location with --base."
@@ -244,7 +251,8 @@ def merge_adapters(adapter_dir: str | Path, out_dir: str | Path, base_run: str |
     cfg = config_from_dict(read_run_config(base))
     params, step = _params_at(base, cfg, meta["base_step"])
     _check_adapters_fit(params, adapters, base)
-    write_run_dir(out_dir, cfg, lora.merge(params, adapters, spec), step, base)
+    with new_run_dir(out_dir) as tmp:
+        write_run_dir(tmp, cfg, lora.merge(params, adapters, spec), step, base)
     return {"run_dir": str(out_dir), "base_run": str(base), "base_step": step, "merged_paths": sorted(adapters)}
 
 
@@ -258,7 +266,8 @@ def _params_at(base: Path, cfg: Config, step: int) -> tuple[PyTree, int]:
         if got == step:
             return params, got
     raise CheckpointError(
-        f"{base} has no checkpoint at step {step}, the step the adapters were trained from; pass the matching base run with --base."
+        f"{base} has no checkpoint at step {step}, the step the adapters were trained from; "
+        "pass the matching base run with --base."
     )
 
 
@@ -272,24 +281,14 @@ def _check_adapters_fit(params: PyTree, adapters: dict, base: Path) -> None:
             ) from None
         if ab["a"].shape[:-1] != w.shape[:-1] or ab["b"].shape[-1] != w.shape[-1]:
             raise CheckpointError(
-                f"Adapter {path} has shapes {ab['a'].shape} x {ab['b'].shape} but the base kernel is {w.shape}; these adapters belong to another model."
+                f"Adapter {path} has shapes {ab['a'].shape} x {ab['b'].shape} but the base kernel is {w.shape}; "
+                "these adapters belong to another model."
             )
 
 
 def write_run_dir(out_dir: Path, cfg: Config, params: PyTree, step: int, source: Path) -> None:
-    """An ordinary run directory with ``params`` at ``step`` (fresh optimizer state, as ``slm train`` lays it out)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.yaml").write_text(to_yaml(cfg))
-    for name in ("tokenizer.json", "hf_source.json"):
-        if (source / name).is_file():
-            shutil.copyfile(source / name, out_dir / name)
+    """An ordinary run directory with ``params`` at ``step`` and a fresh optimizer state, so ``slm train`` can go on."""
+    write_config(out_dir, cfg)
+    copy_run_files(source, out_dir)
     optimizer, _ = make_optimizer(cfg.optim, cfg.train.steps, params)
-    state = {
-        "params": params,
-        "opt_state": optimizer.init(params),
-        "step": jnp.asarray(step, jnp.int32),
-        "rng": jax.random.key_data(jax.random.key(cfg.train.seed)),
-    }
-    ck = cfg.checkpoint
-    with Checkpointer(out_dir, ck.every, ck.keep, keep_best=False, async_save=False) as ckpt:
-        ckpt.save(step, jax.device_get(state), {}, to_dict(cfg), force=True)
+    save_params(out_dir, cfg, params, step, optimizer.init(params))

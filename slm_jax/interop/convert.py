@@ -8,6 +8,8 @@ Import writes an ordinary run directory, so ``slm eval``, ``slm generate`` and `
   hf_source.json     the source's model_type and architectures (the default export family)
   checkpoints/0/     params, a fresh AdamW state, step 0 (Orbax, like every run)
 
+It is written atomically: into a temporary sibling directory, renamed when complete.
+
 Export writes ``config.json``, ``model.safetensors`` (or shards plus an index) and
 ``tokenizer.json`` (the imported one, or our char/byte tokenizer converted). Both directions
 read only JSON and safetensors; neither needs torch.
@@ -22,15 +24,26 @@ from types import ModuleType
 import jax
 import numpy as np
 
-from slm_jax.config import Config, config_from_dict, to_dict, to_yaml
+from slm_jax.config import Config, config_from_dict
 from slm_jax.errors import CheckpointError, ConfigError
 from slm_jax.interop.families import mamba, recurrent_gemma, transformer
 from slm_jax.interop.hf_config import load_hf_config
-from slm_jax.interop.hf_tokenizer import TOKENIZER_FILE, export_run_tokenizer, load_run_tokenizer
+from slm_jax.interop.hf_tokenizer import export_run_tokenizer, load_run_tokenizer
 from slm_jax.interop.hf_weights import Tensors
 from slm_jax.interop.safetensors_io import read_checkpoint, write_checkpoint
-from slm_jax.models.lm import CausalLM, unstack_layers
+from slm_jax.models.lm import abstract_params, unstack_layers
 from slm_jax.modules.linear import dtype_of
+from slm_jax.rundir.checkpoint import read_run_config
+from slm_jax.rundir.files import (
+    SOURCE_FILE,
+    TOKENIZER_FILE,
+    check_new_run_dir,
+    copy_run_files,
+    new_run_dir,
+    write_config,
+)
+from slm_jax.rundir.params import restore_params, save_params
+from slm_jax.training.optim import make_optimizer
 
 FAMILIES: dict[str, ModuleType] = {
     "llama": transformer,
@@ -42,7 +55,6 @@ FAMILIES: dict[str, ModuleType] = {
     "mamba2": mamba,
     "recurrent_gemma": recurrent_gemma,
 }
-SOURCE_FILE = "hf_source.json"
 
 
 def _family(name: str, where: str) -> ModuleType:
@@ -73,65 +85,38 @@ def import_hf(hf_dir: str | Path, name: str = "imported") -> tuple[Config, dict]
 
 def _check_tree(cfg: Config, params: dict) -> None:
     """The converted tree must have exactly the model's parameter paths and shapes (a converter bug otherwise)."""
-    model = CausalLM(cfg.model)
-    wanted = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, 1), np.int32)))
     shape = lambda t: jax.tree.map(lambda a: tuple(a.shape), t)
-    if jax.tree.structure(shape(wanted)) != jax.tree.structure(shape(params)) or shape(wanted) != shape(params):
+    wanted = shape(abstract_params(cfg.model))
+    if jax.tree.structure(wanted) != jax.tree.structure(shape(params)) or wanted != shape(params):
         raise CheckpointError(
             "The converted parameters do not match the model's tree; this is a converter bug, please report it."
         )
 
 
-def initial_state(cfg: Config, params: dict) -> dict:
-    """A train state (see training/step.py) around given parameters: fresh optimizer state, step 0."""
-    from slm_jax.training.optim import make_optimizer
-    from slm_jax.training.step import init_state
-
-    model = CausalLM(cfg.model)
-    tc = cfg.train
-    dtype = dtype_of(cfg.model.param_dtype)
-    params = jax.tree.map(lambda a: jax.numpy.asarray(a, dtype), params)
-    optimizer, _ = make_optimizer(cfg.optim, tc.steps, params)
-    abstract = jax.eval_shape(lambda: init_state(model, optimizer, tc.seed, tc.seq_len))
-    _, run_key = jax.random.split(jax.random.key(tc.seed))  # the same run key as init_state
-    state = {
-        "params": params,
-        "opt_state": optimizer.init(params),
-        "step": jax.numpy.zeros((), jax.numpy.int32),
-        "rng": jax.random.key_data(run_key),
-    }
-    if jax.tree.structure(abstract) != jax.tree.structure(state):
-        raise CheckpointError(
-            "The imported train state does not match training/step.init_state; this is a converter bug, please report it."
-        )
-    return state
-
-
 def from_hf(hf_dir: str | Path, run_dir: str | Path, name: str | None = None) -> dict:
-    """Convert a Hugging Face model directory into a new run directory; returns a summary dict."""
-    from slm_jax.training.checkpoint import Checkpointer
+    """Convert a Hugging Face model directory into a new run directory; returns a summary dict.
 
+    The run is written atomically (rundir/files.py): a failure leaves no ``run_dir`` behind.
+    """
     hf_dir, run_dir = Path(hf_dir), Path(run_dir)
-    if (run_dir / "checkpoints").exists() or (run_dir / "config.yaml").exists():
-        raise CheckpointError(f"{run_dir} already holds a run; pass a new output directory.")
+    check_new_run_dir(run_dir)
     cfg, params = import_hf(hf_dir, name or run_dir.name)
-    state = initial_state(cfg, params)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    params = jax.tree.map(lambda a: np.asarray(a, dtype_of(cfg.model.param_dtype)), params)
+    optimizer, _ = make_optimizer(cfg.optim, cfg.train.steps, params)  # a fresh state, so `slm train` can go on
     raw = json.loads((hf_dir / "config.json").read_text())
     source = {
         "model_type": raw["model_type"],
         "architectures": raw.get("architectures"),
         "source": str(hf_dir.absolute()),
     }
-    (run_dir / SOURCE_FILE).write_text(json.dumps(source, indent=1))
     tokenizer = None
-    if (hf_dir / TOKENIZER_FILE).is_file():
-        (run_dir / TOKENIZER_FILE).write_bytes((hf_dir / TOKENIZER_FILE).read_bytes())
-        tokenizer = load_run_tokenizer(run_dir / TOKENIZER_FILE)  # fails now, not at generate time, if unreadable
-    ck = cfg.checkpoint
-    with Checkpointer(run_dir, ck.every, ck.keep, ck.keep_best, async_save=False) as ckpt:
-        ckpt.save(0, state, {}, to_dict(cfg), force=True)
+    with new_run_dir(run_dir) as tmp:
+        write_config(tmp, cfg)
+        (tmp / SOURCE_FILE).write_text(json.dumps(source, indent=1))
+        copy_run_files(hf_dir, tmp, (TOKENIZER_FILE,))
+        if (tmp / TOKENIZER_FILE).is_file():
+            tokenizer = load_run_tokenizer(tmp / TOKENIZER_FILE)  # fails now, not at generate time, if unreadable
+        save_params(tmp, cfg, params, 0, optimizer.init(params))
     n_params = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(params))
     return {
         "run_dir": str(run_dir),
@@ -140,7 +125,7 @@ def from_hf(hf_dir: str | Path, run_dir: str | Path, name: str | None = None) ->
         "layer_pattern": list(cfg.model.pattern),
         "tokenizer": repr(tokenizer)
         if tokenizer
-        else "none (the source has no tokenizer.json; slm generate/eval need one)",
+        else "none (the source has no tokenizer.json; copy one into the run to use slm generate)",
     }
 
 
@@ -186,9 +171,6 @@ def to_hf(
     max_shard_bytes: int = 2 * 2**30,
 ) -> dict:
     """Export a run's latest (or best) checkpoint as a Hugging Face model directory; returns a summary."""
-    from slm_jax.inference.run import restore_params
-    from slm_jax.training.checkpoint import read_run_config
-
     run_dir, hf_dir = Path(run_dir), Path(hf_dir)
     if (hf_dir / "config.json").exists():
         raise CheckpointError(f"{hf_dir} already holds a model (config.json); pass a new output directory.")

@@ -124,8 +124,9 @@ class HFConfig:
         left = sorted(k for k in self.raw if k not in self._read and k not in INERT and not k.startswith("_"))
         if left:
             raise CheckpointError(
-                f"{self.where} has the field {left[0]!r} (= {json.dumps(self.raw[left[0]])[:80]}), which the {self.model_type} "
-                "converter does not implement; a silent approximation is refused, so remove the field only if it does not change the model."
+                f"{self.where} has the field {left[0]!r} (= {json.dumps(self.raw[left[0]])[:80]}), "
+                f"which the {self.model_type} converter does not implement; a silent approximation "
+                "is refused, so remove the field only if it does not change the model."
             )
 
 

@@ -35,12 +35,14 @@ class Tensors:
         """The tensor ``name`` as float32, checked against ``shape`` when given."""
         if name not in self._tensors:
             raise CheckpointError(
-                f"{self.where} has no tensor {name}, which its config.json implies; the checkpoint and config do not match."
+                f"{self.where} has no tensor {name}, which its config.json implies; "
+                "the checkpoint and config do not match."
             )
         a = np.asarray(self._tensors[name], dtype=np.float32)
         if shape is not None and tuple(a.shape) != tuple(shape):
             raise CheckpointError(
-                f"Tensor {name} in {self.where} has shape {tuple(a.shape)} but config.json implies {tuple(shape)}; the checkpoint and config do not match."
+                f"Tensor {name} in {self.where} has shape {tuple(a.shape)} but config.json implies {tuple(shape)}; "
+                "the checkpoint and config do not match."
             )
         self._used.add(name)
         return a
@@ -53,6 +55,22 @@ class Tensors:
                 f"{self.where} holds tensor {left[0]} ({len(left)} unused in all) that the converter does not map; "
                 "this architecture variant is not supported, so nothing was converted."
             )
+
+
+def head_from_hf(t: Tensors, tied: bool, embedding: np.ndarray) -> dict:
+    """``{"head": {"kernel"}}`` from ``lm_head.weight`` [v, d] of an untied model; ``{}`` for a tied one.
+
+    Some files store a tied head too: it must then equal the embedding table ``embedding`` [v, d].
+    """
+    shape = embedding.shape
+    if not tied:
+        return {"head": {"kernel": linear_in(t.take("lm_head.weight", shape))}}
+    if t.has("lm_head.weight") and not np.array_equal(t.take("lm_head.weight", shape), embedding):
+        raise CheckpointError(
+            f"{t.where} has tie_word_embeddings true but an lm_head.weight unlike the embedding table; "
+            "set it to false in config.json."
+        )
+    return {}
 
 
 def linear_in(weight: np.ndarray) -> np.ndarray:

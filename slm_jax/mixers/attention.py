@@ -100,7 +100,8 @@ class Attention(nn.Module):
     def __call__(self, x: Array, positions: Array, cache: PyTree = None) -> tuple[Array, PyTree]:
         b, t, _ = x.shape
         h, k, e = self.num_heads, self.num_kv_heads, self.head_dim
-        dense = lambda f, name, bias=False, init=nn.initializers.normal(self.init_std): Linear(
+        std_init = nn.initializers.normal(self.init_std)
+        dense = lambda f, name, bias=False, init=std_init: Linear(
             f, use_bias=bias, dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=init, name=name
         )
         # One fused projection: a single wider matmul is faster than three narrow ones on CPU.

@@ -39,9 +39,9 @@ import jax.numpy as jnp
 from slm_jax.array_typing import Array, PyTree
 from slm_jax.errors import ConfigError
 from slm_jax.mixers.contract import module_fields
-from slm_jax.mixers.hyena import FAN_IN_UNIFORM, fft_flops_per_token, positional_features
+from slm_jax.modules.implicit_filter import FAN_IN_UNIFORM, positional_features
 from slm_jax.modules.linear import Linear, linear_params, scaled_init
-from slm_jax.ops.long_conv import long_conv_direct, long_conv_fft, long_conv_step, push_history
+from slm_jax.ops.long_conv import fft_flops_per_token, long_conv_direct, long_conv_fft, long_conv_step, push_history
 
 _f32 = jnp.float32
 

@@ -90,7 +90,8 @@ class Based(nn.Module):
                 raise ConfigError(f"model.mixers.based.{key} must be positive, got {value}.")
         if cfg.d_model % h:
             raise ConfigError(
-                f"model.d_model ({cfg.d_model}) must be divisible by model.mixers.based.n_heads ({h}, 0 -> model.n_heads); change one of them."
+                f"model.d_model ({cfg.d_model}) must be divisible by "
+                f"model.mixers.based.n_heads ({h}, 0 -> model.n_heads); change one of them."
             )
         if m.eps < 0:
             raise ConfigError(f"model.mixers.based.eps must be >= 0, got {m.eps}.")
@@ -116,7 +117,8 @@ class Based(nn.Module):
         bsz, t, d = x.shape
         h, f = self.num_heads, self.feature_dim
         dv = d // h
-        dense = lambda n, name, init=nn.initializers.normal(self.init_std): Linear(
+        std_init = nn.initializers.normal(self.init_std)
+        dense = lambda n, name, init=std_init: Linear(
             n, dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=init, name=name
         )
         q, k, v = jnp.split(dense(2 * h * f + d, "in_proj")(x), [h * f, 2 * h * f], axis=-1)

@@ -122,7 +122,8 @@ class DeltaNet(nn.Module):
         del positions
         bsz, t, _ = x.shape
         h, e, w = self.num_heads, self.head_dim, self.inner_width
-        dense = lambda features, name, init=nn.initializers.normal(self.init_std): Linear(
+        std_init = nn.initializers.normal(self.init_std)
+        dense = lambda features, name, init=std_init: Linear(
             features, dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=init, name=name
         )
         feats, new_cache = {}, {}
@@ -143,7 +144,8 @@ class DeltaNet(nn.Module):
         return y, None if cache is None else {**new_cache, "state": state}
 
     def init_cache(self, batch: int, max_len: int, dtype: Any = jnp.float32) -> PyTree:
-        """{"q_conv", "k_conv", "v_conv": dtype[b, k_conv - 1, h*e], "state": f32[b, h, e, e]}: zeros, for any ``max_len``."""
+        """{"q_conv", "k_conv", "v_conv": dtype[b, k_conv - 1, h*e], "state": f32[b, h, e, e]}: zeros, for any
+        ``max_len``."""
         del max_len
         conv = jnp.zeros((batch, self.conv_width - 1, self.inner_width), dtype)
         state = jnp.zeros((batch, self.num_heads, self.head_dim, self.head_dim), _f32)

@@ -142,8 +142,8 @@ class GatedDeltaNet(nn.Module):
         v_heads = m.n_v_heads or heads
         if v_heads % heads:
             raise ConfigError(
-                f"model.mixers.gated_deltanet.n_v_heads ({v_heads}) must be a multiple of the key head count ({heads}); "
-                "pick n_v_heads = n_heads times an integer."
+                f"model.mixers.gated_deltanet.n_v_heads ({v_heads}) "
+                f"must be a multiple of the key head count ({heads}); pick n_v_heads = n_heads times an integer."
             )
         if not m.head_dim and cfg.d_model % heads:
             raise ConfigError(
@@ -169,7 +169,8 @@ class GatedDeltaNet(nn.Module):
         del positions
         bsz, t, _ = x.shape
         nk, nv, n, e = self.num_heads, self.num_v_heads, self.head_dim, self.v_head_dim
-        dense = lambda features, name, init=nn.initializers.normal(self.init_std): Linear(
+        std_init = nn.initializers.normal(self.init_std)
+        dense = lambda features, name, init=std_init: Linear(
             features, dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=init, name=name
         )
         qkv = dense(self.conv_channels, "in_proj_qkv")(x)

@@ -41,28 +41,11 @@ from slm_jax.array_typing import Array, PyTree
 from slm_jax.errors import ConfigError
 from slm_jax.mixers.contract import module_fields
 from slm_jax.modules.conv1d import CausalConv1D, causal_conv_reference, conv_params
+from slm_jax.modules.implicit_filter import FAN_IN_UNIFORM, positional_features
 from slm_jax.modules.linear import Linear, linear_params, scaled_init
-from slm_jax.ops.long_conv import long_conv_fft, long_conv_step, push_history
+from slm_jax.ops.long_conv import fft_flops_per_token, long_conv_fft, long_conv_step, push_history
 
 _f32 = jnp.float32
-FAN_IN_UNIFORM = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")  # torch nn.Linear's default
-
-
-def positional_features(length: int, max_len: int, emb_dim: int) -> Array:
-    """f32[length, emb_dim]: [j / (s - 1), cos(f_k w_j), -sin(f_k w_j)] for j < length, s = max_len (Hyena Sec. 3.3)."""
-    j = jnp.arange(length, dtype=_f32)
-    bands = (emb_dim - 1) // 2
-    freqs = jnp.linspace(1e-4, bands - 1, bands, dtype=_f32)
-    angle = (2 * math.pi / max_len) * j[:, None] * freqs  # [length, bands]
-    return jnp.concatenate([(j / (max_len - 1))[:, None], jnp.cos(angle), -jnp.sin(angle)], axis=-1)
-
-
-def fft_flops_per_token(seq_len: int) -> float:
-    """Per channel and token, one FFT convolution of a length-T signal: three real FFTs of n = 2T
-    points (signal, filter, inverse) at n log2 n each, one operation per point and radix-2 stage
-    (the split-radix count for real data is ~2.5 n log2 n), and the n/2 + 1 complex products at 6."""
-    n = 2 * seq_len
-    return (3 * n * math.log2(n) + 6 * (n // 2 + 1)) / seq_len
 
 
 @dataclass(frozen=True)

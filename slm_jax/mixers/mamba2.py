@@ -131,11 +131,13 @@ class Mamba2(nn.Module):
         w = m.expand * cfg.d_model
         if w % m.head_dim:
             raise ConfigError(
-                f"model.mixers.mamba2.expand * model.d_model ({w}) must be divisible by model.mixers.mamba2.head_dim ({m.head_dim}); change one of them."
+                f"model.mixers.mamba2.expand * model.d_model ({w}) "
+                f"must be divisible by model.mixers.mamba2.head_dim ({m.head_dim}); change one of them."
             )
         if (w // m.head_dim) % m.n_groups:
             raise ConfigError(
-                f"The Mamba-2 head count ({w // m.head_dim} = {w} / head_dim) must be divisible by model.mixers.mamba2.n_groups ({m.n_groups}); pick a divisor such as 1."
+                f"The Mamba-2 head count ({w // m.head_dim} = {w} / head_dim) "
+                f"must be divisible by model.mixers.mamba2.n_groups ({m.n_groups}); pick a divisor such as 1."
             )
         if not 0 < m.dt_min <= m.dt_max:
             raise ConfigError(

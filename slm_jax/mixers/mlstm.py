@@ -205,7 +205,8 @@ class MLSTM(nn.Module):
         return out, new_cache
 
     def init_cache(self, batch: int, max_len: int, dtype: Any = jnp.float32) -> PyTree:
-        """{"C": f32[b, h, n, e], "n": f32[b, h, n], "m": f32[b, h]}: zeros, independent of ``max_len`` and ``dtype``."""
+        """{"C": f32[b, h, n, e], "n": f32[b, h, n], "m": f32[b, h]}: zeros, independent of ``max_len`` and
+        ``dtype``."""
         del max_len, dtype  # the recurrent state is float32 whatever the compute dtype
         h = self.num_heads
         return dict(zip(("C", "n", "m"), zero_state(batch, h, self.qk_dim // h, self.v_dim // h)))

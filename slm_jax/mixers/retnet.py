@@ -30,7 +30,7 @@ import numpy as np
 from slm_jax.array_typing import Array, PyTree
 from slm_jax.errors import ConfigError
 from slm_jax.mixers.contract import module_fields
-from slm_jax.mixers.gla import HeadNormGate, head_norm_gate_flops, head_norm_gate_reference
+from slm_jax.modules.head_norm_gate import HeadNormGate, head_norm_gate_flops, head_norm_gate_reference
 from slm_jax.modules.linear import Linear, linear_params, scaled_init
 from slm_jax.modules.rope import apply_rope
 from slm_jax.ops.linear_attention import linear_attention, linear_attention_flops_per_token
@@ -93,7 +93,8 @@ class RetNet(nn.Module):
         vd = int(m.expand_v * cfg.d_model)
         if vd <= 0 or vd % h:
             raise ConfigError(
-                f"model.mixers.retnet.expand_v * model.d_model ({vd}) must be a positive multiple of the head count ({h}); change expand_v."
+                f"model.mixers.retnet.expand_v * model.d_model ({vd}) "
+                f"must be a positive multiple of the head count ({h}); change expand_v."
             )
         return cls(
             width=cfg.d_model,
@@ -115,7 +116,8 @@ class RetNet(nn.Module):
         """x f32[b, t, d], positions i32[b, t] (RoPE) -> (f32[b, t, d], cache)."""
         bsz, t, d = x.shape
         h, (dk, dv) = self.num_heads, self.head_dims
-        dense = lambda f, name, init=nn.initializers.normal(self.init_std): Linear(
+        std_init = nn.initializers.normal(self.init_std)
+        dense = lambda f, name, init=std_init: Linear(
             f, dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=init, name=name
         )
         q, k, v, r = jnp.split(

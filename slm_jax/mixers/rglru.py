@@ -9,7 +9,8 @@
     h_t    = a_t o h_{t-1} + sqrt(1 - a_t^2) o (i_t o u_t)                  h: f32[b, w], eq. 3
     out    = out_proj(h o g)                              [b, t, d]
 
-with w = ``model.mixers.rglru.width`` recurrence channels (0 -> the multiple of the head count nearest 4/3 d, the paper's D_RNN) and c = 8.
+with w = ``model.mixers.rglru.width`` recurrence channels (0 -> the multiple of the head count nearest 4/3 d,
+the paper's D_RNN) and c = 8.
 ``Lambda`` is initialised so that a^c = sigmoid(Lambda)^c is uniform in [a_min^2, a_max^2]
 (Sec. 2.4: between 0.9^2 and 0.999^2). The gates start near 0.5 (small weights, zero bias), so
 the initial per-step decay a^(c r) is about a^(c / 2), in [a_min, a_max]. The gate weights use
@@ -161,7 +162,8 @@ class RGLRU(nn.Module):
         w = m.width or h * max(1, round(4 * cfg.d_model / (3 * h)))
         if w % h:
             raise ConfigError(
-                f"model.mixers.rglru.width ({w}) must be divisible by model.mixers.rglru.n_heads ({h}, 0 -> model.n_heads); change one of them."
+                f"model.mixers.rglru.width ({w}) must be divisible by "
+                f"model.mixers.rglru.n_heads ({h}, 0 -> model.n_heads); change one of them."
             )
         if m.conv_width <= 0:
             raise ConfigError(f"model.mixers.rglru.conv_width must be positive, got {m.conv_width}.")

@@ -64,7 +64,8 @@ _SHIFT_POWERS = {"x_r": 0.2, "x_w": 0.9, "x_k": 0.7, "x_v": 0.7, "x_a": 0.9, "x_
 
 
 def _channel_profiles(d: int, head_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """BlinkDL's init profiles over the d channels: ``linear`` in [-0.5, 0.5] and ``zigzag`` in [-1, 1] within each head."""
+    """BlinkDL's init profiles over the d channels: ``linear`` in [-0.5, 0.5] and ``zigzag`` in [-1, 1] within each
+    head."""
     i = np.arange(d)
     linear = i / max(d - 1, 1) - 0.5
     zigzag = ((i % head_size) - (head_size - 1) / 2) / max((head_size - 1) / 2, 1)
@@ -83,7 +84,8 @@ def _const_init(values: np.ndarray):
 
 
 class HeadGroupNorm(nn.Module):
-    """GroupNorm with one group per head: y [..., h, e] -> dtype[..., h e], float32 statistics, scale and bias per channel."""
+    """GroupNorm with one group per head: y [..., h, e] -> dtype[..., h e], float32 statistics, scale and bias per
+    channel."""
 
     eps: float
     dtype: Any = jnp.float32

@@ -157,5 +157,5 @@ def unstack_layers(params: PyTree, cfg: ModelConfig) -> PyTree:
     n_rep = cfg.n_layers // period
     for r in range(n_rep):
         for j in range(period):
-            p[f"layers_{r * period + j}"] = jax.tree.map(lambda a: a[r], blocks[f"block_{j}"])
+            p[f"layers_{r * period + j}"] = jax.tree.map(lambda a, r=r: a[r], blocks[f"block_{j}"])
     return {"params": p}

@@ -192,7 +192,8 @@ def linear_attention_step(q: Array, k: Array, v: Array, log_alpha: Array | None,
 def reference_linear_attention(
     q: Array, k: Array, v: Array, log_alpha: Array | None = None, h0: Array | None = None
 ) -> tuple[Array, Array]:
-    """The naive recurrence, one token at a time (``lax.scan`` of ``linear_attention_step``); same contract as ``linear_attention``."""
+    """The naive recurrence, one token at a time (``lax.scan`` of ``linear_attention_step``); same contract as
+    ``linear_attention``."""
     bsz, t, h, dk = q.shape
     la = _log_decay(log_alpha, bsz, t, h, dk)
     start = jnp.zeros((bsz, h, dk, v.shape[-1]), _f32) if h0 is None else h0.astype(_f32)

@@ -33,6 +33,8 @@ that state's contribution 2 Re(c a^{i+1} h_in) to the chunk's outputs. Only the 
 0 <= j <= c appear, all of modulus <= 1, so nothing can overflow.
 """
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -74,6 +76,14 @@ def long_conv_fft(u: Array, k: Array, history: Array | None = None) -> Array:
     n = 2 * n_time
     spec = jnp.fft.rfft(full, n=n, axis=1) * jnp.fft.rfft(k, n=n, axis=0)
     return jnp.fft.irfft(spec, n=n, axis=1)[:, n_time - t : n_time]
+
+
+def fft_flops_per_token(seq_len: int) -> float:
+    """Per channel and token, one FFT convolution of a length-T signal: three real FFTs of n = 2T
+    points (signal, filter, inverse) at n log2 n each, one operation per point and radix-2 stage
+    (the split-radix count for real data is ~2.5 n log2 n), and the n/2 + 1 complex products at 6."""
+    n = 2 * seq_len
+    return (3 * n * math.log2(n) + 6 * (n // 2 + 1)) / seq_len
 
 
 def long_conv_step(u: Array, k: Array, history: Array) -> tuple[Array, Array]:

@@ -97,7 +97,8 @@ def mlstm_step(
 def mlstm_recurrent(
     q: Array, k: Array, v: Array, log_i: Array, log_f: Array, state: State | None = None, eps: float = 1e-6
 ) -> tuple[Array, State]:
-    """The naive recurrence, one token at a time (``lax.scan`` of ``mlstm_step``); same contract as ``mlstm_chunked``."""
+    """The naive recurrence, one token at a time (``lax.scan`` of ``mlstm_step``); same contract as
+    ``mlstm_chunked``."""
     bsz, _, h, n = q.shape
     start = zero_state(bsz, h, n, v.shape[-1]) if state is None else state
 

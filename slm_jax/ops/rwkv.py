@@ -103,7 +103,8 @@ def rwkv7_step(r: Array, log_w: Array, k: Array, v: Array, a: Array, b: Array, s
 def rwkv7_recurrent(
     r: Array, log_w: Array, k: Array, v: Array, a: Array, b: Array, state: Array | None = None
 ) -> tuple[Array, Array]:
-    """The naive recurrence, one token at a time (``lax.scan`` of ``rwkv7_step``); same contract as ``rwkv7_chunked``."""
+    """The naive recurrence, one token at a time (``lax.scan`` of ``rwkv7_step``); same contract as
+    ``rwkv7_chunked``."""
     bsz, _, h, n = k.shape
     start = jnp.zeros((bsz, h, n, v.shape[-1]), _f32) if state is None else state.astype(_f32)
 

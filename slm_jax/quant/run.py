@@ -17,20 +17,22 @@ read like any other:
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from pathlib import Path
 
 import jax
-import numpy as np
 
-from slm_jax.config import config_from_dict, replace, to_dict, to_yaml
+from slm_jax.config import config_from_dict, replace
 from slm_jax.data.run_tokens import calibration_batches, run_text_tokens
 from slm_jax.errors import CheckpointError, ConfigError
+from slm_jax.inference.run import load_run
 from slm_jax.models.lm import stack_layers, unstack_layers
 from slm_jax.quant.calibrate import linear_input_statistics
 from slm_jax.quant.calibrated import METHODS, quantize_params_calibrated
 from slm_jax.quant.kernels import LEAVES
 from slm_jax.quant.params import linear_paths, quantize_params, tree_bytes
+from slm_jax.rundir.checkpoint import read_run_config
+from slm_jax.rundir.files import check_new_run_dir, copy_run_files, new_run_dir, write_config
+from slm_jax.rundir.params import save_params
 
 
 def directory_bytes(path: str | Path) -> int:
@@ -48,10 +50,10 @@ def quantize_run(
     calib: str = "",
     calib_tokens: int = 32_768,
 ) -> dict:
-    """Quantize the latest (or best) checkpoint of ``run_dir`` into the new run directory ``out_dir``; returns a summary."""
-    from slm_jax.inference.run import load_run
-    from slm_jax.training.checkpoint import Checkpointer, read_run_config
+    """Quantize the latest (or best) checkpoint of ``run_dir`` into the new run directory ``out_dir``; return a summary.
 
+    ``out_dir`` is written atomically (rundir/files.py): a failure leaves none behind.
+    """
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if bits not in LEAVES:
         raise ConfigError(f"--bits must be 4 or 8, got {bits}.")
@@ -64,8 +66,7 @@ def quantize_run(
         raise CheckpointError(
             f"{run_dir} is already quantized (int{cfg.model.quant.bits}); quantize the float run it was made from."
         )
-    if (out_dir / "checkpoints").exists() or (out_dir / "config.yaml").exists():
-        raise CheckpointError(f"{out_dir} already holds a run; pass a new output directory.")
+    check_new_run_dir(out_dir)
     run = load_run(run_dir, best)
     params, step = run.params, run.step
     paths = linear_paths(cfg.model)
@@ -77,14 +78,10 @@ def quantize_run(
         cfg, **{"model.quant.bits": bits, "model.quant.group_size": group_size, "model.quant.method": method}
     )
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.yaml").write_text(to_yaml(qcfg))
-    for name in ("tokenizer.json", "hf_source.json"):
-        if (run_dir / name).is_file():
-            shutil.copyfile(run_dir / name, out_dir / name)
-    ck = qcfg.checkpoint
-    with Checkpointer(out_dir, ck.every, ck.keep, keep_best=False, async_save=False) as ckpt:
-        ckpt.save(step, {"params": qparams, "step": np.asarray(step, np.int32)}, {}, to_dict(qcfg), force=True)
+    with new_run_dir(out_dir) as tmp:
+        write_config(tmp, qcfg)
+        copy_run_files(run_dir, tmp)
+        save_params(tmp, qcfg, qparams, step)
     return {
         "run_dir": str(out_dir),
         "bits": bits,

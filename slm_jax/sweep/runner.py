@@ -68,7 +68,8 @@ def run_sweep(sweep: Sweep, points: list[Point], out: Path, progress: bool = Tru
             summary = train(cfg, run_dir, progress=progress)
             if summary["step"] < cfg.train.steps:
                 raise SweepInterrupted(
-                    f"Run {name} stopped at step {summary['step']} of {cfg.train.steps}; run the same sweep command again to resume it.",
+                    f"Run {name} stopped at step {summary['step']} of {cfg.train.steps}; "
+                    "run the same sweep command again to resume it.",
                     exit_code(summary),
                 )
             spent += time.perf_counter() - t0

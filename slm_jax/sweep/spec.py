@@ -83,7 +83,8 @@ class Point:
     @property
     def slug(self) -> str:
         """A directory name: ``preset=mamba,d_model=64`` (last part of each key); a list value is
-        joined with ``+`` (``layer_pattern=rglru+local_attention``), as brackets are glob characters; an empty one is ``none``."""
+        joined with ``+`` (``layer_pattern=rglru+local_attention``), as brackets are glob characters;
+        an empty one is ``none``."""
         text = lambda v: ("+".join(map(str, v)) or "none") if isinstance(v, (list, tuple)) else str(v)
         return ",".join(f"{k.split('.')[-1]}={text(v)}" for k, v in self.values.items())
 
@@ -201,7 +202,8 @@ def _match_budget(raw: dict, overrides: list, budget: Budget, target: float) -> 
             break
     if best is None:
         raise ConfigError(
-            f"No value of {budget.adjust} (multiples of {budget.multiple}) gives a valid config; change budget.multiple."
+            f"No value of {budget.adjust} (multiples of {budget.multiple}) gives a valid config; "
+            "change budget.multiple."
         )
     return best[1], best[2]
 

@@ -63,8 +63,8 @@ def initialize(env: Mapping[str, str] = os.environ) -> bool:
     ):
         if not env.get("SLURM_JOB_ID"):
             raise ConfigError(
-                "JAX_COORDINATOR_ADDRESS is set but JAX_NUM_PROCESSES or JAX_PROCESS_ID is not; set both in every process "
-                "(process 0 listens on the coordinator address)."
+                "JAX_COORDINATOR_ADDRESS is set but JAX_NUM_PROCESSES or JAX_PROCESS_ID is not; "
+                "set both in every process (process 0 listens on the coordinator address)."
             )
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # only the CPU backend reads it
     try:
@@ -73,6 +73,7 @@ def initialize(env: Mapping[str, str] = os.environ) -> bool:
         )
     except (ValueError, RuntimeError) as e:
         raise ConfigError(
-            f"Joining the distributed run failed ({str(e).splitlines()[0]}); check the coordinator address, process count and id."
+            f"Joining the distributed run failed ({str(e).splitlines()[0]}); "
+            "check the coordinator address, process count and id."
         ) from None
     return True

@@ -13,11 +13,7 @@ import optax
 from slm_jax.array_typing import PyTree
 from slm_jax.config import OptimConfig
 from slm_jax.errors import ConfigError
-
-
-def path_str(path) -> str:
-    """``(DictKey('params'), DictKey('embed'), ...)`` -> ``"params/embed/..."``."""
-    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+from slm_jax.tree_paths import path_str
 
 
 def path_mask(params: PyTree, patterns: tuple[str, ...]) -> PyTree:
@@ -57,7 +53,8 @@ def make_optimizer(cfg: OptimConfig, total_steps: int, params: PyTree) -> tuple[
         frozen = path_mask(params, cfg.frozen)
         if not any(jax.tree.leaves(frozen)):
             raise ConfigError(
-                f"optim.frozen patterns {list(cfg.frozen)} match no parameter path; check the names with `slm config show` and the model's parameter paths."
+                f"optim.frozen patterns {list(cfg.frozen)} match no parameter path; "
+                "check the names with `slm config show` and the model's parameter paths."
             )
         labels = jax.tree.map(lambda f: "frozen" if f else "train", frozen)
         tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)

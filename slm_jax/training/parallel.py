@@ -39,7 +39,8 @@ def _devices(n: int) -> list:
     devices = jax.devices()
     if n < 0 or n > len(devices):
         raise ConfigError(
-            f"train.parallel.devices is {n} but there are {len(devices)} devices; set it to 0 (all) or at most {len(devices)}."
+            f"train.parallel.devices is {n} but there are {len(devices)} devices; "
+            f"set it to 0 (all) or at most {len(devices)}."
         )
     if n and n < len(devices) and jax.process_count() > 1:
         raise ConfigError("train.parallel.devices must be 0 (all devices) when training on several processes.")
@@ -49,8 +50,8 @@ def _devices(n: int) -> list:
 def _check_batch(tc: TrainConfig, dp: int, what: str) -> None:
     if tc.batch_size % (dp * tc.grad_accum):
         raise ConfigError(
-            f"train.batch_size ({tc.batch_size}) must be divisible by the {what} ({dp}) times train.grad_accum ({tc.grad_accum}); "
-            f"set it to a multiple of {dp * tc.grad_accum}."
+            f"train.batch_size ({tc.batch_size}) must be divisible by the {what} ({dp}) "
+            f"times train.grad_accum ({tc.grad_accum}); set it to a multiple of {dp * tc.grad_accum}."
         )
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from slm_jax.config import Config, replace
 from slm_jax.errors import ConfigError
 from slm_jax.models import accounting
-from slm_jax.models.lm import CausalLM
+from slm_jax.models.lm import CausalLM, abstract_params
 from slm_jax.training.optim import make_optimizer
 from slm_jax.training.parallel import make_parallel
 from slm_jax.training.sharding import MESH_AXES, sharded_bytes
@@ -37,7 +37,8 @@ def parse_mesh(text: str) -> dict[str, int]:
         key, _, value = item.partition("=")
         if key not in sizes or not value.lstrip("-").isdigit():
             raise ConfigError(
-                f"--mesh item {item!r} is not AXIS=SIZE with AXIS one of {', '.join(MESH_AXES)}; write e.g. data=2,fsdp=2,tensor=2."
+                f"--mesh item {item!r} is not AXIS=SIZE with AXIS one of {', '.join(MESH_AXES)}; "
+                "write e.g. data=2,fsdp=2,tensor=2."
             )
         sizes[key] = int(value)
     return sizes
@@ -74,8 +75,7 @@ def _step_parts(cfg: Config):
     """(make_step, abstract state, global batch spec) of ``cfg``'s train step, from abstract values only."""
     tc = cfg.train
     model = CausalLM(cfg.model)
-    abstract_params = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, tc.seq_len), np.int32)))
-    optimizer, schedule = make_optimizer(cfg.optim, tc.steps, abstract_params)
+    optimizer, schedule = make_optimizer(cfg.optim, tc.steps, abstract_params(cfg.model))
     abstract_state = jax.eval_shape(lambda: init_state(model, optimizer, tc.seed, tc.seq_len))
     make_step = lambda sync: make_train_step(model, optimizer, schedule, tc.z_loss, tc.grad_accum, sync)
     return make_step, abstract_state, jax.ShapeDtypeStruct((tc.batch_size, tc.seq_len + 1), np.int32)

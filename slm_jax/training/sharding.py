@@ -25,7 +25,7 @@ from slm_jax.array_typing import PyTree
 from slm_jax.config import MeshConfig
 from slm_jax.errors import ConfigError
 from slm_jax.mixers.registry import mixer_param_axes
-from slm_jax.training.optim import path_str
+from slm_jax.tree_paths import path_str
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -70,14 +70,14 @@ def resolve_mesh_shape(mesh: MeshConfig, n_devices: int) -> tuple[int, int, int]
         known = math.prod(s for s in sizes if s != -1)
         if n_devices % known:
             raise ConfigError(
-                f"train.parallel.mesh {dict(zip(MESH_AXES, sizes))} fixes {known} devices per group, which does not divide "
-                f"the {n_devices} devices; pick sizes whose product divides {n_devices}."
+                f"train.parallel.mesh {dict(zip(MESH_AXES, sizes))} fixes {known} devices per group, "
+                f"which does not divide the {n_devices} devices; pick sizes whose product divides {n_devices}."
             )
         sizes[sizes.index(-1)] = n_devices // known
     if math.prod(sizes) != n_devices:
         raise ConfigError(
-            f"train.parallel.mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices but there are {n_devices}; "
-            "make the sizes multiply to the device count or set one of them to -1."
+            f"train.parallel.mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices but "
+            f"there are {n_devices}; make the sizes multiply to the device count or set one of them to -1."
         )
     return tuple(sizes)
 
@@ -121,7 +121,7 @@ def state_specs(state: PyTree, mesh: Mesh) -> PyTree:
 
     A leaf whose path passes through ``params/`` (the parameters themselves and their optimizer
     moments, which mirror the parameter tree inside ``opt_state``) gets its parameter's spec;
-    everything else (step, rng, optimizer counters) is replicated.
+    everything else (step, optimizer counters) is replicated.
     """
 
     def one(path, leaf):

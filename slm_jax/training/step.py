@@ -1,6 +1,7 @@
 """Pure train and eval steps. ``train_step(state, batch) -> (state, metrics)`` is compiled once.
 
-The train state is a plain dict: ``{"params", "opt_state", "step": i32[], "rng": u32[2]}``.
+The train state is a plain dict: ``{"params", "opt_state", "step": i32[]}`` (checkpoints from before
+``rng`` was dropped, an item nothing read, still restore: rundir/checkpoint.py skips it).
 A batch is either i32[b, t + 1] text windows (inputs are the first t tokens, targets the last
 t) or a task dict: ``{"inputs": i32[b, t], "targets": i32[b, t]}`` with target -1 where a
 position is not scored, or its compact form ``{"inputs", "label_positions": i32[b, m],
@@ -20,14 +21,9 @@ from slm_jax.training.loss import cross_entropy
 
 def init_state(model: nn.Module, optimizer: optax.GradientTransformation, seed: int, seq_len: int) -> PyTree:
     """Fresh parameters and optimizer state from ``seed``."""
-    init_key, run_key = jax.random.split(jax.random.key(seed))
+    init_key, _ = jax.random.split(jax.random.key(seed))  # the split keeps each seed's parameters as before
     params = model.init(init_key, jnp.zeros((1, seq_len), jnp.int32))
-    return {
-        "params": params,
-        "opt_state": optimizer.init(params),
-        "step": jnp.zeros((), jnp.int32),
-        "rng": jax.random.key_data(run_key),
-    }
+    return {"params": params, "opt_state": optimizer.init(params), "step": jnp.zeros((), jnp.int32)}
 
 
 def make_loss_fn(model: nn.Module, z_loss: float = 0.0) -> Callable:

@@ -15,22 +15,22 @@ import jax
 import numpy as np
 
 from slm_jax.array_typing import PyTree
-from slm_jax.config import Config, ModelConfig, config_from_dict, replace, to_dict, to_yaml
+from slm_jax.config import Config, ModelConfig, config_from_dict, replace, to_dict
 from slm_jax.data.pipeline import eval_batches, train_batches
 from slm_jax.data.source import Dataset, load_dataset
 from slm_jax.data.synthetic import task_batches
 from slm_jax.data.task_data import compact_labels, head_fraction, load_task, n_labels
 from slm_jax.data.task_data import val_sets as task_val_sets
-from slm_jax.data.tokenizers import save_tokenizer
 from slm_jax.errors import CheckpointError, ConfigError
-from slm_jax.inference.run import restore_params
 from slm_jax.models import accounting
-from slm_jax.models.lm import CausalLM
-from slm_jax.training.checkpoint import Checkpointer, latest_checkpoint_step, read_run_config
+from slm_jax.models.lm import CausalLM, abstract_params
+from slm_jax.rundir.checkpoint import Checkpointer, latest_checkpoint_step, read_run_config
+from slm_jax.rundir.files import write_config, write_tokenizer
+from slm_jax.rundir.params import restore_params
+from slm_jax.rundir.run_lock import run_lock
 from slm_jax.training.loop import LoopParts, run_loop
 from slm_jax.training.optim import make_optimizer
 from slm_jax.training.parallel import make_parallel
-from slm_jax.training.run_lock import run_lock
 from slm_jax.training.step import init_state, make_eval_step, make_train_step
 
 
@@ -65,7 +65,8 @@ def check_resumable(run_dir: Path, cfg: Config, has_checkpoint: bool) -> None:
     diff = model_difference(run_dir, cfg) if has_checkpoint else ""
     if diff:
         raise CheckpointError(
-            f"{run_dir} holds checkpoints of a different model ({diff}); pass a new --run-dir or the config that made it."
+            f"{run_dir} holds checkpoints of a different model ({diff}); "
+            "pass a new --run-dir or the config that made it."
         )
 
 
@@ -78,12 +79,14 @@ def warm_start_params(source: str | Path, cfg: Config) -> PyTree:
     source = Path(source)
     if not (source / "config.yaml").is_file():
         raise ConfigError(
-            f"train.init_from={str(source)!r} is not a run directory (no config.yaml); point it at a directory written by `slm train`."
+            f"train.init_from={str(source)!r} is not a run directory (no config.yaml); "
+            "point it at a directory written by `slm train`."
         )
     diff = model_difference(source, cfg)
     if diff:
         raise ConfigError(
-            f"train.init_from={str(source)!r} holds a different model ({diff}); a warm start needs the same model config."
+            f"train.init_from={str(source)!r} holds a different model ({diff}); "
+            "a warm start needs the same model config."
         )
     params, _ = restore_params(source, config_from_dict(read_run_config(source)))
     return params
@@ -124,8 +127,12 @@ def train(
 
     ``until_step`` stops early after that step with a checkpoint, as a preemption would; the
     next call resumes. SIGINT/SIGTERM do the same at the next step boundary. The run directory
-    is locked for the whole call (training/run_lock.py): a second trainer on it stops at once.
+    is locked for the whole call (rundir/run_lock.py): a second trainer on it stops at once.
     """
+    if cfg.train.federated.algorithm:  # rounds of simulated clients instead of steps (slm_jax/federated/train.py)
+        from slm_jax.federated.train import train_federated
+
+        return train_federated(cfg, run_dir, until_round=until_step, progress=progress)
     run_dir = Path(run_dir) if run_dir else default_run_dir(cfg)
     primary = jax.process_index() == 0  # with several processes (distributed.py) only process 0 writes run files
     with run_lock(run_dir, primary):
@@ -154,9 +161,9 @@ def _train_locked(cfg: Config, run_dir: Path, ckpt: Checkpointer, until_step: in
     check_resumable(run_dir, cfg, not fresh)
     primary = jax.process_index() == 0
     if primary:
-        (run_dir / "config.yaml").write_text(to_yaml(cfg))
+        write_config(run_dir, cfg)
     if task is None and primary:
-        save_tokenizer(data.tokenizer, run_dir / "tokenizer.json")  # generate/eval need no data dir
+        write_tokenizer(run_dir, data.tokenizer)  # generate/eval need no data dir
 
     # ---------------------------------------------------------------- model, optimizer, state
     model = CausalLM(cfg.model)
@@ -164,8 +171,7 @@ def _train_locked(cfg: Config, run_dir: Path, ckpt: Checkpointer, until_step: in
     if start_from and fresh:  # a resumed run already holds its warm-started weights
         start = warm_start_params(start_from, cfg)
         init = lambda opt: {**init_state(model, opt, tc.seed, tc.seq_len), "params": start}
-    abstract_params = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, tc.seq_len), np.int32)))
-    optimizer, schedule = make_optimizer(cfg.optim, tc.steps, abstract_params)
+    optimizer, schedule = make_optimizer(cfg.optim, tc.steps, abstract_params(cfg.model))
     abstract_state = jax.eval_shape(lambda: init(optimizer))
     par = make_parallel(tc, abstract_state)  # one device, pmap or a Mesh (training/parallel.py)
     data_state = None
@@ -211,7 +217,5 @@ def _train_locked(cfg: Config, run_dir: Path, ckpt: Checkpointer, until_step: in
 
     # ---------------------------------------------------------------- accounting & loop
     info = {**accounting.summary(cfg.model, tc.seq_len, head_fraction(cfg)), "compile_s": compile_s}
-    parts = LoopParts(
-        step_fn, batches, eval_fn, val_sets, unit, info, to_step_batch, report_accuracy=task is not None
-    )
+    parts = LoopParts(step_fn, batches, eval_fn, val_sets, unit, info, to_step_batch, report_accuracy=task is not None)
     return run_loop(cfg, run_dir, ckpt, state, parts, par=par, until_step=until_step, progress=progress)

@@ -1,4 +1,5 @@
-"""slm export --format stablehlo: exported prefill + decode reproduce the model, the standalone runner matches slm generate."""
+"""slm export --format stablehlo: exported prefill + decode reproduce the model, the standalone runner matches
+slm generate."""
 
 import json
 import subprocess
@@ -11,13 +12,12 @@ import numpy as np
 import pytest
 
 from slm_jax.cli import main
-from slm_jax.config import config_from_dict, to_dict, to_yaml
+from slm_jax.config import config_from_dict, to_yaml
 from slm_jax.data.tokenizers import CharTokenizer, save_tokenizer
 from slm_jax.export.runner import Artifact
 from slm_jax.export.stablehlo import export_run
-from slm_jax.interop.convert import initial_state
 from slm_jax.models.lm import CausalLM
-from slm_jax.training.checkpoint import Checkpointer
+from slm_jax.rundir.params import save_params
 
 TEXT = "the quick brown fox jumps over the lazy dog. "
 PROMPT = "the lazy fox jumps"  # 18 tokens: one prefill chunk of 16, then 2 decode steps
@@ -45,8 +45,7 @@ def make_run(run_dir, preset, **model):
     run_dir.mkdir(parents=True)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
     save_tokenizer(tok, run_dir)
-    with Checkpointer(run_dir, 1, 1, keep_best=False, async_save=False) as ckpt:
-        ckpt.save(0, initial_state(cfg, params), {}, to_dict(cfg), force=True)
+    save_params(run_dir, cfg, params, 0)
     return cfg, params, tok
 
 

@@ -9,7 +9,7 @@ from slm_jax.inference.generate import generate
 from slm_jax.inference.sampling import sample
 from slm_jax.mixers.registry import mixer_names
 from slm_jax.models.lm import CausalLM
-from slm_jax.models.presets import PRESETS
+from slm_jax.presets import PRESETS
 
 
 def test_greedy_is_argmax():

@@ -23,8 +23,8 @@ from slm_jax.mixers.contract import state_bytes
 from slm_jax.mixers.registry import MIXERS, build_mixer, mixer_names
 from slm_jax.models.lm import cache_bytes
 from slm_jax.quant.cache import Int8Leaf, quantize_cache
-from slm_jax.training.optim import path_str
 from slm_jax.training.sharding import PARAM_AXES
+from slm_jax.tree_paths import path_str
 from tests.mixers.flop_count import count_flops
 
 D, HEADS = 24, 3
@@ -163,7 +163,7 @@ def test_declarations_cover_the_parameters(name):
     x, pos = jnp.zeros((1, 5, D)), jnp.zeros((1, 5), jnp.int32)
     shapes = jax.eval_shape(mixer.init, jax.random.key(0), x, pos)
     suffixes = [s for s, _ in PARAM_AXES]
-    for path, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]:
+    for path, _ in jax.tree_util.tree_flatten_with_path(shapes)[0]:
         p = "params/layers_0/mixer/" + path_str(path).removeprefix("params/")
         matched = [s for s in suffixes if p.endswith("/" + s)]
         assert matched, f"{name}: weight {p} has no sharding axes; add it to {cls.__name__}.param_axes"
@@ -215,7 +215,7 @@ def test_param_count_and_flops_are_right(name):
     for variant in [{}, *mixer.test_variants]:
         m = mixer.clone(**variant)
         try:
-            counted = count_flops(lambda p, x: m.apply(p, x, pos)[0], params, x) / t
+            counted = count_flops(lambda p, x, m=m: m.apply(p, x, pos)[0], params, x) / t
         except ValueError:  # a while loop: this variant has no static count
             continue
         ratio = counted / m.flops_per_token(t)

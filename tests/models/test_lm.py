@@ -7,7 +7,7 @@ from slm_jax.config import config_from_dict, replace
 from slm_jax.mixers.registry import mixer_names
 from slm_jax.models import accounting
 from slm_jax.models.lm import CausalLM, cache_bytes, stack_layers, unstack_layers
-from slm_jax.models.presets import PRESETS
+from slm_jax.presets import PRESETS
 
 SMALL = {"vocab_size": 37, "d_model": 48, "n_heads": 4, "n_layers": 3, "mixers": {"local_attention": {"window": 6}}}
 
@@ -144,8 +144,9 @@ def test_cache_shapes_by_preset(preset):
     """Recurrent presets hold a context-independent state, attention grows, windows are bounded."""
     _preset_ready(preset)
     model = CausalLM(small(preset=preset, n_layers=len(PRESETS[preset]["layer_pattern"])))
-    shapes = lambda n: jax.tree.map(lambda a: a.shape, jax.eval_shape(lambda: model.init_cache(2, n)))
-    sizes = {n: cache_bytes(jax.eval_shape(lambda: model.init_cache(2, n))) for n in (64, 128, 256)}
+    abstract_cache = lambda n: jax.eval_shape(lambda: model.init_cache(2, n))
+    shapes = lambda n: jax.tree.map(lambda a: a.shape, abstract_cache(n))
+    sizes = {n: cache_bytes(abstract_cache(n)) for n in (64, 128, 256)}
     assert sizes[128] == accounting.decode_state_bytes(model.cfg, 2, 128)
     pattern = set(PRESETS[preset]["layer_pattern"])
     if "attention" in pattern:  # global attention: linear growth

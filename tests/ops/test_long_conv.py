@@ -1,4 +1,5 @@
-"""Long convolutions (ops/long_conv.py): FFT == direct == step-by-step, and the chunked diagonal SSM == its recurrence."""
+"""Long convolutions (ops/long_conv.py): FFT == direct == step-by-step, and the chunked diagonal SSM == its
+recurrence."""
 
 import jax
 import jax.numpy as jnp

@@ -1,4 +1,4 @@
-"""Exit codes tell scripts what happened: 0 finished, 2 a user mistake, 128 + signal when stopped (after a checkpoint)."""
+"""Exit codes tell scripts what happened: 0 finished, 2 a user mistake, 128 + signal when stopped after a checkpoint."""
 
 import json
 import os
@@ -7,7 +7,7 @@ import signal
 import pytest
 
 from slm_jax.cli import main
-from slm_jax.training.checkpoint import latest_checkpoint_step
+from slm_jax.rundir.checkpoint import latest_checkpoint_step
 from slm_jax.training.tracking import MetricsLog
 from tests.reliability.tiny import write_config
 

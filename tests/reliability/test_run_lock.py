@@ -9,10 +9,13 @@ import sys
 import pytest
 
 from slm_jax.cli import main
-from slm_jax.training.run_lock import LOCK_FILE, RunDirLocked, acquire, run_lock
+from slm_jax.rundir.run_lock import LOCK_FILE, RunDirLocked, acquire, run_lock
 from tests.reliability.tiny import one_error_line, write_config
 
-HOLD = "import sys, time; from slm_jax.training.run_lock import acquire; acquire(sys.argv[1]); print('held', flush=True); time.sleep(120)"
+HOLD = (
+    "import sys, time; from slm_jax.rundir.run_lock import acquire; "
+    "acquire(sys.argv[1]); print('held', flush=True); time.sleep(120)"
+)
 
 
 @pytest.fixture

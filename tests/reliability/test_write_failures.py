@@ -1,4 +1,4 @@
-"""A full, read-only or unwritable disk: one sentence, exit 2, no partial checkpoint folder, the last good one intact."""
+"""A full, read-only or unwritable disk: one sentence, exit 2, no partial checkpoint folder, the last good one kept."""
 
 import errno
 import os
@@ -9,7 +9,7 @@ import pytest
 
 from slm_jax.cli import main
 from slm_jax.config import load_config
-from slm_jax.training.checkpoint import Checkpointer
+from slm_jax.rundir.checkpoint import Checkpointer
 from slm_jax.training.tracking import MetricsLog
 from slm_jax.training.train import train
 from tests.reliability.tiny import losses, one_error_line, write_config

@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from slm_jax.errors import CheckpointError
-from slm_jax.training.checkpoint import Checkpointer, latest_checkpoint_step, read_run_config
+from slm_jax.rundir.checkpoint import Checkpointer, latest_checkpoint_step, read_run_config
 
 CONFIG = {"name": "t", "model": {"d_model": 8, "n_layers": 1}, "train": {"steps": 100}}
 

@@ -16,7 +16,7 @@ import pytest
 
 from slm_jax.config import config_from_dict
 from slm_jax.models.lm import CausalLM
-from slm_jax.training.checkpoint import Checkpointer, read_run_config
+from slm_jax.rundir.checkpoint import Checkpointer, read_run_config
 from slm_jax.training.distributed import launched_distributed
 from slm_jax.training.optim import make_optimizer
 from slm_jax.training.step import init_state

@@ -17,7 +17,7 @@ from jax.sharding import PartitionSpec as P
 from slm_jax.config import MeshConfig, config_from_dict
 from slm_jax.errors import ConfigError
 from slm_jax.models.lm import CausalLM
-from slm_jax.models.presets import PRESETS
+from slm_jax.presets import PRESETS
 from slm_jax.training.optim import make_optimizer
 from slm_jax.training.sharding import MESH_AXES, param_axes, resolve_mesh_shape, state_specs
 from slm_jax.training.step import init_state

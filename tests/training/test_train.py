@@ -12,7 +12,7 @@ import pytest
 from slm_jax.config import config_from_dict
 from slm_jax.errors import CheckpointError, ConfigError, DataError
 from slm_jax.inference.run import restore_params
-from slm_jax.training.checkpoint import latest_checkpoint_step, read_run_config
+from slm_jax.rundir.checkpoint import latest_checkpoint_step, read_run_config
 from slm_jax.training.loop import TrainingDiverged
 from slm_jax.training.tracking import MetricsLog, read_metrics
 from slm_jax.training.train import train

@@ -19,9 +19,8 @@ import math
 
 import numpy as np
 
-from slm_jax.errors import CheckpointError
 from slm_jax.interop.hf_config import HFConfig, require_exportable, unsupported
-from slm_jax.interop.hf_weights import Tensors, conv_in, conv_out, f32, linear_in, linear_out
+from slm_jax.interop.hf_weights import Tensors, conv_in, conv_out, f32, head_from_hf, linear_in, linear_out
 
 ARCHITECTURES = {"mamba": "MambaForCausalLM", "mamba2": "Mamba2ForCausalLM"}
 _INIT_ONLY = (  # fields that only shape the random initialisation or pick a kernel
@@ -106,12 +105,7 @@ def params_from_hf(t: Tensors, m, raw: dict) -> dict:
         mix = _mamba_from_hf(t, m, pre, conv_bias) if model_type == "mamba" else _mamba2_from_hf(t, m, pre, conv_bias)
         p[f"layers_{i}"] = {"mixer_norm": {"scale": t.take(f"backbone.layers.{i}.norm.weight", (d,))}, "mixer": mix}
     p["final_norm"] = {"scale": t.take("backbone.norm_f.weight", (d,))}
-    if not m.tie_embeddings:
-        p["head"] = {"kernel": linear_in(t.take("lm_head.weight", (v, d)))}
-    elif t.has("lm_head.weight") and not np.array_equal(t.take("lm_head.weight", (v, d)), p["embed"]["embedding"]):
-        raise CheckpointError(
-            f"{t.where} has tie_word_embeddings true but an lm_head.weight unlike the embedding table; set it to false in config.json."
-        )
+    p.update(head_from_hf(t, m.tie_embeddings, p["embed"]["embedding"]))
     return {"params": p}
 
 

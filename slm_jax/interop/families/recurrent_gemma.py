@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from slm_jax.errors import CheckpointError
 from slm_jax.interop.hf_config import (
     HFConfig,
     bfloat16_round,
@@ -34,7 +33,7 @@ from slm_jax.interop.hf_config import (
     unsupported,
     write_rope,
 )
-from slm_jax.interop.hf_weights import Tensors, conv_in, conv_out, f32, linear_in, linear_out
+from slm_jax.interop.hf_weights import Tensors, conv_in, conv_out, f32, head_from_hf, linear_in, linear_out
 
 ARCHITECTURE = "RecurrentGemmaForCausalLM"
 _BLOCKS = {"recurrent": "rglru", "attention": "local_attention"}
@@ -174,12 +173,7 @@ def params_from_hf(t: Tensors, m, raw: dict) -> dict:
             },
         }
     p["final_norm"] = {"scale": t.take("model.final_norm.weight", (d,))}
-    if not m.tie_embeddings:
-        p["head"] = {"kernel": linear_in(t.take("lm_head.weight", (v, d)))}
-    elif t.has("lm_head.weight") and not np.array_equal(t.take("lm_head.weight", (v, d)), p["embed"]["embedding"]):
-        raise CheckpointError(
-            f"{t.where} has tie_word_embeddings true but an lm_head.weight unlike the embedding table; set it to false in config.json."
-        )
+    p.update(head_from_hf(t, m.tie_embeddings, p["embed"]["embedding"]))
     return {"params": p}
 
 

@@ -7,7 +7,8 @@ All five are x + attn(norm(x)), x + mlp(norm(x)) with RoPE and a gated MLP; they
   qwen2    always          never           -        -                       sliding layers (layer_types)
   qwen3    attention_bias  attention_bias  yes      -                       sliding layers (layer_types)
   phi3     -               -               -        qkv_proj, gate_up_proj  partial rotary, sliding_window
-  gemma    attention_bias  attention_bias  -        -                       sqrt(d) embedding scale, (1 + w) norms, GeGLU
+  gemma    attention_bias  attention_bias  -        -                       sqrt(d) embedding scale, (1 + w) norms,
+                                                                            GeGLU
 
 Tensor names (torch [out, in] weights; ours are [in, out]):
   model.embed_tokens.weight [v, d]              -> embed/embedding
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from slm_jax.errors import CheckpointError
 from slm_jax.interop.hf_config import (
     HFConfig,
     compress_pattern,
@@ -37,7 +37,7 @@ from slm_jax.interop.hf_config import (
     sliding_layers,
     write_rope,
 )
-from slm_jax.interop.hf_weights import Tensors, f32, linear_in, linear_out
+from slm_jax.interop.hf_weights import Tensors, f32, head_from_hf, linear_in, linear_out
 
 ARCHITECTURES = {
     "llama": "LlamaForCausalLM",
@@ -152,13 +152,7 @@ def params_from_hf(t: Tensors, m, raw: dict) -> dict:
             "mlp": mlp,
         }
     p["final_norm"] = {"scale": t.take("model.norm.weight", (d,))}
-    if not m.tie_embeddings:
-        p["head"] = {"kernel": linear_in(t.take("lm_head.weight", (v, d)))}
-    elif t.has("lm_head.weight"):  # some files store the tied head too: it must equal the table
-        if not np.array_equal(t.take("lm_head.weight", (v, d)), p["embed"]["embedding"]):
-            raise CheckpointError(
-                f"{t.where} has tie_word_embeddings true but an lm_head.weight unlike the embedding table; set it to false in config.json."
-            )
+    p.update(head_from_hf(t, m.tie_embeddings, p["embed"]["embedding"]))
     return {"params": p}
 
 

@@ -40,7 +40,7 @@ def _first_file_above(path: Path) -> Path | None:
 
 
 def _open_lock_file(run_dir: Path) -> int:
-    """Create ``run_dir`` if needed and open its lock file; a path under a file or an unwritable disk is one sentence."""
+    """Create ``run_dir`` if needed and open its lock file; a path under a file or a read-only disk is one sentence."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         return os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
@@ -48,7 +48,8 @@ def _open_lock_file(run_dir: Path) -> int:
         blocker = _first_file_above(run_dir)
         if blocker is not None:
             raise CheckpointError(
-                f"Cannot use {run_dir} as a run directory: {blocker} is a file, not a directory; pass another directory."
+                f"Cannot use {run_dir} as a run directory: {blocker} is a file, not a directory; "
+                "pass another directory."
             ) from None
         code = write_errno(e)
         if code is None:
@@ -80,7 +81,8 @@ def acquire(run_dir: str | Path) -> int:
         holder = _holder(fd)
         os.close(fd)
         raise RunDirLocked(
-            f"{run_dir} is in use by another run ({holder}); wait for it to finish or stop it, or pass another directory."
+            f"{run_dir} is in use by another run ({holder}); "
+            "wait for it to finish or stop it, or pass another directory."
         ) from None
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())

@@ -1,6 +1,6 @@
 """What a checkpoint records so that a restore can tell a damaged step from a good one.
 
-``Checkpointer.save`` (training/checkpoint.py) writes two records per step:
+``Checkpointer.save`` (rundir/checkpoint.py) writes two records per step:
 
 - ``checksums``, an Orbax JSON item saved atomically with the state: for every array of the
   state its path, shape, dtype and the CRC-32 of its bytes, computed on the host at save time.
@@ -36,6 +36,7 @@ import jax
 import numpy as np
 
 from slm_jax.array_typing import PyTree
+from slm_jax.tree_paths import path_str
 
 CHECKSUMS = "checksums"  # the Orbax item name
 FILE_LIST = "files.json"  # in the step directory, beside Orbax's items
@@ -51,19 +52,6 @@ class Damaged(Exception):
     def __init__(self, reason: str, detail: str):
         super().__init__(detail)
         self.reason = reason
-
-
-def path_str(path: tuple) -> str:
-    """``opt_state/0/mu/dense/kernel`` from a jax key path (namedtuple fields by name)."""
-    parts = []
-    for key in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(key, attr):
-                parts.append(str(getattr(key, attr)))
-                break
-        else:
-            parts.append(str(key))
-    return "/".join(parts)
 
 
 def array_leaves(tree: PyTree) -> list[tuple[str, object]]:
@@ -126,7 +114,7 @@ def _file_record(path: Path, name: str) -> list:
 
 
 def write_file_list(step_dir: Path) -> None:
-    """Record every file of a finished step in ``<step_dir>/files.json`` (atomically): size, and CRC-32 unless array data."""
+    """Record each file of a finished step in ``<step_dir>/files.json`` (atomically): size, CRC-32 unless array data."""
     names = sorted(str(p.relative_to(step_dir)) for p in step_dir.rglob("*") if p.is_file() and p.name != FILE_LIST)
     tmp = step_dir / (FILE_LIST + ".tmp")
     tmp.write_text(json.dumps({name: _file_record(step_dir / name, name) for name in names}))

@@ -30,8 +30,8 @@ from orbax.checkpoint import checkpoint_managers
 
 from slm_jax.array_typing import PyTree
 from slm_jax.errors import CheckpointError, write_errno, write_failure
-from slm_jax.training import checkpoint_integrity as integrity
-from slm_jax.training.checkpoint_integrity import CHECKSUMS, Damaged
+from slm_jax.rundir import checkpoint_integrity as integrity
+from slm_jax.rundir.checkpoint_integrity import CHECKSUMS, Damaged
 
 METRIC = "val_loss"
 
@@ -46,7 +46,8 @@ def _set_aside(directory: Path, step: int, damage: Damaged, resuming: str) -> No
     """Rename a damaged step folder (never delete it) and say so in one line on stderr."""
     moved = integrity.set_aside(directory / str(step), damage.reason)
     print(
-        f"warning: the checkpoint at step {step} in {directory} is damaged ({damage}); moved it to {moved.name}{resuming}.",
+        f"warning: the checkpoint at step {step} in {directory} is damaged ({damage}); "
+        f"moved it to {moved.name}{resuming}.",
         file=sys.stderr,
         flush=True,
     )
@@ -70,8 +71,10 @@ def _open_manager(
     for step, damage in integrity.unreadable_metrics(directory).items():
         if not owner:
             raise CheckpointError(
-                f"The checkpoint at step {step} in {directory} is damaged ({damage}), so its directory cannot be opened; "
-                f"resume the run with `slm train` (which sets damaged steps aside) or rename {directory / str(step)} to {step}.damaged-metadata."
+                f"The checkpoint at step {step} in {directory} is damaged ({damage}), "
+                "so its directory cannot be opened; "
+                f"resume the run with `slm train` (which sets damaged steps aside) or rename {directory / str(step)} "
+                f"to {step}.damaged-metadata."
             )
         if jax.process_index() == 0:
             _set_aside(directory, step, damage, "")
@@ -127,6 +130,23 @@ def _to_abstract(tree: PyTree) -> PyTree:
     return jax.tree.map(one, tree)
 
 
+def _restore_items(item_dir: Path, abstract_state: PyTree) -> PyTree:
+    """Only the top-level items of the saved state that ``abstract_state`` names (Orbax's partial restore).
+
+    Leaves without a sharding are placed on the first device, as a full restore places them.
+    """
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(
+        lambda a: a if getattr(a, "sharding", None) else jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
+        abstract_state,
+    )
+    args = ocp.args.PyTreeRestore(
+        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True
+    )
+    with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as reader:
+        return reader.restore(item_dir, args=args)
+
+
 def _check_fits(saved: dict[str, tuple], wanted: dict[str, tuple], where: str) -> None:
     """Raise CheckpointError at the first parameter whose presence or shape differs."""
     fix = "use a fresh run directory or the config that made the checkpoint."
@@ -139,7 +159,8 @@ def _check_fits(saved: dict[str, tuple], wanted: dict[str, tuple], where: str) -
             )
         if saved[path] != shape:
             raise CheckpointError(
-                f"{where} does not fit this model: parameter {path} has shape {saved[path]} there but {shape} here; {fix}"
+                f"{where} does not fit this model: parameter {path} has shape {saved[path]} there but {shape} here; "
+                f"{fix}"
             )
     for path, shape in sorted(saved.items(), key=first):
         if path not in wanted:
@@ -164,7 +185,7 @@ class Checkpointer:
       keep_best: also keep the best checkpoint by validation loss beyond the ``keep`` window.
       async_save: write in a background thread; :meth:`save` returns once arrays are copied
         off the device buffers, so the caller may keep training and donate them.
-      owner: this process holds the run directory's lock (training/run_lock.py), so it may change
+      owner: this process holds the run directory's lock (rundir/run_lock.py), so it may change
         the directory: it removes the partial folders of a killed save, and when the latest step
         is damaged, :meth:`restore` sets it aside and resumes from the newest step that verifies.
     """
@@ -180,7 +201,8 @@ class Checkpointer:
     ):
         if every <= 0 or keep <= 0:
             raise CheckpointError(
-                f"Checkpointer got every={every} and keep={keep}; set checkpoint.every and checkpoint.keep to positive integers."
+                f"Checkpointer got every={every} and keep={keep}; "
+                "set checkpoint.every and checkpoint.keep to positive integers."
             )
         self.run_dir = Path(run_dir)
         self.directory = self.run_dir / "checkpoints"
@@ -254,7 +276,8 @@ class Checkpointer:
             raise CheckpointError(message) from None
 
     def _abandon_partial_save(self) -> None:
-        """After a failed write: let Orbax's writers of that save stop, then delete its ``*.orbax-checkpoint-tmp`` folders.
+        """After a failed write: let Orbax's writers of that save stop, then delete its ``*.orbax-checkpoint-tmp``
+        folders.
 
         The other items of a failed save keep writing in the background until they finish or fail
         too; deleting their folder before that would only see it recreated.
@@ -334,7 +357,10 @@ class Checkpointer:
 
         Args:
           abstract_state: the target tree, of ``jax.ShapeDtypeStruct`` (with shardings where
-            the arrays should be placed) or concrete arrays.
+            the arrays should be placed) or concrete arrays. Top-level items of the saved state
+            that it lacks are not read: ``{"params", "step"}`` reads the weights of a train state
+            without its optimizer state, and a train state saved with the ``rng`` item that
+            older versions kept restores into one without it.
           step: the step to restore; None picks the latest (or the best with ``best``).
           best: restore the best checkpoint by validation loss.
 
@@ -379,15 +405,18 @@ class Checkpointer:
             integrity.check_structure(record, saved)
         elif not saved:
             raise Damaged("metadata", "its state metadata lists no arrays")
-        _check_fits(saved, _shapes(abstract_state), f"The checkpoint at step {step} in {self.directory}")
-        args = ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state),
-            data_state=ocp.args.JsonRestore(),
-            config=ocp.args.JsonRestore(),
-        )
+        wanted = _shapes(abstract_state)
+        items = {path.split("/")[0] for path in wanted}
+        read = {path: shape for path, shape in saved.items() if path.split("/")[0] in items}
+        _check_fits(read, wanted, f"The checkpoint at step {step} in {self.directory}")
+        args = {"data_state": ocp.args.JsonRestore(), "config": ocp.args.JsonRestore()}
+        if read == saved:
+            args["state"] = ocp.args.StandardRestore(abstract_state)
         try:
             with integrity.quiet_failed_io():
-                restored = self._manager.restore(step, args=args)
+                restored = dict(self._manager.restore(step, args=ocp.args.Composite(**args)))
+                if read != saved:
+                    restored["state"] = _restore_items(step_dir / "state", abstract_state)
         except Exception as e:
             raise Damaged("unreadable", f"reading it failed: {integrity.describe(e)}") from None
         if record is not None:
@@ -463,7 +492,8 @@ def _config_from_checkpoint(directory: Path, step: int) -> dict:
         return dict(manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"])
     except Exception as e:
         raise CheckpointError(
-            f"The config saved with the checkpoint at step {step} in {directory} cannot be read ({integrity.describe(e)}); "
+            f"The config saved with the checkpoint at step {step} in {directory} cannot be read "
+            f"({integrity.describe(e)}); "
             "put the run's config.yaml back beside its checkpoints."
         ) from None
     finally:
@@ -483,7 +513,8 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
             cfg = yaml.safe_load(path.read_text())
         except yaml.YAMLError as e:
             raise CheckpointError(
-                f"{path} is not valid YAML ({e.__class__.__name__}); restore it or delete it to use the checkpoint's config."
+                f"{path} is not valid YAML ({e.__class__.__name__}); "
+                "restore it or delete it to use the checkpoint's config."
             ) from None
         if not isinstance(cfg, dict):
             raise CheckpointError(

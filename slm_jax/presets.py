@@ -30,7 +30,8 @@ PRESETS: dict[str, dict] = {
     "gla": {"layer_pattern": ("gla",), "mlp": "swiglu"},
     # RetNet (Sun et al. 2023, arXiv:2307.08621): multi-scale retention (RoPE in place of xPos), SwiGLU MLP.
     "retnet": {"layer_pattern": ("retnet",), "mlp": "swiglu"},
-    # Based (Arora et al. 2024, arXiv:2402.18668): Taylor linear attention alternating with 64-token sliding-window attention.
+    # Based (Arora et al. 2024, arXiv:2402.18668): Taylor linear attention alternating with 64-token sliding-window
+    # attention.
     "based": {
         "layer_pattern": ("based", "local_attention"),
         "mlp": "swiglu",
