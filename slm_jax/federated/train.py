@@ -29,10 +29,11 @@ from slm_jax.models import accounting
 from slm_jax.models.lm import CausalLM
 from slm_jax.rundir.checkpoint import Checkpointer
 from slm_jax.rundir.files import write_config, write_tokenizer
+from slm_jax.rundir.record import write_run_record
 from slm_jax.rundir.run_lock import run_lock
 from slm_jax.training.loop import StopRequest
 from slm_jax.training.step import init_state, make_eval_step
-from slm_jax.training.tracking import MetricsLog, Progress, write_run_record
+from slm_jax.training.tracking import MetricsLog, Progress
 from slm_jax.training.train import check_resumable, with_data_vocab
 
 

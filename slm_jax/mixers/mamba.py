@@ -37,7 +37,7 @@ from slm_jax.mixers.contract import module_fields
 from slm_jax.modules.conv1d import CausalConv1D, causal_conv_reference, conv_params
 from slm_jax.modules.init import dt_bias_init
 from slm_jax.modules.linear import Linear, linear_params, scaled_init
-from slm_jax.ops.scan import ScanImpl
+from slm_jax.ops.scan import ScanImpl, scan_impl_named
 from slm_jax.ops.selective_scan import selective_scan
 
 _f32 = jnp.float32
@@ -65,6 +65,7 @@ class MambaOptions:
     dt_min: float = 0.001
     dt_max: float = 0.1
     selective: bool = True  # False: dt, B, C are input-independent parameters (an LTI ablation)
+    scan_impl: str = "auto"  # reference | linear | associative | chunked | auto (ops/scan.py: by backend)
 
 
 class Mamba(nn.Module):
@@ -125,6 +126,7 @@ class Mamba(nn.Module):
             dt_min=m.dt_min,
             dt_max=m.dt_max,
             selective=m.selective,
+            scan_impl=scan_impl_named(m.scan_impl, "model.mixers.mamba.scan_impl"),
             **module_fields(cfg),
         )
 

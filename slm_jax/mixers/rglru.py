@@ -44,7 +44,7 @@ from slm_jax.errors import ConfigError
 from slm_jax.mixers.contract import module_fields
 from slm_jax.modules.conv1d import CausalConv1D, causal_conv_reference, conv_params
 from slm_jax.modules.linear import Linear, linear_params, scaled_init
-from slm_jax.ops.scan import ScanImpl, linear_scan, scan_step
+from slm_jax.ops.scan import ScanImpl, linear_scan, scan_impl_named, scan_step
 
 _f32 = jnp.float32
 
@@ -110,6 +110,7 @@ class RGLRUOptions:
     a_max: float = 0.999
     bias: bool = False  # biases on in_proj and out_proj (recurrentgemma has them)
     reset_at_zero: bool = False  # at position 0: zero state and unscaled input (recurrentgemma's document reset)
+    scan_impl: str = "auto"  # reference | linear | associative | chunked | auto (ops/scan.py: by backend)
 
 
 class RGLRU(nn.Module):
@@ -181,6 +182,7 @@ class RGLRU(nn.Module):
             a_max=m.a_max,
             use_bias=m.bias,
             reset_at_zero=m.reset_at_zero,
+            scan_impl=scan_impl_named(m.scan_impl, "model.mixers.rglru.scan_impl"),
             **module_fields(cfg),
         )
 

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from slm_jax.array_typing import Array
+from slm_jax.errors import ConfigError
 
 _f32 = jnp.float32
 
@@ -46,6 +47,14 @@ class ScanImpl(enum.Enum):
     ASSOCIATIVE = "associative"
     CHUNKED = "chunked"
     AUTO = "auto"
+
+
+def scan_impl_named(name: str, key: str) -> ScanImpl:
+    """The ``ScanImpl`` a config string names (``key`` is the config key, for the error)."""
+    names = [i.value for i in ScanImpl]
+    if name not in names:
+        raise ConfigError(f"{key} must be one of {', '.join(names)}, got {name!r}.")
+    return ScanImpl(name)
 
 
 # AUTO on CPU: LINEAR, fastest at every size measured and compiling 5-10x faster. Median ms

@@ -29,9 +29,10 @@ from slm_jax.config import Config, to_dict
 from slm_jax.errors import ConfigError, SlmError
 from slm_jax.eval.perplexity import evaluate
 from slm_jax.rundir.checkpoint import Checkpointer
+from slm_jax.rundir.record import write_run_record
 from slm_jax.training.hardware import peak_flops
 from slm_jax.training.parallel import Single
-from slm_jax.training.tracking import MetricsLog, Progress, write_run_record
+from slm_jax.training.tracking import MetricsLog, Progress
 
 
 class TrainingDiverged(SlmError):

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from slm_jax.errors import CheckpointError
-from slm_jax.training.tracking import MetricsLog, Progress, read_metrics, write_run_record
+from slm_jax.rundir.record import write_run_record
+from slm_jax.training.tracking import MetricsLog, Progress, read_metrics
 
 
 def test_metrics_lines_are_strict_json_including_nan(tmp_path):
