@@ -215,6 +215,20 @@ def cmd_data_prepare(args) -> None:
     print(json.dumps(meta, indent=1))
 
 
+def cmd_data_partition(args) -> None:
+    from slm_jax.config import config_from_dict, load_config
+    from slm_jax.federated.shards import MANIFEST, describe, write_partition
+    from slm_jax.rundir.checkpoint import read_run_config
+
+    source = Path(args.config_or_run)
+    if source.is_dir():
+        cfg = config_from_dict(read_run_config(source), args.overrides)
+    else:
+        cfg = load_config(source, args.overrides)
+    print(describe(write_partition(cfg, args.out)))
+    print(f"client shards and {MANIFEST} in {args.out}")
+
+
 def cmd_convert_from_hf(args) -> None:
     from slm_jax.interop.convert import from_hf
 
@@ -448,6 +462,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.set_defaults(func=cmd_data_prepare)
+    p = data.add_parser("partition", help="write train.federated's client shards (one prepared dir each) + manifest")
+    p.add_argument("config_or_run", help="YAML config file or run directory")
+    p.add_argument("--out", required=True, help="directory for client_000/ ... and partition.json")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a key")
+    p.set_defaults(func=cmd_data_partition)
 
     convert = sub.add_parser("convert", help="Hugging Face checkpoints (safetensors) to and from run directories")
     convert = convert.add_subparsers(dest="convert_command", required=True)

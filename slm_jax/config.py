@@ -184,7 +184,9 @@ class FederatedConfig:
 
     algorithm: str = ""  # "" -> centralized | fedavg | fedsgd | fedprox | diloco
     partition: str = "iid"  # iid (equal random shares of the train split) | role (Shakespeare speaking roles, LEAF)
-    n_clients: int = 0  # iid: clients to cut the data into; role: the N largest roles (0 -> every role big enough)
+    # | dirichlet (lines dealt by label = first token, Dir(dirichlet_alpha) shares per label; Hsu et al. 2019)
+    n_clients: int = 0  # iid, dirichlet: clients to cut the data into; role: the N largest roles (0 -> every role)
+    dirichlet_alpha: float = 0.5  # dirichlet: concentration; small -> few labels per client, large -> IID
     fraction: float = 1.0  # C: share of the clients sampled each round
     clients_per_round: int = 0  # 0 -> max(1, round(fraction * n_clients))
     rounds: int = 100
@@ -601,12 +603,14 @@ def _validate_federated(f: FederatedConfig) -> None:
         f"{k}algorithm must be one of {', '.join(FEDERATED_ALGORITHMS)} (or empty for centralized training), "
         f"got {f.algorithm!r}.",
     )
-    _require(f.partition in ("iid", "role"), f"{k}partition must be iid or role, got {f.partition!r}.")
+    partitions = ("iid", "role", "dirichlet")
+    _require(f.partition in partitions, f"{k}partition must be iid, role or dirichlet, got {f.partition!r}.")
     _require(f.n_clients >= 0, f"{k}n_clients must be >= 0, got {f.n_clients}.")
     _require(
-        not f.algorithm or f.partition != "iid" or f.n_clients > 0,
-        f"{k}n_clients must be set (> 0) for the iid partition; it says how many clients share the data.",
+        not f.algorithm or f.partition == "role" or f.n_clients > 0,
+        f"{k}n_clients must be set (> 0) for the {f.partition} partition; it says how many clients share the data.",
     )
+    _require(f.dirichlet_alpha > 0, f"{k}dirichlet_alpha must be > 0, got {f.dirichlet_alpha}.")
     _require(0.0 < f.fraction <= 1.0, f"{k}fraction (C) must be in (0, 1], got {f.fraction}.")
     _require(
         f.clients_per_round >= 0, f"{k}clients_per_round must be >= 0 (0 = from fraction), got {f.clients_per_round}."

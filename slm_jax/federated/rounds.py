@@ -143,6 +143,7 @@ class Federation:
         self.client_phase = jax.jit(jax.vmap(client_phase, in_axes=(None, 0, 0, 0)))
         self.mask_phase = jax.jit(jax.vmap(self._mask_one, in_axes=(0, 0, 0, None, None, None)))
         self.server_phase = jax.jit(self._server_phase)
+        self._up_bytes = None
 
     # ------------------------------------------------------------------ client side
     @staticmethod
@@ -185,7 +186,7 @@ class Federation:
         outs = []
         for rows in padded.reshape(n_groups, plan.group):
             batches = np.stack([self._batches(clients[k], round_idx, int(k)) for k in rows])
-            gathered = {name: jax.tree.map(lambda a, r=rows: a[r], tree) for name, tree in held.items()}
+            gathered = {name: _gather(tree, rows) for name, tree in held.items()}
             outs.append(self.client_phase(state["params"], gathered.get("opt"), gathered.get("residual"), batches))
         stacked = jax.tree.map(lambda *a: jnp.concatenate(a)[: plan.per_round], *outs)
         payloads, opt_states, residuals, losses, finite = stacked
@@ -217,7 +218,9 @@ class Federation:
         new_state.update(_write_back(held, ids, alive, {"opt": opt_states, "residual": residuals}))
 
         n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
-        up = compression.payload_bytes(state["params"], plan.compression, plan.topk_fraction)
+        if self._up_bytes is None:  # tracing the encoder costs more than a small model's aggregation: once
+            self._up_bytes = compression.payload_bytes(state["params"], plan.compression, plan.topk_fraction)
+        up = self._up_bytes
         per_client_up = (4 * n_params if plan.secure_agg else up) + 4  # + the client's count (int32)
         sent = int(alive.sum())
         loss = float(np.sum(np.asarray(losses) * sizes * alive) / max(np.sum(sizes * alive), 1.0))
@@ -238,12 +241,24 @@ def _rows(mask: np.ndarray, like: Array) -> Array:
     return jnp.asarray(mask).reshape(-1, *([1] * (like.ndim - 1)))
 
 
+@jax.jit
+def _gather(tree: PyTree, rows: Array) -> PyTree:
+    """Rows ``rows`` of every stacked [K, ...] leaf (one compiled gather, not one dispatch per leaf)."""
+    return jax.tree.map(lambda a: a[rows], tree)
+
+
+@jax.jit
+def _scatter(tree: PyTree, new: PyTree, ids: Array, alive: Array) -> PyTree:
+    """``tree`` [K, ...] with rows ``ids`` replaced by ``new`` [m, ...] where ``alive`` (fixed shapes: one compile)."""
+
+    def one(old, upd):
+        return old.at[ids].set(jnp.where(_rows(alive, upd), upd, old[ids]))
+
+    return jax.tree.map(one, tree, new)
+
+
 def _write_back(held: dict, ids: np.ndarray, alive: np.ndarray, new: dict) -> dict:
     """Per-client state after the round: clients that finished keep their new state, others their old one."""
     if not held:
         return {}
-    keep = np.flatnonzero(alive)
-    clients = {}
-    for name, tree in held.items():
-        clients[name] = jax.tree.map(lambda old, upd: old.at[ids[keep]].set(upd[keep]), tree, new[name])
-    return {"clients": clients}
+    return {"clients": {name: _scatter(tree, new[name], ids, alive) for name, tree in held.items()}}

@@ -21,10 +21,10 @@ import optax
 from slm_jax.config import Config, to_dict
 from slm_jax.data.pipeline import eval_batches
 from slm_jax.data.source import load_dataset
-from slm_jax.errors import ConfigError
+from slm_jax.errors import ConfigError, DataError
 from slm_jax.eval.perplexity import evaluate
 from slm_jax.federated import privacy, rounds, server
-from slm_jax.federated.partition import Client, iid_clients, role_clients, size_stats
+from slm_jax.federated.partition import Client, dirichlet_clients, iid_clients, role_clients, size_stats
 from slm_jax.models import accounting
 from slm_jax.models.lm import CausalLM
 from slm_jax.rundir.checkpoint import Checkpointer
@@ -54,10 +54,28 @@ def load_clients(cfg: Config) -> tuple[Config, list[Client], object, str]:
             )
         text = Path(cfg.data.path).read_text(encoding="utf-8")
         clients = role_clients(text, data.tokenizer, cfg.data.val_fraction, t.seq_len + 1, f.n_clients)
+    elif f.partition == "dirichlet":
+        clients = dirichlet_clients(
+            data.train, data.val, newline_id(data.tokenizer), f.n_clients, f.dirichlet_alpha, t.seq_len + 1, t.seed
+        )
     else:
         clients = iid_clients(data.train, data.val, f.n_clients, 16 * (t.seq_len + 1), t.seq_len + 1, t.seed)
     unit = {"char": "char", "byte": "byte"}.get(data.meta.get("tokenizer"), "token")
     return cfg, clients, data.tokenizer, unit
+
+
+def newline_id(tokenizer) -> int:
+    """The newline's token id (Dirichlet partitions deal lines), or one sentence saying to pick another partition."""
+    try:
+        ids = tokenizer.encode("\n")
+    except DataError:
+        ids = ()
+    if len(ids) != 1:
+        raise ConfigError(
+            "train.federated.partition=dirichlet deals lines of text, but the data has no newline token; "
+            "use partition=iid or line-structured text (e.g. data.synthetic=reverse)."
+        )
+    return int(ids[0])
 
 
 def train_federated(

@@ -28,7 +28,8 @@ ROLE_TEXT = "ANNA:\nHello there.\nMore words.\n\nBOB:\nHi.\n\nANNA:\nAgain I spe
         ({"n_clients": 0}, "train.federated.n_clients"),
         ({"secure_agg": True, "compression": "int8"}, "train.federated.compression"),
         ({"algorithm": "fedsgd", "local_steps": 3}, "train.federated.local_steps"),
-        ({"partition": "dirichlet"}, "train.federated.partition"),
+        ({"partition": "dirichlett"}, "train.federated.partition"),
+        ({"partition": "dirichlet", "dirichlet_alpha": 0.0}, "train.federated.dirichlet_alpha"),
     ],
 )
 def test_each_config_mistake_is_one_sentence_naming_the_key(overrides, key):
