@@ -1,4 +1,4 @@
-"""The ``slm`` command: train, eval, generate, sweep, data prepare, convert, quantize, export, config show.
+"""The ``slm`` command: train, eval, generate, sweep, data prepare, convert, quantize, prune, export, config show.
 
 Mistakes a user can fix (``SlmError``, a bad command line, a full or read-only disk) print one
 line and exit with status 2, no traceback. A run stopped by SIGINT / SIGTERM exits with 130 / 143
@@ -269,6 +269,25 @@ def cmd_quantize(args) -> None:
     print(json.dumps(summary, indent=1))
 
 
+def cmd_prune(args) -> None:
+    from slm_jax.config import read_yaml_config
+    from slm_jax.errors import ConfigError
+    from slm_jax.prune.options import prune_options
+    from slm_jax.prune.run import prune_run
+
+    section = None
+    if args.config:
+        raw = read_yaml_config(args.config)
+        if set(raw) - {"prune"}:
+            raise ConfigError(f"{args.config} may hold only a prune: section for slm prune, got {sorted(raw)}.")
+        section = raw.get("prune") or {}
+        if not isinstance(section, dict):
+            raise ConfigError(f"The prune: section of {args.config} must be a mapping of prune options.")
+    options = prune_options(section, args.overrides)
+    summary = prune_run(args.run_dir, args.out, options, args.calib, args.calib_tokens, best=args.best)
+    print(json.dumps(summary, indent=1))
+
+
 def cmd_export(args) -> None:
     from slm_jax.export.stablehlo import export_run
 
@@ -514,6 +533,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-tokens", type=int, default=32_768, help="calibration tokens for gptq/awq")
     p.add_argument("--best", action="store_true", help="quantize the best checkpoint by validation loss")
     p.set_defaults(func=cmd_quantize)
+
+    p = sub.add_parser("prune", help="structured pruning: depth, heads, MLP, embedding, recurrent width; a new run")
+    p.add_argument("run_dir")
+    p.add_argument("--out", required=True, help="new run directory to write")
+    p.add_argument("--config", default=None, help="YAML file with a prune: section (docs/pruning.md)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="prune.KEY=VALUE",
+        help="a prune option, e.g. --set prune.d_ff=128 (repeatable; wins over --config)",
+    )
+    p.add_argument(
+        "--calib",
+        default="",
+        help="calibration text: a text file or a prepared directory (default: the run's training data)",
+    )
+    p.add_argument("--calib-tokens", type=_positive_int, default=32_768, help="calibration tokens for the rankings")
+    p.add_argument("--best", action="store_true", help="prune the best checkpoint by validation loss")
+    p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser(
         "export", help="export prefill and one-token decode (cache in, cache out) for a standalone runner"

@@ -35,7 +35,7 @@ from slm_jax.training.loop import LoopParts, run_loop
 from slm_jax.training.optim import make_optimizer
 from slm_jax.training.parallel import make_parallel
 from slm_jax.training.step import init_state, make_eval_step, make_train_step
-from slm_jax.training.train import check_resumable, default_run_dir, with_data_vocab
+from slm_jax.training.train import check_resumable, default_run_dir, warm_start_params, with_data_vocab
 
 
 def distill(
@@ -58,11 +58,8 @@ def distill(
             f"slm distill runs on one device, but train.parallel.strategy is {cfg.train.parallel.strategy!r}; "
             "set it to none."
         )
-    if cfg.train.init_from or cfg.train.curriculum:
-        raise ConfigError(
-            "slm distill starts the student from scratch and has no curriculum; "
-            "clear train.init_from and train.curriculum."
-        )
+    if cfg.train.curriculum:
+        raise ConfigError("slm distill has no curriculum; clear train.curriculum.")
     if cfg.data.task.name:
         raise ConfigError(
             f"Distillation trains on text, but data.task.name is {cfg.data.task.name!r}; "
@@ -113,6 +110,9 @@ def _distill_locked(cfg: Config, teacher_dir: str, run_dir: Path, until_step: in
     # ---------------------------------------------------------------- student, optimizer, state
     model = CausalLM(cfg.model)
     init = lambda opt: init_state(model, opt, tc.seed, tc.seq_len)
+    if tc.init_from and ckpt.latest_step() is None:  # recovery of a pruned run: start from its weights
+        start = warm_start_params(tc.init_from, cfg)
+        init = lambda opt: {**init_state(model, opt, tc.seed, tc.seq_len), "params": start}
     optimizer, schedule = make_optimizer(cfg.optim, tc.steps, abstract_params(cfg.model))
     par = make_parallel(tc, jax.eval_shape(lambda: init(optimizer)))  # one device (checked above)
     data_state = None

@@ -1,0 +1,125 @@
+"""The pruned model's shape: ``PruneOptions`` checked against a ``ModelConfig``, as dotted config changes.
+
+Every width that defaulted from another field (``d_ff``, ``head_dim``, the RG-LRU width and gate heads, Mamba's
+``dt_rank``) is written out, so that changing ``d_model`` or ``n_heads`` changes only what was pruned. A request the
+model cannot take is one ConfigError, raised before anything is computed or written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from slm_jax.config import ModelConfig
+from slm_jax.errors import ConfigError
+from slm_jax.mixers.registry import build_mixer
+from slm_jax.prune.options import PruneOptions
+
+ATTENTION = ("attention", "local_attention")
+
+
+@dataclass(frozen=True)
+class Shapes:
+    """Old and new sizes of every prunable structure (new == old: nothing to prune there)."""
+
+    n_layers: tuple[int, int]
+    d_model: tuple[int, int]
+    d_ff: tuple[int, int]
+    heads: tuple[int, int]  # query heads
+    kv_heads: tuple[int, int]
+    rglru_width: tuple[int, int]
+    mamba_width: tuple[int, int]
+    mamba2_heads: tuple[int, int]
+
+    def changes(self, name: str) -> bool:
+        old, new = getattr(self, name)
+        return old != new
+
+
+def _at_most(key: str, new: int, old: int, what: str) -> int:
+    if new > old:
+        raise ConfigError(f"prune.{key} ({new}) keeps more {what} than the model has ({old}); pick at most {old}.")
+    return new or old
+
+
+def plan(m: ModelConfig, o: PruneOptions) -> tuple[Shapes, dict]:
+    """(old and new sizes, dotted ``model.*`` changes for ``config.replace``) of pruning ``m`` as ``o`` asks."""
+    layers = set(m.layers)
+    if o.n_layers and o.depth_unit == "period" and o.n_layers % len(m.pattern):
+        raise ConfigError(
+            f"prune.n_layers ({o.n_layers}) is not a whole number of {len(m.pattern)}-layer periods; "
+            f"with prune.depth_unit=period pick a multiple of {len(m.pattern)} (a pattern cannot be emptied)."
+        )
+    n_layers = _at_most("n_layers", o.n_layers, m.n_layers, "layers")
+    d = _at_most("d_model", o.d_model, m.d_model, "embedding channels")
+    changes: dict = {"model.d_model": d, "model.head_dim": m.attn_head_dim}
+    d_ff = m.ff_width
+    if m.mlp != "none":
+        d_ff = _at_most("d_ff", o.d_ff, m.ff_width, "MLP channels")
+        changes["model.d_ff"] = d_ff
+    elif o.d_ff:
+        raise ConfigError("prune.d_ff is set but this model has no MLP (model.mlp: none); leave it at 0.")
+    heads, kv = m.n_heads, m.kv_heads
+    if o.n_heads or o.n_kv_heads:
+        if not layers & set(ATTENTION):
+            raise ConfigError("prune.n_heads / prune.n_kv_heads are set but the model has no attention layer.")
+        heads = _at_most("n_heads", o.n_heads, m.n_heads, "attention heads")
+        kv = _at_most("n_kv_heads", o.n_kv_heads, m.kv_heads, "key/value groups")
+        if not o.n_kv_heads and not m.n_kv_heads:  # multi-head attention stays multi-head
+            kv = heads
+        if heads % kv:
+            raise ConfigError(
+                f"{heads} query heads do not divide into {kv} key/value groups; make prune.n_heads a multiple of "
+                "prune.n_kv_heads."
+            )
+        if heads // kv > m.n_heads // m.kv_heads:
+            raise ConfigError(
+                f"{heads} query heads over {kv} key/value groups is {heads // kv} per group, more than the "
+                f"{m.n_heads // m.kv_heads} each group has; keep more groups (prune.n_kv_heads) or fewer heads."
+            )
+    changes.update({"model.n_heads": heads, "model.n_kv_heads": 0 if kv == heads and not m.n_kv_heads else kv})
+    rglru = mamba = mamba2 = (0, 0)
+    if "rglru" in layers:
+        mixer = build_mixer(m, "rglru")
+        w, h = mixer.rnn_width, mixer.num_heads
+        new_w = _at_most("rglru_width", o.rglru_width, w, "RG-LRU channels")
+        if new_w % h:
+            raise ConfigError(
+                f"prune.rglru_width ({new_w}) must be divisible by the RG-LRU gate heads ({h}); pick a multiple of {h}."
+            )
+        rglru = (w, new_w)
+        changes.update({"model.mixers.rglru.width": new_w, "model.mixers.rglru.n_heads": h})
+    elif o.rglru_width:
+        raise ConfigError("prune.rglru_width is set but the model has no rglru layer; leave it at 0.")
+    if "mamba" in layers:
+        opts = m.mixers.mamba
+        expand = _at_most("mamba_expand", o.mamba_expand, opts.expand, "Mamba expansion")
+        mamba = (opts.expand * m.d_model, expand * d)
+        changes.update(
+            {"model.mixers.mamba.expand": expand, "model.mixers.mamba.dt_rank": build_mixer(m, "mamba").dt_rank}
+        )
+    elif o.mamba_expand:
+        raise ConfigError("prune.mamba_expand is set but the model has no mamba layer; leave it at 0.")
+    if "mamba2" in layers:
+        opts = m.mixers.mamba2
+        expand = _at_most("mamba2_expand", o.mamba2_expand, opts.expand, "Mamba-2 expansion")
+        new_w = expand * d
+        if new_w % opts.head_dim or (new_w // opts.head_dim) % opts.n_groups:
+            raise ConfigError(
+                f"The pruned Mamba-2 width {expand} x {d} = {new_w} is not a whole number of heads of "
+                f"{opts.head_dim} in {opts.n_groups} group(s); pick prune.d_model or prune.mamba2_expand so it is."
+            )
+        mamba2 = (opts.expand * m.d_model // opts.head_dim, new_w // opts.head_dim)
+        changes["model.mixers.mamba2.expand"] = expand
+    elif o.mamba2_expand:
+        raise ConfigError("prune.mamba2_expand is set but the model has no mamba2 layer; leave it at 0.")
+    shapes = Shapes(
+        (m.n_layers, n_layers),
+        (m.d_model, d),
+        (m.ff_width, d_ff),
+        (m.n_heads, heads),
+        (m.kv_heads, kv),
+        rglru,
+        mamba,
+        mamba2,
+    )
+    return shapes, changes
