@@ -134,6 +134,7 @@ def _restore_items(item_dir: Path, abstract_state: PyTree) -> PyTree:
     """Only the top-level items of the saved state that ``abstract_state`` names (Orbax's partial restore).
 
     Leaves without a sharding are placed on the first device, as a full restore places them.
+    Orbax reads only absolute paths, so a run directory given relative to the working directory is made absolute.
     """
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target = jax.tree.map(
@@ -144,7 +145,7 @@ def _restore_items(item_dir: Path, abstract_state: PyTree) -> PyTree:
         item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True
     )
     with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as reader:
-        return reader.restore(item_dir, args=args)
+        return reader.restore(Path(item_dir).absolute(), args=args)
 
 
 def _check_fits(saved: dict[str, tuple], wanted: dict[str, tuple], where: str) -> None:

@@ -79,6 +79,16 @@ def test_restore_params_reads_weights_without_an_optimizer(tmp_path, monkeypatch
     )
 
 
+def test_restore_params_from_a_path_relative_to_the_working_directory(tmp_path, monkeypatch):
+    # Orbax reads only absolute paths; `slm eval runs/x` and train.init_from=runs/x pass relative ones.
+    cfg = tiny_cfg()
+    params = random_params(cfg)
+    make_run(tmp_path / "run", cfg, params)
+    monkeypatch.chdir(tmp_path)
+    got, step = restore_params("run", cfg)
+    assert step == 3 and same(got, params)
+
+
 def test_old_train_state_with_rng_resumes_into_one_without(tmp_path):
     cfg = tiny_cfg()
     params = random_params(cfg)
