@@ -151,8 +151,8 @@ def cmd_generate(args) -> None:
 
 
 def _speculative_chunks(args, run, model, prompt):
-    """Tokens i32[1, n] of each speculative round (slm_jax/inference/speculative.py); at the end,
-    the acceptance rate and speed on stderr."""
+    """Tokens i32[1, n] of each chunk of speculative rounds (slm_jax/inference/speculative.py, one
+    compiled loop per --chunk tokens); at the end, the acceptance rate and speed on stderr."""
     import time
 
     from slm_jax.errors import ConfigError
@@ -178,9 +178,10 @@ def _speculative_chunks(args, run, model, prompt):
         temperature=args.temperature,
         top_k=args.top_k,
         top_p=args.top_p,
+        chunk=args.chunk,
     ):
         yield tokens
-        accepted, rounds, new = accepted + kept, rounds + 1, new + tokens.shape[1]
+        accepted, rounds, new = accepted + int(kept.sum()), rounds + len(kept), new + tokens.shape[1]
     seconds = time.perf_counter() - start
     print(
         f"\nspeculative decoding: {accepted / (rounds * args.draft_tokens):.1%} of draft tokens accepted, "
@@ -460,7 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="RUN_DIR",
         default=None,
         help="speculative decoding: a smaller run with the same tokenizer proposes tokens, "
-        "this run verifies them (same output distribution; --chunk unused)",
+        "this run verifies them (same output distribution)",
     )
     p.add_argument(
         "--draft-tokens", metavar="K", type=int, default=4, help="tokens the draft proposes per round (with --draft)"

@@ -1,4 +1,5 @@
-"""Speculative decoding: greedy equals target-only greedy, sampled tokens follow the target, errors."""
+"""Speculative decoding: exact cache rollback for every mixer kind, greedy equals target-only greedy,
+sampled tokens follow the target, errors."""
 
 import itertools
 
@@ -13,15 +14,24 @@ from slm_jax.config import config_from_dict
 from slm_jax.errors import ConfigError
 from slm_jax.inference.generate import generate
 from slm_jax.inference.sampling import sample, token_probs
-from slm_jax.inference.speculative import advance, speculate, speculative_generate
+from slm_jax.inference.speculative import (
+    _draft_rollback,
+    _feed,
+    _propose,
+    _target_rollback,
+    speculate,
+    speculative_generate,
+    start,
+)
 from slm_jax.models.lm import CausalLM
 from tests.tiny_runs import train_text_run
 
 
-def _model(preset: str, seed: int, vocab: int = 23, init_std: float = 0.2):
+def _model(preset: str, seed: int, vocab: int = 23, init_std: float = 0.2, **fields):
     cfg = config_from_dict(
         {
             "model": {
+                **fields,
                 "preset": preset,
                 "vocab_size": vocab,
                 "d_model": 16,
@@ -47,8 +57,9 @@ def _share_io(params, vocab: int = 23, width: int = 16):
 
 
 def _run(target, tp, draft, dp, prompt, n, **kw):
-    rounds = list(speculative_generate(target, tp, draft, dp, prompt, n, **kw))
-    return np.concatenate([r[0] for r in rounds], axis=1), [r[1] for r in rounds]
+    """(tokens i32[b, n], drafts kept in each round as a list)."""
+    chunks = list(speculative_generate(target, tp, draft, dp, prompt, n, **kw))
+    return np.concatenate([c[0] for c in chunks], axis=1), np.concatenate([c[1] for c in chunks]).tolist()
 
 
 PROMPT = np.array([[3, 1, 4, 1, 5, 9, 2, 6]], np.int32)
@@ -66,6 +77,70 @@ def test_greedy_equals_target_greedy(target_preset, draft_preset, k):
     got, accepted = _run(target, tp, draft, dp, PROMPT, 16, k=k, temperature=0.0)
     np.testing.assert_array_equal(got, want)
     assert max(accepted) > 0 and min(accepted) < k  # both full/partial acceptance and rollbacks happened
+
+
+# Every way a cache is rolled back: attention rewound by slot (global, and a ring of window 4 that
+# wraps, rewindable for K = 3 but not K = 4; also stacked by scan_layers), int8 attention, and
+# stacked / re-run states for RG-LRU, Mamba, Mamba-2, short convolutions and Hyena's history.
+ROLLBACK_MODELS = {
+    "transformer": ("transformer", {}),
+    "attention+ring": ("transformer", {"layer_pattern": ["attention", "local_attention"]}),
+    "scanned attention+ring": ("transformer", {"layer_pattern": ["attention", "local_attention"], "scan_layers": True}),
+    "int8 attention": ("transformer", {"cache_quant": "int8"}),
+    "griffin": ("griffin", {}),
+    "mamba": ("mamba", {}),
+    "mamba2": ("mamba2", {"n_heads": 4}),
+    "lfm2_like": ("lfm2_like", {}),
+    "hyena": ("hyena", {}),
+}
+
+
+def _close(got, want):
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        if jnp.issubdtype(a.dtype, jnp.floating):
+            np.testing.assert_allclose(a, b, atol=1e-5)
+        else:  # slot positions and counters exactly; int8 leaves up to a rounding step
+            np.testing.assert_allclose(a, b, atol=int(a.dtype == jnp.int8))
+
+
+ROLLBACK_CASES = [(name, 4) for name in ROLLBACK_MODELS] + [
+    (name, 3) for name in ["attention+ring", "scanned attention+ring", "griffin"]
+]
+
+
+@pytest.mark.parametrize("name, k", ROLLBACK_CASES)
+def test_rollback_equals_feeding_the_kept_tokens(name, k):
+    """For every kept count n, the rolled-back caches equal the starting cache fed only the n kept
+    tokens: in one call for the target (as it verifies), one token at a time for the draft (as it
+    proposes; an int8 cache makes the two differ by its rounding)."""
+    preset, fields = ROLLBACK_MODELS[name]
+    model, params = _model(preset, 0, **fields)
+    feed = jax.jit(lambda cache, tokens, at: _feed(model, params, cache, tokens, at))
+    cache = feed(model.init_cache(1, 20), PROMPT[:, :-1], 0)
+    position = PROMPT.shape[1] - 1
+    propose = jax.jit(lambda c, last: _propose(model, params, c, last, position, jax.random.key(1), k, (1.0, 0, 1.0)))
+    drafts, _, end, stacked = propose(cache, PROMPT[:, -1])
+    fed = jnp.concatenate([PROMPT[:, -1:], drafts], axis=1)
+    verified = feed(cache, fed, position)
+    rollback_target = jax.jit(lambda n: _target_rollback(model, params, cache, verified, fed, position, n, k))
+    rollback_draft = jax.jit(lambda n: _draft_rollback(cache, end, stacked, n, k))
+    stepped = cache
+    for n in range(1, k + 2):
+        stepped = feed(stepped, fed[:, n - 1 : n], position + n - 1)
+        _close(rollback_target(n), feed(cache, fed[:, :n], position))
+        _close(rollback_draft(n), stepped)
+
+
+def test_chunks_stream_the_same_tokens():
+    target, tp = _model("transformer", 0)
+    draft, dp = _model("griffin", 1)
+    tp, dp = _share_io(tp), _share_io(dp)
+    whole, kept = _run(target, tp, draft, dp, PROMPT, 13, k=3, temperature=1.0, seed=4)
+    chunks = list(speculative_generate(target, tp, draft, dp, PROMPT, 13, k=3, temperature=1.0, seed=4, chunk=5))
+    assert len(chunks) == 3 and all(c[0].shape[1] >= 5 for c in chunks[:2])
+    np.testing.assert_array_equal(np.concatenate([c[0] for c in chunks], axis=1), whole)
+    assert np.concatenate([c[1] for c in chunks]).tolist() == kept
 
 
 def test_identical_draft_accepts_everything():
@@ -133,9 +208,9 @@ def test_one_round_follows_the_target():
     target, tp, draft, dp = _pair()
     rows, k = 20000, 2
     prompt = np.repeat(SHORT, rows, axis=0)
-    caches = advance(target, tp, draft, dp, target.init_cache(rows, 8), draft.init_cache(rows, 8), prompt[:, :-1], 0)
-    fed, accepted, out, *_ = speculate(
-        target, tp, draft, dp, *caches, prompt[:, -1], 3, jax.random.key(0), k, 1.0, 0, 1.0
+    state = start(target, tp, draft, dp, prompt, 4, k, 0)
+    fed, accepted, out, *_ = jax.jit(speculate, static_argnums=(0, 2, 9, 10, 11, 12))(
+        target, tp, draft, dp, state.target_cache, state.draft_cache, state.last, 3, jax.random.key(0), k, 1.0, 0, 1.0
     )
     drafts, accepted, out = np.asarray(fed[:, 1:]), np.asarray(accepted), np.asarray(out)
     assert np.bincount(accepted, minlength=k + 1).min() > 1000  # every way a round can end is common
