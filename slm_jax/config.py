@@ -201,6 +201,7 @@ class FederatedConfig:
     server_beta2: float = 0.99  # adam, yogi
     server_eps: float = 1e-3  # adam, yogi: tau of Reddi et al. 2021
     clients_in_parallel: int = 0  # clients vmapped together; 0 -> all clients of a round at once
+    client_devices: int = 0  # devices the vmapped clients axis is sharded over; 0 -> every local device
     compression: str = "none"  # none | int8 | int4 | topk: uplink compression with error feedback
     topk_fraction: float = 0.01  # topk: share of each tensor's entries sent
     drop_fraction: float = 0.0  # share of the sampled clients that fail each round (stragglers)
@@ -209,6 +210,7 @@ class FederatedConfig:
     dp_delta: float = 1e-5
     dp_epsilon: float = 0.0  # privacy budget: stop before a round would exceed it; 0 -> no budget
     secure_agg: bool = False  # pairwise additive masks that cancel in the sum (Bonawitz et al. 2017)
+    target_accuracy: float = 0.0  # stop once an eval's val_accuracy reaches it (rounds to target); 0 -> off
 
 
 @dataclass(frozen=True)
@@ -643,6 +645,8 @@ def _validate_federated(f: FederatedConfig) -> None:
     _require(0.0 <= f.server_beta2 < 1.0, f"{k}server_beta2 must be in [0, 1), got {f.server_beta2}.")
     _require(f.server_eps > 0, f"{k}server_eps must be positive, got {f.server_eps}.")
     _require(f.clients_in_parallel >= 0, f"{k}clients_in_parallel must be >= 0 (0 = all), got {f.clients_in_parallel}.")
+    _require(f.client_devices >= 0, f"{k}client_devices must be >= 0 (0 = every device), got {f.client_devices}.")
+    _require(0.0 <= f.target_accuracy < 1.0, f"{k}target_accuracy must be in [0, 1), got {f.target_accuracy}.")
     _require(
         f.compression in ("none", "int8", "int4", "topk"),
         f"{k}compression must be none, int8, int4 or topk, got {f.compression!r}.",

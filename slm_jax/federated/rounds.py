@@ -6,6 +6,13 @@ feedback)}`` stacked over all K clients. A round is a pure function of that stat
 index: which clients are sampled, which drop out and every client's batches are seeded by
 (seed, round), so a resumed run repeats the uninterrupted one.
 
+With several devices the clients axis is sharded over a 1-D ``clients`` mesh of
+``train.federated.client_devices`` devices (every local one by default): each group of clients
+(padded to a multiple of the devices with copies of its last client, whose results are dropped)
+is split along its leading axis, the global model and per-client state are replicated, and the
+one compiled client phase runs ``group / devices`` clients per device; the server's sum over
+clients becomes a cross-device reduction.
+
 The phases keep the data flow one-way: client phase (client.py + clipping + compression: sees
 the client's batches) -> the client's payload -> [secure aggregation masks, client side] ->
 server phase (server.py: payloads, weights and a count, nothing else).
@@ -15,15 +22,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from slm_jax.array_typing import Array, PyTree
 from slm_jax.config import Config
+from slm_jax.errors import ConfigError
 from slm_jax.federated import compression, privacy, secure_agg, server
 from slm_jax.federated.client import client_batches, make_client_update
 from slm_jax.federated.partition import Client
@@ -36,7 +47,8 @@ class Plan:
 
     n_clients: int  # K
     per_round: int  # m sampled each round
-    group: int  # clients vmapped together
+    group: int  # clients vmapped together (a multiple of devices)
+    devices: int  # devices the clients axis is sharded over (1: no mesh)
     local_steps: int
     batch: int
     seq_len: int
@@ -58,10 +70,18 @@ def make_plan(cfg: Config, n_clients: int) -> Plan:
     f, t = cfg.train.federated, cfg.train
     per_round = f.clients_per_round or max(1, round(f.fraction * n_clients))
     per_round = min(per_round, n_clients)
+    group = min(f.clients_in_parallel or per_round, per_round)
+    if f.client_devices > jax.local_device_count():
+        raise ConfigError(
+            f"train.federated.client_devices={f.client_devices} but this host has {jax.local_device_count()} "
+            "devices; lower it (0 = every device)."
+        )
+    devices = min(f.client_devices or jax.local_device_count(), group)
     return Plan(
         n_clients=n_clients,
         per_round=per_round,
-        group=min(f.clients_in_parallel or per_round, per_round),
+        group=-(-group // devices) * devices,
+        devices=devices,
         local_steps=f.local_steps,
         batch=f.client_batch or t.batch_size,
         seq_len=t.seq_len,
@@ -141,16 +161,30 @@ class Federation:
             return payload, opt_state, residual, loss, finite
 
         self.client_phase = jax.jit(jax.vmap(client_phase, in_axes=(None, 0, 0, 0)))
-        self.mask_phase = jax.jit(jax.vmap(self._mask_one, in_axes=(0, 0, 0, None, None, None)))
+        self.mask_phase = jax.jit(self._mask_phase)
         self.server_phase = jax.jit(self._server_phase)
         self._up_bytes = None
+        self.mesh = Mesh(np.array(jax.local_devices()[: plan.devices]), ("clients",)) if plan.devices > 1 else None
+
+    def _place(self, tree: PyTree, split: bool) -> PyTree:
+        """On the ``clients`` mesh: leading axis split over its devices (``split``) or replicated; unchanged without."""
+        if self.mesh is None:
+            return tree
+        return jax.device_put(tree, NamedSharding(self.mesh, P("clients") if split else P()))
 
     # ------------------------------------------------------------------ client side
     @staticmethod
-    def _mask_one(payload, coef, me, peers, alive, round_key):
-        """A client weights its own update by its public coefficient and masks it (secure_agg.py)."""
-        weighted = jax.tree.map(lambda x: coef * x, payload)
-        return secure_agg.mask_update(weighted, me, peers, alive, round_key)
+    def _mask_phase(payloads, coefs, peers, alive, round_key):
+        """Each client weights its own update by its public coefficient and masks it (secure_agg.py).
+
+        payloads: stacked f32 [m, ...]; coefs f32[m]; peers i32[m] (the round's client ids);
+        alive bool[m]. Returns what reaches the server: the stacked u32 masked updates, with zero
+        rows for the clients that sent nothing.
+        """
+        masks = secure_agg.client_masks(jax.tree.map(lambda x: x[0], payloads), peers, alive, round_key)
+        weighted = jax.tree.map(lambda x: x * coefs.reshape(-1, *([1] * (x.ndim - 1))), payloads)
+        masked = jax.vmap(secure_agg.mask_update)(weighted, masks)
+        return jax.tree.map(lambda u: jnp.where(_rows(alive, u), u, jnp.uint32(0)), masked)
 
     # ------------------------------------------------------------------ server side
     def _server_phase(self, params, server_opt, received, weights, denominator, noise_key):
@@ -180,6 +214,7 @@ class Federation:
         """Round ``round_idx`` (1-based) from ``state``: the next state and the round's metrics."""
         plan = self.plan
         ids, dropped = sample_clients(plan, round_idx)
+        state = self._place(state, split=False)
         held = state.get("clients", {})
         n_groups = -(-plan.per_round // plan.group)
         padded = np.concatenate([ids, np.repeat(ids[-1:], n_groups * plan.group - plan.per_round)])  # last group full
@@ -187,8 +222,9 @@ class Federation:
         for rows in padded.reshape(n_groups, plan.group):
             batches = np.stack([self._batches(clients[k], round_idx, int(k)) for k in rows])
             gathered = {name: _gather(tree, rows) for name, tree in held.items()}
+            batches, gathered = self._place((batches, gathered), split=True)  # each device trains group / devices
             outs.append(self.client_phase(state["params"], gathered.get("opt"), gathered.get("residual"), batches))
-        stacked = jax.tree.map(lambda *a: jnp.concatenate(a)[: plan.per_round], *outs)
+        stacked = _join(outs, plan.per_round)
         payloads, opt_states, residuals, losses, finite = stacked
         failed = ~np.asarray(finite)
         alive = ~dropped & ~failed
@@ -206,8 +242,7 @@ class Federation:
                 round_key = jax.random.fold_in(jax.random.key(plan.seed), round_idx)
                 coefs = weights / denominator
                 peers = jnp.asarray(ids, jnp.int32)
-                masked = self.mask_phase(payloads, coefs, peers, peers, jnp.asarray(alive), round_key)
-                received = jax.tree.map(lambda u: jnp.where(_rows(alive, u), u, jnp.uint32(0)), masked)
+                received = self.mask_phase(payloads, coefs, peers, jnp.asarray(alive), round_key)
             else:
                 received = payloads
             noise_key = jax.random.fold_in(jax.random.key(plan.seed + 1), round_idx)
@@ -239,6 +274,12 @@ class Federation:
 def _rows(mask: np.ndarray, like: Array) -> Array:
     """bool[m] -> broadcastable bool[m, 1, ...] for a stacked leaf ``like``."""
     return jnp.asarray(mask).reshape(-1, *([1] * (like.ndim - 1)))
+
+
+@partial(jax.jit, static_argnums=1)
+def _join(outs: list, m: int) -> PyTree:
+    """The groups' outputs as one stack over the round's first ``m`` clients (padding dropped; one dispatch)."""
+    return jax.tree.map(lambda *a: jnp.concatenate(a)[:m], *outs)
 
 
 @jax.jit

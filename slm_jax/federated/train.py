@@ -141,7 +141,7 @@ def _train_locked(cfg: Config, run_dir: Path, ckpt: Checkpointer, until_round: i
         + (f", resuming at round {start}" if start else "")
     )
     stop = StopRequest()
-    metrics, val, stopped_reason = {}, {}, None
+    metrics, val, stopped_reason, reached = {}, {}, None, False
     try:
         for r in range(start + 1, end + 1):
             eps = privacy.epsilon(r, plan.sampling_rate, f.dp_noise, f.dp_delta) if f.dp_noise else None
@@ -170,11 +170,19 @@ def _train_locked(cfg: Config, run_dir: Path, ckpt: Checkpointer, until_round: i
                 val = evaluate(eval_fn, state["params"], val_sets, unit)
                 log.write(r, **val)
                 bar.write(f"round {r}: val_loss {val['val_loss']:.4f} ({val[f'val_bits_per_{unit}']:.3f} bits/{unit})")
+                if f.target_accuracy and val["val_accuracy"] >= f.target_accuracy:
+                    stopped_reason = (
+                        f"reached val_accuracy {val['val_accuracy']:.4f} >= {f.target_accuracy:g} at round {r}"
+                    )
+                    bar.write(f"Stopped: {stopped_reason}.")
+                    final = reached = True
             ckpt.save(r, state, {**totals, "round": r}, to_dict(cfg), val_loss=val.get("val_loss"), force=final)
             if stop.requested:
                 bar.write(f"Stopped at round {r} with a checkpoint; run the same command again to resume.")
                 break
-        if stopped_reason and int(state["step"]) > start:
+            if stopped_reason:
+                break
+        if stopped_reason and not reached and int(state["step"]) > start:  # the budget stop (a target stop saved)
             ckpt.save(int(state["step"]), state, {**totals, "round": int(state["step"])}, to_dict(cfg), force=True)
     finally:
         stop.restore()

@@ -10,10 +10,26 @@ from tests.federated.helpers import assert_trees_close, federation, tiny_clients
 
 
 def _masked(updates, ids, alive):
-    key = jax.random.key(3)
     peers = jnp.asarray(ids, jnp.int32)
-    mask = jax.vmap(secure_agg.mask_update, in_axes=(0, 0, None, None, None))
-    return mask(updates, peers, peers, jnp.asarray(alive), key)
+    masks = secure_agg.client_masks(jax.tree.map(lambda x: x[0], updates), peers, jnp.asarray(alive), jax.random.key(3))
+    return jax.vmap(secure_agg.mask_update)(updates, masks)
+
+
+def test_each_client_mask_is_its_signed_pair_streams():
+    """Generating each pair's stream once gives every client the mask it would expand itself."""
+    like = {"a": jnp.zeros((3, 4)), "b": jnp.zeros((5,))}
+    ids, alive = [2, 5, 8, 11], [True, False, True, True]
+    key = jax.random.key(7)
+    masks = secure_agg.client_masks(like, jnp.asarray(ids, jnp.int32), jnp.asarray(alive), key)
+    for i, me in enumerate(ids):
+        own = np.zeros(17, np.uint32)
+        for j, peer in enumerate(ids):
+            if peer != me and alive[i] and alive[j]:
+                r = np.asarray(secure_agg.pair_stream(secure_agg.pair_key(key, me, peer), 17))
+                own = own + r if me < peer else own - r
+        got = np.concatenate([np.asarray(masks["a"][i]).ravel(), np.asarray(masks["b"][i])])
+        np.testing.assert_array_equal(got, own)
+    assert not np.any(np.asarray(masks["b"][1]))  # a non-participant is given no mask
 
 
 def test_masks_cancel_exactly_and_hide_each_update():

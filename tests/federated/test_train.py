@@ -10,6 +10,7 @@ from slm_jax.data.tokenizers import CharTokenizer
 from slm_jax.errors import ConfigError
 from slm_jax.federated import privacy
 from slm_jax.federated.partition import iid_clients, role_clients, speaking_roles
+from slm_jax.rundir.checkpoint import latest_checkpoint_step
 from slm_jax.training.train import train
 
 ROLE_TEXT = "ANNA:\nHello there.\nMore words.\n\nBOB:\nHi.\n\nANNA:\nAgain I speak.\n"
@@ -30,6 +31,8 @@ ROLE_TEXT = "ANNA:\nHello there.\nMore words.\n\nBOB:\nHi.\n\nANNA:\nAgain I spe
         ({"algorithm": "fedsgd", "local_steps": 3}, "train.federated.local_steps"),
         ({"partition": "dirichlett"}, "train.federated.partition"),
         ({"partition": "dirichlet", "dirichlet_alpha": 0.0}, "train.federated.dirichlet_alpha"),
+        ({"target_accuracy": 1.5}, "train.federated.target_accuracy"),
+        ({"client_devices": -1}, "train.federated.client_devices"),
     ],
 )
 def test_each_config_mistake_is_one_sentence_naming_the_key(overrides, key):
@@ -127,3 +130,14 @@ def test_dp_run_logs_epsilon_and_stops_at_the_budget(tmp_path, capsys):
     assert len(eps) == 2 and eps[0] < eps[1] <= budget
     with pytest.raises(ConfigError, match="dp_epsilon"):
         train(_cfg(tmp_path, dp_clip=0.5, dp_noise=noise, dp_epsilon=0.01), tmp_path / "dp2", progress=False)
+
+
+def test_target_accuracy_stops_at_the_first_eval_that_reaches_it(tmp_path):
+    whole = train(_cfg(tmp_path, client_lr=0.5), tmp_path / "whole", progress=False)
+    acc = {r["step"]: r["val_accuracy"] for r in _rounds(tmp_path / "whole") if "val_accuracy" in r}
+    assert sorted(acc) == [2, 4] and whole["round"] == 4
+    target = acc[2]
+    summary = train(_cfg(tmp_path, client_lr=0.5, target_accuracy=target), tmp_path / "target", progress=False)
+    assert summary["round"] == 2 and "reached val_accuracy" in summary["stopped_reason"]
+    assert max(r["step"] for r in _rounds(tmp_path / "target")) == 2
+    assert latest_checkpoint_step(tmp_path / "target") == 2
