@@ -69,6 +69,17 @@ def _segsum(x: Array) -> Array:
     return jnp.where(jnp.tril(jnp.ones((c, c), bool)), seg, -jnp.inf)
 
 
+def _max_last(x: Array) -> Array:
+    """f32[..., s] -> f32[...]: the max over the last axis, differentiated through one argmax entry.
+
+    ``jnp.max``'s derivative divides by the number of entries equal to the max. Under ``jit`` XLA
+    may recompute ``x`` for the backward in another fusion with another rounding (a fused
+    multiply-add), so that no entry equals the forward's max: the count is 0 and the gradient
+    0 / 0 = NaN. Gathering at the argmax has no such test (the derivative of ``torch.max(x, dim)``).
+    """
+    return jnp.take_along_axis(x, jnp.argmax(x, axis=-1)[..., None], axis=-1)[..., 0]
+
+
 def mlstm_step(
     q: Array, k: Array, v: Array, log_i: Array, log_f: Array, state: State, eps: float = 1e-6
 ) -> tuple[Array, State]:
@@ -154,7 +165,7 @@ def mlstm_chunked(
 
     # Each chunk's own contribution to its end state, relative to its own max a_max (parallel over chunks).
     to_end = log_d[..., -1, :]  # [b, z, h, s]: F_last - F_s + log i_s
-    a_max = jnp.max(to_end, axis=-1)  # [b, z, h]
+    a_max = _max_last(to_end)  # [b, z, h]
     w_end = jnp.exp(to_end - a_max[..., None])
     c_own = jnp.einsum("bzshn,bzhs,bzshe->bzhne", k32, w_end, v32)
     n_own = jnp.einsum("bzshn,bzhs->bzhn", k32, w_end)
@@ -176,7 +187,7 @@ def mlstm_chunked(
 
     # Outputs: intra-chunk masked attention plus the entering state, both relative to the recurrent m_c.
     from_state = cum + m_in[..., None]  # [b, z, h, c]: log weight of the entering state at c
-    m_c = jnp.maximum(from_state, jnp.max(log_d, axis=-1))
+    m_c = jnp.maximum(from_state, _max_last(log_d))
     scores = jnp.einsum("bzchn,bzshn->bzhcs", q32, k32) * jnp.exp(log_d - m_c[..., None])
     state_w = jnp.exp(from_state - m_c)  # [b, z, h, c]
     num = jnp.einsum("bzhcs,bzshe->bzche", scores, v32)
