@@ -303,9 +303,10 @@ def float_runs(args) -> list[tuple[str, Path]]:
         return [(Path(r).name, Path(r)) for r in args.runs]
     from slm_tradeoffs import train_float
 
-    from slm_jax.presets import PRESETS
+    from slm_jax.presets import PRESETS, is_encoder
 
-    presets = list(PRESETS) if args.presets == "all" else args.presets.split(",")
+    decoders = [p for p in PRESETS if not is_encoder(p)]  # encoders do not decode
+    presets = decoders if args.presets == "all" else args.presets.split(",")
     return [(p, train_float(p, args)) for p in presets]
 
 

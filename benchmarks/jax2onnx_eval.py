@@ -34,7 +34,7 @@ from slm_jax.config import config_from_dict
 from slm_jax.export.onnx_graph import jaxpr_to_onnx
 from slm_jax.export.stablehlo import make_step
 from slm_jax.models.lm import CausalLM
-from slm_jax.presets import PRESETS
+from slm_jax.presets import PRESETS, is_encoder
 from slm_jax.quant.params import linear_paths, quantize_params
 
 CHUNK, MAX_LEN = 8, 32
@@ -153,7 +153,7 @@ def table(results: list[dict]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    cases = [*PRESETS, *VARIANTS]
+    cases = [*(p for p in PRESETS if not is_encoder(p)), *VARIANTS]  # decode export: decoders only
     ap.add_argument("--cases", nargs="*", default=cases, choices=cases, help="presets and variants (default: all)")
     ap.add_argument("--json", help="also write the results to this file")
     args = ap.parse_args()

@@ -101,11 +101,16 @@ def cmd_eval(args) -> None:
         return
     tokens = run_text_tokens(run.cfg, run.tokenizer, args.data, "val")
     batches = eval_batches(tokens, run.cfg.eval.batch_size or tc.batch_size, tc.seq_len, args.batches)
+    if not run.cfg.model.causal:  # an encoder: accuracy and loss on masked tokens (training/mlm.py)
+        from slm_jax.training.mlm import mask_batch
+
+        batches = [mask_batch(b, tc, run.cfg.model.vocab_size) for b in batches]
     unit = (
         {"char": "char", "byte": "byte"}.get(run.tokenizer.to_dict().get("type"), "token") if run.tokenizer else "token"
     )
     result = evaluate(eval_fn, run.params, batches, unit)
-    print(json.dumps({"run_dir": str(args.run_dir), "step": run.step, **result}, indent=1))
+    objective = {} if run.cfg.model.causal else {"objective": "mlm"}
+    print(json.dumps({"run_dir": str(args.run_dir), "step": run.step, **objective, **result}, indent=1))
 
 
 def cmd_generate(args) -> None:
@@ -116,6 +121,13 @@ def cmd_generate(args) -> None:
     from slm_jax.inference.run import load_run, missing_tokenizer
 
     run = load_run(args.run_dir, best=args.best, step=args.step)
+    if not run.cfg.model.causal:
+        from slm_jax.errors import ConfigError
+
+        raise ConfigError(
+            f"{args.run_dir} is an encoder (model.causal=false), which cannot generate text; "
+            "use `slm eval` for its masked-LM accuracy, or train a causal model to generate."
+        )
     if run.tokenizer is None:
         raise DataError(missing_tokenizer(args.run_dir, run.cfg))
     prompt = np.asarray(run.tokenizer.encode(args.prompt), np.int32)[None]

@@ -80,6 +80,8 @@ class ModelConfig:
     # none | int8 (KV and recurrent states) | int8_kv (KV only): decode cache stored int8 with group-wise scales
     # (quant/cache.py)
     cache_quant: str = "none"
+    causal: bool = True  # False -> an encoder: every mixer sees both directions (mixers/bidirectional.py), no cache
+    bidirectional_combine: str = "sum"  # sum | concat (+ a projection): how a wrapped mixer's two directions combine
 
     @property
     def kv_heads(self) -> int:
@@ -225,6 +227,10 @@ class TrainConfig:
     peak_flops: float = 0.0  # device peak FLOP/s for MFU; 0 -> table for GPU/TPU, measured on CPU
     init_from: str = ""  # a run directory whose latest parameters start this run (fresh optimizer, step 0)
     curriculum: tuple[tuple[int, ...], ...] = ()  # [seq_len, steps] stages trained first, each warm-starting the next
+    objective: str = "clm"  # clm (next token) | mlm (masked tokens, encoders only: training/mlm.py)
+    mask_rate: float = 0.15  # mlm: share of each sequence's tokens that are predicted (BERT 0.15, ModernBERT 0.3)
+    mask_token_prob: float = 0.8  # mlm: a predicted token is replaced by the mask id with this probability,
+    random_token_prob: float = 0.1  # by a random token with this one, and left as is otherwise (BERT's 80/10/10)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     federated: FederatedConfig = field(default_factory=FederatedConfig)
 
@@ -528,6 +534,10 @@ def validate(cfg: Config) -> None:
             f"model.{key} must be float32, bfloat16 or float16, got {getattr(m, key)!r}.",
         )
     _require(len(m.pattern) > 0, "model.layer_pattern is empty; give mixer names, e.g. [attention].")
+    _require(
+        m.bidirectional_combine in ("sum", "concat"),
+        f"model.bidirectional_combine must be sum or concat, got {m.bidirectional_combine!r}.",
+    )
     for name in m.pattern:
         build_mixer(m, name)  # an unknown name, or a mixer's own options that do not fit the model, fail here
     _require(
@@ -554,6 +564,21 @@ def validate(cfg: Config) -> None:
     _require(
         t.batch_size % t.grad_accum == 0,
         f"train.batch_size ({t.batch_size}) must be divisible by train.grad_accum ({t.grad_accum}).",
+    )
+    _require(t.objective in ("clm", "mlm"), f"train.objective must be clm or mlm, got {t.objective!r}.")
+    _require(
+        t.objective != "mlm" or not m.causal,
+        "train.objective=mlm needs an encoder; set model.causal=false or pick an encoder preset such as bert_like.",
+    )
+    _require(
+        t.objective != "mlm" or not cfg.data.task.name,
+        f"train.objective=mlm masks text, but data.task is {cfg.data.task.name!r}; drop one of them.",
+    )
+    _require(0.0 < t.mask_rate < 1.0, f"train.mask_rate must be in (0, 1), got {t.mask_rate}.")
+    _require(
+        t.mask_token_prob >= 0 and t.random_token_prob >= 0 and t.mask_token_prob + t.random_token_prob <= 1,
+        "train.mask_token_prob and train.random_token_prob must be >= 0 with a sum <= 1, "
+        f"got {t.mask_token_prob} and {t.random_token_prob}.",
     )
     par = t.parallel
     _require(

@@ -58,6 +58,25 @@ PRESETS: dict[str, dict] = {
         "qk_norm": True,
         "rope_theta": 1e6,
     },
+    # Encoders (model.causal=false; docs/encoders.md), trained with train.objective=mlm. BERT (Devlin et al. 2019,
+    # arXiv:1810.04805) at BERT-base depth, kept pre-norm, with RoPE (slm_jax has no learned absolute positions)
+    # and a GeGLU MLP (its tanh-GELU gate stands in for BERT's plain GELU MLP, which slm_jax lacks).
+    "bert_like": {"layer_pattern": ("attention",), "mlp": "geglu", "n_layers": 12, "causal": False},
+    # DistilBERT (Sanh et al. 2019, arXiv:1910.01108): bert_like at half depth.
+    "distilbert_like": {"layer_pattern": ("attention",), "mlp": "geglu", "n_layers": 6, "causal": False},
+    # ModernBERT (Warner et al. 2024, arXiv:2412.13663): global attention every third layer (the first of each
+    # three), local attention elsewhere, RoPE, GeGLU. Its 128-token local window is |i - j| <= 64, our window 65.
+    "modernbert_like": {
+        "layer_pattern": ("attention", "local_attention", "local_attention"),
+        "mlp": "geglu",
+        "causal": False,
+        "mixers": {"local_attention": {"window": 65}},
+    },
+    # Bidirectional Mamba (Vim, Zhu et al. 2024, arXiv:2401.09417; Caduceus, Schiff et al. 2024): a forward and
+    # a backward Mamba summed in every layer, no MLP.
+    "bimamba_like": {"layer_pattern": ("mamba",), "mlp": "none", "causal": False},
+    # A Griffin-shaped encoder: bidirectional RG-LRU twice, then global attention, GeGLU MLPs.
+    "hybrid_encoder": {"layer_pattern": ("rglru", "rglru", "attention"), "mlp": "geglu", "causal": False},
 }
 
 
@@ -66,6 +85,11 @@ def preset_fields(name: str) -> dict:
     if name not in PRESETS:
         raise ConfigError(f"Unknown model.preset {name!r}; use one of {', '.join(sorted(PRESETS))}.")
     return {k: list(v) if isinstance(v, tuple) else v for k, v in PRESETS[name].items()}
+
+
+def is_encoder(name: str) -> bool:
+    """Whether preset ``name`` is an encoder (``causal: false``): no decode cache, no generation."""
+    return PRESETS[name].get("causal", True) is False
 
 
 def preset_pattern(name: str) -> tuple[str, ...]:

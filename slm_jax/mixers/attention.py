@@ -16,6 +16,7 @@ import numpy as np
 
 from slm_jax.array_typing import Array, PyTree
 from slm_jax.errors import ConfigError
+from slm_jax.mixers.bidirectional import NO_CACHE
 from slm_jax.mixers.contract import module_fields
 from slm_jax.modules.linear import Linear, linear_params, scaled_init
 from slm_jax.modules.norms import RMSNorm
@@ -53,6 +54,7 @@ class Attention(nn.Module):
     kv_leaves = ("k", "v")
     test_variants = ()
     test_options = {}
+    native_bidirectional = True  # an encoder drops the causal mask (field ``causal``) rather than run twice
 
     width: int
     num_heads: int
@@ -62,6 +64,7 @@ class Attention(nn.Module):
     rotary_dim: int | None = None  # leading channels of a head that RoPE rotates; None -> all
     rope_scaling: Any = None  # a RopeScalingConfig (frequency scaling), or None
     window: int = 0  # 0 -> global causal attention
+    causal: bool = True  # False (encoders): every key is visible, a window is symmetric (|i - j| < window)
     qk_norm: bool = False  # RMSNorm of each query/key head before RoPE (Qwen3)
     qkv_bias: bool = False
     out_bias: bool = False
@@ -88,6 +91,7 @@ class Attention(nn.Module):
             rotary_dim=cfg.rotary_dim,
             rope_scaling=cfg.rope_scaling,
             window=options.window,
+            causal=cfg.causal,
             qk_norm=cfg.qk_norm,
             qkv_bias=cfg.qkv_bias,
             out_bias=cfg.attn_out_bias,
@@ -97,7 +101,13 @@ class Attention(nn.Module):
         )
 
     @nn.compact
-    def __call__(self, x: Array, positions: Array, cache: PyTree = None) -> tuple[Array, PyTree]:
+    def __call__(
+        self, x: Array, positions: Array, cache: PyTree = None, lengths: Array | None = None
+    ) -> tuple[Array, PyTree]:
+        """x f32[b, t, d], positions i32[b, t] -> (f32[b, t, d], cache); ``lengths`` i32[b] (encoders only)
+        hides the keys at and after each row's length (right padding)."""
+        if not self.causal and cache is not None:
+            raise ConfigError(NO_CACHE)
         b, t, _ = x.shape
         h, k, e = self.num_heads, self.num_kv_heads, self.head_dim
         std_init = nn.initializers.normal(self.init_std)
@@ -118,7 +128,9 @@ class Attention(nn.Module):
         key = rope(key).transpose(0, 2, 1, 3)
         value = value.reshape(b, t, k, e).transpose(0, 2, 1, 3)
 
-        if cache is None:
+        if not self.causal:
+            out = attend(q, key, value, *_bidirectional_mask_positions(positions, lengths, self.window))
+        elif cache is None:
             out = attend(q, key, value, positions, positions, self.window)
         elif t == 1:
             # Decode: write the token in place, then attend over the slots. The slot it
@@ -155,6 +167,8 @@ class Attention(nn.Module):
         """Forward FLOPs per token: projections plus scores and weighted sum over the causal context."""
         context = min(seq_len, self.window or seq_len)
         mean_context = (context + 1) / 2 if context == seq_len else context  # causal average
+        if not self.causal:  # every key, or a symmetric window of 2 * window - 1
+            mean_context = min(seq_len, 2 * self.window - 1) if self.window else seq_len
         e, h, k, d = self.head_dim, self.num_heads, self.num_kv_heads, self.width
         weights = linear_params(d, (h + 2 * k) * e) + linear_params(h * e, d)
         return 2 * weights + 4 * h * e * mean_context
@@ -180,8 +194,9 @@ class Attention(nn.Module):
         outs = []
         for i in range(t):  # one query position at a time, over the keys it may see
             lo = max(0, i - self.window + 1) if self.window else 0
-            scores = jnp.einsum("bhe,bjhe->bhj", q[:, i], key_h[:, lo : i + 1]) / np.sqrt(e)
-            outs.append(jnp.einsum("bhj,bjhe->bhe", jax.nn.softmax(scores, axis=-1), value_h[:, lo : i + 1]))
+            hi = i + 1 if self.causal else (min(t, i + self.window) if self.window else t)
+            scores = jnp.einsum("bhe,bjhe->bhj", q[:, i], key_h[:, lo:hi]) / np.sqrt(e)
+            outs.append(jnp.einsum("bhj,bjhe->bhe", jax.nn.softmax(scores, axis=-1), value_h[:, lo:hi]))
         y = jnp.stack(outs, axis=1).reshape(b, t, h * e) @ p["o"]["kernel"] + (p["o"]["bias"] if self.out_bias else 0.0)
         # The cache after t tokens: slot s holds the newest position p < t with p = s (mod slots).
         n = self.cache_len(t)
@@ -194,6 +209,21 @@ class LocalAttention(Attention):
 
     Options = LocalAttentionOptions
     test_options = {"window": 6}  # shorter than the test sequences, so the ring buffer wraps
+
+
+def _bidirectional_mask_positions(positions: Array, lengths: Array | None, window: int) -> tuple[Array, Array, int]:
+    """(query positions, key positions, window) for ``attend`` whose causal mask is the encoder's mask.
+
+    ``attend`` shows key k to query q when q - window < k <= q and k >= 0. Shifting every query to
+    q + window - 1 and widening the window to 2 * window - 1 turns that into |q - k| < window; a
+    global encoder shifts queries past every key. Padded keys (index >= length) get position -1.
+    """
+    k_pos = positions
+    if lengths is not None:
+        k_pos = jnp.where(jnp.arange(positions.shape[1])[None, :] < lengths[:, None], positions, -1)
+    if window:
+        return positions + window - 1, k_pos, 2 * window - 1
+    return jnp.full_like(positions, jnp.iinfo(jnp.int32).max), k_pos, 0
 
 
 def _write_slots(cache: PyTree, key: Array, value: Array, positions: Array) -> PyTree:

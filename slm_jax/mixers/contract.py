@@ -31,6 +31,12 @@ and, as class attributes next to its parameters:
     the same numbers as the default module; the contract test runs each.
   * ``test_options``: small ``Options`` overrides the contract test builds the mixer with
     (awkward sizes: widths that are not powers of two, windows shorter than the sequence).
+  * ``native_bidirectional`` (optional, default False): how the mixer serves an encoder
+    (``model.causal=false``). False: mixers/bidirectional.py wraps two copies of it, one run on
+    each sequence reversed within its valid length, so a new mixer is bidirectional for free.
+    True: it reads ``cfg.causal`` in ``from_config`` itself and its ``__call__`` takes
+    ``lengths: i32[b]`` as a fourth argument to ignore right padding (attention drops its
+    causal mask instead of running twice).
 
 Register a mixer with one line in mixers/registry.py.
 """

@@ -11,6 +11,7 @@ from slm_jax.errors import ConfigError
 from slm_jax.mixers.attention import Attention, LocalAttention
 from slm_jax.mixers.baseconv import BaseConv
 from slm_jax.mixers.based import Based
+from slm_jax.mixers.bidirectional import Bidirectional
 from slm_jax.mixers.deltanet import DeltaNet
 from slm_jax.mixers.gated_deltanet import GatedDeltaNet
 from slm_jax.mixers.gla import GLA
@@ -66,8 +67,15 @@ def get_mixer(name: str) -> type:
 
 
 def build_mixer(cfg, name: str):
-    """The unbound mixer module for a layer ``name`` of ``cfg`` (a ModelConfig), with its own options."""
-    return get_mixer(name).from_config(cfg, getattr(cfg.mixers, name))
+    """The unbound mixer module for a layer ``name`` of ``cfg`` (a ModelConfig), with its own options.
+
+    In an encoder (``cfg.causal`` false) a mixer without ``native_bidirectional`` comes wrapped in
+    ``Bidirectional`` (mixers/contract.py).
+    """
+    cls, options = get_mixer(name), getattr(cfg.mixers, name)
+    if cfg.causal or getattr(cls, "native_bidirectional", False):
+        return cls.from_config(cfg, options)
+    return Bidirectional.from_config(cfg, cls, options)
 
 
 def mixer_param_axes() -> tuple[tuple[str, tuple], ...]:
@@ -85,8 +93,12 @@ def mixer_param_axes() -> tuple[tuple[str, tuple], ...]:
                     f"({seen[suffix][0]} vs {tuple(axes)}); rename one of them."
                 )
             seen[suffix] = (tuple(axes), name)
+    axes = {s: a for s, (a, _) in seen.items()}
+    # Encoders: the two directions of a wrapped mixer live under fwd/ and bwd/, next to the combine projection.
+    axes.update({f"{d}/{s}": a for s, a in list(axes.items()) for d in ("fwd", "bwd")})
+    axes.update(Bidirectional.param_axes)
     # Longer suffixes first, so that "norm/scale" inside a mixer wins over a shorter generic match.
-    return tuple(sorted((("mixer/" + s, a) for s, (a, _) in seen.items()), key=lambda e: -len(e[0])))
+    return tuple(sorted((("mixer/" + s, a) for s, a in axes.items()), key=lambda e: -len(e[0])))
 
 
 def lora_target_names() -> tuple[str, ...]:

@@ -25,7 +25,7 @@ def _block_params(cfg: ModelConfig, mixer_name: str) -> int:
 def param_count(cfg: ModelConfig, include_embeddings: bool = True) -> int:
     """Number of parameters of ``CausalLM(cfg)``."""
     head = 0 if cfg.tie_embeddings else cfg.vocab_size * cfg.d_model
-    embed = cfg.vocab_size * cfg.d_model if include_embeddings else 0
+    embed = (cfg.vocab_size + (not cfg.causal)) * cfg.d_model if include_embeddings else 0  # + an encoder's mask id
     return embed + head + cfg.d_model + sum(_block_params(cfg, name) for name in cfg.layers)
 
 
@@ -43,7 +43,9 @@ def train_flops_per_token(cfg: ModelConfig, seq_len: int, head_fraction: float =
 
 
 def decode_state_bytes(cfg: ModelConfig, batch: int, max_len: int, dtype: Any = jnp.float32) -> int:
-    """Bytes of the decode cache for ``batch`` sequences of ``max_len`` tokens."""
+    """Bytes of the decode cache for ``batch`` sequences of ``max_len`` tokens (0 for an encoder: it has none)."""
+    if not cfg.causal:
+        return 0
     return sum(state_bytes(build_mixer(cfg, name), batch, max_len, dtype) for name in cfg.layers)
 
 

@@ -28,12 +28,16 @@ class Block(nn.Module):
     n_layers: int = 1
 
     @nn.compact
-    def __call__(self, x: Array, positions: Array, cache: PyTree = None) -> tuple[Array, PyTree]:
+    def __call__(
+        self, x: Array, positions: Array, cache: PyTree = None, lengths: Array | None = None
+    ) -> tuple[Array, PyTree]:
+        """``lengths`` i32[b]: valid tokens per row, for an encoder's mixer (right padding); None otherwise."""
         norm = lambda name: RMSNorm(
             self.norm_eps, self.norm_offset, dtype=self.dtype, param_dtype=self.param_dtype, name=name
         )
         # An int8 cache (model.cache_quant) is read as float and stored back as int8 around the mixer.
-        y, new_cache = self.mixer(norm("mixer_norm")(x), positions, dequantize_cache(cache))
+        padding = () if lengths is None else (lengths,)
+        y, new_cache = self.mixer(norm("mixer_norm")(x), positions, dequantize_cache(cache), *padding)
         cache = requantize_like(cache, new_cache)
         x = x + y
         if self.mlp != "none":

@@ -17,6 +17,8 @@ import jax.numpy as jnp
 
 from slm_jax.array_typing import Array, PyTree
 from slm_jax.config import ModelConfig
+from slm_jax.errors import ConfigError
+from slm_jax.mixers.bidirectional import NO_CACHE
 from slm_jax.mixers.registry import build_mixer
 from slm_jax.models.block import Block, build_block
 from slm_jax.modules.embed import Embed, soft_cap
@@ -31,12 +33,14 @@ class Period(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x: Array, positions: Array, caches: PyTree) -> tuple[Array, PyTree]:
+    def __call__(
+        self, x: Array, positions: Array, caches: PyTree, lengths: Array | None = None
+    ) -> tuple[Array, PyTree]:
         block_cls = nn.remat(Block, prevent_cse=False) if self.cfg.remat else Block
         new = []
         for j, mixer_name in enumerate(self.cfg.pattern):
             x, c = build_block(self.cfg, mixer_name, block_cls, name=f"block_{j}")(
-                x, positions, None if caches is None else caches[j]
+                x, positions, None if caches is None else caches[j], lengths
             )
             new.append(c)
         return x, None if caches is None else tuple(new)
@@ -56,19 +60,32 @@ class CausalLM(nn.Module):
     ``logit_positions`` i32[b, m] computes the logits only at those positions (f32[b, m, v]):
     the hidden states are gathered before the final norm and head, which cuts the head's cost
     by t / m when only a few positions are scored (synthetic recall tasks).
+
+    An encoder (``cfg.causal`` false, mixers/bidirectional.py) takes ``lengths`` i32[b], the valid
+    tokens of each right-padded row (None: no padding), has no decode cache, and reserves the id
+    ``vocab_size`` as its mask token (training/mlm.py): its embedding has one more row, which the
+    tied output head leaves out.
     """
 
     cfg: ModelConfig
 
     @nn.compact
     def __call__(
-        self, tokens: Array, positions: Array | None = None, cache: PyTree = None, logit_positions: Array | None = None
+        self,
+        tokens: Array,
+        positions: Array | None = None,
+        cache: PyTree = None,
+        logit_positions: Array | None = None,
+        lengths: Array | None = None,
     ) -> tuple[Array, PyTree]:
         cfg = self.cfg
+        if not cfg.causal and cache is not None:
+            raise ConfigError(NO_CACHE)
+        lengths = None if cfg.causal else lengths  # right padding never reaches a causal model's real tokens
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
         dtype, param_dtype = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
-        embed = Embed(cfg.vocab_size, cfg.d_model, dtype, param_dtype, cfg.init_std, name="embed")
+        embed = Embed(cfg.vocab_size + (not cfg.causal), cfg.d_model, dtype, param_dtype, cfg.init_std, name="embed")
         x = embed(tokens)
         if cfg.embed_scale != 1.0:  # Gemma: sqrt(d_model), rounded to the compute dtype like HF
             x = x * jnp.asarray(cfg.embed_scale, x.dtype)
@@ -82,24 +99,26 @@ class CausalLM(nn.Module):
                 period,
                 variable_axes={"params": 0},
                 split_rngs={"params": True},
-                in_axes=(nn.broadcast, 0),
+                in_axes=(nn.broadcast, 0, nn.broadcast),
                 length=n_rep,
             )
             x, new_cache["periods"] = scanned(cfg, name="periods")(
-                x, positions, None if cache is None else cache["periods"]
+                x, positions, None if cache is None else cache["periods"], lengths
             )
         block_cls = nn.remat(Block) if cfg.remat else Block
         layer_caches = []
         for i in range(first, cfg.n_layers):
             layer_cache = None if cache is None else cache["layers"][i - first]
-            x, layer_cache = build_block(cfg, cfg.layers[i], block_cls, name=f"layers_{i}")(x, positions, layer_cache)
+            x, layer_cache = build_block(cfg, cfg.layers[i], block_cls, name=f"layers_{i}")(
+                x, positions, layer_cache, lengths
+            )
             layer_caches.append(layer_cache)
         new_cache["layers"] = tuple(layer_caches)
         if logit_positions is not None:
             x = jnp.take_along_axis(x, logit_positions[..., None], axis=1)  # [b, m, d]
         x = RMSNorm(cfg.norm_eps, cfg.norm_offset, dtype=dtype, param_dtype=param_dtype, name="final_norm")(x)
         if cfg.tie_embeddings:
-            logits = embed.attend(x)
+            logits = embed.attend(x)[..., : cfg.vocab_size]  # an encoder never predicts its mask id
         else:
             logits = Linear(cfg.vocab_size, dtype=dtype, param_dtype=param_dtype, name="head")(x)
         logits = soft_cap(logits.astype(jnp.float32), cfg.logit_softcap)
@@ -108,6 +127,8 @@ class CausalLM(nn.Module):
     def init_cache(self, batch: int, max_len: int, dtype: Any = None) -> PyTree:
         """An empty decode cache for ``batch`` sequences of up to ``max_len`` tokens."""
         cfg = self.cfg
+        if not cfg.causal:
+            raise ConfigError(NO_CACHE)
         dtype = dtype or dtype_of(cfg.dtype)
 
         def one(name: str) -> PyTree:

@@ -29,6 +29,7 @@ from slm_jax.rundir.files import write_config, write_tokenizer
 from slm_jax.rundir.params import restore_params
 from slm_jax.rundir.run_lock import run_lock
 from slm_jax.training.loop import LoopParts, run_loop
+from slm_jax.training.mlm import mask_batch, n_masked
 from slm_jax.training.optim import make_optimizer
 from slm_jax.training.parallel import make_parallel
 from slm_jax.training.step import init_state, make_eval_step, make_train_step
@@ -192,6 +193,12 @@ def _train_locked(cfg: Config, run_dir: Path, ckpt: Checkpointer, until_step: in
         batch_spec = jax.ShapeDtypeStruct((tc.batch_size, tc.seq_len + 1), np.int32)
         val_sets = {"": eval_batches(data.val, eval_batch, tc.seq_len, cfg.eval.batches)}
         unit = {"char": "char", "byte": "byte"}.get(data.meta.get("tokenizer"), "token")
+        if tc.objective == "mlm":  # masked windows, scored (and given logits) only where masked: training/mlm.py
+            to_step_batch = lambda batch: mask_batch(batch, tc, cfg.model.vocab_size)
+            batch_spec = jax.tree.map(
+                lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), to_step_batch(np.zeros(batch_spec.shape, np.int32))
+            )
+            val_sets = {"": [to_step_batch(b) for b in val_sets[""]]}
     else:
         m = n_labels(task.train)
         batches = task_batches(
@@ -216,6 +223,10 @@ def _train_locked(cfg: Config, run_dir: Path, ckpt: Checkpointer, until_step: in
     compile_s = time.perf_counter() - t0
 
     # ---------------------------------------------------------------- accounting & loop
-    info = {**accounting.summary(cfg.model, tc.seq_len, head_fraction(cfg)), "compile_s": compile_s}
-    parts = LoopParts(step_fn, batches, eval_fn, val_sets, unit, info, to_step_batch, report_accuracy=task is not None)
+    mlm = task is None and tc.objective == "mlm"
+    fraction = n_masked(tc.seq_len, tc.mask_rate) / tc.seq_len if mlm else head_fraction(cfg)
+    info = {**accounting.summary(cfg.model, tc.seq_len, fraction), "compile_s": compile_s}
+    parts = LoopParts(
+        step_fn, batches, eval_fn, val_sets, unit, info, to_step_batch, report_accuracy=task is not None or mlm
+    )
     return run_loop(cfg, run_dir, ckpt, state, parts, par=par, until_step=until_step, progress=progress)

@@ -7,7 +7,7 @@ from slm_jax.config import config_from_dict, replace
 from slm_jax.mixers.registry import mixer_names
 from slm_jax.models import accounting
 from slm_jax.models.lm import CausalLM, cache_bytes, stack_layers, unstack_layers
-from slm_jax.presets import PRESETS
+from slm_jax.presets import PRESETS, is_encoder
 
 SMALL = {"vocab_size": 37, "d_model": 48, "n_heads": 4, "n_layers": 3, "mixers": {"local_attention": {"window": 6}}}
 
@@ -39,9 +39,15 @@ def _preset_ready(name):
         pytest.skip(f"preset {name} needs mixers not implemented yet: {sorted(missing)}")
 
 
+def _decoder_only(name):
+    if is_encoder(name):
+        pytest.skip(f"preset {name} is an encoder, which has no decode cache (tests/encoders covers it)")
+
+
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_full_sequence_equals_prefill_plus_decode(preset):
     _preset_ready(preset)
+    _decoder_only(preset)
     cfg = small(preset=preset)
     model = CausalLM(cfg)
     toks = tokens()
@@ -54,6 +60,7 @@ def test_full_sequence_equals_prefill_plus_decode(preset):
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_cache_snapshot_restore_continues_identically(preset):
     _preset_ready(preset)
+    _decoder_only(preset)
     model = CausalLM(small(preset=preset))
     toks = tokens(t=16)
     params = model.init(jax.random.key(1), toks)
@@ -143,6 +150,7 @@ def test_decode_state_bytes_grow_with_context_for_attention_only():
 def test_cache_shapes_by_preset(preset):
     """Recurrent presets hold a context-independent state, attention grows, windows are bounded."""
     _preset_ready(preset)
+    _decoder_only(preset)
     model = CausalLM(small(preset=preset, n_layers=len(PRESETS[preset]["layer_pattern"])))
     abstract_cache = lambda n: jax.eval_shape(lambda: model.init_cache(2, n))
     shapes = lambda n: jax.tree.map(lambda a: a.shape, abstract_cache(n))
