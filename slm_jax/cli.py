@@ -224,8 +224,22 @@ def cmd_sweep(args) -> None:
 def cmd_data_prepare(args) -> None:
     from slm_jax.data.prepare import prepare
 
-    meta = prepare(args.input, args.tokenizer, args.out, args.val_fraction)
+    meta = prepare(
+        args.input,
+        args.tokenizer,
+        args.out,
+        args.val_fraction,
+        vocab_size=args.vocab_size,
+        text_field=args.text_field,
+        skip_bad_lines=args.skip_bad_lines,
+        shard_tokens=args.shard_tokens,
+    )
     print(json.dumps(meta, indent=1))
+    if args.skip_bad_lines and meta["bad_lines"]["skipped"]:
+        print(
+            f"skipped {meta['bad_lines']['skipped']} bad records, the first: {meta['bad_lines']['first']}",
+            file=sys.stderr,
+        )
 
 
 def cmd_data_partition(args) -> None:
@@ -489,8 +503,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="data preparation").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("prepare", help="tokenize text files into train.bin / val.bin / meta.json")
-    p.add_argument("--input", nargs="+", required=True)
-    p.add_argument("--tokenizer", choices=["char", "byte"], default="char")
+    p.add_argument(
+        "--input",
+        nargs="+",
+        required=True,
+        help="text files, directories (*.txt), .jsonl, .parquet, .arrow files or save_to_disk dataset directories",
+    )
+    p.add_argument(
+        "--tokenizer",
+        default="char",
+        help="char, byte, bpe (trained on the input, with --vocab-size) or a Hugging Face tokenizer.json path",
+    )
+    p.add_argument("--vocab-size", type=int, default=0, help="vocabulary size of --tokenizer bpe")
+    p.add_argument("--text-field", default="text", help="JSON field / column holding the text (jsonl, Parquet, Arrow)")
+    p.add_argument("--skip-bad-lines", action="store_true", help="count and skip bad records instead of failing")
+    p.add_argument(
+        "--shard-tokens", type=int, default=0, help="tokens per shard file (train_000.bin, ...); 0: one file per split"
+    )
     p.add_argument("--out", required=True)
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.set_defaults(func=cmd_data_prepare)

@@ -12,7 +12,8 @@ Batch ``i`` is a pure function of ``(seed, i)``: its offsets come from
 
 Each batch is one vectorised numpy gather from a sliding-window view of the (memory-mapped)
 tokens, which measured ~1.6x faster than fancy indexing with an offsets + arange matrix and
-~4x faster than stacking per-window slices.
+~4x faster than stacking per-window slices. A sharded split (``token_files.ShardedTokens``) gives
+the same batches as its single-file form: windows index the concatenation and may cross shards.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import grain
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from slm_jax.data.token_files import ShardedTokens
 from slm_jax.errors import DataError
 
 # The iterator is endless in practice: a training run stops by step count, not by data.
@@ -46,7 +48,19 @@ def _check_sizes(n_tokens: int, batch_size: int, seq_len: int) -> None:
         )
 
 
-def _fingerprint(tokens: np.ndarray) -> str:
+def _as_tokens(tokens) -> np.ndarray | ShardedTokens:
+    """A ``ShardedTokens`` as is, anything else as an array (a memmap stays a view: nothing is read)."""
+    return tokens if isinstance(tokens, ShardedTokens) else np.asarray(tokens)
+
+
+def _windows(tokens: np.ndarray | ShardedTokens, starts: np.ndarray, width: int) -> np.ndarray:
+    """(len(starts), width) int32 windows ``tokens[s : s + width]``, one gather."""
+    if isinstance(tokens, ShardedTokens):
+        return tokens.windows(starts, width).astype(np.int32)
+    return sliding_window_view(tokens, width)[starts].astype(np.int32)  # a view: no copy until the gather
+
+
+def _fingerprint(tokens: np.ndarray | ShardedTokens) -> str:
     """A short content hash of a token array, cheap even for a large memmap (it hashes a sample)."""
     h = hashlib.sha256(f"{tokens.dtype.str}:{len(tokens)}".encode())
     stride = max(1, len(tokens) // 4096)  # <= ~4k evenly spaced tokens plus the last one
@@ -76,7 +90,7 @@ class RandomWindowBatches:
         process_index: int = 0,
         process_count: int = 1,
     ):
-        tokens = np.asarray(tokens)  # a memmap stays a view: nothing is read here
+        tokens = _as_tokens(tokens)
         _check_sizes(len(tokens), batch_size, seq_len)
         if process_count < 1 or not 0 <= process_index < process_count:
             raise DataError(
@@ -95,7 +109,7 @@ class RandomWindowBatches:
         self.local_batch = batch_size // process_count
         self._n_tokens = len(tokens)
         self._fingerprint = _fingerprint(tokens)
-        self._windows = sliding_window_view(tokens, seq_len + 1)  # (n - seq_len, seq_len + 1), a view: no copy
+        self._tokens = tokens
 
     def offsets(self, index: int) -> np.ndarray:
         """Start offsets of the global batch ``index``: (batch_size,) int64 in [0, n - seq_len - 1]."""
@@ -109,7 +123,7 @@ class RandomWindowBatches:
         """Batch ``index``: (batch_size // process_count, seq_len + 1) int32."""
         start = self.process_index * self.local_batch
         rows = self.offsets(int(index))[start : start + self.local_batch]
-        return self._windows[rows].astype(np.int32)  # one gather: (b, seq_len + 1)
+        return _windows(self._tokens, rows, self.seq_len + 1)  # (b, seq_len + 1)
 
     def __repr__(self) -> str:
         # Stable across runs (no object address): grain checkpoints validate sources by repr.
@@ -146,7 +160,7 @@ def eval_batches(tokens: np.ndarray, batch_size: int, seq_len: int, n_batches: i
     Returns:
         A list of (batch_size, seq_len + 1) int32 arrays.
     """
-    tokens = np.asarray(tokens)
+    tokens = _as_tokens(tokens)
     _check_sizes(len(tokens), batch_size, seq_len)
     if n_batches < 1:
         raise DataError(f"The number of eval batches must be positive, got {n_batches}; set eval.batches >= 1.")
@@ -154,5 +168,5 @@ def eval_batches(tokens: np.ndarray, batch_size: int, seq_len: int, n_batches: i
     n = max(1, min(n_batches, (len(tokens) // window) // batch_size))
     # Spread the windows over the whole split, first one at 0 and last one ending at the end.
     offsets = np.linspace(0, len(tokens) - window, n * batch_size).round().astype(np.int64)  # (n * batch_size,)
-    windows = sliding_window_view(tokens, window)[offsets].astype(np.int32)  # (n * batch_size, window)
+    windows = _windows(tokens, offsets, window)  # (n * batch_size, window)
     return list(windows.reshape(n, batch_size, window))

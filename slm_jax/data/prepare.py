@@ -1,32 +1,56 @@
-"""Text files -> a prepared data directory (``train.bin``, ``val.bin``, ``tokenizer.json``, ``meta.json``).
+"""Input files -> a prepared data directory (token files, ``tokenizer.json``, ``meta.json``), streamed.
 
-``prepare`` is what ``slm data prepare`` runs. ``resolve_data_dir`` lets a config point
-``data.path`` straight at a raw text file: the file is prepared once into a cache directory
-keyed by its SHA-256, the tokenizer and the validation fraction, and reused after that.
-The cache lives under ``data.cache_dir``, ``$SLM_JAX_CACHE`` or ``~/.cache/slm_jax``, never
-next to the input, because shared data directories are read-only.
+``prepare`` is what ``slm data prepare`` runs. Documents are read (``readers.py``), tokenized and
+written in pieces, so memory stays bounded whatever the corpus size: one pass builds the tokenizer
+(the char vocabulary, or a trained byte-level BPE), a second encodes and writes. The output is one
+``train.bin`` / ``val.bin`` pair, or with ``shard_tokens`` shards ``train_000.bin``, ... listed in
+``meta["shards"]``; both hold the same ids. ``resolve_data_dir`` lets a config point ``data.path``
+straight at a raw text file: the file is prepared once into a cache directory keyed by its SHA-256,
+the tokenizer and the validation fraction, and reused after that. The cache lives under
+``data.cache_dir``, ``$SLM_JAX_CACHE`` or ``~/.cache/slm_jax``, never next to the input, because
+shared data directories are read-only.
 
-The split is nanoGPT's: the input files are concatenated in order and the last
-``val_fraction`` of the tokens is the validation split.
+The split is nanoGPT's: the documents are concatenated in order and the last ``val_fraction`` of
+the tokens is the validation split. A tokenizer with an end-of-document token (a BPE's
+``<|endoftext|>``) gets it after every document; char and byte ones get a newline after every
+record (jsonl line, table row) that lacks one, and text files are concatenated as they are.
 """
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
+from collections import deque
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Iterator, Sequence, Union
+
+import numpy as np
 
 from slm_jax.data.corpora import generate_corpus
-from slm_jax.data.token_files import DTYPES, META_FILE, is_prepared_dir, load_meta, split_path, token_dtype
-from slm_jax.data.tokenizers import TOKENIZER_NAMES, build_tokenizer, save_tokenizer
+from slm_jax.data.hf_tokenizer import HFTokenizer, train_bpe
+from slm_jax.data.readers import BadLines, expand_inputs, file_record, iter_pieces
+from slm_jax.data.token_files import DTYPES, META_FILE, is_prepared_dir, load_meta, token_dtype
+from slm_jax.data.tokenizers import (
+    TOKENIZER_NAMES,
+    ByteTokenizer,
+    CharTokenizer,
+    Tokenizer,
+    load_tokenizer,
+    save_tokenizer,
+)
 from slm_jax.errors import DataError
 
 PathLike = Union[str, Path]
 MIN_SPLIT_TOKENS = 2  # one (input, target) pair needs two tokens
+PREPARE_TOKENIZERS = ("char", "byte", "bpe")  # or a path to a Hugging Face tokenizer.json
+BATCH_CHARS = 1 << 22  # pieces are encoded in batches of about this many characters
+_CUT = re.compile(r"\S( |\n)(?=\S)")  # see _safe_cut
+_MAX_CARRY = 1 << 26  # a text with no line break for this long is cut anyway (BPE may then differ at the cut)
 
 
 def _check_val_fraction(val_fraction: float) -> None:
@@ -36,31 +60,266 @@ def _check_val_fraction(val_fraction: float) -> None:
         )
 
 
-def _read_sources(inputs: Sequence[PathLike]) -> tuple[list[bytes], list[dict]]:
-    """Reads every input file; returns their bytes and ``{"path", "bytes", "sha256"}`` records."""
-    blobs, sources = [], []
-    for path in inputs:
-        path = Path(path).expanduser()
-        if not path.exists():
-            raise DataError(f"Input file {path} does not exist; check the path.")
-        if not path.is_file():
-            raise DataError(
-                f"Input {path} is not a regular file; pass text files (a prepared directory needs no preparing)."
-            )
-        blob = path.read_bytes()
-        blobs.append(blob)
-        sources.append({"path": str(path.resolve()), "bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()})
-    return blobs, sources
+def _safe_cut(text: str) -> int:
+    """Where ``text`` may be cut without changing its BPE encoding: 0 if nowhere.
+
+    Before a single space, or after a single newline, between two non-spaces: GPT-2's pre-tokenizer
+    regex (and Llama 3's) never joins the two sides there, so a byte-level BPE encodes the pieces
+    exactly as it encodes the whole. Looks in the last 4 KiB first, then in all of ``text``.
+    """
+    for tail in (text[-4096:], text):
+        last = deque(_CUT.finditer(tail), maxlen=1)  # the last match
+        if last:
+            j = len(text) - len(tail) + last[0].start(1)
+            return j if text[j] == " " else j + 1
+    return 0
 
 
-def _decode_utf8(blob: bytes, path: str) -> str:
-    try:
-        return blob.decode("utf-8")
-    except UnicodeDecodeError as e:
+def _str_pieces(pieces: Iterator, tokenizer: str, cut: bool) -> Iterator:
+    """``iter_pieces`` with text files decoded as UTF-8 (errors name the file and byte offset) -> (str, end).
+
+    With ``cut``, a document's pieces end only where ``_safe_cut`` allows (whole lines).
+    """
+    decoder, offset, carry = None, 0, ""
+    for piece, end, path in pieces:
+        if isinstance(piece, bytes):
+            if decoder is None:
+                decoder, offset = codecs.getincrementaldecoder("utf-8")(), 0
+            at = offset - len(decoder.getstate()[0])  # file offset of the decoder's input
+            try:
+                text = decoder.decode(piece, final=end)
+            except UnicodeDecodeError as e:
+                raise DataError(
+                    f"{path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {at + e.start}), "
+                    f"which the {tokenizer} tokenizer needs; use --tokenizer byte (data.tokenizer=byte)."
+                ) from None
+            offset += len(piece)
+            decoder = None if end else decoder
+        else:
+            text = piece
+        if not cut:
+            yield text, end
+            continue
+        carry += text
+        if end:
+            yield carry, True
+            carry = ""
+        elif (k := _safe_cut(carry)) or len(carry) > _MAX_CARRY:
+            k = k or len(carry)
+            yield carry[:k], False
+            carry = carry[k:]
+
+
+def _batches(pieces: Iterator) -> Iterator[list]:
+    """Groups ``(piece, end, ...)`` tuples into ``(piece, end)`` lists of about ``BATCH_CHARS`` characters."""
+    batch, size = [], 0
+    for piece, end, *_ in pieces:
+        batch.append((piece, end))
+        size += len(piece)
+        if size >= BATCH_CHARS:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def _encode_batch(tok: Tokenizer, batch: list) -> np.ndarray:
+    """(n,) int32 ids of a batch of pieces, the end-of-document token after each document end when there is one."""
+    if isinstance(tok, ByteTokenizer):
+        return tok.encode(b"".join(p if isinstance(p, bytes) else p.encode("utf-8") for p, _ in batch))
+    if isinstance(tok, CharTokenizer):
+        return tok.encode("".join(p for p, _ in batch))
+    ids = tok.encode_batch([p for p, _ in batch])
+    eos = tok.eos_id
+    if eos is not None:
+        ids = [np.append(x, np.int32(eos)) if end else x for x, (_, end) in zip(ids, batch)]
+    return np.concatenate(ids) if ids else np.zeros(0, np.int32)
+
+
+class _PartWriter:
+    """Appends ids to part files of ``shard_tokens`` ids each (one part when 0) in ``out_dir``."""
+
+    def __init__(self, out_dir: Path, dtype: np.dtype, shard_tokens: int):
+        self.out_dir, self.dtype, self.shard_tokens = out_dir, dtype, shard_tokens
+        self.parts: list[list] = []  # [path, tokens]
+        self._f = None
+
+    def write(self, ids: np.ndarray) -> None:
+        while len(ids):
+            if self._f is None or (self.shard_tokens and self.parts[-1][1] == self.shard_tokens):
+                self._open_next()
+            room = self.shard_tokens - self.parts[-1][1] if self.shard_tokens else len(ids)
+            ids[:room].astype(self.dtype).tofile(self._f)
+            self.parts[-1][1] += len(ids[:room])
+            ids = ids[room:]
+
+    def _open_next(self) -> None:
+        if self._f is not None:
+            self._f.close()
+        path = self.out_dir / f".part_{len(self.parts):05d}.tmp"
+        self.parts.append([path, 0])
+        self._f = path.open("wb")
+
+    def close(self) -> list[list]:
+        if self._f is not None:
+            self._f.close()
+        return self.parts
+
+
+def _split_parts(parts: list[list], n_train: int, out_dir: Path, itemsize: int, sharded: bool) -> dict:
+    """Renames the parts into ``train*.bin`` / ``val*.bin``, cutting the part that holds the split point in two.
+
+    Returns:
+        ``{"train": [{"file", "tokens"}, ...], "val": [...]}``.
+    """
+    out: dict = {"train": [], "val": []}
+
+    def place(split: str, src: Path, tokens: int) -> None:
+        name = f"{split}_{len(out[split]):03d}.bin" if sharded else f"{split}.bin"
+        os.replace(src, out_dir / name)
+        out[split].append({"file": name, "tokens": tokens})
+
+    start = 0
+    for path, n in parts:
+        if start + n <= n_train:
+            place("train", path, n)
+        elif start >= n_train:
+            place("val", path, n)
+        else:
+            k = n_train - start  # ids of this part that belong to train
+            tail = path.with_name(path.name + ".val")
+            with path.open("rb") as src, tail.open("wb") as dst:
+                src.seek(k * itemsize)
+                shutil.copyfileobj(src, dst, 1 << 24)
+            os.truncate(path, k * itemsize)
+            place("train", path, k)
+            place("val", tail, n - k)
+        start += n
+    return out
+
+
+def _build_tokenizer(tokenizer: str, vocab_size: int, str_pieces) -> Tokenizer:
+    """The tokenizer named by ``--tokenizer``; char and bpe read the corpus once (``str_pieces()``)."""
+    if tokenizer == "byte":
+        return ByteTokenizer()
+    if tokenizer == "bpe":
+        return train_bpe((p for p, _ in str_pieces()), vocab_size)
+    if tokenizer == "char":
+        cps = np.zeros(0, np.uint32)
+        for p, _ in str_pieces():
+            cps = np.union1d(cps, np.unique(np.frombuffer(p.encode("utf-32-le", "surrogatepass"), "<u4")))
+        if not len(cps):
+            raise DataError("The input holds no text; give it documents with text in them.")
+        return CharTokenizer(cps.astype("<u4").tobytes().decode("utf-32-le", "surrogatepass"))
+    return load_tokenizer(tokenizer)
+
+
+def _check_tokenizer_args(tokenizer: str, vocab_size: int) -> None:
+    if tokenizer not in PREPARE_TOKENIZERS and not Path(tokenizer).suffix == ".json":
         raise DataError(
-            f"{path} is not UTF-8 text (byte 0x{blob[e.start]:02x} at offset {e.start}), "
-            "which the char tokenizer needs; use --tokenizer byte (data.tokenizer=byte)."
-        ) from None
+            f"Unknown tokenizer {tokenizer!r}; use one of: {', '.join(PREPARE_TOKENIZERS)} or a tokenizer.json path."
+        )
+    if tokenizer == "bpe" and vocab_size <= 0:
+        raise DataError("--tokenizer bpe needs a vocabulary size; pass --vocab-size N (e.g. 8192).")
+    if tokenizer != "bpe" and vocab_size:
+        raise DataError(f"--vocab-size applies only to --tokenizer bpe, not {tokenizer}; drop it.")
+
+
+def prepare(
+    inputs: Union[PathLike, Sequence[PathLike]],
+    tokenizer: str,
+    out_dir: PathLike,
+    val_fraction: float = 0.1,
+    *,
+    vocab_size: int = 0,
+    text_field: str = "text",
+    skip_bad_lines: bool = False,
+    shard_tokens: int = 0,
+) -> dict:
+    """Tokenizes input files into a prepared data directory, streaming (bounded memory).
+
+    Args:
+        inputs: text files, directories, .jsonl, .parquet, .arrow files or ``save_to_disk`` directories,
+            read in order (see ``readers.py``).
+        tokenizer: "char" (vocabulary = the corpus's distinct characters; needs UTF-8), "byte", "bpe"
+            (a byte-level BPE trained on the corpus) or a path to a Hugging Face ``tokenizer.json``.
+        out_dir: directory to write (created if needed). ``meta.json`` is written last, so a
+            crashed run leaves a directory that is not taken for a prepared one.
+        val_fraction: the last this-fraction of the tokens becomes the validation split.
+        vocab_size: vocabulary size of a trained BPE (only with "bpe").
+        text_field: the JSON field or table column holding the text of a record source.
+        skip_bad_lines: count bad records (corrupt JSON, missing field, empty text) instead of failing.
+        shard_tokens: ids per token file; 0 writes one ``train.bin`` and one ``val.bin``.
+
+    Returns:
+        The ``meta.json`` dict: tokenizer, vocab_size, dtype, train_tokens, val_tokens, val_fraction,
+        sources (path, bytes, sha256 per input file), with shards: shards; with skip_bad_lines: bad_lines.
+    """
+    if isinstance(inputs, (str, Path)):
+        inputs = [inputs]
+    if not inputs:
+        raise DataError("No input files given; pass at least one text file.")
+    _check_tokenizer_args(tokenizer, vocab_size)
+    _check_val_fraction(val_fraction)
+    if shard_tokens < 0:
+        raise DataError(f"--shard-tokens must be >= 0 (0 = one file per split), got {shard_tokens}.")
+    files = expand_inputs(inputs)
+    sources = [file_record(p) for p, _ in files]
+    if sum(s["bytes"] for s in sources) == 0:
+        raise DataError(
+            f"The input ({', '.join(s['path'] for s in sources)}) is empty; give it a file with text in it."
+        )
+
+    def pieces(bad: BadLines, record_newline: bool, cut: bool):
+        raw = iter_pieces(files, text_field, bad, record_newline)
+        return raw if tokenizer == "byte" else _str_pieces(raw, tokenizer, cut)
+
+    tok = _build_tokenizer(
+        tokenizer, vocab_size, lambda: pieces(BadLines(skip_bad_lines), tokenizer == "char", tokenizer == "bpe")
+    )
+    bad = BadLines(skip_bad_lines)
+    is_hf = isinstance(tok, HFTokenizer)
+    record_newline = not (is_hf and tok.eos_id is not None)
+
+    out_dir = Path(out_dir).expanduser()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / META_FILE).unlink(missing_ok=True)  # an overwrite in progress is not a prepared dir
+    for old in [*out_dir.glob("train*.bin"), *out_dir.glob("val*.bin"), *out_dir.glob(".part_*")]:
+        old.unlink()
+    dtype_name = token_dtype(tok.vocab_size)
+    writer = _PartWriter(out_dir, DTYPES[dtype_name], shard_tokens)
+    try:
+        for batch in _batches(pieces(bad, record_newline, is_hf)):
+            writer.write(_encode_batch(tok, batch))
+    finally:
+        parts = writer.close()
+    n = sum(t for _, t in parts)
+    n_train = int(n * (1.0 - val_fraction))  # nanoGPT: train = ids[:n_train], val = the rest
+    if n_train < MIN_SPLIT_TOKENS or n - n_train < MIN_SPLIT_TOKENS:
+        for path, _ in parts:
+            path.unlink()
+        raise DataError(
+            f"The input has {n} tokens, which splits into {n_train} train and "
+            f"{n - n_train} val tokens with val_fraction={val_fraction}; each split "
+            f"needs at least {MIN_SPLIT_TOKENS}, so use more text or change val_fraction."
+        )
+    shards = _split_parts(parts, n_train, out_dir, DTYPES[dtype_name].itemsize, sharded=shard_tokens > 0)
+    save_tokenizer(tok, out_dir)
+    meta = {
+        "tokenizer": tokenizer if tokenizer in PREPARE_TOKENIZERS else tok.name,  # "hf" for a Hugging Face file
+        "vocab_size": tok.vocab_size,
+        "dtype": dtype_name,
+        "train_tokens": n_train,
+        "val_tokens": n - n_train,
+        "val_fraction": val_fraction,
+        "sources": sources,
+    }
+    if shard_tokens:
+        meta["shards"] = shards
+    if skip_bad_lines:
+        meta["bad_lines"] = {"skipped": bad.count, "first": bad.first}
+    _write_atomic(out_dir / META_FILE, json.dumps(meta, indent=2).encode("utf-8"))
+    return meta
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -70,84 +329,13 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def prepare(
-    inputs: Union[PathLike, Sequence[PathLike]], tokenizer: str, out_dir: PathLike, val_fraction: float = 0.1
-) -> dict:
-    """Tokenizes text files into a prepared data directory.
-
-    Args:
-        inputs: text file(s), concatenated in order.
-        tokenizer: "char" (vocabulary = the corpus's distinct characters; needs UTF-8) or "byte".
-        out_dir: directory to write (created if needed). ``meta.json`` is written last, so a
-            crashed run leaves a directory that is not taken for a prepared one.
-        val_fraction: the last this-fraction of the tokens becomes the validation split.
-
-    Returns:
-        The ``meta.json`` dict: tokenizer, vocab_size, dtype, train_tokens, val_tokens,
-        val_fraction, sources (path, bytes, sha256 per input).
-    """
-    if isinstance(inputs, (str, Path)):
-        inputs = [inputs]
-    if not inputs:
-        raise DataError("No input files given; pass at least one text file.")
-    if tokenizer not in TOKENIZER_NAMES:
-        raise DataError(f"Unknown tokenizer {tokenizer!r}; use one of: {', '.join(TOKENIZER_NAMES)}.")
-    _check_val_fraction(val_fraction)
-    blobs, sources = _read_sources(inputs)
-    if sum(len(b) for b in blobs) == 0:
-        raise DataError(
-            f"The input ({', '.join(s['path'] for s in sources)}) is empty; give it a file with text in it."
-        )
-
-    if tokenizer == "char":
-        # Decode file by file so that an error names the file that is not UTF-8.
-        corpus = "".join(_decode_utf8(b, s["path"]) for b, s in zip(blobs, sources))
-    else:
-        corpus = b"".join(blobs)  # bytes need no decoding: any file works
-    tok = build_tokenizer(tokenizer, corpus)
-    ids = tok.encode(corpus)  # (n,) int32
-
-    n = len(ids)
-    n_train = int(n * (1.0 - val_fraction))  # nanoGPT: train = ids[:n_train], val = the rest
-    if n_train < MIN_SPLIT_TOKENS or n - n_train < MIN_SPLIT_TOKENS:
-        raise DataError(
-            f"The input has {n} tokens, which splits into {n_train} train and "
-            f"{n - n_train} val tokens with val_fraction={val_fraction}; each split "
-            f"needs at least {MIN_SPLIT_TOKENS}, so use more text or change val_fraction."
-        )
-
-    out_dir = Path(out_dir).expanduser()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    dtype_name = token_dtype(tok.vocab_size)
-    dtype = DTYPES[dtype_name]
-    (out_dir / META_FILE).unlink(missing_ok=True)  # an overwrite in progress is not a prepared dir
-    ids[:n_train].astype(dtype).tofile(split_path(out_dir, "train"))
-    ids[n_train:].astype(dtype).tofile(split_path(out_dir, "val"))
-    save_tokenizer(tok, out_dir)
-    meta = {
-        "tokenizer": tokenizer,
-        "vocab_size": tok.vocab_size,
-        "dtype": dtype_name,
-        "train_tokens": n_train,
-        "val_tokens": n - n_train,
-        "val_fraction": val_fraction,
-        "sources": sources,
-    }
-    _write_atomic(out_dir / META_FILE, json.dumps(meta, indent=2).encode("utf-8"))
-    return meta
-
-
 def cache_root(cache_dir: PathLike = "") -> Path:
     """``cache_dir`` if given, else ``$SLM_JAX_CACHE``, else ``~/.cache/slm_jax``."""
     return Path(cache_dir or os.environ.get("SLM_JAX_CACHE") or "~/.cache/slm_jax").expanduser()
 
 
 def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_record(path)["sha256"]
 
 
 def _cache_matches(d: Path, sha: str, tokenizer: str, val_fraction: float) -> bool:

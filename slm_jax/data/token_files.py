@@ -1,9 +1,12 @@
-"""Reading a prepared data directory: ``meta.json``, ``tokenizer.json``, ``train.bin``, ``val.bin``.
+"""Reading a prepared data directory: ``meta.json``, ``tokenizer.json`` and the token files.
 
 The layout (written by ``slm_jax.data.prepare``) is nanoGPT's: each split is a raw
 little-endian array of token ids with no header, so it can be memory-mapped and sliced
-without reading the file. ``meta.json`` holds the dtype and token counts; a split file whose
-size disagrees with them (e.g. a copy cut short) is refused rather than trained on.
+without reading the file. A split is one file (``train.bin``) or, when prepared with shards,
+several (``train_000.bin``, ``train_001.bin``, ...) listed with their token counts under
+``meta["shards"]``; ``ShardedTokens`` reads those as one concatenated array, memory-mapped.
+``meta.json`` holds the dtype and token counts; a token file whose size disagrees with them
+(e.g. a copy cut short) is refused rather than trained on.
 """
 
 from __future__ import annotations
@@ -69,7 +72,64 @@ def load_meta(data_dir: Union[str, Path]) -> dict:
     return meta
 
 
-def load_split(data_dir: Union[str, Path], split: str, meta: dict | None = None) -> np.memmap:
+class ShardedTokens:
+    """Several memory-mapped token files read as their concatenation (nothing is loaded up front).
+
+    Args:
+        shards: the (n_i,) read-only memmaps, in order.
+
+    Indexing with a slice or an integer array returns a numpy array of the ids at those positions of
+    the concatenation; ``windows`` gathers fixed-length windows, which may cross shard boundaries.
+    """
+
+    def __init__(self, shards: list[np.ndarray]):
+        self.shards = shards
+        self.dtype = shards[0].dtype
+        self.starts = np.cumsum([0] + [len(s) for s in shards])  # (k + 1,) first position of each shard, then n
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def take(self, idx: np.ndarray) -> np.ndarray:
+        """Ids at positions ``idx`` (any shape, in [0, n)) of the concatenation, same shape, file dtype."""
+        idx = np.asarray(idx, np.int64)
+        which = np.searchsorted(self.starts, idx, side="right") - 1  # shard of each position
+        out = np.empty(idx.shape, self.dtype)
+        for k in np.unique(which):
+            sel = which == k
+            out[sel] = self.shards[k][idx[sel] - self.starts[k]]
+        return out
+
+    def __getitem__(self, key) -> np.ndarray:
+        if isinstance(key, slice):
+            return self.take(np.arange(*key.indices(len(self))))
+        return self.take(key)
+
+    def windows(self, starts: np.ndarray, width: int) -> np.ndarray:
+        """(len(starts), width) windows ``[s, s + width)`` of the concatenation."""
+        return self.take(np.asarray(starts, np.int64)[:, None] + np.arange(width))
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        """The whole concatenation in memory: only for small splits (e.g. tests)."""
+        out = np.concatenate(self.shards)
+        return out if dtype is None else out.astype(dtype)
+
+
+def _map_file(path: Path, dtype: np.dtype, tokens: int, dtype_name: str) -> np.memmap:
+    """Memory-maps one token file, refusing it when its size is not ``tokens`` ids."""
+    if not path.is_file():
+        raise DataError(f"{path} is missing from the prepared data directory; re-run `slm data prepare`.")
+    size = path.stat().st_size
+    if size != tokens * dtype.itemsize:
+        # Truncation is the usual cause (an interrupted copy); either way the ids cannot be trusted.
+        raise DataError(
+            f"{path} holds {size} bytes but {META_FILE} promises {tokens} {dtype_name} tokens "
+            f"({tokens * dtype.itemsize} bytes), so it is truncated or stale; re-run `slm data prepare`."
+        )
+    return np.memmap(path, dtype=dtype, mode="r", shape=(tokens,))
+
+
+def load_split(data_dir: Union[str, Path], split: str, meta: dict | None = None) -> np.ndarray | ShardedTokens:
     """Memory-maps one split read-only.
 
     Args:
@@ -78,24 +138,26 @@ def load_split(data_dir: Union[str, Path], split: str, meta: dict | None = None)
         meta: its ``meta.json`` if already loaded (read from ``data_dir`` otherwise).
 
     Returns:
-        (n,) read-only memmap of token ids in the file dtype (uint16 or uint32), n = meta[f"{split}_tokens"].
+        (n,) read-only memmap of token ids in the file dtype (uint16 or uint32), n = meta[f"{split}_tokens"];
+        a ``ShardedTokens`` over the split's shards when the directory was prepared with shards.
     """
-    path = split_path(data_dir, split)
+    if split not in SPLITS:
+        raise DataError(f"Unknown data split {split!r}; use one of: {', '.join(SPLITS)}.")
     meta = load_meta(data_dir) if meta is None else meta
     dtype = DTYPES[meta["dtype"]]
     expected = int(meta[f"{split}_tokens"])
-    if not path.is_file():
-        raise DataError(f"{path} is missing from the prepared data directory; re-run `slm data prepare`.")
-    size = path.stat().st_size
-    if size != expected * dtype.itemsize:
-        # Truncation is the usual cause (an interrupted copy); either way the ids cannot be trusted.
-        raise DataError(
-            f"{path} holds {size} bytes but {META_FILE} promises {expected} {meta['dtype']} tokens "
-            f"({expected * dtype.itemsize} bytes), so it is truncated or stale; re-run `slm data prepare`."
-        )
     if expected == 0:
         raise DataError(f"The {split} split in {data_dir} is empty; prepare it from more text.")
-    return np.memmap(path, dtype=dtype, mode="r", shape=(expected,))
+    if "shards" not in meta:
+        return _map_file(split_path(data_dir, split), dtype, expected, meta["dtype"])
+    shards = meta["shards"][split]
+    if sum(int(s["tokens"]) for s in shards) != expected:
+        raise DataError(
+            f"{Path(data_dir) / META_FILE} lists {split} shards that do not add up to {expected} tokens; "
+            "re-run `slm data prepare`."
+        )
+    maps = [_map_file(Path(data_dir) / s["file"], dtype, int(s["tokens"]), meta["dtype"]) for s in shards]
+    return maps[0] if len(maps) == 1 else ShardedTokens(maps)
 
 
 def load_data_tokenizer(data_dir: Union[str, Path]) -> Tokenizer:

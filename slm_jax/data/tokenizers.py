@@ -1,4 +1,4 @@
-"""Character and byte tokenizers, saved as JSON (never pickle).
+"""Character and byte tokenizers, saved as JSON (never pickle); Hugging Face ones load through the same functions.
 
 A tokenizer maps text to a 1-D int32 id array and back:
 
@@ -9,7 +9,8 @@ A tokenizer maps text to a 1-D int32 id array and back:
 Both kinds are vectorised with numpy (no per-character Python loop) so that encoding a
 multi-megabyte corpus takes milliseconds. ``to_dict`` / ``tokenizer_from_dict`` give a
 JSON-able description whose ``"type"`` key selects the class; ``save_tokenizer`` and
-``load_tokenizer`` write and read it as ``tokenizer.json``.
+``load_tokenizer`` write and read it as ``tokenizer.json``. A Hugging Face ``tokenizer.json``
+(a trained BPE, or a converted model's) has no ``"type"`` key and loads as an ``HFTokenizer``.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from typing import Any, Union
 
 import numpy as np
 
+from slm_jax.data.hf_tokenizer import HFTokenizer, is_hf_tokenizer
 from slm_jax.errors import DataError
 
 TOKENIZER_FILE = "tokenizer.json"
-TOKENIZER_NAMES = ("char", "byte")
+TOKENIZER_NAMES = ("char", "byte")  # built here; "bpe" is trained by prepare (hf_tokenizer.train_bpe)
 _REPLACEMENT = 0xFFFD  # U+FFFD, shown for ids a tokenizer cannot decode
 
 
@@ -52,12 +54,16 @@ class CharTokenizer:
         if not chars:
             raise DataError("A char tokenizer needs a non-empty vocabulary; build it from non-empty text.")
         self.chars = chars
-        self._vocab_cps = _codepoints(chars)  # (v,) uint32, sorted: encode is a searchsorted
+        self._vocab_cps = _codepoints(chars)  # (v,) uint32, sorted
         if np.any(np.diff(self._vocab_cps.astype(np.int64)) <= 0):
             raise DataError(
                 "A char tokenizer's vocabulary must be sorted distinct characters; "
                 "rebuild it with CharTokenizer.from_text."
             )
+        # Code point -> id (-1: unknown), one slot past the largest so that larger code points land on -1:
+        # encode is one gather (measured ~6x faster than a searchsorted into the vocabulary, 4M characters).
+        self._table = np.full(int(self._vocab_cps[-1]) + 2, -1, np.int32)
+        self._table[self._vocab_cps] = np.arange(len(self._vocab_cps), dtype=np.int32)
 
     @classmethod
     def from_text(cls, text: str) -> "CharTokenizer":
@@ -80,9 +86,8 @@ class CharTokenizer:
             (t,) int32 ids, t = len(text).
         """
         cps = _codepoints(text)
-        ids = np.searchsorted(self._vocab_cps, cps)  # (t,) position where each code point would go
-        ids_clipped = np.minimum(ids, self.vocab_size - 1)
-        unknown = self._vocab_cps[ids_clipped] != cps
+        ids = self._table[np.minimum(cps, len(self._table) - 1)]  # (t,) int32
+        unknown = ids < 0
         if np.any(unknown):
             bad = chr(int(cps[np.argmax(unknown)]))
             raise DataError(
@@ -90,7 +95,7 @@ class CharTokenizer:
                 "(it was built from another corpus); "
                 "use text from that corpus or the byte tokenizer (--tokenizer byte)."
             )
-        return ids.astype(np.int32)
+        return ids
 
     def decode(self, ids: Any) -> str:
         """Maps ids back to text; ids outside the vocabulary (a model may have a larger one) become U+FFFD.
@@ -150,7 +155,7 @@ class ByteTokenizer:
         return "ByteTokenizer()"
 
 
-Tokenizer = Union[CharTokenizer, ByteTokenizer]
+Tokenizer = Union[CharTokenizer, ByteTokenizer, HFTokenizer]
 _CLASSES = {"char": CharTokenizer, "byte": ByteTokenizer}
 
 
@@ -170,7 +175,9 @@ def build_tokenizer(name: str, text: Union[str, bytes]) -> Tokenizer:
 
 
 def tokenizer_from_dict(d: dict) -> Tokenizer:
-    """Inverse of ``tok.to_dict()``: the ``"type"`` key selects the class."""
+    """Inverse of ``tok.to_dict()``: the ``"type"`` key selects the class; a Hugging Face dict is an HFTokenizer."""
+    if is_hf_tokenizer(d):
+        return HFTokenizer.from_dict(d)
     if not isinstance(d, dict) or "type" not in d:
         raise DataError(
             f"A tokenizer description must be a JSON object with a 'type' key, got {str(d)[:80]!r}; "
@@ -199,7 +206,7 @@ def save_tokenizer(tok: Tokenizer, path: Union[str, Path]) -> Path:
 
 
 def load_tokenizer(path: Union[str, Path]) -> Tokenizer:
-    """Reads a tokenizer written by ``save_tokenizer`` (a file, or a directory holding ``tokenizer.json``)."""
+    """Reads our tokenizer.json or any Hugging Face one (``path`` is the file, or a directory holding it)."""
     path = _tokenizer_file(path)
     if not path.is_file():
         raise DataError(

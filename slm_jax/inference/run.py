@@ -9,7 +9,7 @@ from typing import Any
 
 from slm_jax.array_typing import PyTree
 from slm_jax.config import Config, config_from_dict
-from slm_jax.interop.hf_tokenizer import load_run_tokenizer
+from slm_jax.data.tokenizers import load_tokenizer
 from slm_jax.models.lm import CausalLM
 from slm_jax.rundir.checkpoint import read_run_config
 from slm_jax.rundir.files import TOKENIZER_FILE
@@ -29,14 +29,14 @@ def load_run(run_dir: str | Path, best: bool = False, step: int | None = None) -
     """The latest (or best-by-validation, or ``step``'s) checkpoint of ``run_dir``.
 
     The tokenizer is ours (char/byte) or, in a run imported by ``slm convert from-hf``, the
-    model's Hugging Face ``tokenizer.json`` (slm_jax/interop/hf_tokenizer.py); None when the run
+    model's Hugging Face ``tokenizer.json`` (slm_jax/data/hf_tokenizer.py); None when the run
     has no ``tokenizer.json`` (see :func:`missing_tokenizer` for what to tell the user).
     """
     run_dir = Path(run_dir)
     cfg = config_from_dict(read_run_config(run_dir))
     params, step = restore_params(run_dir, cfg, best, step)
     tok_path = run_dir / TOKENIZER_FILE
-    tokenizer = load_run_tokenizer(tok_path) if tok_path.is_file() else None
+    tokenizer = load_tokenizer(tok_path) if tok_path.is_file() else None
     return LoadedRun(cfg, CausalLM(cfg.model), params, tokenizer, step)
 
 

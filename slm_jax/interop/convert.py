@@ -25,10 +25,11 @@ import jax
 import numpy as np
 
 from slm_jax.config import Config, config_from_dict
+from slm_jax.data.tokenizers import load_tokenizer
 from slm_jax.errors import CheckpointError, ConfigError
 from slm_jax.interop.families import mamba, recurrent_gemma, transformer
 from slm_jax.interop.hf_config import load_hf_config
-from slm_jax.interop.hf_tokenizer import export_run_tokenizer, load_run_tokenizer
+from slm_jax.interop.hf_tokenizer import export_run_tokenizer
 from slm_jax.interop.hf_weights import Tensors
 from slm_jax.interop.safetensors_io import read_checkpoint, write_checkpoint
 from slm_jax.models.lm import abstract_params, unstack_layers
@@ -115,7 +116,7 @@ def from_hf(hf_dir: str | Path, run_dir: str | Path, name: str | None = None) ->
         (tmp / SOURCE_FILE).write_text(json.dumps(source, indent=1))
         copy_run_files(hf_dir, tmp, (TOKENIZER_FILE,))
         if (tmp / TOKENIZER_FILE).is_file():
-            tokenizer = load_run_tokenizer(tmp / TOKENIZER_FILE)  # fails now, not at generate time, if unreadable
+            tokenizer = load_tokenizer(tmp / TOKENIZER_FILE)  # fails now, not at generate time, if unreadable
         save_params(tmp, cfg, params, 0, optimizer.init(params))
     n_params = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(params))
     return {

@@ -1,0 +1,102 @@
+"""Throughput and peak memory of ``slm data prepare`` (streaming, sharded) on a generated corpus.
+
+    python benchmarks/prepare.py [--mb 50] [--tokenizers byte char bpe] [--vocab-size 8192] [--repeats 2]
+
+The corpus is ``--mb`` MB of lines of Zipf-distributed pseudo-words (a 20,000-word vocabulary, a few
+non-ASCII letters), written once to a temp directory. Each prepare runs in its own child process,
+which reports its wall time and peak RSS (``ru_maxrss``); tokenizers are interleaved (A B C A B C ...)
+``--repeats`` times and the median is kept. Throughput is input MB / wall seconds of the whole
+prepare (both passes: building the tokenizer, BPE training included, then encoding and writing).
+Prints one JSON line per tokenizer and a markdown table (docs/data.md quotes it).
+"""
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+LETTERS = np.array(list("abcdefghijklmnopqrstuvwxyzäöüéñ"))
+
+
+def write_corpus(path: Path, mb: float, seed: int = 0) -> int:
+    """Writes about ``mb`` MB of generated text to ``path`` in ~1 MB blocks; returns its size in bytes."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, 10, size=20_000)
+    vocab = np.array(["".join(rng.choice(LETTERS, size=n)) for n in lengths])
+    target = int(mb * 1e6)
+    with path.open("w", encoding="utf-8") as f:
+        while f.tell() < target:
+            words = vocab[np.minimum(rng.zipf(1.2, size=150_000), len(vocab)) - 1]  # ~1 MB of words
+            ends = np.where(rng.random(len(words)) < 0.08, "\n", " ")  # a line every ~12 words
+            f.write("".join(np.char.add(words, ends).tolist()))
+    return path.stat().st_size
+
+
+def child(tokenizer: str, corpus: str, out: str, vocab_size: int) -> None:
+    """Runs one prepare; prints {"seconds", "peak_rss_mb", "tokens"} as JSON."""
+    from slm_jax.data.prepare import prepare
+
+    start = time.perf_counter()
+    meta = prepare([corpus], tokenizer, out, vocab_size=vocab_size if tokenizer == "bpe" else 0, shard_tokens=1 << 24)
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    tokens = meta["train_tokens"] + meta["val_tokens"]
+    print(json.dumps({"seconds": seconds, "peak_rss_mb": peak, "tokens": tokens, "vocab_size": meta["vocab_size"]}))
+
+
+def run_child(tokenizer: str, corpus: Path, out: Path, vocab_size: int) -> dict:
+    argv = [sys.executable, __file__, "--child", tokenizer, str(corpus), str(out), "--vocab-size", str(vocab_size)]
+    proc = subprocess.run(argv, capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--mb", type=float, default=50.0, help="corpus size in MB")
+    p.add_argument("--tokenizers", nargs="+", default=["byte", "char", "bpe"])
+    p.add_argument("--vocab-size", type=int, default=8192, help="vocabulary of the trained BPE")
+    p.add_argument("--repeats", type=int, default=2, help="interleaved rounds; the median is reported")
+    p.add_argument("--child", nargs=3, metavar=("TOKENIZER", "CORPUS", "OUT"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        child(*args.child, args.vocab_size)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = Path(tmp) / "corpus.txt"
+        size = write_corpus(corpus, args.mb)
+        runs: dict[str, list[dict]] = {t: [] for t in args.tokenizers}
+        for _ in range(args.repeats):
+            for t in args.tokenizers:
+                runs[t].append(run_child(t, corpus, Path(tmp) / f"out-{t}", args.vocab_size))
+    rows = []
+    for t, rs in runs.items():
+        seconds = statistics.median(r["seconds"] for r in rs)
+        row = {
+            "tokenizer": t,
+            "corpus_mb": round(size / 1e6, 1),
+            "vocab_size": rs[0]["vocab_size"],
+            "tokens": rs[0]["tokens"],
+            "seconds": round(seconds, 2),
+            "mb_per_s": round(size / 1e6 / seconds, 1),
+            "peak_rss_mb": round(max(r["peak_rss_mb"] for r in rs)),
+        }
+        rows.append(row)
+        print(json.dumps(row))
+    print("\n| tokenizer | corpus MB | vocab | tokens | seconds | MB/s | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['tokenizer']} | {r['corpus_mb']} | {r['vocab_size']} | {r['tokens']:,} | {r['seconds']} | "
+            f"{r['mb_per_s']} | {r['peak_rss_mb']} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

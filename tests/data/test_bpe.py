@@ -1,0 +1,103 @@
+"""Byte-level BPE: training, the Hugging Face tokenizer.json round trip, and prepare -> train -> generate."""
+
+import json
+
+import numpy as np
+import pytest
+
+from slm_jax.cli import main
+from slm_jax.data.hf_tokenizer import END_OF_TEXT, HFTokenizer, train_bpe
+from slm_jax.data.prepare import prepare
+from slm_jax.data.token_files import load_data_tokenizer, load_split
+from slm_jax.data.tokenizers import load_tokenizer, save_tokenizer
+from slm_jax.errors import DataError
+
+WORDS = ["the", "cat", "sat", "on", "mat", "dog", "ran", "to", "a", "hat", "über", "naïve"]
+
+
+def corpus(n_lines: int, seed: int = 0) -> str:
+    rng = np.random.default_rng(seed)
+    return "".join(" ".join(rng.choice(WORDS, size=rng.integers(3, 9))) + ".\n" for _ in range(n_lines))
+
+
+def test_train_bpe_round_trips_and_compresses():
+    text = corpus(300)
+    tok = train_bpe([text], vocab_size=300)
+    assert (
+        257 < tok.vocab_size <= 300 and tok.eos_id == 0
+    )  # fewer when the corpus runs out of pairs and tok.decode([tok.eos_id]) == END_OF_TEXT
+    ids = tok.encode(text)
+    assert ids.dtype == np.int32 and tok.decode(ids) == text
+    assert len(ids) < len(text.encode("utf-8")) / 2  # merges learnt: far fewer ids than bytes
+    assert tok.decode(tok.encode("zebra ☃")) == "zebra ☃"  # unseen bytes still encode (byte-level)
+
+
+def test_bpe_vocab_too_small():
+    with pytest.raises(DataError, match="at least 257"):
+        train_bpe(["abc"], vocab_size=100)
+
+
+def test_tokenizer_json_is_hugging_face_format(tmp_path):
+    tok = train_bpe([corpus(100)], vocab_size=280)
+    path = save_tokenizer(tok, tmp_path)
+    d = json.loads(path.read_text(encoding="utf-8"))
+    assert "model" in d and d["model"]["type"] == "BPE" and "type" not in d
+    tokenizers = pytest.importorskip("tokenizers")
+    hf = tokenizers.Tokenizer.from_file(str(path))  # the library reads our file as is
+    text = "the naïve cat"
+    assert hf.encode(text).ids == tok.encode(text).tolist()
+    loaded = load_tokenizer(path)
+    assert isinstance(loaded, HFTokenizer) and loaded.to_dict() == tok.to_dict()
+
+
+def test_prepare_bpe_and_with_a_tokenizer_file(tmp_path):
+    docs = tmp_path / "docs.jsonl"
+    lines = [corpus(5, seed=i) for i in range(20)]
+    docs.write_text("".join(json.dumps({"text": t}) + "\n" for t in lines), encoding="utf-8")
+    meta = prepare([docs], "bpe", tmp_path / "a", vocab_size=320)
+    tok = load_data_tokenizer(tmp_path / "a")
+    assert (
+        meta["tokenizer"] == "bpe" and 257 < meta["vocab_size"] == tok.vocab_size <= 320 and meta["dtype"] == "uint16"
+    )
+    ids = np.concatenate([load_split(tmp_path / "a", s) for s in ("train", "val")])
+    assert np.sum(ids == tok.eos_id) == len(lines)  # one <|endoftext|> after every document
+    assert tok.decode(ids) == "".join(t + END_OF_TEXT for t in lines)
+    # any tokenizer.json: the same file gives the same ids
+    meta_b = prepare([docs], str(tmp_path / "a" / "tokenizer.json"), tmp_path / "b")
+    ids_b = np.concatenate([load_split(tmp_path / "b", s) for s in ("train", "val")])
+    assert meta_b["tokenizer"] == "hf" and np.array_equal(ids, ids_b)
+    with pytest.raises(DataError, match="--vocab-size"):
+        prepare([docs], "bpe", tmp_path / "c")
+
+
+def test_bpe_prepare_train_eval_generate(capsys, tmp_path):
+    text = tmp_path / "corpus.txt"
+    text.write_text(corpus(400), encoding="utf-8")
+    prep, run_dir = tmp_path / "prep", tmp_path / "run"
+    argv = ["data", "prepare", "--input", str(text), "--tokenizer", "bpe", "--vocab-size", "300", "--out", str(prep)]
+    assert main(argv) == 0
+    assert 257 < json.loads(capsys.readouterr().out)["vocab_size"] <= 300
+    overrides = [
+        "model.n_layers=1",
+        "model.d_model=32",
+        "model.n_heads=2",
+        "train.steps=3",
+        "train.batch_size=2",
+        "train.seq_len=16",
+        "eval.every=3",
+        "eval.batches=1",
+        "checkpoint.every=3",
+        f"data.path={prep}",
+    ]
+    args = ["train", "configs/experiments/shakespeare_char.yaml", "--run-dir", str(run_dir), "--no-progress"]
+    assert main([*args, *sum((["--set", o] for o in overrides), [])]) == 0
+    capsys.readouterr()
+    assert isinstance(load_tokenizer(run_dir), HFTokenizer)
+    assert main(["eval", str(run_dir), "--batches", "1"]) == 0
+    assert np.isfinite(json.loads(capsys.readouterr().out)["val_loss"])
+    assert main(["eval", str(run_dir), "--batches", "1", "--data", str(text)]) == 0  # raw text, run's BPE
+    capsys.readouterr()
+    argv = ["generate", str(run_dir), "--prompt", "the cat", "--max-new-tokens", "5", "--temperature", "0"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("the cat") and len(out) > len("the cat")
