@@ -78,9 +78,15 @@ def cmd_eval(args) -> None:
     from slm_jax.data.run_tokens import run_text_tokens
     from slm_jax.errors import DataError
     from slm_jax.eval.perplexity import evaluate
+    from slm_jax.finetune.classify import evaluate_file, is_classifier
     from slm_jax.inference.run import load_run
     from slm_jax.training.step import make_eval_step
 
+    if is_classifier(args.run_dir):  # `slm finetune --task classify` output: accuracy and macro-F1
+        if not args.data:
+            raise DataError(f"{args.run_dir} is a classifier; pass labelled JSONL with --data.")
+        print(json.dumps(evaluate_file(args.run_dir, args.data), indent=1))
+        return
     run = load_run(args.run_dir, best=args.best, step=args.step)
     tc = run.cfg.train
     eval_fn = jax.jit(make_eval_step(run.model))
@@ -352,15 +358,21 @@ def cmd_finetune(args) -> None:
         args.max_len,
         args.best,
     )
-    summary = finetune(
-        args.target[0],
-        args.data,
-        args.out,
-        options,
-        eval_data=args.eval_data,
-        log=lambda line: print(line, file=sys.stderr, flush=True),
-    )
+    log = lambda line: print(line, file=sys.stderr, flush=True)
+    if args.task == "classify":  # a classification head on the final hidden states (finetune/classify.py)
+        from slm_jax.finetune.classify import ClassifyOptions, finetune_classify
+
+        task = ClassifyOptions(args.text_field, args.label_field, args.pooling)
+        summary = finetune_classify(args.target[0], args.data, args.out, options, task, args.eval_data, log)
+    else:
+        summary = finetune(args.target[0], args.data, args.out, options, eval_data=args.eval_data, log=log)
     print(json.dumps(summary, indent=1))
+
+
+def cmd_predict(args) -> None:
+    from slm_jax.finetune.classify import predict_text
+
+    print(json.dumps(predict_text(args.run_dir, args.text), indent=1))
 
 
 def cmd_distill(args) -> int | None:
@@ -458,7 +470,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="validation loss and bits per char/byte of a run")
     p.add_argument("run_dir")
-    p.add_argument("--data", default=None, help="text file or prepared directory (default: the run's val split)")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="text file or prepared directory (default: the run's val split); labelled JSONL for a classifier",
+    )
     p.add_argument("--batches", type=_positive_int, default=50)
     p.add_argument("--best", action="store_true", help="use the best checkpoint by validation loss")
     p.add_argument("--step", type=int, default=None, help="use the checkpoint of this step (default: the latest)")
@@ -616,7 +632,9 @@ def build_parser() -> argparse.ArgumentParser:
         "finetune", help="full or LoRA fine-tuning on prompt/completion JSONL; `slm finetune merge` folds adapters in"
     )
     p.add_argument("target", nargs="+", metavar="RUN_DIR", help="the base run directory, or: merge ADAPTER_DIR")
-    p.add_argument("--data", default=None, help='training JSONL, one {"prompt": ..., "completion": ...} per line')
+    p.add_argument(
+        "--data", default=None, help='training JSONL: {"prompt", "completion"} lines, or text + label (classify)'
+    )
     p.add_argument("--eval-data", default=None, help="held-out JSONL: exact-match accuracy before and after")
     p.add_argument("--out", required=True, help="new directory: a run (full, merge) or the adapters (--lora)")
     p.add_argument("--lora", action="store_true", help="train low-rank adapters instead of every weight")
@@ -637,7 +655,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-len", type=int, default=0, help="refuse examples longer than this many tokens (0: no limit)")
     p.add_argument("--best", action="store_true", help="start from the base run's best checkpoint")
     p.add_argument("--base", default=None, help="merge: the base run directory, if it moved since fine-tuning")
+    p.add_argument(
+        "--task",
+        choices=("lm", "classify"),
+        default="lm",
+        help="classify: a sequence-classification head (JSONL labels)",
+    )
+    p.add_argument("--text-field", default="text", help="classify: the JSONL field holding the text")
+    p.add_argument("--label-field", default="label", help="classify: the JSONL field holding the label")
+    p.add_argument(
+        "--pooling",
+        choices=("cls", "mean", "last"),
+        default="",
+        help="classify: default last (decoder), mean (encoder)",
+    )
     p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("predict", help="the label and class probabilities of a text (`slm finetune --task classify`)")
+    p.add_argument("run_dir", help="the --out directory of `slm finetune --task classify`")
+    p.add_argument("--text", required=True)
+    p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser(
         "distill",

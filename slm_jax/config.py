@@ -254,7 +254,9 @@ class CheckpointConfig:
 class DistillConfig:
     """Knowledge distillation from a trained teacher run (Hinton et al. 2015); read only by ``slm distill``.
 
-    The loss is ``alpha * CE(labels) + (1 - alpha) * T^2 * KL(teacher_T || student_T)``.
+    ``loss: hinton`` is ``alpha * CE(labels) + (1 - alpha) * T^2 * KL(teacher_T || student_T)``;
+    ``loss: triple`` is DistilBERT's (Sanh et al. 2019, arXiv:1910.01108)
+    ``alpha_ce * T^2 * KL + alpha_mlm * CE(labels) + alpha_cos * (1 - cos(student, teacher hidden))``.
     """
 
     teacher: str = ""  # the teacher's run directory; `slm distill --teacher` overrides it
@@ -263,6 +265,11 @@ class DistillConfig:
     top_k: int = 0  # 0: KL over the whole vocabulary; k: over the teacher's top-k tokens, renormalised
     precomputed: str = ""  # directory from `slm distill precompute`; "" computes teacher logits on the fly
     best: bool = False  # use the teacher's best checkpoint by validation loss instead of its latest
+    loss: str = "hinton"  # hinton (alpha) | triple (alpha_ce, alpha_mlm, alpha_cos: DistilBERT's loss)
+    alpha_ce: float = 5.0  # triple: weight of T^2 * KL (DistilBERT's 5.0)
+    alpha_mlm: float = 2.0  # triple: weight of the hard-label loss, MLM on an encoder, next token on a decoder
+    alpha_cos: float = 1.0  # triple: weight of the cosine loss between final hidden states (widths must match)
+    init: str = ""  # "" the student's own init | every_other_layer: teacher layers 0, 2, 4, ... (DistilBERT)
 
 
 @dataclass(frozen=True)
@@ -611,6 +618,16 @@ def validate(cfg: Config) -> None:
     )
     kd = cfg.distill
     _require(0.0 <= kd.alpha <= 1.0, f"distill.alpha must be in [0, 1], got {kd.alpha}.")
+    _require(kd.loss in ("hinton", "triple"), f"distill.loss must be hinton or triple, got {kd.loss!r}.")
+    _require(
+        min(kd.alpha_ce, kd.alpha_mlm, kd.alpha_cos) >= 0,
+        f"distill.alpha_ce, alpha_mlm and alpha_cos must be >= 0, got {kd.alpha_ce}, {kd.alpha_mlm}, {kd.alpha_cos}.",
+    )
+    _require(kd.init in ("", "every_other_layer"), f"distill.init must be empty or every_other_layer, got {kd.init!r}.")
+    _require(
+        not (kd.init and t.init_from),
+        "distill.init and train.init_from both choose the student's starting weights; clear one of them.",
+    )
     _require(
         kd.temperature > 0 and kd.top_k >= 0,
         f"distill.temperature must be > 0 and distill.top_k >= 0, got {kd.temperature} and {kd.top_k}.",

@@ -8,6 +8,10 @@ step, never in the train state or the optimizer, and its logits pass through ``s
 With ``distill.precomputed`` the teacher is not loaded at all: each batch carries the stored
 top-k logits of its windows (``distill/precompute.py``). The student's validation loss is the
 plain next-token cross-entropy, comparable with runs trained from scratch.
+
+The DistilBERT recipe (docs/encoders.md): ``distill.loss: triple`` (distill/loss.py) and
+``distill.init: every_other_layer`` (distill/student_init.py); with ``train.objective: mlm`` an
+encoder student and an encoder teacher read the same masked windows (training/mlm.py).
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ import numpy as np
 from slm_jax.config import Config, replace
 from slm_jax.data.pipeline import READ_OPTIONS, RandomWindowBatches, eval_batches
 from slm_jax.data.source import load_dataset
-from slm_jax.distill.loss import make_distill_loss_fn
+from slm_jax.distill.loss import make_distill_loss_fn, make_triple_loss_fn
 from slm_jax.distill.precompute import TopkWindowBatches, check_same_vocabulary, open_store, tokenizer_identity
+from slm_jax.distill.student_init import every_other_layer
 from slm_jax.errors import ConfigError
 from slm_jax.inference.run import load_run
 from slm_jax.models import accounting
@@ -32,6 +37,7 @@ from slm_jax.rundir.checkpoint import Checkpointer
 from slm_jax.rundir.files import write_config, write_tokenizer
 from slm_jax.rundir.run_lock import run_lock
 from slm_jax.training.loop import LoopParts, run_loop
+from slm_jax.training.mlm import mask_batch
 from slm_jax.training.optim import make_optimizer
 from slm_jax.training.parallel import make_parallel
 from slm_jax.training.step import init_state, make_eval_step, make_train_step
@@ -66,6 +72,12 @@ def distill(
             "set data.path to a text corpus."
         )
 
+    needs_live = [n for n, on in (("distill.loss=triple", kd.loss == "triple"), ("distill.init", kd.init)) if on]
+    needs_live += ["train.objective=mlm"] if cfg.train.objective == "mlm" else []
+    if kd.precomputed and needs_live:
+        raise ConfigError(
+            f"{needs_live[0]} needs the teacher run itself, not precomputed logits; clear distill.precomputed."
+        )
     run_dir = Path(run_dir) if run_dir else default_run_dir(cfg)
     with run_lock(run_dir):  # one writer per run directory (rundir/run_lock.py)
         return _distill_locked(cfg, teacher_dir, run_dir, until_step, progress)
@@ -95,6 +107,9 @@ def _distill_locked(cfg: Config, teacher_dir: str, run_dir: Path, until_step: in
             data.tokenizer,
             cfg.model.vocab_size,
         )
+    _check_recipe(cfg, teacher, teacher_dir)
+    # DistilBERT: teacher layers 0, 2, 4, ... (checked before anything is written; used on a fresh run only)
+    recipe_start = every_other_layer(teacher.params, teacher.cfg.model, cfg.model) if kd.init else None
     ckpt = Checkpointer(
         run_dir,
         cfg.checkpoint.every,
@@ -113,6 +128,8 @@ def _distill_locked(cfg: Config, teacher_dir: str, run_dir: Path, until_step: in
     if tc.init_from and ckpt.latest_step() is None:  # recovery of a pruned run: start from its weights
         start = warm_start_params(tc.init_from, cfg)
         init = lambda opt: {**init_state(model, opt, tc.seed, tc.seq_len), "params": start}
+    if recipe_start is not None and ckpt.latest_step() is None:
+        init = lambda opt: {**init_state(model, opt, tc.seed, tc.seq_len), "params": recipe_start}
     optimizer, schedule = make_optimizer(cfg.optim, tc.steps, abstract_params(cfg.model))
     par = make_parallel(tc, jax.eval_shape(lambda: init(optimizer)))  # one device (checked above)
     data_state = None
@@ -137,11 +154,22 @@ def _distill_locked(cfg: Config, teacher_dir: str, run_dir: Path, until_step: in
     if data_state:
         batches.set_state(data_state)
     val_batches = eval_batches(data.val, cfg.eval.batch_size or tc.batch_size, tc.seq_len, cfg.eval.batches)
+    to_step_batch, mlm = (lambda batch: batch), tc.objective == "mlm"
+    if mlm:  # masked windows, the same for student and teacher, scored only where masked (training/mlm.py)
+        to_step_batch = lambda batch: mask_batch(batch, tc, cfg.model.vocab_size)
+        batch_spec = jax.tree.map(
+            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), to_step_batch(np.zeros(batch_spec.shape, np.int32))
+        )
+        val_batches = [to_step_batch(b) for b in val_batches]
     unit = {"char": "char", "byte": "byte"}.get(data.meta.get("tokenizer"), "token")
 
     # ---------------------------------------------------------------- compile (timed apart)
     t0 = time.perf_counter()
-    loss_fn = make_distill_loss_fn(model, teacher and teacher.model, kd.alpha, kd.temperature, kd.top_k)
+    if kd.loss == "triple":
+        weights = (kd.alpha_ce, kd.alpha_mlm, kd.alpha_cos)
+        loss_fn = make_triple_loss_fn(model, teacher.model, kd.temperature, *weights, top_k=kd.top_k)
+    else:
+        loss_fn = make_distill_loss_fn(model, teacher and teacher.model, kd.alpha, kd.temperature, kd.top_k)
     step = jax.jit(
         make_train_step(model, optimizer, schedule, grad_accum=tc.grad_accum, loss_fn=loss_fn), donate_argnums=0
     )
@@ -157,5 +185,22 @@ def _distill_locked(cfg: Config, teacher_dir: str, run_dir: Path, until_step: in
         info["flops_per_token"] += accounting.forward_flops_per_token(teacher.cfg.model, tc.seq_len)
         info["teacher_params"] = accounting.param_count(teacher.cfg.model)
     info["compile_s"] = compile_s
-    parts = LoopParts(step_fn, batches, eval_fn, {"": val_batches}, unit, info, extra_metrics=("ce", "kl"))
+    extra = ("ce", "kl", "cos") if kd.loss == "triple" else ("ce", "kl")
+    parts = LoopParts(step_fn, batches, eval_fn, {"": val_batches}, unit, info, to_step_batch, mlm, extra)
     return run_loop(cfg, run_dir, ckpt, state, parts, par=par, until_step=until_step, progress=progress)
+
+
+def _check_recipe(cfg: Config, teacher, teacher_dir: str) -> None:
+    """Refuse what the DistilBERT recipe and masked-LM distillation need but this setup lacks (one sentence each)."""
+    kd, tc = cfg.distill, cfg.train
+    if tc.objective == "mlm" and teacher.cfg.model.causal:
+        raise ConfigError(
+            f"The student trains with train.objective=mlm, but the teacher {teacher_dir} is a causal model, whose "
+            "logits are next-token predictions; distill an encoder student from an encoder teacher."
+        )
+    if kd.loss == "triple" and kd.alpha_cos and teacher.cfg.model.d_model != cfg.model.d_model:
+        raise ConfigError(
+            f"distill.alpha_cos compares final hidden states, but the teacher's d_model is "
+            f"{teacher.cfg.model.d_model} and the student's {cfg.model.d_model}; "
+            "set distill.alpha_cos=0 or give the student the teacher's width."
+        )

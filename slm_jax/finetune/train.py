@@ -33,7 +33,7 @@ from slm_jax.config import Config, config_from_dict
 from slm_jax.errors import CheckpointError, ConfigError
 from slm_jax.finetune import data as ft_data
 from slm_jax.finetune import lora
-from slm_jax.inference.run import load_run
+from slm_jax.inference.run import LoadedRun, load_run
 from slm_jax.interop.safetensors_io import read_safetensors, write_safetensors
 from slm_jax.rundir.checkpoint import read_run_config
 from slm_jax.rundir.files import check_new_run_dir, copy_run_files, discard_unused_run_dir, new_run_dir, write_config
@@ -89,9 +89,12 @@ def exact_match(model, params: PyTree, data: dict[str, np.ndarray], batch_size: 
     return {"exact_match": correct / n, "completion_loss": loss_sum / max(tokens, 1.0), "examples": n}
 
 
-def make_step(model, optimizer: optax.GradientTransformation, combine):
-    """``step(state, base, batch, key) -> (state, metrics)``; gradients only w.r.t. ``state["params"]``."""
-    loss_fn = make_loss_fn(model)
+def make_step(model, optimizer: optax.GradientTransformation, combine, loss_fn=None):
+    """``step(state, base, batch, key) -> (state, metrics)``; gradients only w.r.t. ``state["params"]``.
+
+    ``loss_fn(params, batch) -> (loss, metrics)`` defaults to the completion loss of task batches.
+    """
+    loss_fn = loss_fn or make_loss_fn(model)
 
     def step(state, base, batch, key):
         loss = lambda trainable: loss_fn(combine(base, trainable, key), batch)
@@ -119,15 +122,69 @@ def finetune(
     written atomically (rundir/files.py): a failure leaves no ``out_dir`` behind.
     """
     out_dir = Path(out_dir)
+    return in_new_out_dir(out_dir, lambda: _finetune_locked(run_dir, data_path, out_dir, options, eval_data, log))
+
+
+def in_new_out_dir(out_dir: Path, body):
+    """``body()`` while holding the lock of the new directory ``out_dir``; a failure leaves no ``out_dir`` behind."""
     check_new_run_dir(out_dir)
     created = not out_dir.exists()
     with run_lock(out_dir):
         try:
-            return _finetune_locked(run_dir, data_path, out_dir, options, eval_data, log)
+            return body()
         except BaseException:
             if created:
                 discard_unused_run_dir(out_dir)
             raise
+
+
+def load_base(run_dir: str | Path, best: bool) -> LoadedRun:
+    """The float run to fine-tune (a quantized one is refused)."""
+    run = load_run(run_dir, best=best)
+    if run.cfg.model.quant.bits:
+        raise ConfigError(
+            f"{run_dir} is quantized (int{run.cfg.model.quant.bits}); fine-tune the float run it was made from."
+        )
+    return run
+
+
+def trainable_part(run: LoadedRun, spec: lora.LoraSpec | None, seed: int):
+    """(LoRA target paths, initial trainable tree, ``combine(base, trainable, key) -> params``).
+
+    Full fine-tuning trains the whole tree; LoRA trains adapters merged into the frozen base.
+    """
+    if spec is None:
+        return [], run.params, lambda base, params, key: params
+    paths = lora.target_paths(run.cfg.model, spec)
+    adapters = lora.init_adapters(run.params, paths, spec, jax.random.key(seed))
+    return paths, adapters, lambda base, adapters, key: lora.merge(base, adapters, spec, key)
+
+
+def finetune_optimizer(run: LoadedRun, options: FinetuneOptions, trainable: PyTree) -> optax.GradientTransformation:
+    """AdamW with a cosine schedule from ``options`` (the base run's other optimizer settings)."""
+    optim_cfg = dataclasses.replace(
+        run.cfg.optim,
+        lr=options.lr,
+        min_lr=options.lr / 10,
+        schedule="cosine",
+        warmup_steps=options.warmup_steps,
+        weight_decay=options.weight_decay,
+        frozen=(),
+    )
+    return make_optimizer(optim_cfg, options.steps, trainable)[0]
+
+
+def run_steps(step_fn, state: PyTree, base: PyTree, batches, options: FinetuneOptions, log, what: str):
+    """``options.steps`` steps; logs ``what`` loss and accuracy ten times; (state, last metrics, seconds)."""
+    t0, key = time.perf_counter(), jax.random.key(options.seed + 1)
+    for i in range(1, options.steps + 1):
+        state, metrics = step_fn(state, base, next(batches), jax.random.fold_in(key, i))
+        if i % max(options.steps // 10, 1) == 0 or i == options.steps:
+            m = jax.device_get(metrics)
+            log(f"step {i}: {what} loss {float(m['loss']):.4f}, accuracy {float(m['accuracy']):.3f}")
+            if not np.isfinite(float(m["loss"])):
+                raise ConfigError(f"The fine-tuning loss became {float(m['loss'])} at step {i}; lower --lr.")
+    return state, metrics, time.perf_counter() - t0
 
 
 def _finetune_locked(
@@ -139,32 +196,13 @@ def _finetune_locked(
     log,
 ) -> dict:
     """The body of :func:`finetune`, run while holding the lock of ``out_dir``."""
-    run = load_run(run_dir, best=options.best)
-    if run.cfg.model.quant.bits:
-        raise ConfigError(
-            f"{run_dir} is quantized (int{run.cfg.model.quant.bits}); fine-tune the float run it was made from."
-        )
+    run = load_base(run_dir, options.best)
     train_set = ft_data.encode_examples(ft_data.read_jsonl(data_path), run.tokenizer, options.max_len)
     eval_set = ft_data.encode_examples(ft_data.read_jsonl(eval_data), run.tokenizer) if eval_data else None
 
     spec = options.lora
-    if spec is not None:
-        paths = lora.target_paths(run.cfg.model, spec)
-        trainable = lora.init_adapters(run.params, paths, spec, jax.random.key(options.seed))
-        combine = lambda base, adapters, key: lora.merge(base, adapters, spec, key)
-    else:
-        paths, trainable = [], run.params
-        combine = lambda base, params, key: params
-    optim_cfg = dataclasses.replace(
-        run.cfg.optim,
-        lr=options.lr,
-        min_lr=options.lr / 10,
-        schedule="cosine",
-        warmup_steps=options.warmup_steps,
-        weight_decay=options.weight_decay,
-        frozen=(),
-    )
-    optimizer, _ = make_optimizer(optim_cfg, options.steps, trainable)
+    paths, trainable, combine = trainable_part(run, spec, options.seed)
+    optimizer = finetune_optimizer(run, options, trainable)
     step_fn = jax.jit(make_step(run.model, optimizer, combine), donate_argnums=0)
     state = {"params": trainable, "opt_state": optimizer.init(trainable)}
     n_trainable, n_total = lora.count_params(trainable), lora.count_params(run.params)
@@ -183,16 +221,10 @@ def _finetune_locked(
     if eval_set is not None:
         summary["before"] = exact_match(run.model, run.params, eval_set)
 
-    t0, key = time.perf_counter(), jax.random.key(options.seed + 1)
     batches = ft_data.batches(train_set, options.batch_size, options.seed)
-    for i in range(1, options.steps + 1):
-        state, metrics = step_fn(state, run.params, next(batches), jax.random.fold_in(key, i))
-        if i % max(options.steps // 10, 1) == 0 or i == options.steps:
-            m = jax.device_get(metrics)
-            log(f"step {i}: completion loss {float(m['loss']):.4f}, token accuracy {float(m['accuracy']):.3f}")
-            if not np.isfinite(float(m["loss"])):
-                raise ConfigError(f"The fine-tuning loss became {float(m['loss'])} at step {i}; lower --lr.")
-    summary["train_seconds"] = time.perf_counter() - t0
+    state, metrics, summary["train_seconds"] = run_steps(
+        step_fn, state, run.params, batches, options, log, "completion"
+    )
     summary["final_loss"] = float(metrics["loss"])
 
     tuned = combine(run.params, state["params"], None)

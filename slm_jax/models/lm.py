@@ -58,8 +58,12 @@ class CausalLM(nn.Module):
     """tokens i32[b, t], positions i32[b, t] -> logits f32[b, t, v] (and the updated cache).
 
     ``logit_positions`` i32[b, m] computes the logits only at those positions (f32[b, m, v]):
-    the hidden states are gathered before the final norm and head, which cuts the head's cost
+    the final-norm hidden states are gathered before the head, which cuts the head's cost
     by t / m when only a few positions are scored (synthetic recall tasks).
+
+    The final-norm hidden states f32[b, t, d] of every position are sown as
+    ``intermediates/final_hidden``: ``apply(..., mutable="intermediates")`` returns them
+    (modules/heads.py ``final_hidden``), a no-op otherwise.
 
     An encoder (``cfg.causal`` false, mixers/bidirectional.py) takes ``lengths`` i32[b], the valid
     tokens of each right-padded row (None: no padding), has no decode cache, and reserves the id
@@ -114,9 +118,10 @@ class CausalLM(nn.Module):
             )
             layer_caches.append(layer_cache)
         new_cache["layers"] = tuple(layer_caches)
+        x = RMSNorm(cfg.norm_eps, cfg.norm_offset, dtype=dtype, param_dtype=param_dtype, name="final_norm")(x)
+        self.sow("intermediates", "final_hidden", x)  # [b, t, d]: task heads, distillation's cosine loss
         if logit_positions is not None:
             x = jnp.take_along_axis(x, logit_positions[..., None], axis=1)  # [b, m, d]
-        x = RMSNorm(cfg.norm_eps, cfg.norm_offset, dtype=dtype, param_dtype=param_dtype, name="final_norm")(x)
         if cfg.tie_embeddings:
             logits = embed.attend(x)[..., : cfg.vocab_size]  # an encoder never predicts its mask id
         else:
