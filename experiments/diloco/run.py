@@ -23,7 +23,7 @@ import os
 import statistics
 from pathlib import Path
 
-import jax
+from slm_jax.sweep.experiment import use_compile_cache
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -185,8 +185,7 @@ def main() -> None:
         out, args.seeds, args.h, args.replicas = HERE / "smoke", [0], [1, 10], [2]
         args.set = ["train.steps=20", "train.batch_size=8", "eval.batches=2", "checkpoint.every=20", *args.set]
     os.chdir(ROOT)
-    jax.config.update("jax_compilation_cache_dir", os.path.expanduser("~/.cache/slm_jax/jax_cache"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    use_compile_cache()
     if args.stage in ("all", "train"):
         train_all(args, out)
     if args.stage in ("all", "report"):

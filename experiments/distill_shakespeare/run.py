@@ -17,7 +17,7 @@ import os
 import statistics
 from pathlib import Path
 
-import jax
+from slm_jax.sweep.experiment import finished, use_compile_cache, val_curve
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -25,12 +25,6 @@ RUNS = HERE / "runs"
 ARCHS = ("transformer", "griffin")
 SEEDS = (0, 1, 2)
 MODES = ("scratch", "distilled")
-
-
-def finished(run_dir: Path, steps: int) -> bool:
-    from slm_jax.rundir.checkpoint import latest_checkpoint_step
-
-    return run_dir.is_dir() and latest_checkpoint_step(run_dir) == steps
 
 
 def train_teacher() -> None:
@@ -65,12 +59,6 @@ def train_students(archs: tuple[str, ...]) -> None:
                     continue
                 print(f"--- {run_dir.name}", flush=True)
                 distill(cfg, run_dir=run_dir) if mode == "distilled" else train(cfg, run_dir)
-
-
-def val_curve(run_dir: Path) -> dict[int, float]:
-    from slm_jax.training.tracking import read_metrics
-
-    return {m["step"]: m["val_loss"] for m in read_metrics(run_dir) if "val_loss" in m}
 
 
 def report() -> None:
@@ -177,10 +165,7 @@ def main() -> None:
     parser.add_argument("--arch", choices=ARCHS, action="append", help="students: only these families (repeatable)")
     args = parser.parse_args()
     os.chdir(ROOT)
-    jax.config.update(
-        "jax_compilation_cache_dir", os.path.expanduser("~/.cache/slm_jax/jax_cache")
-    )  # seeds share programs
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    use_compile_cache()  # seeds share programs
     if args.stage in ("all", "teacher"):
         train_teacher()
     if args.stage in ("all", "students"):

@@ -20,7 +20,7 @@ import os
 import statistics
 from pathlib import Path
 
-import jax
+from slm_jax.sweep.experiment import use_compile_cache
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -211,8 +211,7 @@ def main() -> None:
         smoke = ["train.federated.n_clients=10", "train.federated.fraction=0.3", "train.federated.rounds=4"]
         args.set = [*smoke, "eval.every=2", "eval.batches=2", "checkpoint.every=4", *args.set]
     os.chdir(ROOT)
-    jax.config.update("jax_compilation_cache_dir", os.path.expanduser("~/.cache/slm_jax/jax_cache"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    use_compile_cache()
     if args.stage in ("all", "train"):
         train_all(args, out)
     if args.stage in ("all", "report"):

@@ -22,6 +22,8 @@ from pathlib import Path
 import jax
 import yaml
 
+from slm_jax.sweep.experiment import finished, mean_std, use_compile_cache, val_curve
+
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 RUNS = HERE / "runs"
@@ -58,12 +60,6 @@ ARM_LABELS = {
     "pruned_trained": "pruned + trained (no teacher)",
 }
 TOKENS_PER_STEP = 16 * 64
-
-
-def finished(run_dir: Path, steps: int) -> bool:
-    from slm_jax.rundir.checkpoint import latest_checkpoint_step
-
-    return run_dir.is_dir() and latest_checkpoint_step(run_dir) == steps
 
 
 def teacher_dir(arch: str) -> Path:
@@ -145,12 +141,6 @@ def train_students(archs: tuple[str, ...], arms: tuple[str, ...]) -> None:
                     distill(cfg, run_dir=run_dir) if objective == "distill" else train(cfg, run_dir)
 
 
-def val_curve(run_dir: Path) -> dict[int, float]:
-    from slm_jax.training.tracking import read_metrics
-
-    return {m["step"]: m["val_loss"] for m in read_metrics(run_dir) if "val_loss" in m}
-
-
 def pruned_loss(arch: str, shape: str) -> float:
     """Validation loss of a pruned run before any recovery, on the students' 20 validation batches."""
     from slm_jax.data.pipeline import eval_batches
@@ -162,11 +152,6 @@ def pruned_loss(arch: str, shape: str) -> float:
     run = load_run(pruned_dir(arch, shape))
     batches = eval_batches(run_text_tokens(run.cfg, run.tokenizer, None, "val"), 16, 64, 20)
     return evaluate(jax.jit(make_eval_step(run.model)), run.params, batches)["val_loss"]
-
-
-def mean_std(values: list[float]) -> str:
-    spread = statistics.stdev(values) if len(values) > 1 else float("nan")
-    return f"{statistics.mean(values):.4f} +- {spread:.4f}"
 
 
 def report() -> None:
@@ -282,8 +267,7 @@ def main() -> None:
     parser.add_argument("--arm", choices=list(ARMS), action="append", help="runs: only these arms (repeatable)")
     args = parser.parse_args()
     os.chdir(ROOT)
-    jax.config.update("jax_compilation_cache_dir", os.path.expanduser("~/.cache/slm_jax/jax_cache"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    use_compile_cache()
     archs = tuple(args.arch or ARCHS)
     if args.stage in ("all", "teachers"):
         prepare_teachers(archs)
