@@ -8,8 +8,12 @@ Exporting needs only the ``onnx`` package; running, only ``onnxruntime`` and num
 
 Graph signature of both models (names are the flat parameter and cache paths):
 
-  inputs:  weights in weights.npz order, named by parameter path ("params/embed/embedding", ...)
-           "tokens" i32[1, t], "start" i32[] (position of tokens[:, 0])
+  weights: initializers named by parameter path ("params/embed/embedding", ...) whose data is external,
+           at location ``WEIGHTS_LOCATION`` (not a file): the caller supplies weights.npz's arrays when it
+           opens a session (onnxruntime: ``SessionOptions.add_external_initializers``, as runner.py does).
+           As constants rather than graph inputs, onnxruntime folds what depends on them alone (int8 and
+           int4 dequantization, transposes) once at load and pre-packs MatMul weights.
+  inputs:  "tokens" i32[1, t], "start" i32[] (position of tokens[:, 0])
            the cache in cache.npz order, named "cache/<path>"
   outputs: "logits" f32[1, v] at the last token, then the new cache, named "new_cache/<path>"
 """
@@ -20,9 +24,12 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.extend import core
 
 from slm_jax.errors import ConfigError
+
+WEIGHTS_LOCATION = "weights.npz-arrays"  # external-data location of every weight: supplied from weights.npz
 
 
 def _dtypes(jaxpr) -> set:
@@ -31,6 +38,23 @@ def _dtypes(jaxpr) -> set:
     for sub in core.subjaxprs(jaxpr):
         found |= _dtypes(sub)
     return found
+
+
+def _weights_to_initializers(model, weights: list, names: list[str]) -> None:
+    """Turn the first ``len(names)`` graph inputs into external initializers (dims and dtype of ``weights``)."""
+    from onnx import TensorProto
+    from onnx.helper import np_dtype_to_tensor_dtype
+
+    graph = model.graph
+    kept = list(graph.input[len(names) :])
+    del graph.input[:]
+    graph.input.extend(kept)
+    for name, w in zip(names, weights):
+        t = TensorProto(name=name, data_type=np_dtype_to_tensor_dtype(np.dtype(w.dtype)), dims=list(w.shape))
+        t.data_location = TensorProto.EXTERNAL
+        entry = t.external_data.add()
+        entry.key, entry.value = "location", WEIGHTS_LOCATION
+        graph.initializer.append(t)
 
 
 def onnx_steps(
@@ -71,6 +95,7 @@ def onnx_steps(
                 f"ONNX export cannot translate the JAX operation {e} that this model uses; "
                 "export it with --format stablehlo."
             ) from None
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(model)  # before the weights become external data the checker would look for
+        _weights_to_initializers(model, weights, weight_names)
         files[f"{name}.onnx"] = model.SerializeToString()
     return files

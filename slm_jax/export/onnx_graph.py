@@ -135,12 +135,27 @@ def _scan(g: Graph, eqn, ins: list[str]) -> list[str]:
     )
 
 
+def _rename(nodes, old: str, new: str) -> None:
+    """Rename value ``old`` to ``new`` in ``nodes`` and in the loop bodies inside them (which read outer values)."""
+    for node in nodes:
+        node.input[:] = [new if n == old else n for n in node.input]
+        node.output[:] = [new if n == old else n for n in node.output]
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                _rename(attr.g.node, old, new)
+
+
 def jaxpr_to_onnx(closed, input_names: list[str], output_names: list[str], name: str = "slm_jax") -> onnx.ModelProto:
     """An ONNX model computing ``closed`` (a ClosedJaxpr over flat arrays); raises UnsupportedPrimitive."""
     g = Graph(itertools.count())
     outs = emit_jaxpr(g, closed, list(input_names))
+    produced, renamed = {o for node in g.nodes for o in node.output}, {}
     for out, final in zip(outs, output_names):
-        g.nodes.append(helper.make_node("Identity", [out], [final]))
+        if out in produced and out not in renamed:  # name the value itself: an Identity would copy it (a whole cache)
+            _rename(g.nodes, out, final)
+            renamed[out] = final
+        else:  # a graph input or an output repeated
+            g.nodes.append(helper.make_node("Identity", [renamed.get(out, out)], [final]))
     graph = helper.make_graph(
         g.nodes,
         name,

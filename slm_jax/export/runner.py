@@ -8,7 +8,7 @@ artifact and run with only ``pip install jax`` (``--format stablehlo``) or only
 ``pip install onnxruntime`` (``--format onnx``: jax is never imported). The calling convention
 is the one stablehlo.py documents: whole ``prefill_chunk``-token chunks of the prompt go
 through ``prefill``, the rest of the prompt and every generated token through ``decode``, the
-cache going in and out of every call.
+cache going in and out of every call (with onnxruntime it stays in onnxruntime's memory: IOBinding).
 Tokenizers: the char and byte kinds of slm_jax's ``tokenizer.json``, reimplemented below.
 """
 
@@ -21,35 +21,67 @@ from pathlib import Path
 
 import numpy as np
 
+WEIGHTS_LOCATION = b"weights.npz-arrays"  # onnx_export.WEIGHTS_LOCATION (this file imports nothing of slm_jax)
 
-def _jax_steps(d: Path) -> tuple:
+
+def _jax_steps(d: Path, weights: list[np.ndarray]) -> tuple:
     import jax
 
     load = lambda name: jax.jit(jax.export.deserialize((d / f"{name}.jax_export").read_bytes()).call)
     return load("prefill"), load("decode")
 
 
-def _onnx_steps(d: Path) -> tuple:
+def _onnx_steps(d: Path, weights: list[np.ndarray]) -> tuple:
+    """onnxruntime sessions whose weights are constants and whose cache stays in onnxruntime between steps.
+
+    The weights are the models' external initializers (onnx_export.py), handed over once here, so
+    onnxruntime folds their dequantization at load. Each step runs through an IOBinding: the cache
+    outputs are onnxruntime values that the next step binds as inputs, never copied out to numpy.
+    Older exports, whose weights are graph inputs, are fed them on every step.
+    """
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors only
+    values = [ort.OrtValue.ortvalue_from_numpy(w) for w in weights]  # (they must outlive the sessions)
 
     def load(name):
-        session = ort.InferenceSession(str(d / f"{name}.onnx"), options, providers=ort.get_available_providers())
-        names = [i.name for i in session.get_inputs()]  # weights, tokens, start, cache
+        model = (d / f"{name}.onnx").read_bytes()
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only
+        # idle pool threads sleep instead of spinning: a batch-1 step is many tiny kernels, and spinning
+        # threads took the cores from the step itself (2x slower decode on a shared 2-core machine)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        as_inputs = WEIGHTS_LOCATION not in model
+        if not as_inputs:
+            options.add_external_initializers(_weight_names(d), values)
+        session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        names = [i.name for i in session.get_inputs()]  # [weights,] tokens, start, cache
+        outputs = [o.name for o in session.get_outputs()]  # logits, new cache
 
         def step(weights, tokens, start, cache):
-            logits, *new_cache = session.run(None, dict(zip(names, [*weights, tokens, start, *cache])))
-            return logits, new_cache
+            binding = session.io_binding()
+            fed = [*(weights if as_inputs else []), tokens, start, *cache]
+            for n, a in zip(names, fed):
+                binding.bind_ortvalue_input(
+                    n, a if isinstance(a, ort.OrtValue) else ort.OrtValue.ortvalue_from_numpy(a)
+                )
+            for n in outputs:
+                binding.bind_output(n, "cpu")
+            session.run_with_iobinding(binding)
+            logits, *new_cache = binding.get_outputs()
+            return logits.numpy(), new_cache
 
         return step
 
     return load("prefill"), load("decode")
 
 
+def _weight_names(d: Path) -> list[str]:
+    """The parameter paths of weights.npz's arrays, in order: the names of the ONNX models' initializers."""
+    return json.loads((d / "manifest.json").read_text())["weights"]["paths"]
+
+
 # manifest "format" -> (prefill, decode), each
-# (weights, tokens i32[1, t], start i32[], cache) -> (logits f32[1, v], cache)
+# (weights, tokens i32[1, t], start i32[], cache) -> (logits f32[1, v], cache); the cache is opaque between steps
 BACKENDS = {"slm_jax.stablehlo/1": _jax_steps, "slm_jax.onnx/1": _onnx_steps}
 
 
@@ -69,7 +101,7 @@ class Artifact:
         self.max_len, self.chunk = self.manifest["max_len"], self.manifest["prefill_chunk"]
         self.weights = _load_flat(d / "weights.npz", self.manifest["weights"]["dtypes"])
         self.empty_cache = _load_flat(d / "cache.npz", self.manifest["cache"]["dtypes"])
-        self.prefill, self.decode = BACKENDS[fmt](d)
+        self.prefill, self.decode = BACKENDS[fmt](d, self.weights)
         tok = d / "tokenizer.json"
         self.tokenizer = json.loads(tok.read_text(encoding="utf-8")) if tok.is_file() else None
 

@@ -89,6 +89,18 @@ def test_primitives_keep_jax_semantics():
     assert_same(lambda t: (jnp.log1p(t), jnp.expm1(t)), tiny, atol=0, rtol=2e-6)
     assert_same(lambda x: jax.lax.fori_loop(0, 3, lambda k, c: c * 0.5 + k, x), x)  # a scan without xs
     assert_same(lambda x: jax.lax.scan(lambda c, r: (c + r, c * r), x[0], x, reverse=True), x)
+    assert_same(lambda x: (x, *(lambda y: (y, y))(2 * x), x[0] + 1), x)  # an input and a repeated value as outputs
+
+
+def test_outputs_are_named_at_their_producer():
+    """Graph outputs are the computing nodes' own outputs: an Identity would copy a whole cache every step."""
+    x = jnp.ones((2, 3), jnp.float32)
+    twice = lambda y: (y, y)
+    model = jaxpr_to_onnx(jax.make_jaxpr(lambda x: (x, *twice(x * 2)))(x), ["x"], ["a", "b", "c"])
+    producers = {o: n.op_type for n in model.graph.node for o in n.output}
+    assert producers == {"b": "Mul", "a": "Identity", "c": "Identity"} | {
+        o: "Constant" for n in model.graph.node if n.op_type == "Constant" for o in n.output
+    }
 
 
 @pytest.mark.parametrize("impl", ["linear", "associative", "chunked"])
@@ -133,7 +145,7 @@ def test_onnx_steps_reproduce_the_model(tmp_path, preset, n_layers):
     manifest = export_run(tmp_path / "run", tmp_path / "export", fmt="onnx", max_len=96, prefill_chunk=16)
     assert manifest["format"] == "slm_jax.onnx/1" and manifest["constant_memory"] == (preset != "transformer")
     art = Artifact(tmp_path / "export")
-    decode = onnx.load(tmp_path / "export" / "decode.onnx")
+    decode = onnx.load(tmp_path / "export" / "decode.onnx", load_external_data=False)  # weights: weights.npz
     cache_inputs = [i for i in decode.graph.input if i.name.startswith("cache/")]
     assert [[d.dim_value for d in i.type.tensor_type.shape.dim] for i in cache_inputs] == [
         list(a.shape) for a in art.empty_cache
@@ -170,3 +182,67 @@ def test_missing_onnx_package_is_named(monkeypatch):
     monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx -> ImportError
     with pytest.raises(ConfigError, match=r"install it with `pip install -e '.\[onnx\]'`"):
         onnx_steps(lambda *a: a, [], [], 1, [], [])
+
+
+def _plain_generate(d, prompt, n_new):
+    """Greedy decode with session.run and numpy caches (no IOBinding): the reference for the runner's sessions."""
+    art = Artifact(d)
+    options = ort.SessionOptions()
+    options.add_external_initializers(
+        art.manifest["weights"]["paths"], [ort.OrtValue.ortvalue_from_numpy(w) for w in art.weights]
+    )
+    session = ort.InferenceSession(str(d / "decode.onnx"), options, providers=["CPUExecutionProvider"])
+    cache, new, seen = art.empty_cache, [], []
+    tokens = list(prompt)
+    for pos in range(len(prompt) + n_new - 1):
+        feed = dict(
+            zip(
+                [i.name for i in session.get_inputs()],
+                [np.asarray([[tokens[pos]]], np.int32), np.asarray(pos, np.int32), *cache],
+            )
+        )
+        logits, *cache = session.run(None, feed)
+        if pos >= len(prompt) - 1:
+            seen.append(logits[0])
+            new.append(int(np.argmax(logits[0])))
+            tokens.append(new[-1])
+    return new, seen
+
+
+def test_weights_are_initializers_and_the_runner_keeps_the_cache_in_onnxruntime(tmp_path):
+    cfg, params, tok = make_run(tmp_path / "run", "griffin", n_layers=3)
+    export_run(tmp_path / "run", tmp_path / "export", fmt="onnx", max_len=48, prefill_chunk=48)
+    art = Artifact(tmp_path / "export")
+    for name in ("prefill", "decode"):
+        graph = onnx.load(tmp_path / "export" / f"{name}.onnx", load_external_data=False).graph
+        assert [i.name for i in graph.initializer] == art.manifest["weights"]["paths"]
+        assert [i.name for i in graph.input] == [
+            "tokens",
+            "start",
+            *(f"cache/{p}" for p in art.manifest["cache"]["paths"]),
+        ]
+    prompt = [int(i) for i in tok.encode(PROMPT)]  # shorter than the chunk: every token goes through decode
+    new, seen = art.generate(prompt, 12)
+    want_new, want_seen = _plain_generate(tmp_path / "export", prompt, 12)
+    assert new == want_new
+    np.testing.assert_allclose(np.stack(seen), np.stack(want_seen), atol=1e-6, rtol=0)
+    ref = reference_logits(cfg, params, prompt, new)
+    assert float(np.max(np.abs(np.stack(seen) - ref))) < 1e-3
+
+
+def test_runner_still_reads_exports_whose_weights_are_graph_inputs(tmp_path):
+    """Exports made before the weights became initializers take them as the first graph inputs."""
+    _, _, tok = make_run(tmp_path / "run", "transformer", n_layers=1)
+    export_run(tmp_path / "run", tmp_path / "export", fmt="onnx", max_len=40, prefill_chunk=16)
+    prompt = [int(i) for i in tok.encode(PROMPT)]
+    want = Artifact(tmp_path / "export").generate(prompt, 6)[0]
+    for name in ("prefill", "decode"):
+        path = tmp_path / "export" / f"{name}.onnx"
+        model = onnx.load(path, load_external_data=False)
+        graph = model.graph
+        weights = [onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in graph.initializer]
+        inputs = [*weights, *graph.input]
+        del graph.initializer[:], graph.input[:]
+        graph.input.extend(inputs)
+        path.write_bytes(model.SerializeToString())
+    assert Artifact(tmp_path / "export").generate(prompt, 6)[0] == want
