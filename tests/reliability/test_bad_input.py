@@ -240,8 +240,8 @@ CASES = [
     ("prepare_out_is_file", T("data", "prepare", "--input", "{tmp}/tiny_corpus.txt", "--out", "{tmp}/afile"), "afile"),
     (
         "prepare_bad_tokenizer",
-        T("data", "prepare", "--input", "{tmp}/tiny_corpus.txt", "--out", "{tmp}/p6", "--tokenizer", "bpe"),
-        "invalid choice",
+        T("data", "prepare", "--input", "{tmp}/tiny_corpus.txt", "--out", "{tmp}/p6", "--tokenizer", "wordpiece"),
+        "Unknown tokenizer 'wordpiece'",
     ),
     (
         "prepare_out_under_file",
