@@ -1,12 +1,14 @@
 """Throughput and peak memory of ``slm data prepare`` (streaming, sharded) on a generated corpus.
 
-    python benchmarks/prepare.py [--mb 50] [--tokenizers byte char bpe] [--vocab-size 8192] [--repeats 2]
+    python benchmarks/prepare.py [--mb 50] [--tokenizers byte char bpe] [--vocab-size 8192] [--bpe-sample-mb 64]
+                                 [--repeats 2]
 
 The corpus is ``--mb`` MB of lines of Zipf-distributed pseudo-words (a 20,000-word vocabulary, a few
 non-ASCII letters), written once to a temp directory. Each prepare runs in its own child process,
 which reports its wall time and peak RSS (``ru_maxrss``); tokenizers are interleaved (A B C A B C ...)
 ``--repeats`` times and the median is kept. Throughput is input MB / wall seconds of the whole
-prepare (both passes: building the tokenizer, BPE training included, then encoding and writing).
+prepare (both passes: building the tokenizer, BPE training on the first ``--bpe-sample-mb`` MB included,
+then encoding and writing).
 Prints one JSON line per tokenizer and a markdown table (docs/data.md quotes it).
 """
 
@@ -39,20 +41,22 @@ def write_corpus(path: Path, mb: float, seed: int = 0) -> int:
     return path.stat().st_size
 
 
-def child(tokenizer: str, corpus: str, out: str, vocab_size: int) -> None:
+def child(tokenizer: str, corpus: str, out: str, vocab_size: int, bpe_sample_mb: float) -> None:
     """Runs one prepare; prints {"seconds", "peak_rss_mb", "tokens"} as JSON."""
     from slm_jax.data.prepare import prepare
 
     start = time.perf_counter()
-    meta = prepare([corpus], tokenizer, out, vocab_size=vocab_size if tokenizer == "bpe" else 0, shard_tokens=1 << 24)
+    vocab = vocab_size if tokenizer == "bpe" else 0
+    meta = prepare([corpus], tokenizer, out, vocab_size=vocab, shard_tokens=1 << 24, bpe_sample_mb=bpe_sample_mb)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
     tokens = meta["train_tokens"] + meta["val_tokens"]
     print(json.dumps({"seconds": seconds, "peak_rss_mb": peak, "tokens": tokens, "vocab_size": meta["vocab_size"]}))
 
 
-def run_child(tokenizer: str, corpus: Path, out: Path, vocab_size: int) -> dict:
+def run_child(tokenizer: str, corpus: Path, out: Path, vocab_size: int, bpe_sample_mb: float) -> dict:
     argv = [sys.executable, __file__, "--child", tokenizer, str(corpus), str(out), "--vocab-size", str(vocab_size)]
+    argv += ["--bpe-sample-mb", str(bpe_sample_mb)]
     proc = subprocess.run(argv, capture_output=True, text=True, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -62,11 +66,12 @@ def main() -> None:
     p.add_argument("--mb", type=float, default=50.0, help="corpus size in MB")
     p.add_argument("--tokenizers", nargs="+", default=["byte", "char", "bpe"])
     p.add_argument("--vocab-size", type=int, default=8192, help="vocabulary of the trained BPE")
+    p.add_argument("--bpe-sample-mb", type=float, default=64.0, help="BPE training sample (MB; 0: all)")
     p.add_argument("--repeats", type=int, default=2, help="interleaved rounds; the median is reported")
     p.add_argument("--child", nargs=3, metavar=("TOKENIZER", "CORPUS", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        child(*args.child, args.vocab_size)
+        child(*args.child, args.vocab_size, args.bpe_sample_mb)
         return
     with tempfile.TemporaryDirectory() as tmp:
         corpus = Path(tmp) / "corpus.txt"
@@ -74,7 +79,7 @@ def main() -> None:
         runs: dict[str, list[dict]] = {t: [] for t in args.tokenizers}
         for _ in range(args.repeats):
             for t in args.tokenizers:
-                runs[t].append(run_child(t, corpus, Path(tmp) / f"out-{t}", args.vocab_size))
+                runs[t].append(run_child(t, corpus, Path(tmp) / f"out-{t}", args.vocab_size, args.bpe_sample_mb))
     rows = []
     for t, rs in runs.items():
         seconds = statistics.median(r["seconds"] for r in rs)

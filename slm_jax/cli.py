@@ -239,6 +239,7 @@ def cmd_data_prepare(args) -> None:
         text_field=args.text_field,
         skip_bad_lines=args.skip_bad_lines,
         shard_tokens=args.shard_tokens,
+        bpe_sample_mb=args.bpe_sample_mb,
     )
     print(json.dumps(meta, indent=1))
     if args.skip_bad_lines and meta["bad_lines"]["skipped"]:
@@ -531,6 +532,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="char, byte, bpe (trained on the input, with --vocab-size) or a Hugging Face tokenizer.json path",
     )
     p.add_argument("--vocab-size", type=int, default=0, help="vocabulary size of --tokenizer bpe")
+    p.add_argument(
+        "--bpe-sample-mb", type=float, default=64.0, help="train --tokenizer bpe on the first N MB only (0: all)"
+    )
     p.add_argument("--text-field", default="text", help="JSON field / column holding the text (jsonl, Parquet, Arrow)")
     p.add_argument("--skip-bad-lines", action="store_true", help="count and skip bad records instead of failing")
     p.add_argument(

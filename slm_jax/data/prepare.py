@@ -2,7 +2,8 @@
 
 ``prepare`` is what ``slm data prepare`` runs. Documents are read (``readers.py``), tokenized and
 written in pieces, so memory stays bounded whatever the corpus size: one pass builds the tokenizer
-(the char vocabulary, or a trained byte-level BPE), a second encodes and writes. The output is one
+(the char vocabulary, or a byte-level BPE trained on the first ``bpe_sample_mb`` MB), a second
+encodes and writes. The output is one
 ``train.bin`` / ``val.bin`` pair, or with ``shard_tokens`` shards ``train_000.bin``, ... listed in
 ``meta["shards"]``; both hold the same ids. ``resolve_data_dir`` lets a config point ``data.path``
 straight at a raw text file: the file is prepared once into a cache directory keyed by its SHA-256,
@@ -25,7 +26,6 @@ import os
 import re
 import shutil
 import tempfile
-from collections import deque
 from pathlib import Path
 from typing import Iterator, Sequence, Union
 
@@ -49,6 +49,8 @@ PathLike = Union[str, Path]
 MIN_SPLIT_TOKENS = 2  # one (input, target) pair needs two tokens
 PREPARE_TOKENIZERS = ("char", "byte", "bpe")  # or a path to a Hugging Face tokenizer.json
 BATCH_CHARS = 1 << 22  # pieces are encoded in batches of about this many characters
+PIECE_CHARS = 1 << 16  # a text file is cut into pieces of about this many characters (many per batch: parallel)
+BPE_SAMPLE_MB = 64.0  # a BPE is trained on the first this-many MB of the corpus (0: all of it)
 _CUT = re.compile(r"\S( |\n)(?=\S)")  # see _safe_cut
 _MAX_CARRY = 1 << 26  # a text with no line break for this long is cut anyway (BPE may then differ at the cut)
 
@@ -60,27 +62,26 @@ def _check_val_fraction(val_fraction: float) -> None:
         )
 
 
-def _safe_cut(text: str) -> int:
-    """Where ``text`` may be cut without changing its BPE encoding: 0 if nowhere.
+def _safe_cut(text: str, start: int) -> int:
+    """The first place at or after ``start`` where ``text`` may be cut without changing its BPE encoding; 0 if none.
 
     Before a single space, or after a single newline, between two non-spaces: GPT-2's pre-tokenizer
     regex (and Llama 3's) never joins the two sides there, so a byte-level BPE encodes the pieces
-    exactly as it encodes the whole. Looks in the last 4 KiB first, then in all of ``text``.
+    exactly as it encodes the whole.
     """
-    for tail in (text[-4096:], text):
-        last = deque(_CUT.finditer(tail), maxlen=1)  # the last match
-        if last:
-            j = len(text) - len(tail) + last[0].start(1)
-            return j if text[j] == " " else j + 1
-    return 0
+    m = _CUT.search(text, max(start - 1, 0))
+    if m is None:
+        return 0
+    j = m.start(1)
+    return j if text[j] == " " else j + 1
 
 
 def _str_pieces(pieces: Iterator, tokenizer: str, cut: bool) -> Iterator:
     """``iter_pieces`` with text files decoded as UTF-8 (errors name the file and byte offset) -> (str, end).
 
-    With ``cut``, a document's pieces end only where ``_safe_cut`` allows (whole lines).
+    With ``cut``, a document's pieces are re-cut where ``_safe_cut`` allows, about ``PIECE_CHARS`` each.
     """
-    decoder, offset, carry = None, 0, ""
+    decoder, offset, carry, scanned = None, 0, "", 0
     for piece, end, path in pieces:
         if isinstance(piece, bytes):
             if decoder is None:
@@ -101,13 +102,29 @@ def _str_pieces(pieces: Iterator, tokenizer: str, cut: bool) -> Iterator:
             yield text, end
             continue
         carry += text
+        while len(carry) > PIECE_CHARS:
+            k = _safe_cut(carry, max(PIECE_CHARS, scanned - 2)) or (len(carry) if len(carry) > _MAX_CARRY else 0)
+            if not k:
+                scanned = len(carry)  # no cut up to here: the next search starts at the new text
+                break
+            yield carry[:k], False
+            carry, scanned = carry[k:], 0
         if end:
             yield carry, True
-            carry = ""
-        elif (k := _safe_cut(carry)) or len(carry) > _MAX_CARRY:
-            k = k or len(carry)
-            yield carry[:k], False
-            carry = carry[k:]
+            carry, scanned = "", 0
+
+
+def _sample(texts: Iterator[str], max_bytes: int) -> Iterator[str]:
+    """The first ``max_bytes`` bytes (UTF-8) of ``texts``, all when 0; the text crossing the bound is cut."""
+    left = max_bytes
+    for text in texts:
+        if max_bytes:
+            raw = text.encode("utf-8", "surrogatepass")
+            if len(raw) >= left:
+                yield raw[:left].decode("utf-8", "ignore")
+                return
+            left -= len(raw)
+        yield text
 
 
 def _batches(pieces: Iterator) -> Iterator[list]:
@@ -198,23 +215,26 @@ def _split_parts(parts: list[list], n_train: int, out_dir: Path, itemsize: int, 
     return out
 
 
-def _build_tokenizer(tokenizer: str, vocab_size: int, str_pieces) -> Tokenizer:
-    """The tokenizer named by ``--tokenizer``; char and bpe read the corpus once (``str_pieces()``)."""
+def _build_tokenizer(tokenizer: str, vocab_size: int, sample_bytes: int, str_pieces) -> Tokenizer:
+    """The tokenizer named by ``--tokenizer``; char reads ``str_pieces()`` once, bpe its first ``sample_bytes``."""
     if tokenizer == "byte":
         return ByteTokenizer()
     if tokenizer == "bpe":
-        return train_bpe((p for p, _ in str_pieces()), vocab_size)
+        return train_bpe(_sample((p for p, _ in str_pieces()), sample_bytes), vocab_size)
     if tokenizer == "char":
-        cps = np.zeros(0, np.uint32)
+        seen = np.zeros(0x110000, bool)  # by code point: a scatter per piece, no sort
         for p, _ in str_pieces():
-            cps = np.union1d(cps, np.unique(np.frombuffer(p.encode("utf-32-le", "surrogatepass"), "<u4")))
-        if not len(cps):
+            if p.isascii():
+                seen[np.frombuffer(p.encode("ascii"), np.uint8)] = True
+            else:
+                seen[np.frombuffer(p.encode("utf-32-le", "surrogatepass"), "<u4")] = True
+        if not seen.any():
             raise DataError("The input holds no text; give it documents with text in them.")
-        return CharTokenizer(cps.astype("<u4").tobytes().decode("utf-32-le", "surrogatepass"))
+        return CharTokenizer(np.flatnonzero(seen).astype("<u4").tobytes().decode("utf-32-le", "surrogatepass"))
     return load_tokenizer(tokenizer)
 
 
-def _check_tokenizer_args(tokenizer: str, vocab_size: int) -> None:
+def _check_tokenizer_args(tokenizer: str, vocab_size: int, bpe_sample_mb: float) -> None:
     if tokenizer not in PREPARE_TOKENIZERS and not Path(tokenizer).suffix == ".json":
         raise DataError(
             f"Unknown tokenizer {tokenizer!r}; use one of: {', '.join(PREPARE_TOKENIZERS)} or a tokenizer.json path."
@@ -223,6 +243,8 @@ def _check_tokenizer_args(tokenizer: str, vocab_size: int) -> None:
         raise DataError("--tokenizer bpe needs a vocabulary size; pass --vocab-size N (e.g. 8192).")
     if tokenizer != "bpe" and vocab_size:
         raise DataError(f"--vocab-size applies only to --tokenizer bpe, not {tokenizer}; drop it.")
+    if not bpe_sample_mb >= 0:
+        raise DataError(f"--bpe-sample-mb must be >= 0 (0 = train on the whole corpus), got {bpe_sample_mb}.")
 
 
 def prepare(
@@ -235,6 +257,7 @@ def prepare(
     text_field: str = "text",
     skip_bad_lines: bool = False,
     shard_tokens: int = 0,
+    bpe_sample_mb: float = BPE_SAMPLE_MB,
 ) -> dict:
     """Tokenizes input files into a prepared data directory, streaming (bounded memory).
 
@@ -250,6 +273,8 @@ def prepare(
         text_field: the JSON field or table column holding the text of a record source.
         skip_bad_lines: count bad records (corrupt JSON, missing field, empty text) instead of failing.
         shard_tokens: ids per token file; 0 writes one ``train.bin`` and one ``val.bin``.
+        bpe_sample_mb: "bpe" is trained on the first this-many MB (UTF-8) of the corpus, the whole
+            corpus when it is smaller or when 0; every document is encoded either way.
 
     Returns:
         The ``meta.json`` dict: tokenizer, vocab_size, dtype, train_tokens, val_tokens, val_fraction,
@@ -259,7 +284,7 @@ def prepare(
         inputs = [inputs]
     if not inputs:
         raise DataError("No input files given; pass at least one text file.")
-    _check_tokenizer_args(tokenizer, vocab_size)
+    _check_tokenizer_args(tokenizer, vocab_size, bpe_sample_mb)
     _check_val_fraction(val_fraction)
     if shard_tokens < 0:
         raise DataError(f"--shard-tokens must be >= 0 (0 = one file per split), got {shard_tokens}.")
@@ -275,7 +300,10 @@ def prepare(
         return raw if tokenizer == "byte" else _str_pieces(raw, tokenizer, cut)
 
     tok = _build_tokenizer(
-        tokenizer, vocab_size, lambda: pieces(BadLines(skip_bad_lines), tokenizer == "char", tokenizer == "bpe")
+        tokenizer,
+        vocab_size,
+        int(bpe_sample_mb * 1e6),
+        lambda: pieces(BadLines(skip_bad_lines), tokenizer == "char", tokenizer == "bpe"),
     )
     bad = BadLines(skip_bad_lines)
     is_hf = isinstance(tok, HFTokenizer)

@@ -101,3 +101,44 @@ def test_bpe_prepare_train_eval_generate(capsys, tmp_path):
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert out.startswith("the cat") and len(out) > len("the cat")
+
+
+def test_bpe_sample_trains_on_at_most_the_sample(monkeypatch, tmp_path):
+    from slm_jax.data import prepare as prepare_mod
+
+    text = corpus(600)  # ~20 KB, with multi-byte characters
+    path = tmp_path / "corpus.txt"
+    path.write_text(text, encoding="utf-8")
+    seen, real_train = [], prepare_mod.train_bpe
+
+    def recording_train(texts, vocab_size):
+        texts = list(texts)
+        seen.append(sum(len(t.encode("utf-8")) for t in texts))
+        return real_train(texts, vocab_size)
+
+    monkeypatch.setattr(prepare_mod, "train_bpe", recording_train)
+    prepare([path], "bpe", tmp_path / "sample", vocab_size=300, bpe_sample_mb=0.002)  # 2,000 bytes
+    prepare([path], "bpe", tmp_path / "all", vocab_size=300, bpe_sample_mb=0)
+    assert seen[0] <= 2000 < seen[1] == len(text.encode("utf-8"))
+    sampled = load_data_tokenizer(tmp_path / "sample")
+    expected = real_train([text.encode("utf-8")[:2000].decode("utf-8", "ignore")], 300)
+    assert sampled.to_dict() == expected.to_dict() != load_data_tokenizer(tmp_path / "all").to_dict()
+    ids = np.concatenate([load_split(tmp_path / "sample", s) for s in ("train", "val")])
+    assert sampled.decode(ids) == text + END_OF_TEXT  # the sample trains; every byte is still encoded
+    with pytest.raises(DataError, match="--bpe-sample-mb"):
+        prepare([path], "bpe", tmp_path / "bad", vocab_size=300, bpe_sample_mb=-1)
+
+
+def test_prepare_with_tokenizer_file_equals_whole_text_encoding(monkeypatch, tmp_path):
+    from slm_jax.data import prepare as prepare_mod
+
+    text = corpus(400, seed=1) + "  two  spaces\n\n\nand lines \n end"
+    path = tmp_path / "corpus.txt"
+    path.write_text(text, encoding="utf-8")
+    tok = train_bpe([corpus(200, seed=2)], vocab_size=300)
+    tok_file = save_tokenizer(tok, tmp_path)
+    monkeypatch.setattr(prepare_mod, "PIECE_CHARS", 200)  # many streamed pieces, cut between words
+    monkeypatch.setattr(prepare_mod, "BATCH_CHARS", 1000)  # and many batches
+    prepare([path], str(tok_file), tmp_path / "out")
+    ids = np.concatenate([load_split(tmp_path / "out", s) for s in ("train", "val")])
+    assert np.array_equal(ids, np.append(tok.encode(text), tok.eos_id))  # one encode call on the whole text

@@ -86,3 +86,16 @@ def test_peak_memory_does_not_grow_with_the_corpus(tmp_path, monkeypatch):
         p_large = _peak_bytes(large, tmp_path / "l", tokenizer)
         assert p_large < 1.3 * p_small + (1 << 20), (tokenizer, p_small, p_large)
         assert p_large < 64 << 20  # a few 1 MiB pieces and their ids, whatever the corpus size
+
+
+def test_char_encode_ascii_fast_path_matches_unicode_path():
+    from slm_jax.data.tokenizers import CharTokenizer
+    from slm_jax.errors import DataError
+
+    tok = CharTokenizer.from_text("ab c\né")
+    ascii_ids = tok.encode("ab c\nba")  # ASCII: byte table
+    assert np.array_equal(ascii_ids, tok.encode("ab c\nbaé")[:-1])  # non-ASCII: code point table
+    assert tok.decode(ascii_ids) == "ab c\nba"
+    for bad in ("abz", "ab☃"):
+        with pytest.raises(DataError, match=repr(bad[-1])):
+            tok.encode(bad)
