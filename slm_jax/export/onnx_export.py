@@ -8,11 +8,12 @@ Exporting needs only the ``onnx`` package; running, only ``onnxruntime`` and num
 
 Graph signature of both models (names are the flat parameter and cache paths):
 
-  weights: initializers named by parameter path ("params/embed/embedding", ...) whose data is external,
-           at location ``WEIGHTS_LOCATION`` (not a file): the caller supplies weights.npz's arrays when it
-           opens a session (onnxruntime: ``SessionOptions.add_external_initializers``, as runner.py does).
-           As constants rather than graph inputs, onnxruntime folds what depends on them alone (int8 and
-           int4 dequantization, transposes) once at load and pre-packs MatMul weights.
+  weights: initializers named by parameter path ("params/embed/embedding", ...) in ONNX's standard
+           external-data format: raw little-endian bytes in ``WEIGHTS_FILE`` next to the graphs, one file
+           that both graphs point into (location, offset, length), so ``onnxruntime.InferenceSession("decode.onnx")``
+           and other ONNX tools open either graph alone. As constants rather than graph inputs, onnxruntime
+           folds what depends on them alone (int8 and int4 dequantization, transposes) once at load and
+           pre-packs MatMul weights.
   inputs:  "tokens" i32[1, t], "start" i32[] (position of tokens[:, 0])
            the cache in cache.npz order, named "cache/<path>"
   outputs: "logits" f32[1, v] at the last token, then the new cache, named "new_cache/<path>"
@@ -29,7 +30,8 @@ from jax.extend import core
 
 from slm_jax.errors import ConfigError
 
-WEIGHTS_LOCATION = "weights.npz-arrays"  # external-data location of every weight: supplied from weights.npz
+WEIGHTS_FILE = "weights.onnx.data"  # the external data of both graphs' initializers
+ALIGN = 64  # bytes: every tensor's offset in WEIGHTS_FILE is a multiple of it (cache lines, SIMD loads)
 
 
 def _dtypes(jaxpr) -> set:
@@ -40,8 +42,21 @@ def _dtypes(jaxpr) -> set:
     return found
 
 
-def _weights_to_initializers(model, weights: list, names: list[str]) -> None:
-    """Turn the first ``len(names)`` graph inputs into external initializers (dims and dtype of ``weights``)."""
+def _weights_file(weights: list) -> tuple[bytes, list[tuple[int, int]]]:
+    """The contents of ``WEIGHTS_FILE`` (every weight's raw little-endian bytes, ``ALIGN``-aligned, zero padding
+    between) and each weight's (offset, length) in it."""
+    chunks, spans, end = [], [], 0
+    for w in weights:
+        data = np.ascontiguousarray(w, dtype=np.dtype(w.dtype).newbyteorder("<")).tobytes()
+        pad = -end % ALIGN
+        chunks += [bytes(pad), data]
+        spans.append((end + pad, len(data)))
+        end += pad + len(data)
+    return b"".join(chunks), spans
+
+
+def _weights_to_initializers(model, weights: list, names: list[str], spans: list[tuple[int, int]]) -> None:
+    """Turn the first ``len(names)`` graph inputs into initializers whose data is at ``spans`` of ``WEIGHTS_FILE``."""
     from onnx import TensorProto
     from onnx.helper import np_dtype_to_tensor_dtype
 
@@ -49,18 +64,20 @@ def _weights_to_initializers(model, weights: list, names: list[str]) -> None:
     kept = list(graph.input[len(names) :])
     del graph.input[:]
     graph.input.extend(kept)
-    for name, w in zip(names, weights):
+    for name, w, (offset, length) in zip(names, weights, spans):
         t = TensorProto(name=name, data_type=np_dtype_to_tensor_dtype(np.dtype(w.dtype)), dims=list(w.shape))
         t.data_location = TensorProto.EXTERNAL
-        entry = t.external_data.add()
-        entry.key, entry.value = "location", WEIGHTS_LOCATION
+        for key, value in (("location", WEIGHTS_FILE), ("offset", offset), ("length", length)):
+            entry = t.external_data.add()
+            entry.key, entry.value = key, str(value)
         graph.initializer.append(t)
 
 
 def onnx_steps(
     step: Callable, weights: list, cache: list, prefill_chunk: int, weight_names: list[str], cache_names: list[str]
 ) -> dict[str, bytes]:
-    """{"prefill.onnx": ..., "decode.onnx": ...}: checked ONNX models of ``step`` at ``prefill_chunk`` and 1 tokens."""
+    """{"prefill.onnx", "decode.onnx": checked ONNX models of ``step`` at ``prefill_chunk`` and 1 tokens,
+    ``WEIGHTS_FILE``: their initializers' data}, each file's bytes."""
     try:
         import onnx
 
@@ -74,7 +91,8 @@ def onnx_steps(
     inputs = [*weight_names, "tokens", "start", *(f"cache/{n}" for n in cache_names)]
     outputs = ["logits", *(f"new_cache/{n}" for n in cache_names)]
     spec = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)
-    files = {}
+    data, spans = _weights_file(weights)
+    files = {WEIGHTS_FILE: data}
     for name, t in (("prefill", prefill_chunk), ("decode", 1)):
         closed = jax.make_jaxpr(step)(
             [spec(a) for a in weights],
@@ -96,6 +114,6 @@ def onnx_steps(
                 "export it with --format stablehlo."
             ) from None
         onnx.checker.check_model(model)  # before the weights become external data the checker would look for
-        _weights_to_initializers(model, weights, weight_names)
+        _weights_to_initializers(model, weights, weight_names, spans)
         files[f"{name}.onnx"] = model.SerializeToString()
     return files

@@ -21,45 +21,49 @@ from pathlib import Path
 
 import numpy as np
 
-WEIGHTS_LOCATION = b"weights.npz-arrays"  # onnx_export.WEIGHTS_LOCATION (this file imports nothing of slm_jax)
+LEGACY_LOCATION = b"weights.npz-arrays"  # external-data location of the first initializer exports: weights.npz
 
 
-def _jax_steps(d: Path, weights: list[np.ndarray]) -> tuple:
+def _jax_steps(d: Path, manifest: dict) -> tuple:
     import jax
 
     load = lambda name: jax.jit(jax.export.deserialize((d / f"{name}.jax_export").read_bytes()).call)
-    return load("prefill"), load("decode")
+    return _load_flat(d / "weights.npz", manifest["weights"]["dtypes"]), load("prefill"), load("decode")
 
 
-def _onnx_steps(d: Path, weights: list[np.ndarray]) -> tuple:
+def _onnx_steps(d: Path, manifest: dict) -> tuple:
     """onnxruntime sessions whose weights are constants and whose cache stays in onnxruntime between steps.
 
-    The weights are the models' external initializers (onnx_export.py), handed over once here, so
-    onnxruntime folds their dequantization at load. Each step runs through an IOBinding: the cache
-    outputs are onnxruntime values that the next step binds as inputs, never copied out to numpy.
-    Older exports, whose weights are graph inputs, are fed them on every step.
+    The weights are the models' initializers, in ONNX's external-data file next to them
+    (onnx_export.py), so onnxruntime folds their dequantization at load. Each step runs through an
+    IOBinding: the cache outputs are onnxruntime values that the next step binds as inputs, never
+    copied out to numpy. Older exports keep the weights in weights.npz: as graph inputs (fed on every
+    step), or as initializers at the location ``LEGACY_LOCATION`` (handed over when a session opens).
     """
     import onnxruntime as ort
 
+    old = (d / "weights.npz").is_file()
+    if not old and not (d / "weights.onnx.data").is_file():
+        raise SystemExit(f"error: {d} has no weights.onnx.data (nor weights.npz); copy the whole export directory.")
+    weights = _load_flat(d / "weights.npz", manifest["weights"]["dtypes"]) if old else []
     values = [ort.OrtValue.ortvalue_from_numpy(w) for w in weights]  # (they must outlive the sessions)
 
     def load(name):
-        model = (d / f"{name}.onnx").read_bytes()
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only
         # idle pool threads sleep instead of spinning: a batch-1 step is many tiny kernels, and spinning
         # threads took the cores from the step itself (2x slower decode on a shared 2-core machine)
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        as_inputs = WEIGHTS_LOCATION not in model
-        if not as_inputs:
-            options.add_external_initializers(_weight_names(d), values)
-        session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        if old and LEGACY_LOCATION in (d / f"{name}.onnx").read_bytes():
+            options.add_external_initializers(manifest["weights"]["paths"], values)
+        session = ort.InferenceSession(str(d / f"{name}.onnx"), options, providers=["CPUExecutionProvider"])
         names = [i.name for i in session.get_inputs()]  # [weights,] tokens, start, cache
         outputs = [o.name for o in session.get_outputs()]  # logits, new cache
+        as_inputs = names[0] != "tokens"
 
         def step(weights, tokens, start, cache):
             binding = session.io_binding()
-            fed = [*(weights if as_inputs else []), tokens, start, *cache]
+            fed = [*(values if as_inputs else []), tokens, start, *cache]
             for n, a in zip(names, fed):
                 binding.bind_ortvalue_input(
                     n, a if isinstance(a, ort.OrtValue) else ort.OrtValue.ortvalue_from_numpy(a)
@@ -72,21 +76,17 @@ def _onnx_steps(d: Path, weights: list[np.ndarray]) -> tuple:
 
         return step
 
-    return load("prefill"), load("decode")
+    return weights, load("prefill"), load("decode")
 
 
-def _weight_names(d: Path) -> list[str]:
-    """The parameter paths of weights.npz's arrays, in order: the names of the ONNX models' initializers."""
-    return json.loads((d / "manifest.json").read_text())["weights"]["paths"]
-
-
-# manifest "format" -> (prefill, decode), each
+# manifest "format" -> backend(directory, manifest) -> (weights, prefill, decode), the steps each
 # (weights, tokens i32[1, t], start i32[], cache) -> (logits f32[1, v], cache); the cache is opaque between steps
 BACKENDS = {"slm_jax.stablehlo/1": _jax_steps, "slm_jax.onnx/1": _onnx_steps}
 
 
 class Artifact:
-    """An exported model: the two compiled steps, the weights, the empty cache and the manifest."""
+    """An exported model: the two compiled steps, the weights (none for ONNX: the graphs hold them), the empty cache
+    and the manifest."""
 
     def __init__(self, directory: str | Path):
         d = Path(directory)
@@ -99,9 +99,8 @@ class Artifact:
                 f"error: {d} holds format {fmt!r}, this runner reads {' and '.join(map(repr, BACKENDS))}; re-export it."
             )
         self.max_len, self.chunk = self.manifest["max_len"], self.manifest["prefill_chunk"]
-        self.weights = _load_flat(d / "weights.npz", self.manifest["weights"]["dtypes"])
         self.empty_cache = _load_flat(d / "cache.npz", self.manifest["cache"]["dtypes"])
-        self.prefill, self.decode = BACKENDS[fmt](d, self.weights)
+        self.weights, self.prefill, self.decode = BACKENDS[fmt](d, self.manifest)
         tok = d / "tokenizer.json"
         self.tokenizer = json.loads(tok.read_text(encoding="utf-8")) if tok.is_file() else None
 

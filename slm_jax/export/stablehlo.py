@@ -25,8 +25,8 @@ graph), and ``weights.npz`` is read with ``allow_pickle=False``. Files written:
   manifest.json                           shapes, dtypes, parameter paths, max_len, tokenizer kind
   tokenizer.json                          copied from the run
 
-With ``fmt="onnx"`` the two steps are ``prefill.onnx`` and ``decode.onnx`` instead (onnx_export.py);
-the other files are the same, and runner.py reads both formats.
+With ``fmt="onnx"`` the two steps are ``prefill.onnx`` and ``decode.onnx`` instead (onnx_export.py),
+and the weights are their ``weights.onnx.data``, not weights.npz; runner.py reads both formats.
 """
 
 from __future__ import annotations
@@ -150,7 +150,9 @@ def export_run(
         "tokenizer": tokenizer,
         "weights": {
             "paths": [path_str(p) for p, _ in weight_leaves],
-            "dtypes": _save_flat(out_dir / "weights.npz", weights),
+            "dtypes": [np.asarray(w).dtype.name for w in weights]  # onnx: the weights are in weights.onnx.data
+            if fmt == "onnx"
+            else _save_flat(out_dir / "weights.npz", weights),
         },
         "cache": {
             "paths": [path_str(p) for p, _ in cache_leaves],

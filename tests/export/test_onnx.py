@@ -145,7 +145,7 @@ def test_onnx_steps_reproduce_the_model(tmp_path, preset, n_layers):
     manifest = export_run(tmp_path / "run", tmp_path / "export", fmt="onnx", max_len=96, prefill_chunk=16)
     assert manifest["format"] == "slm_jax.onnx/1" and manifest["constant_memory"] == (preset != "transformer")
     art = Artifact(tmp_path / "export")
-    decode = onnx.load(tmp_path / "export" / "decode.onnx", load_external_data=False)  # weights: weights.npz
+    decode = onnx.load(tmp_path / "export" / "decode.onnx", load_external_data=False)  # weights: weights.onnx.data
     cache_inputs = [i for i in decode.graph.input if i.name.startswith("cache/")]
     assert [[d.dim_value for d in i.type.tensor_type.shape.dim] for i in cache_inputs] == [
         list(a.shape) for a in art.empty_cache
@@ -184,65 +184,109 @@ def test_missing_onnx_package_is_named(monkeypatch):
         onnx_steps(lambda *a: a, [], [], 1, [], [])
 
 
-def _plain_generate(d, prompt, n_new):
-    """Greedy decode with session.run and numpy caches (no IOBinding): the reference for the runner's sessions."""
+def _plain_step(session, tokens, start, cache):
+    """One step through a session's plain ``run`` with numpy inputs: (logits f32[v], new cache)."""
+    feed = [np.asarray([tokens], np.int32), np.asarray(start, np.int32), *cache]
+    logits, *cache = session.run(None, dict(zip([i.name for i in session.get_inputs()], feed)))
+    return logits[0], cache
+
+
+@pytest.mark.parametrize("preset, n_layers", [("transformer", 1), ("griffin", 3)])
+@pytest.mark.parametrize("bits", [None, 4])
+def test_plain_onnxruntime_opens_the_graphs_alone(tmp_path, preset, n_layers, bits):
+    """Standard external data: both graphs point into one weights.onnx.data; no weights.npz; a bare
+    InferenceSession reproduces the runner's logits (prefill over the whole prompt, then decode)."""
+    _, _, tok = make_run(tmp_path / "run", preset, n_layers=n_layers)
+    run = tmp_path / "run"
+    if bits:
+        assert main(["quantize", str(run), "--bits", str(bits), "--out", str(tmp_path / "q")]) == 0
+        run = tmp_path / "q"
+    prompt = [int(i) for i in tok.encode(PROMPT)]
+    d = tmp_path / "export"
+    export_run(run, d, fmt="onnx", max_len=48, prefill_chunk=len(prompt))
+    assert sorted(f.name for f in d.iterdir()) == [
+        "cache.npz",
+        "decode.onnx",
+        "manifest.json",
+        "prefill.onnx",
+        "tokenizer.json",
+        "weights.onnx.data",
+    ]
     art = Artifact(d)
-    options = ort.SessionOptions()
-    options.add_external_initializers(
-        art.manifest["weights"]["paths"], [ort.OrtValue.ortvalue_from_numpy(w) for w in art.weights]
-    )
-    session = ort.InferenceSession(str(d / "decode.onnx"), options, providers=["CPUExecutionProvider"])
-    cache, new, seen = art.empty_cache, [], []
-    tokens = list(prompt)
-    for pos in range(len(prompt) + n_new - 1):
-        feed = dict(
-            zip(
-                [i.name for i in session.get_inputs()],
-                [np.asarray([[tokens[pos]]], np.int32), np.asarray(pos, np.int32), *cache],
-            )
-        )
-        logits, *cache = session.run(None, feed)
-        if pos >= len(prompt) - 1:
-            seen.append(logits[0])
-            new.append(int(np.argmax(logits[0])))
-            tokens.append(new[-1])
-    return new, seen
-
-
-def test_weights_are_initializers_and_the_runner_keeps_the_cache_in_onnxruntime(tmp_path):
-    cfg, params, tok = make_run(tmp_path / "run", "griffin", n_layers=3)
-    export_run(tmp_path / "run", tmp_path / "export", fmt="onnx", max_len=48, prefill_chunk=48)
-    art = Artifact(tmp_path / "export")
     for name in ("prefill", "decode"):
-        graph = onnx.load(tmp_path / "export" / f"{name}.onnx", load_external_data=False).graph
+        onnx.checker.check_model(str(d / f"{name}.onnx"), full_check=True)  # reads the data file
+        graph = onnx.load(d / f"{name}.onnx", load_external_data=False).graph
         assert [i.name for i in graph.initializer] == art.manifest["weights"]["paths"]
+        assert {e.value for t in graph.initializer for e in t.external_data if e.key == "location"} == {
+            "weights.onnx.data"
+        }
         assert [i.name for i in graph.input] == [
             "tokens",
             "start",
             *(f"cache/{p}" for p in art.manifest["cache"]["paths"]),
         ]
-    prompt = [int(i) for i in tok.encode(PROMPT)]  # shorter than the chunk: every token goes through decode
-    new, seen = art.generate(prompt, 12)
-    want_new, want_seen = _plain_generate(tmp_path / "export", prompt, 12)
-    assert new == want_new
-    np.testing.assert_allclose(np.stack(seen), np.stack(want_seen), atol=1e-6, rtol=0)
-    ref = reference_logits(cfg, params, prompt, new)
-    assert float(np.max(np.abs(np.stack(seen) - ref))) < 1e-3
+    want_new, want_seen = art.generate(prompt, 8)  # the prompt is one chunk: prefill, then decode
+    prefill, decode = (ort.InferenceSession(str(d / f"{name}.onnx")) for name in ("prefill", "decode"))
+    logits, _ = _plain_step(prefill, prompt, 0, art.empty_cache)
+    np.testing.assert_allclose(logits, want_seen[0], atol=1e-5, rtol=0)
+    cache, tokens, seen = art.empty_cache, list(prompt), []
+    for pos in range(len(prompt) + len(want_new) - 1):  # decode alone: the prompt one token at a time, then greedy
+        logits, cache = _plain_step(decode, tokens[pos : pos + 1], pos, cache)
+        if pos >= len(prompt) - 1:
+            seen.append(logits)
+            tokens.append(int(np.argmax(logits)))
+    assert tokens[len(prompt) :] == want_new
+    np.testing.assert_allclose(np.stack(seen), np.stack(want_seen), atol=1e-5, rtol=0)
+    loaded = load_run(run)
+    ref = reference_logits(loaded.cfg, loaded.params, prompt, want_new)
+    assert float(np.max(np.abs(np.stack(want_seen) - ref))) < 1e-3
 
 
-def test_runner_still_reads_exports_whose_weights_are_graph_inputs(tmp_path):
-    """Exports made before the weights became initializers take them as the first graph inputs."""
+def _to_legacy(d, layout):
+    """Rewrite a new ONNX export as an older one: weights.npz, and weights as graph inputs ("inputs") or as
+    initializers at the external location "weights.npz-arrays" ("npz-initializers")."""
+    art = Artifact(d)
+    weights = []
+    for name in ("prefill", "decode"):
+        path = d / f"{name}.onnx"
+        model = onnx.load(path)  # reads weights.onnx.data
+        graph = model.graph
+        weights = [onnx.numpy_helper.to_array(t) for t in graph.initializer]
+        if layout == "inputs":
+            info = [onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in graph.initializer]
+            inputs = [*info, *graph.input]
+            del graph.initializer[:], graph.input[:]
+            graph.input.extend(inputs)
+        else:
+            for t in graph.initializer:
+                t.ClearField("raw_data")
+                t.data_location = onnx.TensorProto.EXTERNAL
+                entry = t.external_data.add()
+                entry.key, entry.value = "location", "weights.npz-arrays"
+        path.write_bytes(model.SerializeToString())
+    np.savez(d / "weights.npz", **{f"{i:04d}": w for i, w in enumerate(weights)})
+    (d / "weights.onnx.data").unlink()
+    assert [w.dtype.name for w in weights] == art.manifest["weights"]["dtypes"]
+
+
+@pytest.mark.parametrize("layout", ["inputs", "npz-initializers"])
+def test_runner_still_reads_older_exports(tmp_path, layout):
+    """Exports made before weights.onnx.data kept the weights in weights.npz (see ``_to_legacy``)."""
     _, _, tok = make_run(tmp_path / "run", "transformer", n_layers=1)
     export_run(tmp_path / "run", tmp_path / "export", fmt="onnx", max_len=40, prefill_chunk=16)
     prompt = [int(i) for i in tok.encode(PROMPT)]
-    want = Artifact(tmp_path / "export").generate(prompt, 6)[0]
-    for name in ("prefill", "decode"):
-        path = tmp_path / "export" / f"{name}.onnx"
-        model = onnx.load(path, load_external_data=False)
-        graph = model.graph
-        weights = [onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in graph.initializer]
-        inputs = [*weights, *graph.input]
-        del graph.initializer[:], graph.input[:]
-        graph.input.extend(inputs)
-        path.write_bytes(model.SerializeToString())
-    assert Artifact(tmp_path / "export").generate(prompt, 6)[0] == want
+    want = Artifact(tmp_path / "export").generate(prompt, 6)
+    _to_legacy(tmp_path / "export", layout)
+    art = Artifact(tmp_path / "export")
+    assert len(art.weights) == len(art.manifest["weights"]["paths"])
+    got = art.generate(prompt, 6)
+    assert got[0] == want[0]
+    np.testing.assert_allclose(np.stack(got[1]), np.stack(want[1]), atol=1e-5, rtol=0)  # inputs: nothing folded
+
+
+def test_a_missing_weights_file_is_named(tmp_path):
+    make_run(tmp_path / "run", "transformer", n_layers=1)
+    export_run(tmp_path / "run", tmp_path / "export", fmt="onnx", max_len=16, prefill_chunk=4)
+    (tmp_path / "export" / "weights.onnx.data").unlink()
+    with pytest.raises(SystemExit, match="has no weights.onnx.data .nor weights.npz.; copy the whole export directory"):
+        Artifact(tmp_path / "export")
