@@ -64,19 +64,9 @@ class Example:
 def read_labelled(path: str | Path, text_field: str, label_field: str) -> list[Example]:
     """The examples of a labelled JSONL file, each line checked (errors name the file and line)."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(
-            f"Classification data {str(path)!r} does not exist; "
-            f'pass a JSONL file of {{"{text_field}": ..., "{label_field}": ...}} lines.'
-        )
     examples = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            raise DataError(f"Line {n} of {path} is not valid JSON; write one JSON object per line.") from None
+    shape = f'{{"{text_field}": ..., "{label_field}": ...}}'
+    for n, row in ft_data.jsonl_objects(path, "Classification data", shape):
         if not isinstance(row, dict) or not isinstance(row.get(text_field), str) or not row[text_field]:
             raise DataError(
                 f'Line {n} of {path} has no non-empty string "{text_field}" field; '

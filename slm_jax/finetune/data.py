@@ -18,24 +18,26 @@ import numpy as np
 from slm_jax.errors import DataError
 
 
-def read_jsonl(path: str | Path) -> list[dict[str, str]]:
-    """The examples of a prompt/completion JSONL file, checked line by line."""
+def jsonl_objects(path: str | Path, kind: str, shape: str) -> Iterator[tuple[int, object]]:
+    """(line number, parsed value) of each non-blank line of a JSONL file; ``kind`` and ``shape`` ("{...}") name it in
+    the one-sentence errors for a missing file and a line that is not JSON."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(
-            f"Fine-tuning data {str(path)!r} does not exist; "
-            'pass a JSONL file of {"prompt": ..., "completion": ...} lines.'
-        )
-    examples = []
+        raise DataError(f"{kind} {str(path)!r} does not exist; pass a JSONL file of {shape} lines.")
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            yield n, json.loads(line)
         except json.JSONDecodeError:
-            raise DataError(
-                f'Line {n} of {path} is not valid JSON; write one {{"prompt": ..., "completion": ...}} object per line.'
-            ) from None
+            raise DataError(f"Line {n} of {path} is not valid JSON; write one {shape} object per line.") from None
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, str]]:
+    """The examples of a prompt/completion JSONL file, checked line by line."""
+    path = Path(path)
+    examples = []
+    for n, row in jsonl_objects(path, "Fine-tuning data", '{"prompt": ..., "completion": ...}'):
         if (
             not isinstance(row, dict)
             or not isinstance(row.get("prompt"), str)
