@@ -288,6 +288,18 @@ CASES = [
     ("eval_missing_run", T("eval", "{tmp}/nowhere"), "not a run directory"),
     ("eval_garbled_config", T("eval", "{tmp}/garbled_run"), "config.yaml is not valid YAML"),
     ("eval_data_missing", T("eval", "{run}", "--data", "{tmp}/nowhere.txt"), "does not exist"),
+    ("prune_not_a_run", T("prune", "{tmp}/nowhere", "--out", "{tmp}/pruned"), "not a run directory"),
+    (
+        "prune_too_many_heads",
+        T("prune", "{run}", "--out", "{tmp}/pruned2", "--set", "prune.n_heads=99"),
+        "prune.n_heads",
+    ),
+    ("predict_not_a_classifier", T("predict", "{run}", "--text", "hi"), "has no classify.json"),
+    (
+        "partition_missing_config",
+        T("data", "partition", "{tmp}/nowhere.yaml", "--out", "{tmp}/parts"),
+        "does not exist",
+    ),
     ("eval_data_not_prepared", T("eval", "{run}", "--data", "{tmp}/not_prepared"), "not a prepared data directory"),
     ("eval_data_out_of_vocab", T("eval", "{run}", "--data", "{tmp}/oov.txt"), "Q"),
     ("eval_data_other_vocab", T("eval", "{run}", "--data", "{tmp}/other_data"), "another vocabulary"),
@@ -509,6 +521,8 @@ def test_the_table_is_large_and_covers_every_command():
         "export",
         "sweep",
         "distill",
+        "prune",
+        "predict",
     } <= commands
 
 
