@@ -11,6 +11,8 @@ GPTQ (Frantar et al. 2022, calibrated on the run's training split); a pruned run
 as ONNX, and every number below is measured in a fresh child process that loads the export with
 slm_jax/export/runner.py (our JAX runner: jax only; the ONNX runner: onnxruntime only):
 
+- quality: the validation loss (``slm eval``, ``--eval-batches`` batches) of every variant, and the Pareto
+  front of export bytes against it (the best quality per byte);
 - bytes on disk: the params-only checkpoint, and each export without ``cache.npz`` (the zeros of the
   empty cache, whose size the manifest records and the JSON line reports);
 - peak resident memory (the child's VmHWM) of decoding at batch 1 after a ``--prompt`` (128)-token
@@ -196,7 +198,11 @@ def measure(label: str, compression: str, variant_dir: Path, work: Path, opts) -
     alternating."""
     short_len, long_len = opts.prompt + 1, opts.prompt + opts.long
     chunk = opts.prefill_chunk or opts.prompt
+    from quantization import slm
+
     row = {"model": label, "compression": compression, "run_dir": str(variant_dir)}
+    data = ["--data", opts.eval_data] if opts.eval_data else []  # default: the run's own validation split
+    row["val_loss"] = slm("eval", variant_dir, "--batches", opts.eval_batches, *data)["val_loss"]
     row["checkpoint_bytes"] = checkpoint_bytes(variant_dir, compression)
     exports = {}
     for fmt in BACKENDS:
@@ -241,6 +247,7 @@ def measure(label: str, compression: str, variant_dir: Path, work: Path, opts) -
 COLUMNS = (
     "model",
     "weights",
+    "val loss (nats/token)",
     "params-only checkpoint bytes",
     "export bytes StableHLO / ONNX",
     "peak RSS MB, 1 token: JAX / ORT",
@@ -261,6 +268,7 @@ def table(rows: list[dict], prompt: int, long: int) -> str:
         cells = [
             r["model"],
             r["compression"],
+            f"{r['val_loss']:.3f}",
             f"{r['checkpoint_bytes']:,}",
             both(r, "artifact_bytes", lambda b: f"{b:,}"),
             both(r, "peak_rss_bytes@1", mb),
@@ -297,6 +305,17 @@ def checks(rows: list[dict]) -> list[str]:
     return lines
 
 
+def pareto(rows: list[dict], fmt: str = "onnx") -> list[dict]:
+    """The rows no other row beats on both export bytes (``fmt``, else StableHLO) and val loss, smallest first."""
+    size = lambda r: r.get(f"{fmt}_artifact_bytes", r.get("stablehlo_artifact_bytes"))
+    ranked = sorted(rows, key=lambda r: (size(r), r["val_loss"]))
+    front = []
+    for r in ranked:
+        if not front or r["val_loss"] < front[-1]["val_loss"]:
+            front.append(r)
+    return front
+
+
 def float_runs(args) -> list[tuple[str, Path]]:
     """(label, float run directory): ``--runs`` as given, else each preset trained (reused when present)."""
     if args.runs:
@@ -322,6 +341,8 @@ def main():
     ap.add_argument("--long", type=int, default=4096, help="new tokens the long export has room for")
     ap.add_argument("--decode-tokens", type=int, default=512, help="tokens decoded in the long export (<= --long)")
     ap.add_argument("--prefill-chunk", type=int, default=0, help="export's prefill chunk (default: the prompt)")
+    ap.add_argument("--eval-data", default="", help="text for the val loss (default: each run's own val split)")
+    ap.add_argument("--eval-batches", type=int, default=20, help="validation batches for each variant's val loss")
     ap.add_argument("--repeats", type=int, default=1, help="child runs per measurement and backend (median)")
     args = ap.parse_args()
     rows = []
@@ -334,6 +355,10 @@ def main():
     print(table(rows, args.prompt, args.long))
     print()
     print("\n".join(checks(rows)))
+    print("\nQuality per byte (Pareto front: no other row is both smaller and better):")
+    for r in pareto(rows):
+        size = r.get("onnx_artifact_bytes", r.get("stablehlo_artifact_bytes"))
+        print(f"  {r['model']} {r['compression']}: {size:,} bytes, val loss {r['val_loss']:.3f}")
 
 
 if __name__ == "__main__":

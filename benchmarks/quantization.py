@@ -2,6 +2,7 @@
 
     python benchmarks/quantization.py [--steps 500] [--out /tmp/slm_quant] [--data ../shared/data/tinyshakespeare.txt]
     python benchmarks/quantization.py --presets all --methods rtn gptq awq --steps 300 --batches 40   # docs/deploy.md
+    python benchmarks/quantization.py --presets griffin mamba --methods rtn gptq --groups 32 128 --seeds 0 1 2
 
 Trains each preset at shakespeare_char's shape on Tiny Shakespeare (char level, ~1 min each on
 2 CPU cores), quantizes it with each method at int8 and int4 (``--groups``; 0 = the default group) and
@@ -49,11 +50,12 @@ def params_only_bytes(run_dir: Path, tmp: Path) -> tuple[int, int, int]:
     return directory_bytes(tmp / "checkpoints"), tree_bytes(params), tree_bytes(params, linear_paths(cfg.model))
 
 
-def measure(preset: str, args) -> dict:
-    out = Path(args.out) / preset
+def measure(preset: str, args, seed: int = 0) -> dict:
+    out = Path(args.out) / preset / (f"seed{seed}" if seed else "")
     run_dir = out / "float"
     overrides = [
         f"model.preset={preset}",
+        f"train.seed={seed}",
         f"train.steps={args.steps}",
         "eval.every=0",
         f"checkpoint.every={args.steps}",
@@ -69,7 +71,7 @@ def measure(preset: str, args) -> dict:
             "--no-progress",
             *sum((["--set", o] for o in overrides), []),
         )
-    row = {"preset": preset, "steps": args.steps}
+    row = {"preset": preset, "steps": args.steps, "seed": seed}
     row["val_loss_float"] = slm("eval", run_dir, "--batches", args.batches)["val_loss"]
     disk, params, proj = params_only_bytes(run_dir, out / "float_params_only")
     row["bytes"] = {
@@ -140,6 +142,25 @@ def quality_table(rows: list[dict], methods: list[str], groups: list[int]) -> st
     return "\n".join(lines)
 
 
+def seed_table(rows: list[dict], methods: list[str], groups: list[int]) -> str:
+    """Per preset and int4 group: each calibrated method's val loss minus RTN's, mean +- std over the seeds, and
+    on how many seeds it was at least as good as RTN."""
+    settings = [f"int4_g{g}" if g else "int4" for g in groups]
+    others = [m for m in methods if m != "rtn"]
+    head = " | ".join(f"{s} {m} - rtn" for s in settings for m in others)
+    lines = [f"| model | seeds | {head} |", "|---" * (2 + len(settings) * len(others)) + "|"]
+    for preset in dict.fromkeys(r["preset"] for r in rows):
+        mine = [r["val_loss"] for r in rows if r["preset"] == preset]
+        cells = []
+        for setting in settings:
+            for m in others:
+                d = np.array([v[f"{setting}_{m}"] - v[f"{setting}_rtn"] for v in mine])
+                spread = d.std(ddof=1) if len(d) > 1 else float("nan")
+                cells.append(f"{d.mean():+.4f} +- {spread:.4f} ({(d <= 0).sum()}/{len(d)})")
+        lines.append(f"| {preset} | {len(mine)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     from slm_jax.presets import PRESETS, is_encoder
 
@@ -152,13 +173,18 @@ if __name__ == "__main__":
     ap.add_argument("--methods", nargs="+", default=["rtn"], choices=["rtn", "gptq", "awq"])
     ap.add_argument("--groups", nargs="+", type=int, default=[0], help="int4 group sizes (0: the default, <= 64)")
     ap.add_argument("--calib-tokens", type=int, default=8192)
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0], help="training seeds (train.seed) per preset")
     args = ap.parse_args()
     # 'all': the decoders, which train on next-token loss at shakespeare_char's config (encoders need mlm)
     presets = [p for p in PRESETS if not is_encoder(p)] if args.presets == ["all"] else args.presets
     rows = []
     for p in presets:
-        rows.append(measure(p, args))
-        print(json.dumps(rows[-1]), flush=True)
+        for seed in args.seeds:
+            rows.append(measure(p, args, seed))
+            print(json.dumps(rows[-1]), flush=True)
     print(bytes_table(rows))
     print()
     print(quality_table(rows, args.methods, args.groups))
+    if len(args.seeds) > 1 and "rtn" in args.methods:
+        print()
+        print(seed_table(rows, args.methods, args.groups))
