@@ -56,7 +56,7 @@ class ModelConfig:
     n_kv_heads: int = 0  # 0 -> n_heads (MHA); 1 -> MQA; otherwise GQA
     head_dim: int = 0  # 0 -> d_model // n_heads
     vocab_size: int = 0  # 0 -> taken from the data
-    mlp: str = "swiglu"  # swiglu | geglu | none
+    mlp: str = "swiglu"  # swiglu | geglu (tanh GELU) | geglu_erf (exact GELU) | gelu (not gated, exact) | none
     d_ff: int = 0  # 0 -> 8/3 * d_model rounded up to a multiple of 16
     tie_embeddings: bool = True
     rope_theta: float = 10000.0
@@ -69,6 +69,16 @@ class ModelConfig:
     embed_scale: float = 1.0  # input embeddings are multiplied by this (Gemma: sqrt(d_model))
     norm_offset: float = 0.0  # RMSNorm multiplies by (offset + scale): 1 is Gemma's (1 + w)
     norm_eps: float = 1e-5
+    norm: str = "rms"  # rms | layer (LayerNorm: BERT, DistilBERT, ModernBERT)
+    norm_bias: bool = False  # LayerNorm with a bias (BERT, DistilBERT); norm: layer only
+    norm_position: str = "pre"  # pre: x + f(norm(x)) and a final norm | post: norm(x + f(x)), no final norm (BERT)
+    embed_norm: bool = False  # a norm after the embedding sum (BERT, DistilBERT, ModernBERT)
+    first_mixer_norm: bool = True  # False: layer 0's mixer reads the (normed) embedding directly (ModernBERT)
+    position: str = "rope"  # rope | learned (absolute table added to the embedding, BERT) | none
+    max_positions: int = 0  # rows of the learned position table (position: learned); the longest sequence
+    mlm_head_transform: bool = False  # dense -> exact GELU -> norm before the output head (BERT's MLM head)
+    mlm_head_transform_bias: bool = True  # bias on that dense layer (ModernBERT: classifier_bias, default off)
+    head_bias: bool = False  # a bias on the output logits (BERT, DistilBERT, ModernBERT decoder_bias)
     logit_softcap: float = 0.0  # 0 -> off; else cap * tanh(logits / cap)
     init_std: float = 0.02
     dtype: str = "float32"  # compute dtype
@@ -534,7 +544,11 @@ def validate(cfg: Config) -> None:
         "model.rope_scaling (llama3) needs 0 < low_freq_factor < high_freq_factor and original_max_len > 0.",
     )
     _require(m.embed_scale > 0, f"model.embed_scale must be positive (1 = no scaling), got {m.embed_scale}.")
-    _require(m.mlp in ("swiglu", "geglu", "none"), f"model.mlp must be swiglu, geglu or none, got {m.mlp!r}.")
+    _require(
+        m.mlp in ("swiglu", "geglu", "geglu_erf", "gelu", "none"),
+        f"model.mlp must be swiglu, geglu, geglu_erf, gelu or none, got {m.mlp!r}.",
+    )
+    _validate_norms_positions(m)
     for key in ("dtype", "param_dtype"):
         _require(
             getattr(m, key) in ("float32", "bfloat16", "float16"),
@@ -633,6 +647,33 @@ def validate(cfg: Config) -> None:
         f"distill.temperature must be > 0 and distill.top_k >= 0, got {kd.temperature} and {kd.top_k}.",
     )
     _validate_federated(t.federated)
+
+
+def _validate_norms_positions(m: ModelConfig) -> None:
+    """``model.norm*``, ``model.position`` and friends: one sentence per mistake, naming the key."""
+    _require(m.norm in ("rms", "layer"), f"model.norm must be rms or layer, got {m.norm!r}.")
+    _require(
+        not m.norm_bias or m.norm == "layer",
+        "model.norm_bias needs model.norm=layer (RMSNorm has no bias); set one of them.",
+    )
+    _require(
+        m.norm == "rms" or m.norm_offset == 0,
+        f"model.norm_offset ({m.norm_offset}) is an RMSNorm option; set it to 0 with model.norm=layer.",
+    )
+    _require(m.norm_position in ("pre", "post"), f"model.norm_position must be pre or post, got {m.norm_position!r}.")
+    _require(
+        m.first_mixer_norm or (m.norm_position == "pre" and not m.scan_layers),
+        "model.first_mixer_norm=false needs model.norm_position=pre and model.scan_layers=false "
+        "(layer 0 then differs from the other layers); change one of them.",
+    )
+    _require(
+        m.position in ("rope", "learned", "none"), f"model.position must be rope, learned or none, got {m.position!r}."
+    )
+    _require(
+        (m.max_positions > 0) == (m.position == "learned"),
+        f"model.max_positions ({m.max_positions}) is the learned position table's size: set it > 0 exactly when "
+        f"model.position=learned (now {m.position!r}).",
+    )
 
 
 FEDERATED_ALGORITHMS = ("fedavg", "fedsgd", "fedprox", "diloco")

@@ -27,7 +27,7 @@ import numpy as np
 from slm_jax.config import Config, config_from_dict
 from slm_jax.data.tokenizers import load_tokenizer
 from slm_jax.errors import CheckpointError, ConfigError
-from slm_jax.interop.families import mamba, recurrent_gemma, transformer
+from slm_jax.interop.families import bert, mamba, modernbert, recurrent_gemma, transformer
 from slm_jax.interop.hf_config import load_hf_config
 from slm_jax.interop.hf_tokenizer import export_run_tokenizer
 from slm_jax.interop.hf_weights import Tensors
@@ -55,6 +55,9 @@ FAMILIES: dict[str, ModuleType] = {
     "mamba": mamba,
     "mamba2": mamba,
     "recurrent_gemma": recurrent_gemma,
+    "bert": bert,
+    "distilbert": bert,
+    "modernbert": modernbert,
 }
 
 
@@ -136,6 +139,8 @@ def from_hf(hf_dir: str | Path, run_dir: str | Path, name: str | None = None) ->
 def infer_family(m) -> str:
     """The Hugging Face family that expresses ModelConfig ``m`` most directly."""
     layers = set(m.layers)
+    if not m.causal:  # the masked-LM encoders
+        return "bert" if m.norm_position == "post" else "modernbert"
     if "rglru" in layers:
         return "recurrent_gemma"
     if layers in ({"mamba"}, {"mamba2"}):

@@ -36,6 +36,7 @@ class LocalAttentionOptions:
     """Sliding-window attention (Griffin's local attention, Samba)."""
 
     window: int = 128  # tokens each query sees, itself included (a ring-buffer cache of this many slots)
+    rope_theta: float = 0.0  # RoPE base of these layers; 0 -> model.rope_theta (ModernBERT: 10000 local, 160000 global)
 
 
 class Attention(nn.Module):
@@ -87,8 +88,8 @@ class Attention(nn.Module):
             num_heads=cfg.n_heads,
             num_kv_heads=cfg.kv_heads,
             head_dim=cfg.attn_head_dim,
-            rope_theta=cfg.rope_theta,
-            rotary_dim=cfg.rotary_dim,
+            rope_theta=getattr(options, "rope_theta", 0.0) or cfg.rope_theta,
+            rotary_dim=cfg.rotary_dim if cfg.position == "rope" else 0,  # learned / no positions: no rotation
             rope_scaling=cfg.rope_scaling,
             window=options.window,
             causal=cfg.causal,

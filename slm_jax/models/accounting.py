@@ -14,25 +14,36 @@ import jax.numpy as jnp
 from slm_jax.config import ModelConfig
 from slm_jax.mixers.contract import state_bytes
 from slm_jax.mixers.registry import build_mixer
-from slm_jax.modules.mlp import gated_mlp_params
+from slm_jax.modules.mlp import mlp_params
 
 
-def _block_params(cfg: ModelConfig, mixer_name: str) -> int:
-    mlp = gated_mlp_params(cfg.d_model, cfg.ff_width, cfg.mlp_bias) + cfg.d_model if cfg.mlp != "none" else 0
-    return build_mixer(cfg, mixer_name).num_params() + cfg.d_model + mlp  # + the mixer's pre-norm
+def _norm_params(cfg: ModelConfig) -> int:
+    return cfg.d_model * (2 if cfg.norm_bias else 1)
+
+
+def _block_params(cfg: ModelConfig, mixer_name: str, mixer_norm: bool = True) -> int:
+    norm = _norm_params(cfg)
+    mlp = mlp_params(cfg.mlp, cfg.d_model, cfg.ff_width, cfg.mlp_bias) + (norm if cfg.mlp != "none" else 0)
+    return build_mixer(cfg, mixer_name).num_params() + (norm if mixer_norm else 0) + mlp
 
 
 def param_count(cfg: ModelConfig, include_embeddings: bool = True) -> int:
     """Number of parameters of ``CausalLM(cfg)``."""
-    head = 0 if cfg.tie_embeddings else cfg.vocab_size * cfg.d_model
-    embed = (cfg.vocab_size + (not cfg.causal)) * cfg.d_model if include_embeddings else 0  # + an encoder's mask id
-    return embed + head + cfg.d_model + sum(_block_params(cfg, name) for name in cfg.layers)
+    d, norm = cfg.d_model, _norm_params(cfg)
+    head = (0 if cfg.tie_embeddings else cfg.vocab_size * d) + (cfg.vocab_size if cfg.head_bias else 0)
+    if cfg.mlm_head_transform:
+        head += d * d + (d if cfg.mlm_head_transform_bias else 0) + norm
+    embed = (cfg.vocab_size + (not cfg.causal)) * d if include_embeddings else 0  # + an encoder's mask id
+    embed += cfg.max_positions * d if include_embeddings and cfg.position == "learned" else 0
+    norms = (norm if cfg.norm_position == "pre" else 0) + (norm if cfg.embed_norm else 0)
+    blocks = sum(_block_params(cfg, name, i > 0 or cfg.first_mixer_norm) for i, name in enumerate(cfg.layers))
+    return embed + head + norms + blocks
 
 
 def forward_flops_per_token(cfg: ModelConfig, seq_len: int, head_fraction: float = 1.0) -> float:
     """Forward FLOPs per token at training length ``seq_len``; the output head runs on
     ``head_fraction`` of the positions (below 1 when only labelled positions get logits)."""
-    mlp = 2 * gated_mlp_params(cfg.d_model, cfg.ff_width) if cfg.mlp != "none" else 0
+    mlp = 2 * mlp_params(cfg.mlp, cfg.d_model, cfg.ff_width)
     layers = sum(build_mixer(cfg, name).flops_per_token(seq_len) + mlp for name in cfg.layers)
     return layers + head_fraction * 2 * cfg.vocab_size * cfg.d_model
 

@@ -1,4 +1,8 @@
-"""Pre-norm residual block: x + mixer(norm(x)), then x + mlp(norm(x)) (GPT-2 / Llama layout)."""
+"""Residual block around a token mixer and an optional MLP, in one of two norm placements.
+
+pre-norm (GPT-2 / Llama): x + mixer(norm(x)), then x + mlp(norm(x));
+post-norm (BERT, Vaswani et al. 2017): norm(x + mixer(x)), then norm(x + mlp(x)).
+"""
 
 from typing import Any
 
@@ -8,20 +12,24 @@ import jax.numpy as jnp
 from slm_jax.array_typing import Array, PyTree
 from slm_jax.mixers.registry import build_mixer
 from slm_jax.modules.linear import dtype_of, scaled_init
-from slm_jax.modules.mlp import GatedMLP
-from slm_jax.modules.norms import RMSNorm
+from slm_jax.modules.mlp import GatedMLP, PlainMLP
+from slm_jax.modules.norms import make_norm
 from slm_jax.quant.cache import dequantize_cache, requantize_like
 
 
 class Block(nn.Module):
-    """f32[b, t, d] -> f32[b, t, d] with a token mixer and an optional gated MLP."""
+    """f32[b, t, d] -> f32[b, t, d] with a token mixer and an optional MLP."""
 
     mixer: nn.Module  # an unbound mixer, adopted here under the name "mixer"
-    mlp: str = "swiglu"  # swiglu | geglu | none
+    mlp: str = "swiglu"  # swiglu | geglu | geglu_erf | gelu (not gated) | none
     d_ff: int = 0
     mlp_bias: bool = False
     norm_eps: float = 1e-5
     norm_offset: float = 0.0  # 1 -> Gemma's (1 + w) RMSNorm
+    norm: str = "rms"  # rms | layer
+    norm_bias: bool = False  # LayerNorm bias
+    norm_position: str = "pre"  # pre | post
+    mixer_norm: bool = True  # False: the mixer reads x itself (ModernBERT's first layer, pre-norm only)
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     init_std: float = 0.02
@@ -32,32 +40,39 @@ class Block(nn.Module):
         self, x: Array, positions: Array, cache: PyTree = None, lengths: Array | None = None
     ) -> tuple[Array, PyTree]:
         """``lengths`` i32[b]: valid tokens per row, for an encoder's mixer (right padding); None otherwise."""
-        norm = lambda name: RMSNorm(
-            self.norm_eps, self.norm_offset, dtype=self.dtype, param_dtype=self.param_dtype, name=name
+        norm = lambda name: make_norm(
+            self.norm, self.norm_eps, self.norm_offset, self.norm_bias, self.dtype, self.param_dtype, name
         )
+        post = self.norm_position == "post"
         # An int8 cache (model.cache_quant) is read as float and stored back as int8 around the mixer.
         padding = () if lengths is None else (lengths,)
-        y, new_cache = self.mixer(norm("mixer_norm")(x), positions, dequantize_cache(cache), *padding)
+        h = x if post or not self.mixer_norm else norm("mixer_norm")(x)
+        y, new_cache = self.mixer(h, positions, dequantize_cache(cache), *padding)
         cache = requantize_like(cache, new_cache)
         x = x + y
+        if post:
+            x = norm("mixer_norm")(x)
         if self.mlp != "none":
-            mlp = GatedMLP(
-                self.d_ff,
-                self.mlp,
-                self.mlp_bias,
+            kwargs = dict(
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
                 init_std=self.init_std,
                 out_init=scaled_init(self.init_std, self.n_layers),
                 name="mlp",
             )
-            x = x + mlp(norm("mlp_norm")(x))
+            if self.mlp == "gelu":
+                mlp = PlainMLP(self.d_ff, self.mlp_bias, **kwargs)
+            else:
+                mlp = GatedMLP(self.d_ff, self.mlp, self.mlp_bias, **kwargs)
+            x = norm("mlp_norm")(x + mlp(x)) if post else x + mlp(norm("mlp_norm")(x))
         # The residual stream's logical axes: a sharding constraint under training/sharding.py's rules, else a no-op.
         x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))
         return x, cache
 
 
-def build_block(cfg, mixer_name: str, block_cls: type = Block, name: str | None = None) -> Block:
+def build_block(
+    cfg, mixer_name: str, block_cls: type = Block, name: str | None = None, mixer_norm: bool = True
+) -> Block:
     """A Block for one layer of ``cfg`` (a ModelConfig) whose mixer is ``mixer_name``."""
     return block_cls(
         mixer=build_mixer(cfg, mixer_name),
@@ -66,6 +81,10 @@ def build_block(cfg, mixer_name: str, block_cls: type = Block, name: str | None 
         mlp_bias=cfg.mlp_bias,
         norm_eps=cfg.norm_eps,
         norm_offset=cfg.norm_offset,
+        norm=cfg.norm,
+        norm_bias=cfg.norm_bias,
+        norm_position=cfg.norm_position,
+        mixer_norm=mixer_norm,
         dtype=dtype_of(cfg.dtype),
         param_dtype=dtype_of(cfg.param_dtype),
         init_std=cfg.init_std,

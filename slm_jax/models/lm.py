@@ -1,5 +1,11 @@
 """CausalLM: embedding, a stack of blocks from the layer pattern, final norm, output head.
 
+BERT-family options (Devlin et al. 2019; Warner et al. 2024, ModernBERT): learned absolute positions
+added to the embedding (``model.position: learned``), a norm after the embedding sum
+(``model.embed_norm``), post-norm blocks without a final norm (``model.norm_position: post``), and
+the masked-LM head transform dense -> GELU -> norm before the tied decoder (``model.mlm_head_transform``)
+plus an output bias (``model.head_bias``).
+
 Model contract (DESIGN.md): ``params = model.init(rng, tokens, positions)`` and
 ``logits, cache = model.apply(params, tokens, positions, cache)``; the cache is an explicit
 pytree created by ``model.init_cache(batch, max_len)`` and passed in and out, None when not
@@ -23,7 +29,7 @@ from slm_jax.mixers.registry import build_mixer
 from slm_jax.models.block import Block, build_block
 from slm_jax.modules.embed import Embed, soft_cap
 from slm_jax.modules.linear import Linear, dtype_of
-from slm_jax.modules.norms import RMSNorm
+from slm_jax.modules.norms import make_norm
 from slm_jax.quant.cache import quantize_cache
 
 
@@ -89,10 +95,20 @@ class CausalLM(nn.Module):
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
         dtype, param_dtype = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
+        norm = lambda name: make_norm(cfg.norm, cfg.norm_eps, cfg.norm_offset, cfg.norm_bias, dtype, param_dtype, name)
         embed = Embed(cfg.vocab_size + (not cfg.causal), cfg.d_model, dtype, param_dtype, cfg.init_std, name="embed")
         x = embed(tokens)
         if cfg.embed_scale != 1.0:  # Gemma: sqrt(d_model), rounded to the compute dtype like HF
             x = x * jnp.asarray(cfg.embed_scale, x.dtype)
+        if cfg.position == "learned":
+            if tokens.shape[1] > cfg.max_positions:
+                raise ConfigError(
+                    f"A sequence of {tokens.shape[1]} tokens is longer than model.max_positions "
+                    f"({cfg.max_positions}), the learned position table; shorten the input."
+                )
+            x = x + Embed(cfg.max_positions, cfg.d_model, dtype, param_dtype, cfg.init_std, name="pos_embed")(positions)
+        if cfg.embed_norm:
+            x = norm("embed_norm")(x)
         n_rep, first = _layout(cfg)
         new_cache = {}
         if n_rep:
@@ -113,19 +129,26 @@ class CausalLM(nn.Module):
         layer_caches = []
         for i in range(first, cfg.n_layers):
             layer_cache = None if cache is None else cache["layers"][i - first]
-            x, layer_cache = build_block(cfg, cfg.layers[i], block_cls, name=f"layers_{i}")(
+            mixer_norm = cfg.first_mixer_norm or i > 0
+            x, layer_cache = build_block(cfg, cfg.layers[i], block_cls, name=f"layers_{i}", mixer_norm=mixer_norm)(
                 x, positions, layer_cache, lengths
             )
             layer_caches.append(layer_cache)
         new_cache["layers"] = tuple(layer_caches)
-        x = RMSNorm(cfg.norm_eps, cfg.norm_offset, dtype=dtype, param_dtype=param_dtype, name="final_norm")(x)
+        if cfg.norm_position == "pre":  # a post-norm stack ends normalised already
+            x = norm("final_norm")(x)
         self.sow("intermediates", "final_hidden", x)  # [b, t, d]: task heads, distillation's cosine loss
         if logit_positions is not None:
             x = jnp.take_along_axis(x, logit_positions[..., None], axis=1)  # [b, m, d]
+        if cfg.mlm_head_transform:  # BERT's prediction-head transform: dense -> exact GELU -> norm
+            x = Linear(cfg.d_model, cfg.mlm_head_transform_bias, dtype, param_dtype, name="mlm_transform")(x)
+            x = norm("mlm_transform_norm")(jax.nn.gelu(x, approximate=False))
         if cfg.tie_embeddings:
             logits = embed.attend(x)[..., : cfg.vocab_size]  # an encoder never predicts its mask id
         else:
             logits = Linear(cfg.vocab_size, dtype=dtype, param_dtype=param_dtype, name="head")(x)
+        if cfg.head_bias:
+            logits = logits + self.param("head_bias", nn.initializers.zeros, (cfg.vocab_size,), param_dtype)
         logits = soft_cap(logits.astype(jnp.float32), cfg.logit_softcap)
         return logits, None if cache is None else new_cache
 

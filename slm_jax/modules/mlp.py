@@ -1,4 +1,8 @@
-"""Gated MLPs: SwiGLU and GeGLU (Shazeer 2020, "GLU Variants Improve Transformer")."""
+"""Gated MLPs: SwiGLU and GeGLU (Shazeer 2020, "GLU Variants Improve Transformer"), and BERT's plain GELU MLP.
+
+``geglu`` uses the tanh approximation of GELU (Gemma), ``geglu_erf`` and ``gelu`` the exact erf form
+(ModernBERT's GeGLU and BERT's non-gated MLP, Devlin et al. 2019).
+"""
 
 from typing import Any, Callable
 
@@ -12,7 +16,9 @@ from slm_jax.modules.linear import Linear, linear_params
 ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "swiglu": jax.nn.silu,
     "geglu": lambda x: jax.nn.gelu(x, approximate=True),
+    "geglu_erf": lambda x: jax.nn.gelu(x, approximate=False),
 }
+GATED = tuple(ACTIVATIONS)  # model.mlp values built by GatedMLP; "gelu" is PlainMLP
 
 
 class GatedMLP(nn.Module):
@@ -35,6 +41,34 @@ class GatedMLP(nn.Module):
         gate, up = jnp.split(dense(2 * self.hidden, "gate_up", init)(x), 2, axis=-1)
         h = ACTIVATIONS[self.kind](gate) * up
         return dense(x.shape[-1], "down", self.out_init)(h)
+
+
+class PlainMLP(nn.Module):
+    """down(gelu(up(x))) with the exact erf GELU (BERT): f32[b, t, d] -> f32[b, t, d] with hidden width f."""
+
+    hidden: int
+    use_bias: bool = True
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    init_std: float = 0.02
+    out_init: Callable = nn.initializers.normal(0.02)
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        dense = lambda f, name, init: Linear(
+            f, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=init, name=name
+        )
+        h = jax.nn.gelu(dense(self.hidden, "up", nn.initializers.normal(self.init_std))(x), approximate=False)
+        return dense(x.shape[-1], "down", self.out_init)(h)
+
+
+def mlp_params(kind: str, d: int, f: int, bias: bool = False) -> int:
+    """Parameters of the MLP ``model.mlp = kind`` (0 for none)."""
+    if kind == "none":
+        return 0
+    if kind == "gelu":
+        return linear_params(d, f, bias) + linear_params(f, d, bias)
+    return gated_mlp_params(d, f, bias)
 
 
 def gated_mlp_params(d: int, f: int, bias: bool = False) -> int:

@@ -58,6 +58,10 @@ MODEL_PARAM_AXES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
     ("gate_up/bias", ("mlp",)),
     ("down/kernel", ("mlp", "embed")),
     ("down/bias", ("embed",)),
+    ("up/kernel", ("embed", "mlp")),  # the non-gated GELU MLP (model.mlp: gelu)
+    ("up/bias", ("mlp",)),
+    ("head_bias", ("vocab",)),
+    ("pos_embed/embedding", (None, "embed")),
     ("scale", ("norm",)),
 )
 PARAM_AXES = mixer_param_axes() + MODEL_PARAM_AXES
