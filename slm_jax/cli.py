@@ -71,6 +71,36 @@ def cmd_train(args) -> int:
     return exit_code(summary)
 
 
+def _harness_eval(args, run) -> dict:
+    """``slm eval --tasks``: lm-evaluation-harness tasks on a loaded causal run (slm_jax/eval/harness.py)."""
+    from functools import partial
+
+    from slm_jax.errors import ConfigError, DataError
+    from slm_jax.inference.generate import generate
+    from slm_jax.inference.run import missing_tokenizer
+
+    try:
+        from slm_jax.eval.harness import SlmLM, evaluate_tasks
+    except ImportError as e:
+        if not (e.name or "").startswith("lm_eval"):
+            raise
+        raise ConfigError(
+            "`slm eval --tasks` needs lm-evaluation-harness; install the eval extra: pip install -e '.[eval]'."
+        ) from None
+    if not run.cfg.model.causal:
+        raise ConfigError(
+            f"{args.run_dir} is an encoder (model.causal=false), which harness tasks cannot score; drop --tasks."
+        )
+    if run.tokenizer is None:
+        raise DataError(missing_tokenizer(args.run_dir, run.cfg))
+    greedy = partial(generate, run.model, run.params, temperature=0.0, chunk=16)
+    batch_size = run.cfg.eval.batch_size or run.cfg.train.batch_size
+    lm = SlmLM(run.model, run.params, run.tokenizer, args.context or run.cfg.train.seq_len, greedy, batch_size)
+    tasks = [t for t in args.tasks.split(",") if t]
+    result = evaluate_tasks(lm, tasks, args.limit, args.num_fewshot, args.include_path)
+    return {"run_dir": str(args.run_dir), "step": run.step, **result}
+
+
 def cmd_eval(args) -> None:
     import jax
 
@@ -88,6 +118,9 @@ def cmd_eval(args) -> None:
         print(json.dumps(evaluate_file(args.run_dir, args.data), indent=1))
         return
     run = load_run(args.run_dir, best=args.best, step=args.step)
+    if args.tasks:  # lm-evaluation-harness tasks
+        print(json.dumps(_harness_eval(args, run), indent=1, default=str))
+        return
     tc = run.cfg.train
     eval_fn = jax.jit(make_eval_step(run.model))
     if run.cfg.data.task.name:  # a generated task: its validation sets at every eval length
@@ -106,15 +139,34 @@ def cmd_eval(args) -> None:
         print(json.dumps({"run_dir": str(args.run_dir), "step": run.step, **result}, indent=1))
         return
     tokens = run_text_tokens(run.cfg, run.tokenizer, args.data, "val")
-    batches = eval_batches(tokens, run.cfg.eval.batch_size or tc.batch_size, tc.seq_len, args.batches)
-    if not run.cfg.model.causal:  # an encoder: accuracy and loss on masked tokens (training/mlm.py)
-        from slm_jax.training.mlm import mask_batch
+    if args.stride or args.context:  # sliding windows over the whole split, each token scored once
+        from slm_jax.errors import ConfigError
+        from slm_jax.eval.sliding import sliding_batches
 
-        batches = [mask_batch(b, tc, run.cfg.model.vocab_size) for b in batches]
+        if not run.cfg.model.causal:
+            raise ConfigError(f"{args.run_dir} is an encoder (model.causal=false); drop --stride and --context.")
+        context = args.context or tc.seq_len
+        batches = sliding_batches(tokens, run.cfg.eval.batch_size or tc.batch_size, context, args.stride or context)
+    else:
+        batches = eval_batches(tokens, run.cfg.eval.batch_size or tc.batch_size, tc.seq_len, args.batches)
     unit = (
         {"char": "char", "byte": "byte"}.get(run.tokenizer.to_dict().get("type"), "token") if run.tokenizer else "token"
     )
-    result = evaluate(eval_fn, run.params, batches, unit)
+    pseudo = {}
+    if not run.cfg.model.causal:  # an encoder: accuracy and loss on masked tokens (training/mlm.py), pseudo-perplexity
+        import numpy as np
+
+        from slm_jax.eval.pseudo_perplexity import pseudo_perplexity
+        from slm_jax.training.mlm import mask_batch
+
+        if args.pppl_seqs < 0:
+            raise DataError(f"--pppl-seqs must be 0 (no pseudo-perplexity) or more, got {args.pppl_seqs}.")
+        if args.pppl_seqs:  # seq_len forward passes per sequence: a few windows spread over the validation batches
+            windows = np.concatenate(batches)[:, : tc.seq_len]
+            windows = windows[:: max(1, len(windows) // args.pppl_seqs)][: args.pppl_seqs]
+            pseudo = pseudo_perplexity(run.model, run.params, windows, unit=unit)
+        batches = [mask_batch(b, tc, run.cfg.model.vocab_size) for b in batches]
+    result = evaluate(eval_fn, run.params, batches, unit) | pseudo
     objective = {} if run.cfg.model.causal else {"objective": "mlm"}
     print(json.dumps({"run_dir": str(args.run_dir), "step": run.step, **objective, **result}, indent=1))
 
@@ -324,9 +376,30 @@ def cmd_prune(args) -> None:
 
 def cmd_export(args) -> None:
     from slm_jax.export.stablehlo import export_run
+    from slm_jax.finetune.classify import is_classifier
 
+    if is_classifier(args.run_dir):  # one graph (tokens, lengths) -> class logits (export/encoder.py)
+        from slm_jax.errors import ConfigError
+        from slm_jax.export.encoder import export_classifier
+        from slm_jax.finetune.classify import load_classifier
+        from slm_jax.finetune.train import ADAPTER_META
+
+        if args.best:
+            raise ConfigError(f"{args.run_dir} is a classifier, which holds one fine-tuned checkpoint; drop --best.")
+        adapter = Path(args.run_dir) / ADAPTER_META  # a LoRA classifier: its base run holds the config
+        config_dir = json.loads(adapter.read_text())["base_run"] if adapter.is_file() else args.run_dir
+        clf = load_classifier(args.run_dir)
+        summary = export_classifier(clf, args.run_dir, config_dir, args.out, args.format, args.max_len, args.batch)
+        print(json.dumps(summary, indent=1))
+        return
     summary = export_run(
-        args.run_dir, args.out, args.format, max_len=args.max_len, prefill_chunk=args.prefill_chunk, best=args.best
+        args.run_dir,
+        args.out,
+        args.format,
+        max_len=args.max_len,
+        prefill_chunk=args.prefill_chunk,
+        best=args.best,
+        batch=args.batch,
     )
     print(json.dumps(summary, indent=1))
 
@@ -479,6 +552,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batches", type=_positive_int, default=50)
     p.add_argument("--best", action="store_true", help="use the best checkpoint by validation loss")
     p.add_argument("--step", type=int, default=None, help="use the checkpoint of this step (default: the latest)")
+    p.add_argument(
+        "--stride",
+        type=_positive_int,
+        default=None,
+        help="sliding-window perplexity over the whole split: windows advance by this many tokens and score "
+        "only their new ones (default: the context, non-overlapping windows)",
+    )
+    p.add_argument(
+        "--context",
+        type=_positive_int,
+        default=None,
+        help="tokens the model reads at once, for --stride and --tasks (default: the run's train.seq_len)",
+    )
+    p.add_argument(
+        "--tasks",
+        default=None,
+        help="comma-separated lm-evaluation-harness tasks, e.g. hellaswag,arc_easy (eval extra)",
+    )
+    p.add_argument("--limit", type=_positive_int, default=None, help="--tasks: at most this many examples per task")
+    p.add_argument("--num-fewshot", type=int, default=None, help="--tasks: examples per prompt (default: the task's)")
+    p.add_argument("--include-path", default=None, help="--tasks: a directory of your own task YAMLs")
+    p.add_argument(
+        "--pppl-seqs",
+        type=int,
+        default=4,
+        help="encoder: validation windows scored by pseudo-perplexity (seq_len forward passes each; 0: none)",
+    )
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("generate", help="sample text from a run")
@@ -562,7 +662,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--family",
         default=None,
-        help="llama, qwen2, qwen3, phi3, gemma, mamba, mamba2 or recurrent_gemma "
+        help="llama, qwen2, qwen3, phi3, gemma, mamba, mamba2, recurrent_gemma, bert, distilbert or modernbert "
         "(default: the imported family, else inferred)",
     )
     p.add_argument("--best", action="store_true", help="export the best checkpoint by validation loss")
@@ -618,7 +718,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser(
-        "export", help="export prefill and one-token decode (cache in, cache out) for a standalone runner"
+        "export",
+        help="export prefill and one-token decode (cache in, cache out) for a standalone runner; "
+        "an encoder or classifier as one graph (tokens, lengths) -> logits",
     )
     p.add_argument("run_dir")
     p.add_argument(
@@ -627,8 +729,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="stablehlo (jax.export) or onnx (opset 18, for onnxruntime; needs the onnx extra)",
     )
     p.add_argument("--out", required=True, help="new output directory")
-    p.add_argument("--max-len", type=int, default=256, help="fixed maximum sequence length (prompt + generated tokens)")
+    p.add_argument(
+        "--max-len",
+        type=int,
+        default=None,
+        help="fixed maximum sequence length (prompt + generated tokens; default 256); "
+        "an encoder's fixed row length (default its train.seq_len)",
+    )
     p.add_argument("--prefill-chunk", type=int, default=16, help="tokens per exported prefill call")
+    p.add_argument(
+        "--batch", type=_positive_int, default=1, help="encoder/classifier ONNX export: rows per call (fixed)"
+    )
     p.add_argument("--best", action="store_true", help="export the best checkpoint by validation loss")
     p.set_defaults(func=cmd_export)
 

@@ -73,11 +73,8 @@ def _weights_to_initializers(model, weights: list, names: list[str], spans: list
         graph.initializer.append(t)
 
 
-def onnx_steps(
-    step: Callable, weights: list, cache: list, prefill_chunk: int, weight_names: list[str], cache_names: list[str]
-) -> dict[str, bytes]:
-    """{"prefill.onnx", "decode.onnx": checked ONNX models of ``step`` at ``prefill_chunk`` and 1 tokens,
-    ``WEIGHTS_FILE``: their initializers' data}, each file's bytes."""
+def _onnx_modules():
+    """(onnx, jaxpr_to_onnx, UnsupportedPrimitive), or the one sentence naming the missing extra."""
     try:
         import onnx
 
@@ -88,32 +85,55 @@ def onnx_steps(
             f"ONNX export needs the onnx package ({e}); "
             "install it with `pip install -e '.[onnx]'`, or use --format stablehlo."
         ) from None
-    inputs = [*weight_names, "tokens", "start", *(f"cache/{n}" for n in cache_names)]
+    return onnx, jaxpr_to_onnx, UnsupportedPrimitive
+
+
+def onnx_function(
+    fn: Callable,
+    args: tuple,
+    weights: list,
+    weight_names: list[str],
+    spans: list[tuple[int, int]],
+    inputs: list[str],
+    outputs: list[str],
+    name: str,
+):
+    """The checked ONNX model of ``fn(weights, *args)`` (``args``: ShapeDtypeStructs), whose weights are initializers
+    at ``spans`` of ``WEIGHTS_FILE`` and whose other inputs and outputs are named ``inputs`` and ``outputs``."""
+    onnx, jaxpr_to_onnx, UnsupportedPrimitive = _onnx_modules()
+    spec = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)
+    closed = jax.make_jaxpr(fn)([spec(a) for a in weights], *args)
+    other = sorted(str(d) for d in _dtypes(closed.jaxpr) if jnp.issubdtype(d, jnp.floating) and d != jnp.float32)
+    if other:
+        raise ConfigError(
+            f"ONNX export supports float32 models only, and this run computes or stores {other[0]} "
+            "(model.dtype / model.param_dtype); export it with --format stablehlo."
+        )
+    try:
+        model = jaxpr_to_onnx(closed, [*weight_names, *inputs], outputs, name=name)
+    except UnsupportedPrimitive as e:
+        raise ConfigError(
+            f"ONNX export cannot translate the JAX operation {e} that this model uses; "
+            "export it with --format stablehlo."
+        ) from None
+    onnx.checker.check_model(model)  # before the weights become external data the checker would look for
+    _weights_to_initializers(model, weights, weight_names, spans)
+    return model
+
+
+def onnx_steps(
+    step: Callable, weights: list, cache: list, prefill_chunk: int, weight_names: list[str], cache_names: list[str]
+) -> dict[str, bytes]:
+    """{"prefill.onnx", "decode.onnx": checked ONNX models of ``step`` at ``prefill_chunk`` and 1 tokens,
+    ``WEIGHTS_FILE``: their initializers' data}, each file's bytes."""
+    _onnx_modules()  # a missing extra fails before the weights are copied
+    inputs = ["tokens", "start", *(f"cache/{n}" for n in cache_names)]
     outputs = ["logits", *(f"new_cache/{n}" for n in cache_names)]
     spec = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)
     data, spans = _weights_file(weights)
     files = {WEIGHTS_FILE: data}
     for name, t in (("prefill", prefill_chunk), ("decode", 1)):
-        closed = jax.make_jaxpr(step)(
-            [spec(a) for a in weights],
-            jax.ShapeDtypeStruct((1, t), jnp.int32),
-            jax.ShapeDtypeStruct((), jnp.int32),
-            [spec(a) for a in cache],
-        )
-        other = sorted(str(d) for d in _dtypes(closed.jaxpr) if jnp.issubdtype(d, jnp.floating) and d != jnp.float32)
-        if other:
-            raise ConfigError(
-                f"ONNX export supports float32 models only, and this run computes or stores {other[0]} "
-                "(model.dtype / model.param_dtype); export it with --format stablehlo."
-            )
-        try:
-            model = jaxpr_to_onnx(closed, inputs, outputs, name=f"slm_jax_{name}")
-        except UnsupportedPrimitive as e:
-            raise ConfigError(
-                f"ONNX export cannot translate the JAX operation {e} that this model uses; "
-                "export it with --format stablehlo."
-            ) from None
-        onnx.checker.check_model(model)  # before the weights become external data the checker would look for
-        _weights_to_initializers(model, weights, weight_names, spans)
+        args = (jax.ShapeDtypeStruct((1, t), jnp.int32), jax.ShapeDtypeStruct((), jnp.int32), [spec(a) for a in cache])
+        model = onnx_function(step, args, weights, weight_names, spans, inputs, outputs, f"slm_jax_{name}")
         files[f"{name}.onnx"] = model.SerializeToString()
     return files

@@ -292,20 +292,23 @@ def _dynamic_update_slice(g, eqn, ins):
 
 
 def _gather(g, eqn, ins):
-    """Whole-slice lookups along some axes (embedding rows, take, diagonals): GatherND, then JAX's dimension order."""
+    """Whole-slice lookups along some axes (embedding rows, take, diagonals, take_along_axis): GatherND, then JAX's
+    dimension order. Batching dimensions (take_along_axis: one index row per batch row) must lead the indices; they
+    become GatherND's ``batch_dims``."""
     dn, sizes = eqn.params["dimension_numbers"], eqn.params["slice_sizes"]
     src, idx = _in(eqn, 0).shape, _in(eqn, 1).shape
-    axes = list(dn.start_index_map)
-    rest = [d for d in range(len(src)) if d not in axes]
+    axes, batching = list(dn.start_index_map), list(dn.operand_batching_dims)
+    rest = [d for d in range(len(src)) if d not in axes + batching]
     if (
         sorted(dn.collapsed_slice_dims) != sorted(axes)
-        or dn.operand_batching_dims
+        or tuple(dn.start_indices_batching_dims) != tuple(range(len(batching)))
         or idx[-1] != len(axes)
         or any(sizes[d] != src[d] for d in rest)
     ):
         raise UnsupportedPrimitive("gather (only whole slices along the indexed axes are translated)")
-    data = _transpose(g, ins[0], axes + rest)
-    y = g.op("GatherND", [data, g.op("Cast", [ins[1]], to=TensorProto.INT64)])  # [*batch, *rest]
+    data = _transpose(g, ins[0], batching + axes + rest)
+    index = g.op("Cast", [ins[1]], to=TensorProto.INT64)
+    y = g.op("GatherND", [data, index], batch_dims=len(batching))  # [*batch, *rest]
     n_batch = len(idx) - 1
     onnx_order = [("batch", i) for i in range(n_batch)] + [("slice", d) for d in rest]
     jax_order, batch = [None] * len(onnx_order), iter(range(n_batch))

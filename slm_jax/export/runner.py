@@ -10,6 +10,10 @@ is the one stablehlo.py documents: whole ``prefill_chunk``-token chunks of the p
 through ``prefill``, the rest of the prompt and every generated token through ``decode``, the
 cache going in and out of every call (with onnxruntime it stays in onnxruntime's memory: IOBinding).
 Tokenizers: the char and byte kinds of slm_jax's ``tokenizer.json``, reimplemented below.
+
+An encoder or classifier export (encoder.py) is one graph, run by ``EncoderArtifact``: ``--prompt``
+is then the text to classify (prints the label and probabilities) or to fill (an encoder's most
+likely token at each position).
 """
 
 from __future__ import annotations
@@ -156,6 +160,83 @@ class Artifact:
         return "".join(chars[i] if 0 <= i < len(chars) else "\ufffd" for i in ids)
 
 
+class EncoderArtifact:
+    """An exported encoder or classifier (encoder.py): ``logits(rows)`` for token rows of any count and length <= t.
+
+    ``threads``: onnxruntime's intra-op threads (0: its default, one per physical core).
+    """
+
+    def __init__(self, directory: str | Path, threads: int = 0):
+        d = Path(directory)
+        self.manifest = json.loads((d / "manifest.json").read_text()) if (d / "manifest.json").is_file() else {}
+        fmt = self.manifest.get("format")
+        if fmt not in ("slm_jax.encoder.stablehlo/1", "slm_jax.encoder.onnx/1"):
+            raise SystemExit(f"error: {d} holds no encoder export (format {fmt!r}); pass a directory of `slm export`.")
+        self.seq_len, self.batch, self.kind = self.manifest["seq_len"], self.manifest["batch"], self.manifest["kind"]
+        if fmt == "slm_jax.encoder.onnx/1":
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            options.log_severity_level = 3  # errors only
+            options.intra_op_num_threads = threads
+            # idle pool threads sleep instead of spinning, as in the decode runner: on a shared 2-core machine a
+            # spinning pool made an encoder call 1.5x slower (benchmarks/encoder.py, docs/encoders.md)
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            session = ort.InferenceSession(str(d / "encoder.onnx"), options, providers=["CPUExecutionProvider"])
+            self.run = lambda tokens, lengths: session.run(["logits"], {"tokens": tokens, "lengths": lengths})[0]
+        else:
+            import jax
+
+            call = jax.jit(jax.export.deserialize((d / "encoder.jax_export").read_bytes()).call)
+            weights = _load_flat(d / "weights.npz", self.manifest["weights"]["dtypes"])
+            self.run = lambda tokens, lengths: np.asarray(call(weights, tokens, lengths))
+        tok = d / "tokenizer.json"
+        self.tokenizer = json.loads(tok.read_text(encoding="utf-8")) if tok.is_file() else None
+
+    encode = Artifact.encode
+    decode_text = Artifact.decode_text
+
+    def logits(self, rows: list[list[int]]) -> np.ndarray:
+        """Token rows -> the exported logits, one per row (f32[n, c], or f32[n, t, v or c] at the padded length t).
+
+        Rows are right-padded with 0 to ``seq_len`` and run ``batch`` at a time (the last group filled with
+        one-token rows); a StableHLO export takes them all in one call.
+        """
+        if not rows or any(not 1 <= len(r) <= self.seq_len for r in rows):
+            raise SystemExit(
+                f"error: every text must have 1 to {self.seq_len} tokens (the exported length); "
+                "shorten it or re-export with a larger --max-len."
+            )
+        size = self.batch or len(rows)
+        n = -(-len(rows) // size) * size
+        tokens, lengths = np.zeros((n, self.seq_len), np.int32), np.ones((n,), np.int32)
+        for i, r in enumerate(rows):
+            tokens[i, : len(r)], lengths[i] = r, len(r)
+        out = [self.run(tokens[i : i + size], lengths[i : i + size]) for i in range(0, n, size)]
+        return np.concatenate(out)[: len(rows)]
+
+
+def _encoder_main(args) -> int:
+    """Print the label and class probabilities of a classifier, or an encoder's most likely token at each position."""
+    art = EncoderArtifact(args.artifact)
+    ids = [int(i) for i in args.ids.split(",")] if args.ids is not None else art.encode(args.prompt or "")
+    logits = art.logits([ids])[0]
+    if art.kind == "mlm":
+        best = logits[: len(ids)].argmax(-1).tolist()
+        print(json.dumps({"ids": best} if args.ids is not None else {"predicted": art.decode_text(best)}))
+        return 0
+    labels = art.manifest["labels"]
+    if art.kind == "token":
+        print(json.dumps({"labels": [labels[int(c)] for c in logits[: len(ids)].argmax(-1)]}))
+        return 0
+    p = np.exp(logits - logits.max())
+    p /= p.sum()
+    print(
+        json.dumps({"label": labels[int(p.argmax())], "probabilities": {str(k): float(v) for k, v in zip(labels, p)}})
+    )
+    return 0
+
+
 def _load_flat(path: Path, dtypes: list[str]) -> list[np.ndarray]:
     """Arrays "0000", "0001", ... of an .npz (no pickle), raw-bit dtypes such as bfloat16 viewed back."""
     with np.load(path, allow_pickle=False) as z:
@@ -175,10 +256,15 @@ def _dtype(name: str) -> np.dtype:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Greedy generation from an `slm export` directory (stablehlo or onnx).")
     ap.add_argument("artifact")
-    ap.add_argument("--prompt", default=None, help="text (char/byte tokenizers)")
+    ap.add_argument(
+        "--prompt", default=None, help="text (char/byte tokenizers); for an encoder export, the text to read"
+    )
     ap.add_argument("--ids", default=None, help="comma-separated prompt token ids instead of --prompt; prints ids")
     ap.add_argument("--max-new-tokens", type=int, default=100)
     args = ap.parse_args(argv)
+    manifest = Path(args.artifact) / "manifest.json"
+    if manifest.is_file() and json.loads(manifest.read_text()).get("format", "").startswith("slm_jax.encoder."):
+        return _encoder_main(args)
     art = Artifact(args.artifact)
     if args.ids is not None:
         new, _ = art.generate([int(i) for i in args.ids.split(",")], args.max_new_tokens)

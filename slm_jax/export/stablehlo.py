@@ -25,6 +25,8 @@ graph), and ``weights.npz`` is read with ``allow_pickle=False``. Files written:
   manifest.json                           shapes, dtypes, parameter paths, max_len, tokenizer kind
   tokenizer.json                          copied from the run
 
+An encoder run or a classifier has no cache and exports one graph instead (encoder.py).
+
 With ``fmt="onnx"`` the two steps are ``prefill.onnx`` and ``decode.onnx`` instead (onnx_export.py),
 and the weights are their ``weights.onnx.data``, not weights.npz; runner.py reads both formats.
 """
@@ -89,16 +91,28 @@ def export_run(
     run_dir: str | Path,
     out_dir: str | Path,
     fmt: str = "stablehlo",
-    max_len: int = 256,
+    max_len: int | None = None,
     prefill_chunk: int = 16,
     best: bool = False,
+    batch: int = 1,
 ) -> dict:
-    """Export the latest (or best) checkpoint of ``run_dir`` to the new directory ``out_dir``; returns the manifest."""
+    """Export the latest (or best) checkpoint of ``run_dir`` to the new directory ``out_dir``; returns the manifest.
+
+    An encoder run exports as one graph instead (encoder.py; ``max_len`` None: its train.seq_len, ``batch`` rows
+    per call; a classifier directory goes to ``encoder.export_classifier``); a decoder's ``max_len`` defaults to
+    256 and its batch is 1.
+    """
+    from slm_jax.export.encoder import export_encoder_run, is_encoder_run
     from slm_jax.inference.run import load_run
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if fmt not in FORMATS:
         raise ConfigError(f"Export format {fmt!r} is not supported; use --format stablehlo or --format onnx.")
+    if is_encoder_run(run_dir):
+        return export_encoder_run(run_dir, out_dir, fmt, max_len, batch, best)
+    if batch != 1:
+        raise ConfigError(f"--batch {batch} applies to encoder and classifier exports; a decoder exports batch 1.")
+    max_len = 256 if max_len is None else max_len
     if max_len <= 0 or not 0 < prefill_chunk <= max_len:
         raise ConfigError(
             f"--max-len must be positive and --prefill-chunk in [1, max-len], got {max_len} and {prefill_chunk}."
