@@ -118,7 +118,7 @@ class RWKV7(nn.Module):
 
     Options = RWKV7Options
     param_axes = {
-        **{name: (None,) for name in _SHIFT_POWERS},  # token-shift lerps over the input channels
+        **{name: ("embed",) for name in _SHIFT_POWERS},  # token-shift lerps over the input (d_model) channels
         "k_k": ("inner",),
         "k_a": ("inner",),
         "r_k": ("inner", None),

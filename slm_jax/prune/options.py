@@ -29,6 +29,7 @@ class PruneOptions:
     rglru_width: int = 0  # RG-LRU recurrence channels kept (a multiple of its gate heads)
     mamba_expand: int = 0  # Mamba inner width = this * d_model
     mamba2_expand: int = 0  # Mamba-2 inner width = this * d_model (whole heads are kept)
+    la_heads: int = 0  # heads kept in every GLA / DeltaNet / Gated DeltaNet (key heads) / mLSTM layer
     importance: str = "mean_sq"  # mean_sq: mean squared activation (Minitron) | mean_abs: mean |activation|
 
 

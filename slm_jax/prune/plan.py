@@ -1,17 +1,20 @@
 """The pruned model's shape: ``PruneOptions`` checked against a ``ModelConfig``, as dotted config changes.
 
 Every width that defaulted from another field (``d_ff``, ``head_dim``, the RG-LRU width and gate heads, Mamba's
-``dt_rank``) is written out, so that changing ``d_model`` or ``n_heads`` changes only what was pruned. A request the
-model cannot take is one ConfigError, raised before anything is computed or written.
+``dt_rank``, the linear-attention mixers' head counts and head widths) is written out, so that changing ``d_model``
+or ``n_heads`` changes only what was pruned. A request the model cannot take is one ConfigError, raised before
+anything is computed or written.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from slm_jax.config import ModelConfig
 from slm_jax.errors import ConfigError
 from slm_jax.mixers.registry import build_mixer
+from slm_jax.prune.linear import HEADED, TIED
 from slm_jax.prune.options import PruneOptions
 
 ATTENTION = ("attention", "local_attention")
@@ -29,6 +32,7 @@ class Shapes:
     rglru_width: tuple[int, int]
     mamba_width: tuple[int, int]
     mamba2_heads: tuple[int, int]
+    la_heads: tuple[int, int]  # heads of every HEADED linear-attention layer (prune/linear.py)
 
     def changes(self, name: str) -> bool:
         old, new = getattr(self, name)
@@ -112,6 +116,8 @@ def plan(m: ModelConfig, o: PruneOptions) -> tuple[Shapes, dict]:
         changes["model.mixers.mamba2.expand"] = expand
     elif o.mamba2_expand:
         raise ConfigError("prune.mamba2_expand is set but the model has no mamba2 layer; leave it at 0.")
+    la_heads, la_changes = _linear_mixers(m, o, d)
+    changes.update(la_changes)
     shapes = Shapes(
         (m.n_layers, n_layers),
         (m.d_model, d),
@@ -121,5 +127,70 @@ def plan(m: ModelConfig, o: PruneOptions) -> tuple[Shapes, dict]:
         rglru,
         mamba,
         mamba2,
+        la_heads,
     )
     return shapes, changes
+
+
+def _factor(width: int, d: int) -> float:
+    """The float f with int(f * d) == width, as the mixers compute their widths from a factor of d_model."""
+    f = width / d
+    return f if int(f * d) == width else math.nextafter(f, math.inf)
+
+
+def _linear_mixers(m: ModelConfig, o: PruneOptions, d: int) -> tuple[tuple[int, int], dict]:
+    """((old, new) heads of the HEADED layers, dotted changes writing out every linear-attention and convolution
+    mixer's widths for d_model ``d``), so that only what was pruned changes (a mixer's own width tied to d_model
+    shrinks with it: prune/linear.py ``TIED``)."""
+    if not m.causal:  # an encoder's mixers are wrapped (fwd/, bwd/): its d_model changes are checked by shape
+        if o.la_heads:
+            raise ConfigError("prune.la_heads prunes decoders only (model.causal: true); leave it at 0.")
+        return (0, 0), {}
+    present = [n for n in dict.fromkeys(m.layers) if n in HEADED + TIED]
+    headed = {n: build_mixer(m, n).num_heads for n in present if n in HEADED}
+    if o.la_heads and not headed:
+        tied = [n for n in present if n in ("based", "rwkv7", "retnet")]
+        why = (
+            f"the model's {tied[0]} heads have d_model / n_heads channels each, so they shrink only with prune.d_model"
+            if tied
+            else "the model has no GLA, DeltaNet, Gated DeltaNet or mLSTM layer"
+        )
+        raise ConfigError(f"prune.la_heads is set but {why}; leave prune.la_heads at 0.")
+    if o.la_heads and len(set(headed.values())) > 1:
+        raise ConfigError(
+            f"prune.la_heads keeps one head count in every linear-attention layer, but this model's "
+            f"{' and '.join(f'{n} layers have {h}' for n, h in headed.items())} heads; leave prune.la_heads at 0."
+        )
+    old = next(iter(headed.values()), 0)
+    if headed:
+        _at_most("la_heads", o.la_heads, old, "linear-attention heads")
+    changes: dict = {}
+    for name in present:
+        mixer, key = build_mixer(m, name), f"model.mixers.{name}"
+        new = (o.la_heads if name in headed and o.la_heads else mixer.num_heads) if hasattr(mixer, "num_heads") else 0
+        if name == "gla":
+            dk, dv = mixer.head_dims
+            changes.update({f"{key}.expand_k": _factor(new * dk, d), f"{key}.expand_v": _factor(new * dv, d)})
+        elif name == "deltanet":
+            changes[f"{key}.head_dim"] = mixer.head_dim
+        elif name == "gated_deltanet":
+            r = mixer.num_v_heads // mixer.num_heads
+            changes.update({f"{key}.n_v_heads": new * r, f"{key}.head_dim": mixer.head_dim})
+            changes[f"{key}.v_head_dim"] = mixer.v_head_dim
+        elif name == "mlstm":
+            n, e = mixer.qk_dim // mixer.num_heads, mixer.v_dim // mixer.num_heads
+            changes.update({f"{key}.qk_dim_factor": _factor(new * n, d), f"{key}.v_dim_factor": _factor(new * e, d)})
+        elif name in ("based", "rwkv7", "retnet"):
+            h = mixer.num_heads
+            even = name == "retnet"
+            if d % h or (even and (d // h) % 2):
+                raise ConfigError(
+                    f"The pruned d_model ({d}) does not split into the {h} {name} heads"
+                    f"{' of an even key width (RoPE rotates pairs)' if even else ''}, whose width is d_model / heads; "
+                    f"pick a prune.d_model that is a multiple of {2 * h if even else h}."
+                )
+            if name == "retnet":
+                changes[f"{key}.expand_v"] = _factor(mixer.value_dim, d)
+        if name in headed or name in ("based", "rwkv7", "retnet"):
+            changes[f"{key}.n_heads"] = new
+    return (old, o.la_heads or old), changes

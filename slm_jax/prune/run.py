@@ -23,9 +23,10 @@ from slm_jax.config import Config, config_from_dict, replace
 from slm_jax.data.run_tokens import calibration_batches, run_text_tokens
 from slm_jax.errors import CheckpointError, ConfigError
 from slm_jax.inference.run import load_run
+from slm_jax.mixers.registry import build_mixer
 from slm_jax.models import accounting
 from slm_jax.models.lm import abstract_params, stack_layers, unstack_layers
-from slm_jax.prune import depth, width
+from slm_jax.prune import depth, linear, width
 from slm_jax.prune.importance import activation_stats, depth_scores
 from slm_jax.prune.options import PruneOptions
 from slm_jax.prune.plan import ATTENTION, Shapes, plan
@@ -106,6 +107,10 @@ def prune_run(
 def _prune_width(cfg, params: dict, stats: dict, shapes: Shapes) -> dict:
     """Every width ``shapes`` changes, each ranked by ``stats`` (importance.activation_stats) of ``cfg``'s model."""
     p = dict(params["params"])
+    embed_keep = None
+    if shapes.changes("d_model"):
+        residual = [k for k in stats if k == "final_norm" or k.endswith(("/mixer_norm", "/mlp_norm"))]
+        embed_keep = width.top_indices(sum(stats[k] for k in residual), shapes.d_model[1])
     for i, name in enumerate(cfg.layers):
         layer = dict(p[f"layers_{i}"])
         where = f"layers_{i}"
@@ -129,14 +134,33 @@ def _prune_width(cfg, params: dict, stats: dict, shapes: Shapes) -> dict:
             head_scores = stats[f"{where}/mixer/out_proj"].reshape(h, -1).sum(-1)
             heads = width.top_per_group(head_scores, opts.n_groups, shapes.mamba2_heads[1] // opts.n_groups)
             layer["mixer"] = width.prune_mamba2(layer["mixer"], heads, opts.head_dim)
+        if name in linear.HEADED + linear.TIED:
+            scores = stats[f"{where}/mixer/{linear.out_proj(name)}"]
+            layer["mixer"] = _prune_linear(cfg, name, layer["mixer"], scores, shapes, embed_keep)
         p[f"layers_{i}"] = layer
     params = {"params": p}
     if shapes.changes("d_model"):
-        residual = [k for k in stats if k == "final_norm" or k.endswith(("/mixer_norm", "/mlp_norm"))]
-        scores = sum(stats[k] for k in residual)
-        keep = width.top_indices(scores, shapes.d_model[1])
-        params = width.prune_embedding(params, cfg.layers, keep, shapes.d_model[0])
+        params = width.prune_embedding(params, cfg.layers, embed_keep, shapes.d_model[0])
     return params
+
+
+def _prune_linear(cfg, name: str, mixer: dict, scores: np.ndarray, shapes: Shapes, embed_keep) -> dict:
+    """The heads (``la_heads``) and d_model-tied channels (prune/linear.py) of one linear-attention or convolution
+    mixer ``name`` of ``cfg``, ranked by ``scores`` (the input activations of its output projection); a mixer whose
+    channels are the residual stream's (``linear.RESIDUAL``) keeps the embedding channels ``embed_keep``."""
+    module = build_mixer(cfg, name)
+    if name in linear.HEADED and shapes.changes("la_heads"):
+        h = shapes.la_heads[0]
+        keep = width.top_indices(scores.reshape(h, -1).sum(-1), shapes.la_heads[1])
+        mixer = linear.take(mixer, linear.head_layout(name, module), keep)
+    if name in linear.TIED and shapes.changes("d_model"):
+        groups, layout = linear.tied_layout(name, module)
+        if name == "retnet":  # no activation isolates a query/key channel pair: rank by the weights
+            scores = linear.retnet_pair_scores(mixer, layout)
+        new = shapes.d_model[1] * linear.n_units(layout) // shapes.d_model[0]
+        keep = embed_keep if name in linear.RESIDUAL else width.top_per_group(scores, groups, new // groups)
+        mixer = linear.take(mixer, layout, keep)
+    return mixer
 
 
 def _check_shapes(cfg: Config, params: dict) -> None:

@@ -133,21 +133,26 @@ def prune_mamba2(mixer: dict, heads: np.ndarray, head_dim: int) -> dict:
     return out
 
 
-# Leaves outside the mixers with a d_model axis: path inside a layer (or at the top) -> axes.
+# Leaves outside the mixers with a d_model axis: path inside a layer (or at the top) -> axes. Every leaf of a norm
+# over the residual stream (``mixer_norm``, ``mlp_norm``, ``final_norm``: scale, and bias where there is one) is [d].
 _BLOCK_AXES = {
-    "mixer_norm/scale": ("embed",),
-    "mlp_norm/scale": ("embed",),
     "mlp/gate_up/kernel": ("embed", None),
     "mlp/down/kernel": (None, "embed"),
     "mlp/down/bias": ("embed",),
 }
-_TOP_AXES = {"embed/embedding": (None, "embed"), "final_norm/scale": ("embed",), "head/kernel": ("embed", None)}
+_TOP_AXES = {"embed/embedding": (None, "embed"), "head/kernel": ("embed", None)}
+
+
+def _residual_norm(path: str) -> bool:
+    return path.split("/")[0] in ("mixer_norm", "mlp_norm", "final_norm")
 
 
 def _embed_axes(mixer_name: str, path: str) -> tuple | None:
     """The logical axes of the leaf ``path`` of a layer whose mixer is ``mixer_name``, or None if it has none."""
     if path in _BLOCK_AXES:
         return _BLOCK_AXES[path]
+    if _residual_norm(path):
+        return ("embed",)
     if path.startswith("mixer/"):
         suffix = path.removeprefix("mixer/")
         return MIXERS[mixer_name].param_axes.get(suffix)
@@ -180,6 +185,7 @@ def prune_embedding(params: dict, layers: tuple[str, ...], keep: np.ndarray, d: 
             mixer = layers[int(name.removeprefix("layers_"))]
             new = {k: _take(v, _embed_axes(mixer, k), keep, d, f"{name}/{k}") for k, v in flat.items()}
         else:
-            new = {k: _take(v, _TOP_AXES.get(f"{name}/{k}"), keep, d, f"{name}/{k}") for k, v in flat.items()}
+            axes = lambda path: ("embed",) if _residual_norm(path) else _TOP_AXES.get(path)
+            new = {k: _take(v, axes(f"{name}/{k}"), keep, d, f"{name}/{k}") for k, v in flat.items()}
         out[name] = traverse_util.unflatten_dict(new, sep="/")
     return {"params": out}

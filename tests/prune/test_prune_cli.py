@@ -97,6 +97,7 @@ def test_pruned_recurrent_models_decode_like_the_full_pass(runs, capsys, name, s
         ("griffin", ["prune.rglru_width=21"], "divisible by the RG-LRU gate heads"),
         ("griffin", ["prune.n_layers=2", "prune.depth_unit=period"], "a pattern cannot be emptied"),
         ("mamba", ["prune.rglru_width=8"], "no rglru layer"),
+        ("transformer", ["prune.la_heads=2"], "no GLA, DeltaNet, Gated DeltaNet or mLSTM layer"),
         ("mamba", ["prune.d_modle=8"], "did you mean prune.d_model"),
     ],
 )
@@ -120,9 +121,16 @@ def test_calibration_data_in_another_vocabulary_is_refused(runs, capsys):
     assert not (tmp / "never2").exists()
 
 
-def test_a_mixer_whose_widths_follow_d_model_is_refused_by_name(runs, capsys):
+def test_linear_attention_heads_and_d_model_are_pruned_end_to_end(runs, capsys):
     tmp, _ = runs
-    source = make_run(tmp, ["model.preset=gla"], name="gla")
-    code, _, err = prune(capsys, source, tmp / "never3", tmp / "corpus.txt", "prune.d_model=24")
-    assert code == 2 and "(a gla layer)" in err, err
-    assert not (tmp / "never3").exists()
+    source = make_run(tmp, ["model.preset=gla", "model.mixers.gla.chunk_size=4"], name="gla")
+    out = tmp / "gla_pruned"
+    code, _, err = prune(capsys, source, out, tmp / "corpus.txt", "prune.d_model=24", "prune.la_heads=2")
+    assert code == 0, err
+    pruned = load_run(out)  # the config states the new widths: 2 heads of key width 4 and value width 8
+    assert pruned.cfg.model.mixers.gla.n_heads == 2 and pruned.cfg.model.d_model == 24
+    assert pruned.params["params"]["layers_0"]["mixer"]["out_proj"]["kernel"].shape == (16, 24)
+    toks = jnp.asarray(pruned.tokenizer.encode(TEXT[:13]))[None]
+    full, _ = pruned.model.apply(pruned.params, toks)
+    stepped, _ = decode_logits(pruned.model, pruned.params, toks, split=6)
+    np.testing.assert_allclose(stepped, full, rtol=1e-5, atol=1e-5)
