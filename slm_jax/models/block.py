@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from slm_jax.array_typing import Array, PyTree
 from slm_jax.mixers.registry import build_mixer
 from slm_jax.modules.linear import dtype_of, scaled_init
-from slm_jax.modules.mlp import GatedMLP, PlainMLP
+from slm_jax.modules.mlp import MLP
 from slm_jax.modules.norms import make_norm
 from slm_jax.quant.cache import dequantize_cache, requantize_like
 
@@ -60,10 +60,7 @@ class Block(nn.Module):
                 out_init=scaled_init(self.init_std, self.n_layers),
                 name="mlp",
             )
-            if self.mlp == "gelu":
-                mlp = PlainMLP(self.d_ff, self.mlp_bias, **kwargs)
-            else:
-                mlp = GatedMLP(self.d_ff, self.mlp, self.mlp_bias, **kwargs)
+            mlp = MLP(self.d_ff, self.mlp, self.mlp_bias, **kwargs)
             x = norm("mlp_norm")(x + mlp(x)) if post else x + mlp(norm("mlp_norm")(x))
         # The residual stream's logical axes: a sharding constraint under training/sharding.py's rules, else a no-op.
         x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))

@@ -18,15 +18,16 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "geglu": lambda x: jax.nn.gelu(x, approximate=True),
     "geglu_erf": lambda x: jax.nn.gelu(x, approximate=False),
 }
-GATED = tuple(ACTIVATIONS)  # model.mlp values built by GatedMLP; "gelu" is PlainMLP
 
 
-class GatedMLP(nn.Module):
-    """down(act(gate(x)) * up(x)): f32[b, t, d] -> f32[b, t, d] with hidden width f."""
+class MLP(nn.Module):
+    """The block's MLP, f32[b, t, d] -> f32[b, t, d] with hidden width f: gated kinds (``ACTIVATIONS``) compute
+    down(act(gate(x)) * up(x)) from one fused ``gate_up`` projection [d, 2f] (gate columns first); ``gelu``
+    computes down(gelu(up(x))) with ``up`` [d, f]."""
 
     hidden: int
     kind: str = "swiglu"
-    use_bias: bool = False  # biases on gate/up and down (RecurrentGemma, Llama's mlp_bias)
+    use_bias: bool = False  # biases on the input and output projections (RecurrentGemma, BERT, Llama's mlp_bias)
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     init_std: float = 0.02
@@ -38,27 +39,11 @@ class GatedMLP(nn.Module):
             f, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=init, name=name
         )
         init = nn.initializers.normal(self.init_std)
-        gate, up = jnp.split(dense(2 * self.hidden, "gate_up", init)(x), 2, axis=-1)
-        h = ACTIVATIONS[self.kind](gate) * up
-        return dense(x.shape[-1], "down", self.out_init)(h)
-
-
-class PlainMLP(nn.Module):
-    """down(gelu(up(x))) with the exact erf GELU (BERT): f32[b, t, d] -> f32[b, t, d] with hidden width f."""
-
-    hidden: int
-    use_bias: bool = True
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-    init_std: float = 0.02
-    out_init: Callable = nn.initializers.normal(0.02)
-
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        dense = lambda f, name, init: Linear(
-            f, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=init, name=name
-        )
-        h = jax.nn.gelu(dense(self.hidden, "up", nn.initializers.normal(self.init_std))(x), approximate=False)
+        if self.kind == "gelu":
+            h = jax.nn.gelu(dense(self.hidden, "up", init)(x), approximate=False)
+        else:
+            gate, up = jnp.split(dense(2 * self.hidden, "gate_up", init)(x), 2, axis=-1)
+            h = ACTIVATIONS[self.kind](gate) * up
         return dense(x.shape[-1], "down", self.out_init)(h)
 
 
