@@ -109,6 +109,7 @@ def cmd_eval(args) -> None:
     from slm_jax.errors import DataError
     from slm_jax.eval.perplexity import evaluate
     from slm_jax.finetune.classify import evaluate_file, is_classifier
+    from slm_jax.finetune.task_scores import is_task_file, score_task_file
     from slm_jax.inference.run import load_run
     from slm_jax.training.step import make_eval_step
 
@@ -116,6 +117,9 @@ def cmd_eval(args) -> None:
         if not args.data:
             raise DataError(f"{args.run_dir} is a classifier; pass labelled JSONL with --data.")
         print(json.dumps(evaluate_file(args.run_dir, args.data), indent=1))
+        return
+    if args.data and is_task_file(args.data):  # prompt/completion JSONL: exact match, chrF, completion loss
+        print(json.dumps(score_task_file(args.run_dir, args.data, args.best, args.step), indent=1))
         return
     run = load_run(args.run_dir, best=args.best, step=args.step)
     if args.tasks:  # lm-evaluation-harness tasks
@@ -175,6 +179,7 @@ def cmd_generate(args) -> None:
     import numpy as np
 
     from slm_jax.errors import DataError
+    from slm_jax.finetune.template import PLAIN, run_template, until_end
     from slm_jax.inference.generate import generate
     from slm_jax.inference.run import load_run, missing_tokenizer
 
@@ -188,7 +193,9 @@ def cmd_generate(args) -> None:
         )
     if run.tokenizer is None:
         raise DataError(missing_tokenizer(args.run_dir, run.cfg))
-    prompt = np.asarray(run.tokenizer.encode(args.prompt), np.int32)[None]
+    template = PLAIN if args.raw else run_template(args.run_dir)  # a fine-tuned run's chat_template.json
+    text = template.format_prompt(args.prompt)
+    prompt = np.asarray(run.tokenizer.encode(text), np.int32)[None]
     model = run.model
     if args.cache_dtype:  # int8: KV / recurrent-state cache stored as int8 (slm_jax/quant/cache.py)
         import dataclasses
@@ -212,10 +219,10 @@ def cmd_generate(args) -> None:
             top_p=args.top_p,
             chunk=args.chunk,
         )
-    print(args.prompt, end="", flush=True)
+    print(text, end="", flush=True)
     try:
-        for tokens in chunks:
-            print(run.tokenizer.decode(tokens[0]), end="", flush=True)
+        for piece in until_end((run.tokenizer.decode(tokens[0]) for tokens in chunks), template.end):
+            print(piece, end="", flush=True)
     finally:
         print(flush=True)  # end the streamed line, so an error below starts a line of its own
 
@@ -431,10 +438,14 @@ def cmd_finetune(args) -> None:
         args.seed,
         args.max_len,
         args.best,
+        args.template,
     )
     log = lambda line: print(line, file=sys.stderr, flush=True)
     if args.task == "classify":  # a classification head on the final hidden states (finetune/classify.py)
         from slm_jax.finetune.classify import ClassifyOptions, finetune_classify
+
+        if args.template:
+            raise ConfigError("--template lays out prompt/completion pairs; drop it with --task classify.")
 
         task = ClassifyOptions(args.text_field, args.label_field, args.pooling)
         summary = finetune_classify(args.target[0], args.data, args.out, options, task, args.eval_data, log)
@@ -547,7 +558,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--data",
         default=None,
-        help="text file or prepared directory (default: the run's val split); labelled JSONL for a classifier",
+        help="text file or prepared directory (default: the run's val split); labelled JSONL for a classifier; "
+        "prompt/completion JSONL (.jsonl, first line has both fields): exact match, chrF, completion loss",
     )
     p.add_argument("--batches", type=_positive_int, default=50)
     p.add_argument("--best", action="store_true", help="use the best checkpoint by validation loss")
@@ -608,6 +620,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--draft-tokens", metavar="K", type=int, default=4, help="tokens the draft proposes per round (with --draft)"
+    )
+    p.add_argument(
+        "--raw", action="store_true", help="ignore the run's chat template: continue the prompt text as it is"
     )
     p.set_defaults(func=cmd_generate)
 
@@ -770,6 +785,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-len", type=int, default=0, help="refuse examples longer than this many tokens (0: no limit)")
     p.add_argument("--best", action="store_true", help="start from the base run's best checkpoint")
     p.add_argument("--base", default=None, help="merge: the base run directory, if it moved since fine-tuning")
+    p.add_argument(
+        "--template",
+        default="",
+        help="chat template: plain, qa, chatml, alpaca or a JSON/YAML file with prompt and completion "
+        "(default: the base run's own, else plain)",
+    )
     p.add_argument(
         "--task",
         choices=("lm", "classify"),

@@ -12,7 +12,8 @@ with the frozen base weights by ``lora.merge`` (finetune/lora.py). Output:
          new run directory.
 
 Both also write ``finetune.json`` with the summary (trainable parameters, exact-match accuracy
-before and after on ``eval_data``).
+before and after on ``eval_data``). Examples are laid out by a chat template (finetune/template.py)
+before tokenisation; a non-plain one is stored as ``chat_template.json`` in ``out_dir`` and carried by the merge.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from slm_jax.config import Config, config_from_dict
 from slm_jax.errors import CheckpointError, ConfigError
 from slm_jax.finetune import data as ft_data
 from slm_jax.finetune import lora
+from slm_jax.finetune import template as chat
 from slm_jax.inference.run import LoadedRun, load_run
 from slm_jax.interop.safetensors_io import read_safetensors, write_safetensors
 from slm_jax.rundir.checkpoint import read_run_config
@@ -59,6 +61,7 @@ class FinetuneOptions:
     seed: int = 0
     max_len: int = 0  # 0 -> no limit on example length
     best: bool = False  # start from the base run's best checkpoint
+    template: str = ""  # chat template name or file; "" -> the base run's own (plain when it has none)
 
     def __post_init__(self):
         for key in ("steps", "batch_size"):
@@ -197,8 +200,16 @@ def _finetune_locked(
 ) -> dict:
     """The body of :func:`finetune`, run while holding the lock of ``out_dir``."""
     run = load_base(run_dir, options.best)
-    train_set = ft_data.encode_examples(ft_data.read_jsonl(data_path), run.tokenizer, options.max_len)
-    eval_set = ft_data.encode_examples(ft_data.read_jsonl(eval_data), run.tokenizer) if eval_data else None
+    template = chat.resolve_template(options.template) if options.template else chat.run_template(run_dir)
+    if run.tokenizer is not None:
+        chat.check_encodable(template, run.tokenizer)
+
+    def encode(path, max_len=0):
+        examples = chat.format_examples(template, ft_data.read_jsonl(path), path)
+        return ft_data.encode_examples(examples, run.tokenizer, max_len)
+
+    train_set = encode(data_path, options.max_len)
+    eval_set = encode(eval_data) if eval_data else None
 
     spec = options.lora
     paths, trainable, combine = trainable_part(run, spec, options.seed)
@@ -215,6 +226,7 @@ def _finetune_locked(
         "trainable_fraction": n_trainable / n_total,
         "train_examples": len(train_set["inputs"]),
         "steps": options.steps,
+        "template": template.name,
     }
     if spec is not None:
         summary["lora"] = {**dataclasses.asdict(spec), "target_paths": paths}
@@ -235,6 +247,7 @@ def _finetune_locked(
             save_adapters(tmp, state["params"], spec, summary)
         else:
             write_run_dir(tmp, run.cfg, tuned, run.step, Path(run_dir))
+        chat.save_template(tmp, template)
         (tmp / "finetune.json").write_text(json.dumps(summary, indent=1))
     return {"out_dir": str(out_dir), **summary}
 
@@ -285,6 +298,7 @@ def merge_adapters(adapter_dir: str | Path, out_dir: str | Path, base_run: str |
     _check_adapters_fit(params, adapters, base)
     with new_run_dir(out_dir) as tmp:
         write_run_dir(tmp, cfg, lora.merge(params, adapters, spec), step, base)
+        chat.save_template(tmp, chat.run_template(adapter_dir))
     return {"run_dir": str(out_dir), "base_run": str(base), "base_step": step, "merged_paths": sorted(adapters)}
 
 
