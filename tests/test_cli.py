@@ -5,13 +5,7 @@ import json
 import pytest
 import yaml
 
-from slm_jax.cli import main
-
-
-def run(capsys, *argv):
-    code = main(list(argv))
-    out = capsys.readouterr()
-    return code, out.out, out.err
+from tests.tiny_runs import run_cli as run
 
 
 def test_config_show_resolves_overrides(capsys):

@@ -15,3 +15,10 @@ def train_text_run(tmp: Path, phrase: str, repeats: int, overrides: list[str], n
     args = ["train", "configs/experiments/shakespeare_char.yaml", "--run-dir", str(run_dir), "--no-progress"]
     assert main(args + sum((["--set", o] for o in overrides), [])) == 0
     return run_dir
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of ``slm *argv`` in this process; arguments may be paths or numbers."""
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err

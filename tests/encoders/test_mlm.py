@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import yaml
 
-from slm_jax.cli import main
 from slm_jax.config import config_from_dict
 from slm_jax.errors import ConfigError
 from slm_jax.training.mlm import mask_batch, n_masked
+from tests.tiny_runs import run_cli as run
 
 VOCAB = 50
 
@@ -67,12 +67,6 @@ def test_mask_probabilities_are_configurable():
 def test_bad_mlm_settings_are_one_sentence(raw, message):
     with pytest.raises(ConfigError, match=message):
         config_from_dict(raw)
-
-
-def run(capsys, *argv):
-    code = main(list(argv))
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_train_eval_and_refused_generate_on_an_encoder(capsys, tmp_path):

@@ -15,15 +15,10 @@ from slm_jax.finetune import template as chat
 from slm_jax.finetune.data import encode_examples
 from slm_jax.inference.generate import generate
 from slm_jax.inference.run import load_run
+from tests.tiny_runs import run_cli as run
 from tests.tiny_runs import train_text_run
 
 LETTERS = "abcdef"
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def write_task(path, n, seed):

@@ -9,20 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from slm_jax.cli import main
 from slm_jax.finetune.classify import class_logits, load_classifier, pad, scores
 from slm_jax.modules.heads import pool
+from tests.tiny_runs import run_cli as run
 from tests.tiny_runs import train_text_run
 
 LETTERS = "abcdefgh"
 TINY = ["model.n_layers=2", "model.d_model=32", "model.n_heads=2", "train.batch_size=8", "train.seq_len=16"]
 TINY += ["train.steps=4", "eval.every=0", "eval.batches=1", "checkpoint.every=4"]
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def write_task(path, n, seed):

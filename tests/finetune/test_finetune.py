@@ -7,21 +7,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from slm_jax.cli import main
 from slm_jax.config import config_from_dict
 from slm_jax.finetune import lora
 from slm_jax.finetune.data import encode_examples
 from slm_jax.inference.run import load_run
 from slm_jax.models.lm import CausalLM
+from tests.tiny_runs import run_cli as run
 from tests.tiny_runs import train_text_run
 
 LETTERS = "abcdefgh"
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def write_task(path, n, seed):

@@ -11,14 +11,9 @@ from slm_jax.cli import main
 from slm_jax.inference.run import load_run
 from tests.models.test_lm import decode_logits
 from tests.prune.runs import TEXT, make_run
+from tests.tiny_runs import run_cli as run
 
 GRIFFIN = ["model.preset=griffin", "model.mixers.rglru.n_heads=2", "model.mixers.local_attention.window=4"]
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.fixture(scope="module")

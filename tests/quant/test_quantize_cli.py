@@ -4,14 +4,8 @@ import json
 
 import pytest
 
-from slm_jax.cli import main
+from tests.tiny_runs import run_cli as run
 from tests.tiny_runs import train_text_run
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.fixture(scope="module")
