@@ -4,6 +4,7 @@ The cache holds ``L`` slots: the whole context (``max_len``) for global attentio
 last ``window`` positions as a ring buffer for sliding-window attention, so a windowed layer's
 decode state is bounded (Beltagy et al. 2020, Longformer; Mistral 7B). Each slot remembers
 the absolute position it holds, and the mask is computed from positions (ops/attention.py).
+Packed rows (``segment_ids``, parallel path) also mask keys of other documents; positions restart per document.
 """
 
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from slm_jax.modules.linear import Linear, linear_params, scaled_init
 from slm_jax.modules.norms import RMSNorm
 from slm_jax.modules.rope import apply_rope
 from slm_jax.ops.attention import attend
+from slm_jax.ops.segments import check_parallel_only
 
 
 @dataclass(frozen=True)
@@ -103,12 +105,19 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x: Array, positions: Array, cache: PyTree = None, lengths: Array | None = None
+        self,
+        x: Array,
+        positions: Array,
+        cache: PyTree = None,
+        lengths: Array | None = None,
+        segment_ids: Array | None = None,
     ) -> tuple[Array, PyTree]:
         """x f32[b, t, d], positions i32[b, t] -> (f32[b, t, d], cache); ``lengths`` i32[b] (encoders only)
-        hides the keys at and after each row's length (right padding)."""
+        hides the keys at and after each row's length (right padding); ``segment_ids`` i32[b, t] (packed
+        rows, no cache) hides the keys of other documents."""
         if not self.causal and cache is not None:
             raise ConfigError(NO_CACHE)
+        check_parallel_only(segment_ids, cache)
         b, t, _ = x.shape
         h, k, e = self.num_heads, self.num_kv_heads, self.head_dim
         std_init = nn.initializers.normal(self.init_std)
@@ -130,9 +139,9 @@ class Attention(nn.Module):
         value = value.reshape(b, t, k, e).transpose(0, 2, 1, 3)
 
         if not self.causal:
-            out = attend(q, key, value, *_bidirectional_mask_positions(positions, lengths, self.window))
+            out = attend(q, key, value, *_bidirectional_mask_positions(positions, lengths, self.window), segment_ids)
         elif cache is None:
-            out = attend(q, key, value, positions, positions, self.window)
+            out = attend(q, key, value, positions, positions, self.window, segment_ids)
         elif t == 1:
             # Decode: write the token in place, then attend over the slots. The slot it
             # overwrites in a ring buffer holds position p - window, already outside the window.

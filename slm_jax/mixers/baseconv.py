@@ -42,6 +42,7 @@ from slm_jax.mixers.contract import module_fields
 from slm_jax.modules.implicit_filter import FAN_IN_UNIFORM, positional_features
 from slm_jax.modules.linear import Linear, linear_params, scaled_init
 from slm_jax.ops.long_conv import fft_flops_per_token, long_conv_direct, long_conv_fft, long_conv_step, push_history
+from slm_jax.ops.segments import check_parallel_only
 
 _f32 = jnp.float32
 
@@ -136,9 +137,16 @@ class BaseConv(nn.Module):
         return dense(d, "filter_out")(jax.nn.relu(dense(self.filter_hidden, "filter_in")(pe)))
 
     @nn.compact
-    def __call__(self, x: Array, positions: Array, cache: PyTree = None) -> tuple[Array, PyTree]:
-        """x f32[b, t, d] (positions unused: the input history carries order) -> (f32[b, t, d], cache)."""
+    def __call__(
+        self, x: Array, positions: Array, cache: PyTree = None, segment_ids: Array | None = None
+    ) -> tuple[Array, PyTree]:
+        """x f32[b, t, d] (positions unused: the input history carries order) -> (f32[b, t, d], cache).
+
+        ``segment_ids`` i32[b, t] (packed rows, no cache): the conv reads zeros across a document boundary
+        (the long one then runs as a masked sum over lags, not an FFT: ops/long_conv.py).
+        """
         del positions
+        check_parallel_only(segment_ids, cache)
         d, t = self.width, x.shape[1]
         gate = Linear(
             d,
@@ -152,7 +160,7 @@ class BaseConv(nn.Module):
         h = self._filter(self.taps if cache is not None else min(self.taps, t))
         conv_fn = long_conv_direct if self.short else long_conv_fft  # a few taps: the direct sum is cheaper
         if cache is None:
-            conv, new_cache = conv_fn(u, h), None
+            conv, new_cache = conv_fn(u, h, segment_ids=segment_ids), None
         elif t == 1:
             conv, hist = long_conv_step(u[:, 0], h, cache["history"])
             conv, new_cache = conv[:, None], {"history": hist}

@@ -34,6 +34,7 @@ from slm_jax.errors import ConfigError
 from slm_jax.mixers.contract import module_fields
 from slm_jax.modules.linear import Linear, linear_params, scaled_init
 from slm_jax.ops.linear_attention import linear_attention, linear_attention_flops_per_token
+from slm_jax.ops.segments import check_parallel_only
 
 _f32 = jnp.float32
 
@@ -111,8 +112,12 @@ class Based(nn.Module):
         return 1 + self.feature_dim + self.feature_dim**2
 
     @nn.compact
-    def __call__(self, x: Array, positions: Array, cache: PyTree = None) -> tuple[Array, PyTree]:
-        """x f32[b, t, d] (positions are unused: no decay, no position encoding) -> (f32[b, t, d], cache)."""
+    def __call__(
+        self, x: Array, positions: Array, cache: PyTree = None, segment_ids: Array | None = None
+    ) -> tuple[Array, PyTree]:
+        """x f32[b, t, d] (positions are unused: no decay, no position encoding) -> (f32[b, t, d], cache);
+        ``segment_ids`` i32[b, t] (packed rows, no cache) restarts the state and the key sum at each document."""
+        check_parallel_only(segment_ids, cache)
         del positions
         bsz, t, d = x.shape
         h, f = self.num_heads, self.feature_dim
@@ -130,7 +135,8 @@ class Based(nn.Module):
         else:
             h0 = None if cache is None else cache["s"]
 
-        o, state = linear_attention(q, k, v, None, self.chunk_size, h0)  # training, prefill and decode alike
+        # training, prefill and decode alike
+        o, state = linear_attention(q, k, v, None, self.chunk_size, h0, segment_ids=segment_ids)
         if self.normalize:
             o = o[..., :dv] / (o[..., dv:] + self.eps)
             new_cache = {"s": state[..., :dv], "z": state[..., dv]}

@@ -6,6 +6,11 @@ A mixer is a Flax Linen module, built by ``from_config``, with
     with ``cache=None`` it is the parallel (training) path and returns ``None`` as the cache;
     with a cache (from ``init_cache``) it consumes ``t >= 1`` tokens that continue the cached
     sequence (prefill when t > 1, one decode step when t == 1) and returns the updated cache.
+  * ``__call__(..., segment_ids=s)`` with ``s`` i32[b, t] and no cache: packed rows, several
+    documents per row (ops/segments.py). The output must equal each document run alone from
+    an empty state (positions restarting at 0 in each): nothing may cross a boundary, neither
+    attention, nor a recurrent state, nor a convolution window or token shift, in the parallel,
+    chunked and scan paths alike (tests/mixers/test_contract.py runs every ``test_variants`` path).
   * ``init_cache(batch, max_len, dtype) -> dict`` of arrays: an empty decode state. It must not
     touch parameters, so it works on an unbound module. Its size in bytes (``state_bytes``) is
     derived from ``jax.eval_shape`` of it, never written by hand.

@@ -16,7 +16,8 @@ q_conv1d, k_conv1d, v_conv1d, o_norm, o_proj; fla's convolutions have no bias by
 ours start at zero). q is scaled by e^-1/2 as fla's kernels do by default: the output norm
 makes that nearly immaterial, but it keeps imported fla weights exact. The training and
 prefill path is the chunked WY form (ops/delta_rule.py ``chunk_delta_rule``), decode the
-one-step recurrence; both in float32.
+one-step recurrence; both in float32. Packed rows (``segment_ids``) restart the convolutions and
+the state at each document's first token.
 
 Decode cache: {"q_conv", "k_conv", "v_conv": [b, k_conv - 1, h*e], "state": f32[b, h, e, e]},
 constant in the context length.
@@ -36,6 +37,7 @@ from slm_jax.modules.conv1d import CausalConv1D, causal_conv_reference, conv_par
 from slm_jax.modules.linear import Linear, linear_params, scaled_init
 from slm_jax.modules.norms import RMSNorm
 from slm_jax.ops.delta_rule import chunk_delta_rule, delta_rule_flops_per_token, l2norm
+from slm_jax.ops.segments import check_parallel_only
 
 _f32 = jnp.float32
 _QKV = ("q", "k", "v")
@@ -117,9 +119,14 @@ class DeltaNet(nn.Module):
         )
 
     @nn.compact
-    def __call__(self, x: Array, positions: Array, cache: PyTree = None) -> tuple[Array, PyTree]:
-        """x f32[b, t, d] (positions are unused: the state carries order) -> (f32[b, t, d], cache)."""
+    def __call__(
+        self, x: Array, positions: Array, cache: PyTree = None, segment_ids: Array | None = None
+    ) -> tuple[Array, PyTree]:
+        """x f32[b, t, d] (positions are unused: the state carries order) -> (f32[b, t, d], cache).
+
+        ``segment_ids`` i32[b, t] (packed rows, no cache): convolutions and the state restart at each document."""
         del positions
+        check_parallel_only(segment_ids, cache)
         bsz, t, _ = x.shape
         h, e, w = self.num_heads, self.head_dim, self.inner_width
         std_init = nn.initializers.normal(self.init_std)
@@ -132,13 +139,15 @@ class DeltaNet(nn.Module):
                 w, self.conv_width, dtype=self.dtype, param_dtype=self.param_dtype, name=f"{name}_conv1d"
             )
             a, new_cache[f"{name}_conv"] = conv(
-                dense(w, f"{name}_proj")(x), None if cache is None else cache[f"{name}_conv"]
+                dense(w, f"{name}_proj")(x), None if cache is None else cache[f"{name}_conv"], segment_ids
             )
             feats[name] = jax.nn.silu(a).reshape(bsz, t, h, e)
         q, k, v = l2norm(feats["q"]) * e**-0.5, l2norm(feats["k"]), feats["v"]
         beta = jax.nn.sigmoid(dense(h, "b_proj")(x).astype(_f32))  # [b, t, h]
 
-        o, state = chunk_delta_rule(q, k, v, beta, None, None if cache is None else cache["state"], self.chunk_size)
+        o, state = chunk_delta_rule(
+            q, k, v, beta, None, None if cache is None else cache["state"], self.chunk_size, segment_ids
+        )
         o = RMSNorm(self.norm_eps, dtype=self.dtype, param_dtype=self.param_dtype, name="o_norm")(o)  # per head over e
         y = dense(self.width, "o_proj", scaled_init(self.init_std, self.n_layers))(o.reshape(bsz, t, w))
         return y, None if cache is None else {**new_cache, "state": state}

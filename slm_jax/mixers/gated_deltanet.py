@@ -13,7 +13,8 @@
 with k key heads of width n (queries and keys) and h value heads of width e; h is a multiple
 of k and value head j reads key head j // (h / k), as a query head reads its key/value head in
 GQA. The training and prefill path is the chunked WY form of ops/delta_rule.py, decode the
-one-step recurrence; both in float32. A_log is initialised log U[0.01, 16] (fla's
+one-step recurrence; both in float32. Packed rows (``segment_ids``) restart the convolution and
+the state at each document's first token. A_log is initialised log U[0.01, 16] (fla's
 GatedDeltaNet draws A from U[0, 16]; Qwen3.5 keeps it off 0) and dt_bias so that
 softplus(dt_bias) is log-uniform in [0.001, 0.1], as in Mamba-2.
 
@@ -56,6 +57,7 @@ from slm_jax.modules.init import dt_bias_init
 from slm_jax.modules.linear import Linear, linear_params, scaled_init
 from slm_jax.modules.norms import RMSNorm
 from slm_jax.ops.delta_rule import chunk_delta_rule, delta_rule_flops_per_token, l2norm
+from slm_jax.ops.segments import check_parallel_only
 
 _f32 = jnp.float32
 
@@ -164,9 +166,14 @@ class GatedDeltaNet(nn.Module):
         )
 
     @nn.compact
-    def __call__(self, x: Array, positions: Array, cache: PyTree = None) -> tuple[Array, PyTree]:
-        """x f32[b, t, d] (positions are unused: the state carries order) -> (f32[b, t, d], cache)."""
+    def __call__(
+        self, x: Array, positions: Array, cache: PyTree = None, segment_ids: Array | None = None
+    ) -> tuple[Array, PyTree]:
+        """x f32[b, t, d] (positions are unused: the state carries order) -> (f32[b, t, d], cache).
+
+        ``segment_ids`` i32[b, t] (packed rows, no cache): the convolution and the state restart at each document."""
         del positions
+        check_parallel_only(segment_ids, cache)
         bsz, t, _ = x.shape
         nk, nv, n, e = self.num_heads, self.num_v_heads, self.head_dim, self.v_head_dim
         std_init = nn.initializers.normal(self.init_std)
@@ -180,7 +187,7 @@ class GatedDeltaNet(nn.Module):
         conv = CausalConv1D(
             self.conv_channels, self.conv_width, dtype=self.dtype, param_dtype=self.param_dtype, name="conv1d"
         )
-        qkv, conv_cache = conv(qkv, None if cache is None else cache["conv"])
+        qkv, conv_cache = conv(qkv, None if cache is None else cache["conv"], segment_ids)
         q, k, v = jnp.split(jax.nn.silu(qkv), [self.key_width, 2 * self.key_width], axis=-1)
         # Each key head serves nv / nk consecutive value heads: repeat it to the value heads.
         q, k = l2norm(q.reshape(bsz, t, nk, n)) * n**-0.5, l2norm(k.reshape(bsz, t, nk, n))
@@ -193,7 +200,7 @@ class GatedDeltaNet(nn.Module):
         log_alpha = -jnp.exp(a_log.astype(_f32)) * jax.nn.softplus(a_gate + dt_bias.astype(_f32))  # [b, t, h]
 
         o, state = chunk_delta_rule(
-            q, k, v, beta, log_alpha, None if cache is None else cache["state"], self.chunk_size
+            q, k, v, beta, log_alpha, None if cache is None else cache["state"], self.chunk_size, segment_ids
         )
         # Gated RMSNorm, norm before gate (Qwen3-Next's RMSNormGated): rmsnorm(o) * scale * silu(z).
         o = RMSNorm(self.norm_eps, dtype=self.dtype, param_dtype=self.param_dtype, name="o_norm")(o)

@@ -33,6 +33,7 @@ from slm_jax.mixers.contract import module_fields
 from slm_jax.modules.head_norm_gate import HeadNormGate, head_norm_gate_flops, head_norm_gate_reference
 from slm_jax.modules.linear import Linear, linear_params, scaled_init
 from slm_jax.ops.linear_attention import linear_attention, linear_attention_flops_per_token
+from slm_jax.ops.segments import check_parallel_only
 
 _f32 = jnp.float32
 
@@ -109,8 +110,12 @@ class GLA(nn.Module):
         return self.key_dim // self.num_heads, self.value_dim // self.num_heads
 
     @nn.compact
-    def __call__(self, x: Array, positions: Array, cache: PyTree = None) -> tuple[Array, PyTree]:
-        """x f32[b, t, d] (positions are unused: the state carries order) -> (f32[b, t, d], cache)."""
+    def __call__(
+        self, x: Array, positions: Array, cache: PyTree = None, segment_ids: Array | None = None
+    ) -> tuple[Array, PyTree]:
+        """x f32[b, t, d] (positions are unused: the state carries order) -> (f32[b, t, d], cache);
+        ``segment_ids`` i32[b, t] (packed rows, no cache) restarts the state at each document."""
+        check_parallel_only(segment_ids, cache)
         del positions
         bsz, t, _ = x.shape
         h, (dk, dv) = self.num_heads, self.head_dims
@@ -128,7 +133,8 @@ class GLA(nn.Module):
         q = q.reshape(bsz, t, h, dk) * dk**-0.5
         k, v = k.reshape(bsz, t, h, dk), v.reshape(bsz, t, h, dv)
 
-        o, state = linear_attention(q, k, v, log_alpha, self.chunk_size, None if cache is None else cache["s"])
+        h0 = None if cache is None else cache["s"]
+        o, state = linear_attention(q, k, v, log_alpha, self.chunk_size, h0, segment_ids=segment_ids)
         o = HeadNormGate(self.norm_eps, self.dtype, self.param_dtype, name="g_norm")(o, r.reshape(bsz, t, h, dv))
         y = dense(self.width, "out_proj", init=scaled_init(self.init_std, self.n_layers))(o)
         return y, None if cache is None else {"s": state}

@@ -39,6 +39,7 @@ from slm_jax.mixers.contract import module_fields
 from slm_jax.modules.conv1d import CausalConv1D, causal_conv_reference, conv_params
 from slm_jax.modules.linear import Linear, linear_params, scaled_init
 from slm_jax.ops.long_conv import diag_ssm_chunked, diag_ssm_step
+from slm_jax.ops.segments import check_parallel_only
 
 _f32 = jnp.float32
 
@@ -141,13 +142,20 @@ class H3(nn.Module):
         return log_da, db, c[..., 0].astype(_f32) + 1j * c[..., 1].astype(_f32)
 
     @nn.compact
-    def __call__(self, x: Array, positions: Array, cache: PyTree = None) -> tuple[Array, PyTree]:
-        """x f32[b, t, d] (positions unused: the states carry order) -> (f32[b, t, d], cache)."""
+    def __call__(
+        self, x: Array, positions: Array, cache: PyTree = None, segment_ids: Array | None = None
+    ) -> tuple[Array, PyTree]:
+        """x f32[b, t, d] (positions unused: the states carry order) -> (f32[b, t, d], cache).
+
+        ``segment_ids`` i32[b, t] (packed rows, no cache): the shift conv reads zeros across a document
+        boundary and the diagonal SSM's state restarts from zero at each document's first token.
+        """
         del positions
+        check_parallel_only(segment_ids, cache)
         d, n, t = self.width, self.d_state // 2, x.shape[1]
         q, k, v = (self._linear(name)(x) for name in ("q_proj", "k_proj", "v_proj"))
         shift = CausalConv1D(d, self.conv_width, dtype=self.dtype, param_dtype=self.param_dtype, name="shift_conv")
-        k, shift_cache = shift(k, None if cache is None else cache["shift"])
+        k, shift_cache = shift(k, None if cache is None else cache["shift"], segment_ids)
         z = k.astype(_f32) * v.astype(_f32)
 
         log_dt = self.param("log_dt", _log_dt_init(self.dt_min, self.dt_max), (d,), self.param_dtype)
@@ -158,7 +166,7 @@ class H3(nn.Module):
         log_da, db, cc = self.discretize(log_dt, log_a_real, a_imag, c)
 
         if cache is None:
-            s, h = diag_ssm_chunked(z, log_da, db, cc, self.chunk_size)
+            s, h = diag_ssm_chunked(z, log_da, db, cc, self.chunk_size, segment_ids=segment_ids)
         else:
             h0 = jax.lax.complex(cache["ssm"][..., :n], cache["ssm"][..., n:])
             if t == 1:

@@ -44,6 +44,7 @@ from slm_jax.modules.conv1d import CausalConv1D, causal_conv_reference, conv_par
 from slm_jax.modules.implicit_filter import FAN_IN_UNIFORM, positional_features
 from slm_jax.modules.linear import Linear, linear_params, scaled_init
 from slm_jax.ops.long_conv import fft_flops_per_token, long_conv_fft, long_conv_step, push_history
+from slm_jax.ops.segments import check_parallel_only
 
 _f32 = jnp.float32
 
@@ -146,9 +147,16 @@ class Hyena(nn.Module):
         return h.reshape(length, self.order, self.width)
 
     @nn.compact
-    def __call__(self, x: Array, positions: Array, cache: PyTree = None) -> tuple[Array, PyTree]:
-        """x f32[b, t, d] (positions unused: the conv histories carry order) -> (f32[b, t, d], cache)."""
+    def __call__(
+        self, x: Array, positions: Array, cache: PyTree = None, segment_ids: Array | None = None
+    ) -> tuple[Array, PyTree]:
+        """x f32[b, t, d] (positions unused: the conv histories carry order) -> (f32[b, t, d], cache).
+
+        ``segment_ids`` i32[b, t] (packed rows, no cache): the short and long convs read zeros across a
+        document boundary; the long ones then run as a masked sum over lags (``long_conv_fft``), not an FFT.
+        """
         del positions
+        check_parallel_only(segment_ids, cache)
         d, order, t = self.width, self.order, x.shape[1]
         proj = Linear(
             (order + 1) * d,
@@ -161,7 +169,7 @@ class Hyena(nn.Module):
         short = CausalConv1D(
             (order + 1) * d, self.short_conv_width, dtype=self.dtype, param_dtype=self.param_dtype, name="conv1d"
         )
-        proj, conv_cache = short(proj, None if cache is None else cache["conv"])
+        proj, conv_cache = short(proj, None if cache is None else cache["conv"], segment_ids)
         v, *gates = jnp.split(proj.astype(_f32), order + 1, axis=-1)
         skip = self.param("filter_bias", nn.initializers.normal(1.0), (order, d), self.param_dtype).astype(_f32)
         # Training needs lags < t only; a cached call reads the whole history, so all s taps.
@@ -170,7 +178,7 @@ class Hyena(nn.Module):
         z, histories = v, []
         for n in range(order):
             if cache is None:
-                conv = long_conv_fft(z, h[:, n])
+                conv = long_conv_fft(z, h[:, n], segment_ids=segment_ids)
             elif t == 1:
                 conv, hist = long_conv_step(z[:, 0], h[:, n], cache["history"][:, n])
                 conv = conv[:, None]

@@ -38,6 +38,7 @@ from slm_jax.modules.conv1d import CausalConv1D, causal_conv_reference, conv_par
 from slm_jax.modules.init import dt_bias_init
 from slm_jax.modules.linear import Linear, linear_params, scaled_init
 from slm_jax.ops.scan import ScanImpl, scan_impl_named
+from slm_jax.ops.segments import check_parallel_only
 from slm_jax.ops.selective_scan import selective_scan
 
 _f32 = jnp.float32
@@ -169,9 +170,13 @@ class Mamba(nn.Module):
         return jax.nn.softplus(dt), b, c
 
     @nn.compact
-    def __call__(self, x: Array, positions: Array, cache: PyTree = None) -> tuple[Array, PyTree]:
-        """x f32[b, t, d] (positions are unused: the state carries order) -> (f32[b, t, d], cache)."""
+    def __call__(
+        self, x: Array, positions: Array, cache: PyTree = None, segment_ids: Array | None = None
+    ) -> tuple[Array, PyTree]:
+        """x f32[b, t, d] (positions are unused: the state carries order) -> (f32[b, t, d], cache).
+        ``segment_ids`` i32[b, t] (packed rows, no cache): conv windows and the state restart at each document."""
         del positions
+        check_parallel_only(segment_ids, cache)
         w, n = self.inner_width, self.d_state
         xz = Linear(
             2 * w,
@@ -181,7 +186,7 @@ class Mamba(nn.Module):
             name="in_proj",
         )(x)
         xs, z = jnp.split(xz, 2, axis=-1)  # [b, t, w] each
-        xs, conv_cache = self._conv()(xs, None if cache is None else cache["conv"])
+        xs, conv_cache = self._conv()(xs, None if cache is None else cache["conv"], segment_ids=segment_ids)
         xs = jax.nn.silu(xs)
         dt, b, c = self._dt_b_c(xs)
         for name, value in (("dt", dt), ("B", b), ("C", c)):  # inspectable with mutable=["intermediates"]
@@ -200,6 +205,7 @@ class Mamba(nn.Module):
             jnp.broadcast_to(c, bc_shape),
             None if cache is None else cache["h"],
             impl=self.scan_impl,
+            segment_ids=segment_ids,
         )  # training (h0 = 0), prefill and one-token decode (h0 from the cache) alike
         y = y + d_skip * x32  # [b, t, w]
         y = y * jax.nn.silu(z.astype(_f32))

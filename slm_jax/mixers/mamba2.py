@@ -35,6 +35,7 @@ from slm_jax.mixers.contract import module_fields
 from slm_jax.modules.conv1d import CausalConv1D, causal_conv_reference, conv_params
 from slm_jax.modules.init import dt_bias_init
 from slm_jax.modules.linear import Linear, linear_params, scaled_init
+from slm_jax.ops.segments import check_parallel_only
 from slm_jax.ops.ssd import ssd, ssd_flops_per_token, ssd_step
 
 _f32 = jnp.float32
@@ -158,9 +159,13 @@ class Mamba2(nn.Module):
         )
 
     @nn.compact
-    def __call__(self, x: Array, positions: Array, cache: PyTree = None) -> tuple[Array, PyTree]:
-        """x f32[b, t, d] (positions are unused: the state carries order) -> (f32[b, t, d], cache)."""
+    def __call__(
+        self, x: Array, positions: Array, cache: PyTree = None, segment_ids: Array | None = None
+    ) -> tuple[Array, PyTree]:
+        """x f32[b, t, d] (positions are unused: the state carries order) -> (f32[b, t, d], cache).
+        ``segment_ids`` i32[b, t] (packed rows, no cache): conv windows and the state restart at each document."""
         del positions
+        check_parallel_only(segment_ids, cache)
         bsz, t, _ = x.shape
         w, n, k, h, e = self.inner_width, self.d_state, self.n_groups, self.num_heads, self.head_dim
         proj = Linear(
@@ -178,7 +183,7 @@ class Mamba2(nn.Module):
             param_dtype=self.param_dtype,
             name="conv1d",
         )
-        xbc, conv_cache = conv(xbc, None if cache is None else cache["conv"])
+        xbc, conv_cache = conv(xbc, None if cache is None else cache["conv"], segment_ids=segment_ids)
         xbc = jax.nn.silu(xbc)
         xs, b, c = jnp.split(xbc, [w, w + k * n], axis=-1)
         xs = xs.reshape(bsz, t, h, e)
@@ -191,7 +196,7 @@ class Mamba2(nn.Module):
         a = -jnp.exp(a_log.astype(_f32))  # [h]
 
         if cache is None:
-            y, last = ssd(xs, dt, a, b, c, self.chunk_size)
+            y, last = ssd(xs, dt, a, b, c, self.chunk_size, segment_ids=segment_ids)
         elif t == 1:  # one decode step
             y, last = ssd_step(xs[:, 0], dt[:, 0], a, b[:, 0], c[:, 0], cache["h"])
             y = y[:, None]

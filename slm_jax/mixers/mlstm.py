@@ -12,6 +12,7 @@ with an exponential input gate, a sigmoid forget gate in log space and the stabi
 (ops/mlstm.py). The training / prefill path is the chunked form, the decode path one recurrent
 step; both accumulate in float32. The decode cache is {"C": f32[b, h, n, e], "n": f32[b, h, n],
 "m": f32[b, h]}, constant in the context length, initialised to zeros (m = 0 as in xLSTM-7B).
+Packed rows (``segment_ids``) restart (C, n, m) at zeros at each document's first token.
 
 The layout is Hugging Face ``xLSTMLayer`` (transformers/models/xlstm, ``weight_mode="single"``,
 ``use_bias=False``; the xLSTM-7B checkpoint NX-AI/xLSTM-7b), so a converter is a rename plus
@@ -45,6 +46,7 @@ from slm_jax.errors import ConfigError
 from slm_jax.mixers.contract import module_fields
 from slm_jax.modules.linear import Linear, linear_params, scaled_init
 from slm_jax.ops.mlstm import mlstm_chunked, mlstm_flops_per_token, mlstm_step, zero_state
+from slm_jax.ops.segments import check_parallel_only
 
 _f32 = jnp.float32
 
@@ -158,9 +160,14 @@ class MLSTM(nn.Module):
         )
 
     @nn.compact
-    def __call__(self, x: Array, positions: Array, cache: PyTree = None) -> tuple[Array, PyTree]:
-        """x f32[b, t, d] (positions are unused: the state carries order) -> (f32[b, t, d], cache)."""
+    def __call__(
+        self, x: Array, positions: Array, cache: PyTree = None, segment_ids: Array | None = None
+    ) -> tuple[Array, PyTree]:
+        """x f32[b, t, d] (positions are unused: the state carries order) -> (f32[b, t, d], cache).
+
+        ``segment_ids`` i32[b, t] (packed rows, no cache): the state (C, n, m) restarts at each document."""
         del positions
+        check_parallel_only(segment_ids, cache)
         bsz, t, _ = x.shape
         h, n, e = self.num_heads, self.qk_dim // self.num_heads, self.v_dim // self.num_heads
         proj = lambda f, name, init=None: Linear(
@@ -183,7 +190,7 @@ class MLSTM(nn.Module):
         log_f = jax.nn.log_sigmoid(soft_cap(f_pre, self.gate_soft_cap))
 
         if cache is None:
-            hs, last = mlstm_chunked(q, k, v, log_i, log_f, self.chunk_size, eps=self.eps)
+            hs, last = mlstm_chunked(q, k, v, log_i, log_f, self.chunk_size, eps=self.eps, segment_ids=segment_ids)
         elif t == 1:  # one decode step
             hs, last = mlstm_step(
                 q[:, 0], k[:, 0], v[:, 0], log_i[:, 0], log_f[:, 0], (cache["C"], cache["n"], cache["m"]), eps=self.eps

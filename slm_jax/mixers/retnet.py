@@ -34,6 +34,7 @@ from slm_jax.modules.head_norm_gate import HeadNormGate, head_norm_gate_flops, h
 from slm_jax.modules.linear import Linear, linear_params, scaled_init
 from slm_jax.modules.rope import apply_rope
 from slm_jax.ops.linear_attention import linear_attention, linear_attention_flops_per_token
+from slm_jax.ops.segments import check_parallel_only
 
 _f32 = jnp.float32
 
@@ -112,8 +113,12 @@ class RetNet(nn.Module):
         return self.width // self.num_heads, self.value_dim // self.num_heads
 
     @nn.compact
-    def __call__(self, x: Array, positions: Array, cache: PyTree = None) -> tuple[Array, PyTree]:
-        """x f32[b, t, d], positions i32[b, t] (RoPE) -> (f32[b, t, d], cache)."""
+    def __call__(
+        self, x: Array, positions: Array, cache: PyTree = None, segment_ids: Array | None = None
+    ) -> tuple[Array, PyTree]:
+        """x f32[b, t, d], positions i32[b, t] (RoPE) -> (f32[b, t, d], cache); ``segment_ids``
+        i32[b, t] (packed rows, no cache) restarts the state at each document."""
+        check_parallel_only(segment_ids, cache)
         bsz, t, d = x.shape
         h, (dk, dv) = self.num_heads, self.head_dims
         std_init = nn.initializers.normal(self.init_std)
@@ -128,7 +133,8 @@ class RetNet(nn.Module):
         v = v.reshape(bsz, t, h, dv)
         log_gamma = jnp.asarray(retention_log_decays(h))[:, None]  # [h, 1]: one decay per head
 
-        o, state = linear_attention(q, k, v, log_gamma, self.chunk_size, None if cache is None else cache["s"])
+        h0 = None if cache is None else cache["s"]
+        o, state = linear_attention(q, k, v, log_gamma, self.chunk_size, h0, segment_ids=segment_ids)
         o = HeadNormGate(self.norm_eps, self.dtype, self.param_dtype, name="g_norm")(o, r.reshape(bsz, t, h, dv))
         y = dense(self.width, "out_proj", scaled_init(self.init_std, self.n_layers))(o)
         return y, None if cache is None else {"s": state}

@@ -19,8 +19,9 @@ GPT-2 scaled init for ``out_proj``, like the other mixers.
 
 The gates, log a_t, sqrt(1 - a_t^2) = sqrt(-expm1(2 log a_t)) (accurate as a_t -> 1) and the
 recurrence run in float32 whatever the compute dtype; the recurrence is ``ops/scan.py``
-(``linear_scan`` for the parallel path and prefill, ``scan_step`` for one-token decode). By
-default, unlike recurrentgemma, the state is not reset at document boundaries; ``reset_at_zero``
+(``linear_scan`` for the parallel path and prefill, ``scan_step`` for one-token decode). Packed
+rows (``segment_ids``) restart the state (a_t = 0) and the conv window at each document; the
+sqrt(1 - a_t^2) scaling is kept there. ``reset_at_zero``
 (``model.mixers.rglru.reset_at_zero``, set for imported checkpoints) does as recurrentgemma does at
 position 0: a_0 = 0 and the input is not scaled by sqrt(1 - a_0^2).
 
@@ -45,6 +46,7 @@ from slm_jax.mixers.contract import module_fields
 from slm_jax.modules.conv1d import CausalConv1D, causal_conv_reference, conv_params
 from slm_jax.modules.linear import Linear, linear_params, scaled_init
 from slm_jax.ops.scan import ScanImpl, linear_scan, scan_impl_named, scan_step
+from slm_jax.ops.segments import check_parallel_only
 
 _f32 = jnp.float32
 
@@ -187,8 +189,12 @@ class RGLRU(nn.Module):
         )
 
     @nn.compact
-    def __call__(self, x: Array, positions: Array, cache: PyTree = None) -> tuple[Array, PyTree]:
-        """x f32[b, t, d], positions i32[b, t] (used only by reset_at_zero) -> (f32[b, t, d], cache)."""
+    def __call__(
+        self, x: Array, positions: Array, cache: PyTree = None, segment_ids: Array | None = None
+    ) -> tuple[Array, PyTree]:
+        """x f32[b, t, d], positions i32[b, t] (used only by reset_at_zero) -> (f32[b, t, d], cache).
+        ``segment_ids`` i32[b, t] (packed rows, no cache): conv windows and the state restart at each document."""
+        check_parallel_only(segment_ids, cache)
         w = self.rnn_width
         gu = Linear(
             2 * w,
@@ -205,7 +211,7 @@ class RGLRU(nn.Module):
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             name="conv1d",
-        )(u, None if cache is None else cache["conv"])
+        )(u, None if cache is None else cache["conv"], segment_ids=segment_ids)
 
         bw = w // self.num_heads
         gate_params = [
@@ -226,7 +232,9 @@ class RGLRU(nn.Module):
             last = scan_step(a[:, 0], b[:, 0], cache["h"])
             hs = last[:, None]
         else:  # training (h0 = 0) and prefill (h0 from the cache)
-            hs, last = linear_scan(a, b, None if cache is None else cache["h"], impl=self.scan_impl)
+            hs, last = linear_scan(
+                a, b, None if cache is None else cache["h"], impl=self.scan_impl, segment_ids=segment_ids
+            )
         y = hs * jax.nn.gelu(g.astype(_f32), approximate=True)
         out = Linear(
             self.width,

@@ -17,6 +17,9 @@ first layer's v through v0, v1, v2), which needs a tensor passed between layers 
 contract does not carry; every layer here behaves as the paper's layer 0. RWKV's channel-mix
 (squared-ReLU FFN) is the Block's MLP, not part of this mixer.
 
+Packed rows (``segment_ids``, parallel path only): the token shift reads zeros across a document
+boundary and the state restarts at each document's first token (ops/rwkv.py).
+
 Decode cache: {"shift": dtype[b, d] (the previous token's mixer input, a 1-token conv state),
 "S": f32[b, h, n, e]}, constant in the context length.
 
@@ -57,6 +60,7 @@ from slm_jax.errors import ConfigError
 from slm_jax.mixers.contract import module_fields
 from slm_jax.modules.linear import Linear, linear_params, scaled_init
 from slm_jax.ops.rwkv import rwkv7_chunked, rwkv7_flops_per_token, rwkv7_step
+from slm_jax.ops.segments import check_parallel_only, lagged_in_segment
 
 _f32 = jnp.float32
 _DECAY_SCALE = float(np.exp(-0.5))  # log w >= -e^{-1/2}: w >= 0.545 per step
@@ -185,17 +189,24 @@ class RWKV7(nn.Module):
         return Linear(features, dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=init, name=name)
 
     @nn.compact
-    def __call__(self, x: Array, positions: Array, cache: PyTree = None) -> tuple[Array, PyTree]:
-        """x f32[b, t, d] (positions are unused: the state carries order) -> (f32[b, t, d], cache)."""
+    def __call__(
+        self, x: Array, positions: Array, cache: PyTree = None, segment_ids: Array | None = None
+    ) -> tuple[Array, PyTree]:
+        """x f32[b, t, d] (positions are unused: the state carries order) -> (f32[b, t, d], cache); segment_ids
+        i32[b, t] (no cache) packs documents: shift and state restart at each one."""
         del positions
+        check_parallel_only(segment_ids, cache)
         bsz, t, d = x.shape
         h, n = self.num_heads, self.head_size
         linear, zigzag = _channel_profiles(d, n)
         lora_up = nn.initializers.orthogonal(0.1)
 
         x32 = x.astype(_f32)
-        prev = jnp.zeros((bsz, 1, d), _f32) if cache is None else cache["shift"][:, None].astype(_f32)
-        shifted = jnp.concatenate([prev, x32[:, :-1]], axis=1) - x32  # x_{t-1} - x_t
+        if segment_ids is None:
+            prev = jnp.zeros((bsz, 1, d), _f32) if cache is None else cache["shift"][:, None].astype(_f32)
+            shifted = jnp.concatenate([prev, x32[:, :-1]], axis=1) - x32  # x_{t-1} - x_t
+        else:  # x_{t-1} is zero at a document's first token
+            shifted = lagged_in_segment(x32, segment_ids, 1) - x32
         mixed = {}
         for name, power in _SHIFT_POWERS.items():
             mu = self.param(name, _const_init(1.0 - (np.arange(d) / d) ** power), (d,), self.param_dtype)
@@ -227,7 +238,7 @@ class RWKV7(nn.Module):
 
         args = (r, log_w, k, v, -kappa, kappa * alpha)
         if cache is None:
-            y, last = rwkv7_chunked(*args, self.chunk_size)
+            y, last = rwkv7_chunked(*args, self.chunk_size, segment_ids=segment_ids)
         elif t == 1:  # one decode step
             y, last = rwkv7_step(*(z[:, 0] for z in args), cache["S"])
             y = y[:, None]

@@ -35,6 +35,7 @@ from slm_jax.errors import ConfigError
 from slm_jax.mixers.contract import module_fields
 from slm_jax.modules.linear import Linear, linear_params, scaled_init
 from slm_jax.ops.long_conv import long_conv_direct, long_conv_step, push_history
+from slm_jax.ops.segments import check_parallel_only
 
 _f32 = jnp.float32
 
@@ -87,9 +88,15 @@ class ShortConv(nn.Module):
         return cls(width=cfg.d_model, conv_width=options.conv_width, bias=options.bias, **module_fields(cfg))
 
     @nn.compact
-    def __call__(self, x: Array, positions: Array, cache: PyTree = None) -> tuple[Array, PyTree]:
-        """x f32[b, t, d] (positions unused: the conv window carries order) -> (f32[b, t, d], cache)."""
+    def __call__(
+        self, x: Array, positions: Array, cache: PyTree = None, segment_ids: Array | None = None
+    ) -> tuple[Array, PyTree]:
+        """x f32[b, t, d] (positions unused: the conv window carries order) -> (f32[b, t, d], cache).
+
+        ``segment_ids`` i32[b, t] (packed rows, no cache): conv taps that reach into another document read zero.
+        """
         del positions
+        check_parallel_only(segment_ids, cache)
         d, t = self.width, x.shape[1]
         proj = Linear(
             3 * d,
@@ -104,7 +111,7 @@ class ShortConv(nn.Module):
         kernel = self.param("conv_kernel", _conv_init, (self.conv_width, d), self.param_dtype)
         taps = kernel[::-1]  # taps[j] multiplies the input j steps back
         if cache is None:
-            conv, new_cache = long_conv_direct(z, taps), None
+            conv, new_cache = long_conv_direct(z, taps, segment_ids=segment_ids), None
         elif t == 1:
             conv, hist = long_conv_step(z[:, 0], taps, cache["conv"])
             conv, new_cache = conv[:, None], {"conv": hist}

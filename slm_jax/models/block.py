@@ -37,17 +37,24 @@ class Block(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x: Array, positions: Array, cache: PyTree = None, lengths: Array | None = None
+        self,
+        x: Array,
+        positions: Array,
+        cache: PyTree = None,
+        lengths: Array | None = None,
+        segment_ids: Array | None = None,
     ) -> tuple[Array, PyTree]:
-        """``lengths`` i32[b]: valid tokens per row, for an encoder's mixer (right padding); None otherwise."""
+        """``lengths`` i32[b]: valid tokens per row, for an encoder's mixer (right padding); None otherwise.
+        ``segment_ids`` i32[b, t]: the documents of packed rows (ops/segments.py); None: one per row."""
         norm = lambda name: make_norm(
             self.norm, self.norm_eps, self.norm_offset, self.norm_bias, self.dtype, self.param_dtype, name
         )
         post = self.norm_position == "post"
         # An int8 cache (model.cache_quant) is read as float and stored back as int8 around the mixer.
         padding = () if lengths is None else (lengths,)
+        packing = {} if segment_ids is None else {"segment_ids": segment_ids}
         h = x if post or not self.mixer_norm else norm("mixer_norm")(x)
-        y, new_cache = self.mixer(h, positions, dequantize_cache(cache), *padding)
+        y, new_cache = self.mixer(h, positions, dequantize_cache(cache), *padding, **packing)
         cache = requantize_like(cache, new_cache)
         x = x + y
         if post:

@@ -30,6 +30,7 @@ from slm_jax.models.block import Block, build_block
 from slm_jax.modules.embed import Embed, soft_cap
 from slm_jax.modules.linear import Linear, dtype_of
 from slm_jax.modules.norms import make_norm
+from slm_jax.ops.segments import check_parallel_only
 from slm_jax.quant.cache import quantize_cache
 
 
@@ -40,13 +41,13 @@ class Period(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x: Array, positions: Array, caches: PyTree, lengths: Array | None = None
+        self, x: Array, positions: Array, caches: PyTree, lengths: Array | None = None, segment_ids: Array | None = None
     ) -> tuple[Array, PyTree]:
         block_cls = nn.remat(Block, prevent_cse=False) if self.cfg.remat else Block
         new = []
         for j, mixer_name in enumerate(self.cfg.pattern):
             x, c = build_block(self.cfg, mixer_name, block_cls, name=f"block_{j}")(
-                x, positions, None if caches is None else caches[j], lengths
+                x, positions, None if caches is None else caches[j], lengths, segment_ids
             )
             new.append(c)
         return x, None if caches is None else tuple(new)
@@ -58,6 +59,15 @@ def _layout(cfg: ModelConfig) -> tuple[int, int]:
         return 0, 0
     n_rep = cfg.n_layers // len(cfg.pattern)
     return n_rep, n_rep * len(cfg.pattern)
+
+
+def check_packing(cfg: ModelConfig, positions: Array | None, cache: PyTree) -> None:
+    """One sentence for each way packed rows (``segment_ids``) cannot be used."""
+    if not cfg.causal:
+        raise ConfigError("Packed rows (segment_ids) are for causal models; give an encoder one document per row.")
+    check_parallel_only(True, cache)
+    if positions is None:
+        raise ConfigError("Packed rows need positions that restart at 0 in each document; pass positions too.")
 
 
 class CausalLM(nn.Module):
@@ -75,6 +85,10 @@ class CausalLM(nn.Module):
     tokens of each right-padded row (None: no padding), has no decode cache, and reserves the id
     ``vocab_size`` as its mask token (training/mlm.py): its embedding has one more row, which the
     tied output head leaves out.
+
+    ``segment_ids`` i32[b, t] packs several documents into a row (ops/segments.py): every layer
+    keeps them apart, so the logits equal each document's run alone when ``positions`` restart
+    at 0 at each document. Parallel path of a causal model only.
     """
 
     cfg: ModelConfig
@@ -87,8 +101,11 @@ class CausalLM(nn.Module):
         cache: PyTree = None,
         logit_positions: Array | None = None,
         lengths: Array | None = None,
+        segment_ids: Array | None = None,
     ) -> tuple[Array, PyTree]:
         cfg = self.cfg
+        if segment_ids is not None:
+            check_packing(cfg, positions, cache)
         if not cfg.causal and cache is not None:
             raise ConfigError(NO_CACHE)
         lengths = None if cfg.causal else lengths  # right padding never reaches a causal model's real tokens
@@ -119,11 +136,11 @@ class CausalLM(nn.Module):
                 period,
                 variable_axes={"params": 0},
                 split_rngs={"params": True},
-                in_axes=(nn.broadcast, 0, nn.broadcast),
+                in_axes=(nn.broadcast, 0, nn.broadcast, nn.broadcast),
                 length=n_rep,
             )
             x, new_cache["periods"] = scanned(cfg, name="periods")(
-                x, positions, None if cache is None else cache["periods"], lengths
+                x, positions, None if cache is None else cache["periods"], lengths, segment_ids
             )
         block_cls = nn.remat(Block) if cfg.remat else Block
         layer_caches = []
@@ -131,7 +148,7 @@ class CausalLM(nn.Module):
             layer_cache = None if cache is None else cache["layers"][i - first]
             mixer_norm = cfg.first_mixer_norm or i > 0
             x, layer_cache = build_block(cfg, cfg.layers[i], block_cls, name=f"layers_{i}", mixer_norm=mixer_norm)(
-                x, positions, layer_cache, lengths
+                x, positions, layer_cache, lengths, segment_ids
             )
             layer_caches.append(layer_cache)
         new_cache["layers"] = tuple(layer_caches)

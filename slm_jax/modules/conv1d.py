@@ -3,6 +3,7 @@
 y_t = bias + sum_{j < k} kernel[j] * x_{t - (k - 1) + j}, per channel. Positions before the
 sequence start are zeros, or the last ``k - 1`` inputs held in the cache when the call
 continues a cached sequence, so prefill, one-token steps and the full pass agree exactly.
+With ``segment_ids`` (packed rows, ops/segments.py) a tap that reads another document reads zero.
 """
 
 from typing import Any
@@ -12,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from slm_jax.array_typing import Array
+from slm_jax.ops.segments import same_as_lagged
 
 
 def _symmetric_uniform(bound: float):
@@ -24,7 +26,8 @@ def _symmetric_uniform(bound: float):
 
 
 class CausalConv1D(nn.Module):
-    """x [b, t, c] (+ cache [b, k - 1, c]) -> (y [b, t, c], new cache or None).
+    """x [b, t, c] (+ cache [b, k - 1, c]) -> (y [b, t, c], new cache or None); ``segment_ids``
+    i32[b, t] (parallel path only) keeps every window inside its own document.
 
     Computed as ``k`` shifted multiply-adds rather than ``lax.conv``: for the short widths
     used here (k = 4) this is what XLA fuses best on every backend, and it is exact in the
@@ -37,7 +40,9 @@ class CausalConv1D(nn.Module):
     param_dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, cache: Array | None = None) -> tuple[Array, Array | None]:
+    def __call__(
+        self, x: Array, cache: Array | None = None, segment_ids: Array | None = None
+    ) -> tuple[Array, Array | None]:
         k, t = self.kernel_size, x.shape[1]
         kernel = self.param("kernel", _symmetric_uniform(k**-0.5), (k, self.features), self.param_dtype)
         bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
@@ -48,7 +53,10 @@ class CausalConv1D(nn.Module):
             history = cache.astype(self.dtype)
         padded = jnp.concatenate([history, x], axis=1)  # [b, k - 1 + t, c]
         kernel = kernel.astype(self.dtype)
-        y = bias.astype(self.dtype) + sum(kernel[j] * padded[:, j : j + t] for j in range(k))
+        taps = [padded[:, j : j + t] for j in range(k)]  # taps[j] reads k - 1 - j steps back
+        if segment_ids is not None:
+            taps = [jnp.where(same_as_lagged(segment_ids, k - 1 - j)[..., None], tap, 0) for j, tap in enumerate(taps)]
+        y = bias.astype(self.dtype) + sum(kernel[j] * taps[j] for j in range(k))
         new_cache = None if cache is None else padded[:, t:].astype(cache.dtype)
         return y, new_cache
 

@@ -3,40 +3,48 @@
 Masks are built from absolute positions rather than indices, so one function serves the
 parallel path (keys = queries), prefill and decode against a cache (keys = cached + new), and
 ring-buffer caches whose slots are out of order. Empty cache slots carry position -1.
+Packed rows (parallel path only) add ``segment_ids``: a query sees only keys of its own document.
 """
 
 import jax
 import jax.numpy as jnp
 
 from slm_jax.array_typing import Array
+from slm_jax.ops.segments import same_segment
 
 
-def attention_mask(q_pos: Array, k_pos: Array, window: int = 0) -> Array:
-    """bool[b, t, s]: key s is visible from query t (causal, filled, inside the window).
+def attention_mask(q_pos: Array, k_pos: Array, window: int = 0, segment_ids: Array | None = None) -> Array:
+    """bool[b, t, s]: key s is visible from query t (causal, filled, inside the window, same document).
 
     q_pos: i32[b, t]; k_pos: i32[b, s] (-1 marks an empty slot); window 0 means unbounded.
+    segment_ids: i32[b, t] documents of packed rows when the keys are the queries' own tokens (s = t).
     """
     q, k = q_pos[:, :, None], k_pos[:, None, :]
     visible = (k <= q) & (k >= 0)
     if window:
         visible &= k > q - window  # the query itself plus window - 1 earlier tokens
+    if segment_ids is not None:  # positions restart per document, so the window above stays inside it
+        visible &= same_segment(segment_ids, segment_ids)
     return visible
 
 
-def attend(q: Array, k: Array, v: Array, q_pos: Array, k_pos: Array, window: int = 0) -> Array:
+def attend(
+    q: Array, k: Array, v: Array, q_pos: Array, k_pos: Array, window: int = 0, segment_ids: Array | None = None
+) -> Array:
     """softmax(q k^T / sqrt(e)) v with GQA: q f32[b, t, h, e], k/v f32[b, k, s, e] -> f32[b, t, h, e].
 
     Query heads are grouped as h = k * g so each key/value head serves g query heads
     (Ainslie et al. 2023, GQA) without materialising repeated keys. Scores and softmax
     statistics are float32 whatever the compute dtype. Keys and values are head-major
     ([b, k, s, e]) so that a decode cache in this layout is read and updated in place.
+    ``segment_ids`` i32[b, t] (packed rows, keys = queries) hides keys of other documents.
     """
     b, t, h, e = q.shape
     n_kv = k.shape[1]
     qg = q.reshape(b, t, n_kv, h // n_kv, e)  # [b, t, k, g, e]
     scores = jnp.einsum("btkge,bkse->bkgts", qg, k, preferred_element_type=jnp.float32)
     scores = scores * (e**-0.5)
-    mask = attention_mask(q_pos, k_pos, window)[:, None, None]  # [b, 1, 1, t, s]
+    mask = attention_mask(q_pos, k_pos, window, segment_ids)[:, None, None]  # [b, 1, 1, t, s]
     scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
     # exp * reciprocal(sum) rather than a division: XLA:CPU fuses the division into a slow
     # transpose-copy kernel (measured: -25 ms/step at batch 16 x 256 in train_throughput.py).

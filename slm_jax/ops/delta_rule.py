@@ -32,7 +32,9 @@ everything else is chunk-parallel matmuls, O(t c (n + e + c) + t n e) work per h
 O(t n e) sequential steps of the recurrence. Decay ratios come only from masked segment sums
 (ops/ssd.py's ``segsum``: never exp of a positive exponent), relative to each chunk's start.
 A length not divisible by c is zero-padded: beta = 0, log_alpha = 0 is the identity step, so
-outputs and the final state are unchanged. All math is float32 whatever the input dtype;
+outputs and the final state are unchanged. With ``segment_ids`` (packed rows, ops/segments.py) the
+state restarts at each document's first token: G is masked to same-document pairs and exp(g_r) to
+positions still in the document of the token before the chunk. All math is float32 whatever the input dtype;
 outputs come back in ``v``'s dtype and the state in float32.
 """
 
@@ -40,6 +42,7 @@ import jax
 import jax.numpy as jnp
 
 from slm_jax.array_typing import Array
+from slm_jax.ops.segments import same_segment
 from slm_jax.ops.ssd import segsum
 
 _f32 = jnp.float32
@@ -124,6 +127,7 @@ def chunk_delta_rule(
     log_alpha: Array | None = None,
     initial_state: Array | None = None,
     chunk_size: int = 64,
+    segment_ids: Array | None = None,
 ) -> tuple[Array, Array]:
     """The chunked WY / UT-transform form of the (gated) delta rule (see the module docstring).
 
@@ -133,6 +137,8 @@ def chunk_delta_rule(
       log_alpha: [b, t, h] log-decays (<= 0), or None for DeltaNet (alpha = 1).
       initial_state: optional f32[b, h, n, e] state before the first token.
       chunk_size: c; the last chunk is zero-padded, and t < c runs one chunk of t.
+      segment_ids: optional i32[b, t] documents of packed rows: the state restarts from zero at each
+        document's first token (``initial_state`` continues the first document).
 
     Returns:
       o: [b, t, h, e] in v's dtype, and the final state f32[b, h, n, e]. One token continuing a
@@ -157,18 +163,25 @@ def chunk_delta_rule(
     la = jnp.zeros_like(beta) if log_alpha is None else chunks(log_alpha)  # [b, h, z, c]
     cum = jnp.cumsum(la, axis=-1)  # g_r: log-decay from the chunk start through r, <= 0
     decay = jnp.exp(segsum(la))  # G[r, s] = exp(g_r - g_s) for s <= r, else 0
+    from_start = jnp.exp(cum)  # exp(g_r): how much of the entering state reaches r
+    if segment_ids is not None:
+        # Padding joins the last document: its steps are the identity. [b, 1, z, c], broadcast over heads.
+        seg = jnp.pad(segment_ids, [(0, 0), (0, pad)], mode="edge").reshape(bsz, 1, nz, c)
+        before = jnp.concatenate([seg[:, :, :1, 0], seg[:, :, :-1, -1]], axis=-1)  # the token before each chunk
+        decay = jnp.where(same_segment(seg.reshape(-1, c), seg.reshape(-1, c)).reshape(bsz, 1, nz, c, c), decay, 0.0)
+        from_start = jnp.where(seg == before[..., None], from_start, 0.0)
 
     # The UT transform: [U | W] = (I + A)^{-1} [beta V | beta exp(g) K] with A strictly lower.
     kk = jnp.einsum("bhzcn,bhzsn->bhzcs", k, k)
     strict = jnp.tril(jnp.ones((c, c), bool), k=-1)
     t_inv = unit_lower_inverse(jnp.where(strict, beta[..., None] * kk * decay, 0.0))  # [b, h, z, c, s]
-    rhs = beta[..., None] * jnp.concatenate([v, jnp.exp(cum)[..., None] * k], axis=-1)  # [b, h, z, s, e + n]
+    rhs = beta[..., None] * jnp.concatenate([v, from_start[..., None] * k], axis=-1)  # [b, h, z, s, e + n]
     uw = jnp.einsum("bhzcs,bhzsx->bhzcx", t_inv, rhs)
     u, w = uw[..., :e], uw[..., e:]
 
     # Inter-chunk recurrence: u_z = U - W S_0 (the corrections), S_c = exp(g_c) S_0 + K_dec^T u.
     k_to_end = decay[..., -1, :, None] * k  # exp(g_c - g_s) k_s: each key decayed to the chunk end
-    chunk_decay = jnp.exp(cum[..., -1])  # [b, h, z]
+    chunk_decay = from_start[..., -1]  # [b, h, z]: 0 where the chunk holds a document start
     start = jnp.zeros((bsz, h, n, e), _f32) if initial_state is None else initial_state.astype(_f32)
 
     def step(s, inputs):
@@ -185,7 +198,7 @@ def chunk_delta_rule(
 
     # Outputs, chunk-parallel: the entering state read by decayed queries, plus intra-chunk attention.
     qk = jnp.einsum("bhzcn,bhzsn->bhzcs", q, k) * decay
-    o = jnp.einsum("bhzcn,bhzne->bhzce", jnp.exp(cum)[..., None] * q, entering)
+    o = jnp.einsum("bhzcn,bhzne->bhzce", from_start[..., None] * q, entering)
     o = o + jnp.einsum("bhzcs,bhzse->bhzce", qk, corr)
     o = jnp.moveaxis(o, 1, 3).reshape(bsz, nz * c, h, e)[:, :t]
     return o.astype(out_dtype), last

@@ -35,12 +35,18 @@ sub-chunk i, the span (s, c] is (s, end of j] + the whole sub-chunks between + [
 each factor <= 1 and the product a matmul over k; the u x u blocks on the diagonal are computed
 in log space as a [u, u, k] tensor. A length that is not a multiple of c is padded with zero
 keys, values and log decays, which changes neither the outputs kept nor the final state.
+
+Packed rows (``segment_ids``) restart the state at each document by masks, never by -inf decays
+(whose differences would give NaN): the intra-chunk scores keep same-document pairs only; a chunk's
+own state keeps the tokens of its last token's document; the state entering a chunk is read only
+by tokens of the document before the chunk and survives the chunk only if no document starts in it.
 """
 
 import jax.numpy as jnp
 from jax import lax
 
 from slm_jax.array_typing import Array
+from slm_jax.ops.segments import same_segment
 from slm_jax.ops.ssd import segsum
 
 _f32 = jnp.float32
@@ -115,6 +121,7 @@ def linear_attention(
     chunk_size: int = 64,
     h0: Array | None = None,
     sub_chunk: int = 16,
+    segment_ids: Array | None = None,
 ) -> tuple[Array, Array]:
     """Chunked gated linear attention.
 
@@ -127,6 +134,8 @@ def linear_attention(
         multiple of the sub-chunk).
       h0: optional f32[b, h, k, v] state before the first token.
       sub_chunk: sub-chunk length u of the per-channel intra-chunk scores.
+      segment_ids: optional i32[b, t] documents of packed rows: each starts from a zero state (h0
+        continues the first one); the final state is the last document's.
 
     Returns:
       o: [b, t, h, v] in v's dtype, and the final state f32[b, h, k, v]. One token continuing a
@@ -152,13 +161,25 @@ def linear_attention(
 
     qc, kc, vc, lac = chunks(q), chunks(k), chunks(v), chunks(la)
     cum = jnp.cumsum(lac, axis=-2)  # [b, z, h, c, g]: log decay over [chunk start, c]
+    decay_end = jnp.exp(cum[..., -1, :])  # [b, z, h, g]: over the whole chunk
+    qe = qc * jnp.exp(cum)  # queries decayed over [chunk start, c]
+    ke = kc * jnp.exp(_suffix(lac))  # keys decayed over (s, chunk end]
 
     # 1. intra-chunk
     scores = _scores_per_channel(qc, kc, lac, u) if per_channel else _scores_per_head(qc, kc, lac)
+    if segment_ids is not None:
+        # Padding repeats the last id: its zero keys and values join the last document harmlessly.
+        seg = jnp.pad(segment_ids, [(0, 0), (0, pad)], mode="edge").reshape(bsz, nz, c)
+        end = seg[:, :, -1]  # [b, z]: the document of each chunk's last token
+        before = jnp.concatenate([seg[:, :1, 0], end[:, :-1]], axis=1)  # [b, z]: of the token before each chunk
+        scores = scores * same_segment(seg.reshape(-1, c), seg.reshape(-1, c)).reshape(bsz, nz, 1, c, c)
+        in_chunk = lambda a, ids: a * (seg == ids[..., None])[:, :, None, :, None]  # zero tokens outside document ids
+        qe, ke = in_chunk(qe, before), in_chunk(ke, end)
+        decay_end = decay_end * (end == before)[:, :, None, None]  # the carried state dies at a boundary
     o = jnp.einsum("bzhcs,bzhsv->bzhcv", scores, vc)
 
-    # 2. each chunk's own state at its end: keys decayed over (s, chunk end]
-    states = jnp.einsum("bzhsk,bzhsv->bzhkv", kc * jnp.exp(_suffix(lac)), vc)
+    # 2. each chunk's own state at its end
+    states = jnp.einsum("bzhsk,bzhsv->bzhkv", ke, vc)
 
     # 3. the state entering each chunk: S_z = diag(exp(cum_z[end])) S_{z-1} + states_z
     def carry(state: Array, inputs: tuple[Array, Array]) -> tuple[Array, Array]:
@@ -167,10 +188,10 @@ def linear_attention(
 
     start = jnp.zeros((bsz, h, dk, dv), _f32) if h0 is None else h0.astype(_f32)
     time_major = lambda a: jnp.moveaxis(a, 1, 0)
-    last, entering = lax.scan(carry, start, (time_major(jnp.exp(cum[..., -1, :])), time_major(states)))
+    last, entering = lax.scan(carry, start, (time_major(decay_end), time_major(states)))
 
     # 4. the entering state's read-out
-    o = o + jnp.einsum("bzhck,zbhkv->bzhcv", qc * jnp.exp(cum), entering)
+    o = o + jnp.einsum("bzhck,zbhkv->bzhcv", qe, entering)
     o = o.transpose(0, 1, 3, 2, 4).reshape(bsz, nz * c, h, dv)[:, :t]
     return o.astype(v.dtype), last
 

@@ -9,7 +9,7 @@ Explicit filters (Hyena, Poli et al. 2023, arXiv:2302.10866; BaseConv, Arora et 
     form for short filters (LFM2, BaseConv's short variant).
   * ``long_conv_fft``: zero-pad to 2T (T = t plus any history), rfft, multiply, irfft, all in
     float32: O(T log T) per channel, the training path. 2T >= T + s - 1 makes the circular
-    convolution of the FFT a linear one.
+    convolution of the FFT a linear one. Packed rows (segment_ids) take an exact masked sum over lags.
   * ``long_conv_step``: one token from the last s - 1 inputs, O(s) per channel: decode.
 
 The next output of a filter of s taps reads the last s - 1 inputs, so the decode state of an
@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 
 from slm_jax.array_typing import Array
+from slm_jax.ops.segments import same_as_lagged, segment_starts
 
 _f32 = jnp.float32
 _HIGHEST = jax.lax.Precision.HIGHEST  # float32 contractions stay float32 on GPU/TPU too
@@ -50,8 +51,11 @@ def _history_or_zeros(u: Array, s: int, history: Array | None) -> Array:
     return history.astype(_f32)
 
 
-def long_conv_direct(u: Array, k: Array, history: Array | None = None) -> Array:
-    """The sum over lags: u [b, t, d], k [s, d], history [b, s - 1, d] (None: zeros) -> f32[b, t, d]."""
+def long_conv_direct(u: Array, k: Array, history: Array | None = None, segment_ids: Array | None = None) -> Array:
+    """The sum over lags: u [b, t, d], k [s, d], history [b, s - 1, d] (None: zeros) -> f32[b, t, d].
+
+    ``segment_ids`` i32[b, t] (packed rows, no history): a lag that reaches into another document reads zero.
+    """
     t, s = u.shape[1], k.shape[0]
     padded = jnp.concatenate([_history_or_zeros(u, s, history), u.astype(_f32)], axis=1)  # [b, s - 1 + t, d]
     k = k.astype(_f32)
@@ -59,17 +63,65 @@ def long_conv_direct(u: Array, k: Array, history: Array | None = None) -> Array:
     lags = s if history is not None else min(s, t)
     y = jnp.zeros(u.shape, _f32)
     for j in range(lags):
-        y = y + k[j] * padded[:, s - 1 - j : s - 1 - j + t]
+        lagged = padded[:, s - 1 - j : s - 1 - j + t]
+        if segment_ids is not None:
+            lagged = jnp.where(same_as_lagged(segment_ids, j)[..., None], lagged, 0.0)
+        y = y + k[j] * lagged
     return y
 
 
-def long_conv_fft(u: Array, k: Array, history: Array | None = None) -> Array:
+@jax.custom_vjp
+def _lag_sum_in_document(u: Array, k: Array, depth: Array) -> Array:
+    """y_i = sum_{j <= depth_i} k_j u_{i-j}: u f32[b, t, d], k f32[s, d], depth i32[b, t] (steps since the
+    document's first token) -> f32[b, t, d]. A scan over lags; custom gradients keep memory at O(b t d)."""
+    t, s = u.shape[1], k.shape[0]
+    padded = jnp.pad(u, ((0, 0), (s - 1, 0), (0, 0)))
+
+    def add_lag(y, j):
+        lagged = jax.lax.dynamic_slice_in_dim(padded, s - 1 - j, t, axis=1)
+        return y + k[j] * jnp.where((j <= depth)[..., None], lagged, 0.0), None
+
+    return jax.lax.scan(add_lag, jnp.zeros_like(u), jnp.arange(s))[0]
+
+
+def _lag_sum_fwd(u: Array, k: Array, depth: Array) -> tuple[Array, tuple[Array, Array, Array]]:
+    return _lag_sum_in_document(u, k, depth), (u, k, depth)
+
+
+def _lag_sum_bwd(res: tuple[Array, Array, Array], g: Array) -> tuple[Array, Array, None]:
+    """With g^(j)_i = g_{i+j} where token i + j still has token i in its document (else 0):
+    du_i = sum_j k_j g^(j)_i and dk_j = sum_{b, i} u_i g^(j)_i."""
+    u, k, depth = res
+    t, s = u.shape[1], k.shape[0]
+    g_ahead = jnp.pad(g, ((0, 0), (0, s - 1), (0, 0)))
+    depth_ahead = jnp.pad(depth, ((0, 0), (0, s - 1)), constant_values=-1)
+
+    def add_lag(du, j):
+        reach = jax.lax.dynamic_slice_in_dim(depth_ahead, j, t, axis=1)
+        gj = jnp.where((j <= reach)[..., None], jax.lax.dynamic_slice_in_dim(g_ahead, j, t, axis=1), 0.0)
+        return du + k[j] * gj, jnp.sum(u * gj, axis=(0, 1))
+
+    du, dk = jax.lax.scan(add_lag, jnp.zeros_like(u), jnp.arange(s))
+    return du, dk, None
+
+
+_lag_sum_in_document.defvjp(_lag_sum_fwd, _lag_sum_bwd)
+
+
+def long_conv_fft(u: Array, k: Array, history: Array | None = None, segment_ids: Array | None = None) -> Array:
     """FFT convolution in float32: u [b, t, d], k [s, d], history [b, s - 1, d] (None: zeros) -> f32[b, t, d].
 
     With a history the convolution runs over [history, u] (length T = s - 1 + t) and the last t
     outputs are kept; the filter is cut to T taps, since longer lags see nothing.
+
+    ``segment_ids`` i32[b, t] (packed rows, no history): an FFT cannot stop at document boundaries, so
+    the exact sum over lags, each masked to the token's own document, runs instead: O(t min(s, t)).
     """
     t = u.shape[1]
+    if segment_ids is not None:
+        idx = jnp.arange(t)
+        depth = idx - jax.lax.cummax(jnp.where(segment_starts(segment_ids), idx, 0), axis=1)
+        return _lag_sum_in_document(u.astype(_f32), k[: min(k.shape[0], t)].astype(_f32), depth)
     full = u.astype(_f32) if history is None else jnp.concatenate([history.astype(_f32), u.astype(_f32)], axis=1)
     n_time = full.shape[1]
     k = k[: min(k.shape[0], n_time)].astype(_f32)
@@ -116,8 +168,31 @@ def diag_ssm_kernel(log_a: Array, bb: Array, c: Array, length: int) -> Array:
     return 2.0 * jnp.sum(jnp.real(powers * (bb * c)), axis=-1)
 
 
+def _chunk_segment_masks(segment_ids: Array, nc: int, cs: int) -> tuple[Array, Array, Array, Array]:
+    """Chunk masks of packed rows, f32 (1 keep, 0 drop); the padding gets the fresh id -1.
+
+    Returns (intra [b, z, i, j]: i and j share a document; enter [b, z, i]: i is in the document of the
+    token before the chunk (the first token's document for chunk 0, whose entering state is h0);
+    write [b, z, j]: j is in the document of the chunk's last token; carry [b, z]: the chunk has no
+    boundary, so the state entering it survives to its end).
+    """
+    seg = jnp.pad(segment_ids, ((0, 0), (0, nc * cs - segment_ids.shape[1])), constant_values=-1)
+    seg = seg.reshape(seg.shape[0], nc, cs)
+    before = jnp.concatenate([seg[:, :1, 0], seg[:, :-1, -1]], axis=1)  # [b, z]
+    intra = seg[:, :, :, None] == seg[:, :, None, :]
+    enter, write = seg == before[..., None], seg == seg[:, :, -1:]
+    carry = seg[:, :, -1] == before
+    return tuple(m.astype(_f32) for m in (intra, enter, write, carry))
+
+
 def diag_ssm_chunked(
-    x: Array, log_a: Array, bb: Array, c: Array, chunk_size: int = 64, h0: Array | None = None
+    x: Array,
+    log_a: Array,
+    bb: Array,
+    c: Array,
+    chunk_size: int = 64,
+    h0: Array | None = None,
+    segment_ids: Array | None = None,
 ) -> tuple[Array, Array]:
     """Chunked diagonal SSM.
 
@@ -126,6 +201,8 @@ def diag_ssm_chunked(
       log_a: c64[d, n] log of the state decay, Re(log_a) < 0; bb, c: c64[d, n] input and output maps.
       chunk_size: chunk length c (min(c, t) is used; the last chunk is zero-padded).
       h0: optional c64[b, d, n] state before the first input.
+      segment_ids: optional i32[b, t] (packed rows): the state restarts from zero at each document's
+        first token, by 0/1 masks on the Toeplitz product, the chunk-end states and the carried state.
 
     Returns:
       (y f32[b, t, d], final state c64[b, d, n]).
@@ -136,32 +213,45 @@ def diag_ssm_chunked(
     rem = t - (nc - 1) * cs  # real steps in the last chunk, 1..cs
     xc = jnp.pad(x.astype(_f32), ((0, 0), (0, nc * cs - t), (0, 0))).reshape(bsz, nc, cs, d)
     powers = jnp.exp(jnp.arange(cs + 1, dtype=_f32)[:, None, None] * log_a)  # [cs + 1, d, n]: a^j
+    if segment_ids is not None:
+        intra, enter, write, carry = _chunk_segment_masks(segment_ids, nc, cs)
 
     # 1. inside each chunk, from a zero state: the Toeplitz matrix of the kernel.
     kern = diag_ssm_kernel(log_a, bb, c, cs)  # [cs, d]
     lag = jnp.arange(cs)[:, None] - jnp.arange(cs)[None, :]  # [i, j]: i - j
     toeplitz = jnp.where((lag >= 0)[:, :, None], kern[jnp.maximum(lag, 0)], 0.0)  # [i, j, d]
-    y = jnp.einsum("ijd,bzjd->bzid", toeplitz, xc, precision=_HIGHEST)
+    if segment_ids is None:
+        y = jnp.einsum("ijd,bzjd->bzid", toeplitz, xc, precision=_HIGHEST)
+    else:
+        y = jnp.einsum("ijd,bzij,bzjd->bzid", toeplitz, intra, xc, precision=_HIGHEST)
 
     # 2. each chunk's state at its end from a zero start: sum_j a^{cs-1-j} bb x_j.
-    local = _cmatmul("jdn,bzjd->zbdn", powers[cs - 1 :: -1] * bb, xc)  # [z, b, d, n]
+    written = xc if segment_ids is None else xc * write[..., None]
+    local = _cmatmul("jdn,bzjd->zbdn", powers[cs - 1 :: -1] * bb, written)  # [z, b, d, n]
 
-    # 3. the state entering each chunk: h_{z+1} = a^cs h_z + local_z.
+    # 3. the state entering each chunk: h_{z+1} = a^cs h_z + local_z (a^cs carry_z with segments).
     h = jnp.zeros((bsz, d, log_a.shape[-1]), jnp.complex64) if h0 is None else h0.astype(jnp.complex64)
-    h_in = jax.lax.scan(lambda hz, loc: (powers[cs] * hz + loc, hz), h, local)[1]  # [z, b, d, n]
+    if segment_ids is None:
+        h_in = jax.lax.scan(lambda hz, loc: (powers[cs] * hz + loc, hz), h, local)[1]  # [z, b, d, n]
+    else:
+        step = lambda hz, inp: (powers[cs] * hz * inp[1][:, None, None] + inp[0], hz)
+        h_in = jax.lax.scan(step, h, (local, carry.T))[1]
 
     # 4. its contribution to the chunk's outputs: 2 Re(sum_n c_n a_n^{i+1} h_in,n).
     out_map = powers[1:] * c  # [i, d, n]
-    y = y + 2.0 * (
+    entering = 2.0 * (
         jnp.einsum("idn,zbdn->bzid", out_map.real, h_in.real, precision=_HIGHEST)
         - jnp.einsum("idn,zbdn->bzid", out_map.imag, h_in.imag, precision=_HIGHEST)
     )
+    y = y + (entering if segment_ids is None else entering * enter[..., None])
     y = y.reshape(bsz, nc * cs, d)[:, :t]
 
     # The final state from the last chunk's entering state and its rem real inputs (not the
-    # padded end, which would have decayed it by a^(cs - rem) more).
-    last = xc[:, -1, :rem]  # [b, rem, d]
-    h_last = powers[rem] * h_in[-1] + _cmatmul("jdn,bjd->bdn", powers[rem - 1 :: -1] * bb, last)
+    # padded end, which would have decayed it by a^(cs - rem) more); with segments, the last document's.
+    last, h_prev = xc[:, -1, :rem], h_in[-1]  # [b, rem, d], [b, d, n]
+    if segment_ids is not None:
+        last, h_prev = last * intra[:, -1, rem - 1, :rem, None], h_prev * enter[:, -1, rem - 1, None, None]
+    h_last = powers[rem] * h_prev + _cmatmul("jdn,bjd->bdn", powers[rem - 1 :: -1] * bb, last)
     return y, h_last
 
 

@@ -36,12 +36,18 @@ construction (each is a log weight minus the max over the same terms), F_c - F_s
 segment sum (never a difference of long cumulative sums), and padding a short last chunk with
 log f = 0, log i = -inf leaves outputs and state unchanged. Because both forms carry the same m,
 their (C, n, m) agree directly, not only after de-stabilising (C e^m, n e^m).
+
+With ``segment_ids`` (packed rows, ops/segments.py) (C, n, m) restart at (0, 0, 0) at each
+document's first token: D is masked to same-document pairs, F_c sums only the document's own
+gates, and the entering state (else m0 = 0) serves only positions still in the document of the
+token before the chunk; a chunk holding a document start does not carry its entering state on.
 """
 
 import jax
 import jax.numpy as jnp
 
 from slm_jax.array_typing import Array
+from slm_jax.ops.segments import same_segment
 
 _f32 = jnp.float32
 
@@ -78,6 +84,12 @@ def _max_last(x: Array) -> Array:
     0 / 0 = NaN. Gathering at the argmax has no such test (the derivative of ``torch.max(x, dim)``).
     """
     return jnp.take_along_axis(x, jnp.argmax(x, axis=-1)[..., None], axis=-1)[..., 0]
+
+
+def _restart(state: State, keep: Array) -> State:
+    """(C, n, m) where ``keep`` (bool, broadcast like m [b, h]) holds, else the empty state (0, 0, 0)."""
+    c_mem, n_mem, m = state
+    return jnp.where(keep[..., None, None], c_mem, 0.0), jnp.where(keep[..., None], n_mem, 0.0), jnp.where(keep, m, 0.0)
 
 
 def mlstm_step(
@@ -131,6 +143,7 @@ def mlstm_chunked(
     chunk_size: int = 64,
     state: State | None = None,
     eps: float = 1e-6,
+    segment_ids: Array | None = None,
 ) -> tuple[Array, State]:
     """Chunked parallel mLSTM.
 
@@ -141,6 +154,8 @@ def mlstm_chunked(
       chunk_size: c; the last chunk is padded, t < c uses one chunk of t.
       state: optional (C, n, m) before the first token (``zero_state`` if None).
       eps: added to the denominator.
+      segment_ids: optional i32[b, t] documents of packed rows: the state restarts at each
+        document's first token (``state`` continues the first document).
 
     Returns:
       h [b, t, h, e] in v's dtype and the final state (C f32[b, h, n, e], n f32[b, h, n], m f32[b, h]).
@@ -162,6 +177,15 @@ def mlstm_chunked(
     lf = lf.reshape(bsz, nz, c, h).transpose(0, 1, 3, 2)
     cum = jnp.cumsum(lf, axis=-1)  # [b, z, h, c]: F_c, log forget from the chunk start to c
     log_d = _segsum(lf) + li[..., None, :]  # [b, z, h, c, s]
+    continues = None  # bool[b, z, 1, c] with segment_ids: position c is in the document entering its chunk
+    if segment_ids is not None:
+        # Padding joins the last document (its steps are the identity); [b, z, 1, c], broadcast over heads.
+        seg = jnp.pad(segment_ids, [(0, 0), (0, pad)], mode="edge").reshape(bsz, nz, 1, c)
+        before = jnp.concatenate([seg[:, :1, :, 0], seg[:, :-1, :, -1]], axis=1)  # the token before each chunk
+        same = same_segment(seg.reshape(-1, c), seg.reshape(-1, c)).reshape(bsz, nz, 1, c, c)
+        log_d = jnp.where(same, log_d, -jnp.inf)
+        cum = jnp.sum(jnp.where(same & jnp.tril(jnp.ones((c, c), bool)), lf[..., None, :], 0.0), axis=-1)
+        continues = seg == before[..., None]  # [b, z, 1, c]: c is in the document that enters the chunk
 
     # Each chunk's own contribution to its end state, relative to its own max a_max (parallel over chunks).
     to_end = log_d[..., -1, :]  # [b, z, h, s]: F_last - F_s + log i_s
@@ -172,8 +196,8 @@ def mlstm_chunked(
 
     # States entering each chunk: (C, n, m) carried over chunks, stabilised like one recurrent step.
     def chunk_step(carry, inputs):
-        c_mem, n_mem, m = carry
-        f_total, own_max, own_c, own_n = inputs
+        f_total, own_max, own_c, own_n, *cont = inputs  # cont: [continues at the chunk's last token] or []
+        c_mem, n_mem, m = _restart(carry, cont[0]) if cont else carry
         m_new = jnp.maximum(f_total + m, own_max)
         keep, write = jnp.exp(f_total + m - m_new), jnp.exp(own_max - m_new)
         c_new = keep[..., None, None] * c_mem + write[..., None, None] * own_c
@@ -182,14 +206,19 @@ def mlstm_chunked(
 
     start = zero_state(bsz, h, n, e) if state is None else tuple(s.astype(_f32) for s in state)
     time_major = lambda x: jnp.moveaxis(x, 1, 0)
-    last, entering = jax.lax.scan(chunk_step, start, tuple(map(time_major, (cum[..., -1], a_max, c_own, n_own))))
+    xs = (cum[..., -1], a_max, c_own, n_own) + (() if continues is None else (continues[..., -1],))
+    last, entering = jax.lax.scan(chunk_step, start, tuple(map(time_major, xs)))
     c_in, n_in, m_in = (jnp.moveaxis(x, 0, 1) for x in entering)  # [b, z, h, n, e], [b, z, h, n], [b, z, h]
 
     # Outputs: intra-chunk masked attention plus the entering state, both relative to the recurrent m_c.
-    from_state = cum + m_in[..., None]  # [b, z, h, c]: log weight of the entering state at c
+    # A position starting its document in the chunk sees the empty state (m0 = 0) instead.
+    m0 = m_in[..., None] if continues is None else jnp.where(continues, m_in[..., None], 0.0)
+    from_state = cum + m0  # [b, z, h, c]: log weight of the entering state at c
     m_c = jnp.maximum(from_state, _max_last(log_d))
     scores = jnp.einsum("bzchn,bzshn->bzhcs", q32, k32) * jnp.exp(log_d - m_c[..., None])
     state_w = jnp.exp(from_state - m_c)  # [b, z, h, c]
+    if continues is not None:
+        state_w = jnp.where(continues, state_w, 0.0)
     num = jnp.einsum("bzhcs,bzshe->bzche", scores, v32)
     num = num + jnp.einsum("bzchn,bzhne,bzhc->bzche", q32, c_in, state_w)
     den = jnp.sum(scores, axis=-1) + jnp.einsum("bzchn,bzhn,bzhc->bzhc", q32, n_in, state_w)

@@ -46,6 +46,13 @@ without dividing by e^{L_s}). The per-step log decays of RWKV-7 are >= -e^{-1/2}
 chunk of 32 |L_t| <= 20 and its differences lose at most ~1e-6 to rounding. A short last chunk is
 padded with w = 1 and zero a, b, k, v, which leaves outputs and state unchanged.
 
+Packed rows (``segment_ids`` i32[b, t], ops/segments.py): the state restarts from zero at each
+document's first token. The recurrence zeroes its carried state there; the chunked form masks
+(segment-id comparisons, never -inf log decays, so gradients stay finite): pairwise decays to s in t's
+document; S0 reaches t only in the document of the token before the chunk; s writes into the
+chunk-end state only in the document of the chunk's last token; S0 survives the chunk only if
+both are the same document. A given ``state`` continues the row's first document.
+
 Cost: the [c, c, n] tensors make this form memory-bound on CPU. Median s under jit, float32,
 [b, t, h, n = e] = [2, 1024, 4, 64], 2-core CPU shared with other jobs, forward / forward+backward:
 chunked c = 16: 0.29 / 0.49, c = 32: 0.30 / 1.25, c = 64: 0.99 / 2.26; the lax.scan recurrence
@@ -58,6 +65,17 @@ import jax.numpy as jnp
 from slm_jax.array_typing import Array
 
 _f32 = jnp.float32
+
+
+def _continues(segment_ids: Array) -> Array:
+    """segment_ids i32[b, t] -> bool[b, t]: the state before token i belongs to i's document (True at i = 0: an
+    entering state continues the first document)."""
+    return jnp.concatenate([segment_ids[:, :1], segment_ids[:, :-1]], axis=1) == segment_ids
+
+
+def _masked(x: Array, mask: Array | None, fill: float = 0.0) -> Array:
+    """x where ``mask`` (broadcast over x's trailing axes), else ``fill``; x itself when mask is None."""
+    return x if mask is None else jnp.where(mask.reshape(mask.shape + (1,) * (x.ndim - mask.ndim)), x, fill)
 
 
 def _unit_lower_inverse(m: Array) -> Array:
@@ -101,24 +119,41 @@ def rwkv7_step(r: Array, log_w: Array, k: Array, v: Array, a: Array, b: Array, s
 
 
 def rwkv7_recurrent(
-    r: Array, log_w: Array, k: Array, v: Array, a: Array, b: Array, state: Array | None = None
+    r: Array,
+    log_w: Array,
+    k: Array,
+    v: Array,
+    a: Array,
+    b: Array,
+    state: Array | None = None,
+    segment_ids: Array | None = None,
 ) -> tuple[Array, Array]:
     """The naive recurrence, one token at a time (``lax.scan`` of ``rwkv7_step``); same contract as
-    ``rwkv7_chunked``."""
+    ``rwkv7_chunked``. With ``segment_ids`` the carried state is zeroed before each document's first token."""
     bsz, _, h, n = k.shape
     start = jnp.zeros((bsz, h, n, v.shape[-1]), _f32) if state is None else state.astype(_f32)
 
     def step(carry, inputs):
-        y, carry = rwkv7_step(*inputs, carry)
+        xs, keep = inputs
+        y, carry = rwkv7_step(*xs, _masked(carry, keep))
         return carry, y
 
     time_major = lambda x: jnp.moveaxis(x, 1, 0)
-    last, ys = jax.lax.scan(step, start, tuple(map(time_major, (r, log_w, k, v, a, b))))
+    keep = None if segment_ids is None else time_major(_continues(segment_ids))
+    last, ys = jax.lax.scan(step, start, (tuple(map(time_major, (r, log_w, k, v, a, b))), keep))
     return jnp.moveaxis(ys, 0, 1), last
 
 
 def rwkv7_chunked(
-    r: Array, log_w: Array, k: Array, v: Array, a: Array, b: Array, chunk_size: int = 32, state: Array | None = None
+    r: Array,
+    log_w: Array,
+    k: Array,
+    v: Array,
+    a: Array,
+    b: Array,
+    chunk_size: int = 32,
+    state: Array | None = None,
+    segment_ids: Array | None = None,
 ) -> tuple[Array, Array]:
     """Chunked RWKV-7 state evolution.
 
@@ -127,9 +162,10 @@ def rwkv7_chunked(
         transition vectors (S_{t-1} -> diag(w) S + b (a^T S)); v: [b, t, h, e].
       chunk_size: c; the last chunk is padded, t < c uses one chunk of t.
       state: optional f32[b, h, n, e] before the first token (zeros if None).
+      segment_ids: optional i32[b, t], packed documents: the state restarts at each one's first token.
 
     Returns:
-      y [b, t, h, e] in v's dtype and the final state f32[b, h, n, e].
+      y [b, t, h, e] in v's dtype and the final state f32[b, h, n, e] (of the last document when packed).
     """
     bsz, t, h, n = k.shape
     e = v.shape[-1]
@@ -140,14 +176,23 @@ def rwkv7_chunked(
     if pad:  # w = 1 (log 0) and zero inputs: identity transitions
         xs = [jnp.pad(x, [(0, 0), (0, pad), (0, 0), (0, 0)]) for x in xs]
     r32, lw, k32, v32, a32, b32 = (x.reshape(bsz, nz, c, h, x.shape[-1]) for x in xs)  # [b, z, c, h, n | e]
+    same = enter = write = survive = None  # segment masks, all None when not packing
+    if segment_ids is not None:  # padding joins the last document: its identity steps change nothing
+        seg = jnp.pad(segment_ids, [(0, 0), (0, pad)], mode="edge").reshape(bsz, nz, c)
+        before = jnp.concatenate([seg[:, :1, :1], seg[:, :-1, -1:]], axis=1)  # [b, z, 1]: token before each chunk
+        same = seg[..., :, None] == seg[..., None, :]  # [b, z, c, s]: t and s in one document
+        enter = seg == before  # [b, z, c]: S0 reaches t
+        write = seg == seg[:, :, -1:]  # [b, z, c]: s writes into the chunk-end state
+        survive = seg[:, :, -1] == before[:, :, 0]  # [b, z]: S0 survives the chunk
 
     cum = jnp.cumsum(lw, axis=2)  # [b, z, c, h, n]: L_t, chunk-local
     cum_before = jnp.concatenate([jnp.zeros_like(cum[:, :, :1]), cum[:, :, :-1]], axis=2)  # L_{t-1}
     causal = jnp.tril(jnp.ones((c, c), bool))[:, :, None, None]  # [c, s, 1, 1]
     diff = jnp.where(causal, cum[:, :, :, None] - cum[:, :, None, :], -jnp.inf)  # [b, z, c, s, h, n], masked before exp
-    decay_incl = jnp.exp(diff)  # e^{L_t - L_s}, s <= t
+    decay_incl = jnp.exp(_masked(diff, same, -jnp.inf))  # e^{L_t - L_s}, s <= t
     # e^{L_{t-1} - L_s} for s < t: the inclusive decays one row down
     decay_excl = jnp.concatenate([jnp.zeros_like(decay_incl[:, :, :1]), decay_incl[:, :, :-1]], axis=2)
+    decay_excl = _masked(decay_excl, same)
 
     a_dec = a32[:, :, :, None] * decay_excl  # [b, z, c, s, h, n]
     r_dec = r32[:, :, :, None] * decay_incl
@@ -158,13 +203,13 @@ def rwkv7_chunked(
 
     # U = W S0 + U0 with W = (I - M_ab)^-1 A~ and U0 = (I - M_ab)^-1 M_ak V.
     inverse = _unit_lower_inverse(m_ab)  # [b, z, h, c, c]
-    w_state = jnp.einsum("bzhts,bzshn->bzhtn", inverse, a32 * jnp.exp(cum_before))  # [b, z, h, c, n]
+    w_state = jnp.einsum("bzhts,bzshn->bzhtn", inverse, _masked(a32 * jnp.exp(cum_before), enter))  # [b, z, h, c, n]
     u_own = jnp.einsum("bzhts,bzhsr,bzrhe->bzhte", inverse, m_ak, v32)  # [b, z, h, c, e]
 
     # Each chunk as an affine map of its entering state: S_end = P S0 + H.
-    to_end = jnp.exp(cum[:, :, -1:] - cum)  # [b, z, c, h, n]: e^{L_c - L_s} <= 1
+    to_end = _masked(jnp.exp(cum[:, :, -1:] - cum), write)  # [b, z, c, h, n]: e^{L_c - L_s} <= 1
     b_end, k_end = b32 * to_end, k32 * to_end
-    total = jnp.exp(cum[:, :, -1])  # [b, z, h, n]
+    total = _masked(jnp.exp(cum[:, :, -1]), survive)  # [b, z, h, n]
     p_map = jnp.einsum("bzshi,bzhsj->bzhij", b_end, w_state) + total[..., :, None] * jnp.eye(n, dtype=_f32)
     h_map = jnp.einsum("bzshn,bzhse->bzhne", b_end, u_own) + jnp.einsum("bzshn,bzshe->bzhne", k_end, v32)
 
@@ -178,7 +223,7 @@ def rwkv7_chunked(
     entering = jnp.moveaxis(entering, 0, 1)  # [b, z, h, n, e]: state before each chunk
 
     u = jnp.einsum("bzhcn,bzhne->bzhce", w_state, entering) + u_own  # [b, z, h, c, e]
-    r_state = r32 * jnp.exp(cum)  # [b, z, c, h, n]
+    r_state = _masked(r32 * jnp.exp(cum), enter)  # [b, z, c, h, n]
     y = (
         jnp.einsum("bzchn,bzhne->bzhce", r_state, entering)
         + jnp.einsum("bzhts,bzhse->bzhte", n_rb, u)

@@ -24,6 +24,9 @@ fwd+bwd of a random weighted sum, float32, median ms, autodiff -> custom VJP, in
   [4, 256, 512, 16]:  linear 98 -> 123, associative 198 -> 116, chunked 175 -> 112
 so LINEAR keeps autodiff (XLA's scan transpose beats the extra time flips). The custom VJP
 supports reverse mode only (no jvp); the tests check it against REFERENCE's autodiff.
+
+Packed rows (``segment_ids``, ops/segments.py): a_t = 0 at every document's first token, so the
+state restarts from zero there on every implementation (and the backward pass stops there too).
 """
 
 import enum
@@ -35,6 +38,7 @@ from jax import lax
 
 from slm_jax.array_typing import Array
 from slm_jax.errors import ConfigError
+from slm_jax.ops.segments import segment_starts
 
 _f32 = jnp.float32
 
@@ -204,6 +208,7 @@ def linear_scan(
     h0: Array | None = None,
     impl: ScanImpl = ScanImpl.AUTO,
     chunk_size: int = 64,
+    segment_ids: Array | None = None,
 ) -> tuple[Array, Array]:
     """All states of h_t = a_t * h_{t-1} + b_t, with h_{-1} = h0.
 
@@ -213,6 +218,8 @@ def linear_scan(
       h0: initial state [b, w...] (anything broadcastable to it); None means zeros.
       impl: which implementation; AUTO picks by platform (``resolve_impl``).
       chunk_size: c, the chunk length of CHUNKED (ignored by the others); need not divide t.
+      segment_ids: optional i32[b, t] documents of packed rows: the state restarts from zero at
+        each document's first token (a_t = 0 there; t = 0 included, so h0 is then unused).
 
     Returns:
       (h_all, h_last): every state [b, t, w...] in the inputs' dtype, and the final state
@@ -232,6 +239,9 @@ def linear_scan(
     if a.shape[1] == 0:  # nothing to scan: the state passes through
         return b.astype(dtype), h0
     a, b = a.astype(_f32), b.astype(_f32)
+    if segment_ids is not None:
+        starts = segment_starts(segment_ids).reshape(segment_ids.shape + (1,) * (a.ndim - 2))
+        a = jnp.where(starts, 0.0, a)
     impl = resolve_impl(impl)
     if impl is ScanImpl.REFERENCE:
         states = _reference(a, b, h0)

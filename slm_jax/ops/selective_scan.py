@@ -15,6 +15,8 @@ materialised + ``linear_scan`` 181 / 505, fused 17 / 127 (without remat 16 / 189
 
 The other ``ScanImpl`` values keep the materialised form over ``linear_scan`` (the associative
 scan suits accelerators, where a length-t loop of small steps underuses the device).
+With ``segment_ids`` (packed rows, ops/segments.py) both forms zero the decay at each document's
+first token, so the state restarts from zero there.
 """
 
 import jax
@@ -23,33 +25,47 @@ from jax import lax
 
 from slm_jax.array_typing import Array
 from slm_jax.ops.scan import ScanImpl, linear_scan, resolve_impl
+from slm_jax.ops.segments import segment_starts
 
 _f32 = jnp.float32
 
 
-def _fused(x: Array, dt: Array, a: Array, b: Array, c: Array, h0: Array) -> tuple[Array, Array]:
+def _fused(
+    x: Array, dt: Array, a: Array, b: Array, c: Array, h0: Array, segment_ids: Array | None
+) -> tuple[Array, Array]:
     """LINEAR: ``lax.scan`` over time with a rematerialised step; time-major inside."""
 
     @jax.checkpoint
     def step(h, inputs):
-        x_t, dt_t, b_t, c_t = inputs  # [b, w], [b, w], [b, n], [b, n]
-        h = jnp.exp(dt_t[..., None] * a) * h + (dt_t * x_t)[..., None] * b_t[:, None, :]
+        x_t, dt_t, b_t, c_t, *start_t = inputs  # [b, w], [b, w], [b, n], [b, n] (, bool[b] when packed)
+        decay = jnp.exp(dt_t[..., None] * a)
+        if start_t:  # a document's first token forgets the state
+            decay = jnp.where(start_t[0][:, None, None], 0.0, decay)
+        h = decay * h + (dt_t * x_t)[..., None] * b_t[:, None, :]
         return h, jnp.einsum("bwn,bn->bw", h, c_t)
 
+    starts = () if segment_ids is None else (segment_starts(segment_ids),)
     time_major = lambda v: jnp.moveaxis(v, 1, 0)
-    last, ys = lax.scan(step, h0, (time_major(x), time_major(dt), time_major(b), time_major(c)))
+    last, ys = lax.scan(step, h0, tuple(time_major(v) for v in (x, dt, b, c, *starts)))
     return time_major(ys), last
 
 
-def _materialised(x, dt, a, b, c, h0, impl: ScanImpl) -> tuple[Array, Array]:
+def _materialised(x, dt, a, b, c, h0, impl: ScanImpl, segment_ids: Array | None) -> tuple[Array, Array]:
     decay = jnp.exp(dt[..., None] * a)  # [b, t, w, n]: A_bar = exp(dt A)
     drive = (dt * x)[..., None] * b[..., None, :]  # [b, t, w, n]: B_bar x = dt B x
-    states, last = linear_scan(decay, drive, h0, impl=impl)
+    states, last = linear_scan(decay, drive, h0, impl=impl, segment_ids=segment_ids)
     return jnp.einsum("btwn,btn->btw", states, c), last
 
 
 def selective_scan(
-    x: Array, dt: Array, a: Array, b: Array, c: Array, h0: Array | None = None, impl: ScanImpl = ScanImpl.AUTO
+    x: Array,
+    dt: Array,
+    a: Array,
+    b: Array,
+    c: Array,
+    h0: Array | None = None,
+    impl: ScanImpl = ScanImpl.AUTO,
+    segment_ids: Array | None = None,
 ) -> tuple[Array, Array]:
     """y_t = h_t C_t with h_t = exp(dt_t a) h_{t-1} + dt_t x_t B_t, all in float32.
 
@@ -60,6 +76,8 @@ def selective_scan(
       h0: f32[b, w, n] state before the first token; None means zeros.
       impl: LINEAR is the fused loop; the others materialise the states for ``linear_scan``;
         AUTO resolves per platform (``ops.scan.resolve_impl``).
+      segment_ids: optional i32[b, t] documents of packed rows: the state restarts from zero at
+        each document's first token (t = 0 included, so h0 is then unused).
 
     Returns:
       y f32[b, t, w] (without the D skip) and the final state f32[b, w, n].
@@ -69,5 +87,5 @@ def selective_scan(
     h0 = jnp.zeros((bsz, w, a.shape[-1]), _f32) if h0 is None else h0.astype(_f32)
     impl = resolve_impl(impl)
     if impl is ScanImpl.LINEAR:
-        return _fused(x, dt, a, b, c, h0)
-    return _materialised(x, dt, a, b, c, h0, impl)
+        return _fused(x, dt, a, b, c, h0, segment_ids)
+    return _materialised(x, dt, a, b, c, h0, impl, segment_ids)

@@ -21,6 +21,11 @@ The chunked algorithm (``ssd``) splits time into chunks of length c and computes
 Its cost is O(t c (n + e)) per head, matmul-shaped, against O(t e n) sequential steps for the
 recurrence. A length not divisible by c is padded with zeros (decay exp(0) = 1, no input), which
 leaves both the outputs and the final state unchanged.
+
+Packed rows (``segment_ids``, ops/segments.py) mask the four steps so that no state crosses a
+document boundary: L[c, s] only within a document, a source reaches the chunk-end state only if it
+is in the chunk's last document, the carried state survives only a chunk without a boundary, and
+the entering state reaches only the targets still in the document of the token before the chunk.
 """
 
 import jax
@@ -28,6 +33,7 @@ import jax.numpy as jnp
 
 from slm_jax.array_typing import Array
 from slm_jax.ops.scan import linear_scan
+from slm_jax.ops.segments import same_segment, segment_starts
 
 _f32 = jnp.float32
 
@@ -45,8 +51,37 @@ def segsum(la: Array) -> Array:
     return jnp.where(jnp.tril(jnp.ones((c, c), bool)), seg, -jnp.inf)
 
 
+def _chunk_masks(segment_ids: Array, nz: int, q: int) -> tuple[Array, Array, Array, Array]:
+    """Packed-row masks per chunk from segment_ids i32[b, t] (t <= nz q):
+
+    same bool[b, z, c, s] (target and source in one document), writes bool[b, z, s] (source in the
+    chunk's last document), survives bool[b, z] (no boundary in the chunk), reaches bool[b, z, c]
+    (target in the document of the token before the chunk; never in chunk 0).
+    """
+    bsz, t = segment_ids.shape
+    # Documents numbered 1, 2, ... along each row (0: before the row), so equality means "no
+    # boundary between"; the padding continues the last document (no input, decay 1).
+    doc = jnp.cumsum(segment_starts(segment_ids), axis=1, dtype=jnp.int32)
+    doc = jnp.pad(doc, ((0, 0), (0, nz * q - t)), mode="edge").reshape(bsz, nz, q)
+    before = jnp.concatenate([jnp.zeros_like(doc[:, :1, 0]), doc[:, :-1, -1]], axis=1)  # [b, z]
+    same = same_segment(doc.reshape(bsz * nz, q), doc.reshape(bsz * nz, q)).reshape(bsz, nz, q, q)
+    return same, doc == doc[..., -1:], doc[..., -1] == before, doc == before[..., None]
+
+
+def _masked(v: Array, mask: Array | None) -> Array:
+    """v where ``mask`` (broadcast), else 0; v itself when there is no mask (rows not packed)."""
+    return v if mask is None else jnp.where(mask, v, 0.0)
+
+
 def ssd(
-    x: Array, dt: Array, a: Array, b: Array, c: Array, chunk_size: int = 64, h0: Array | None = None
+    x: Array,
+    dt: Array,
+    a: Array,
+    b: Array,
+    c: Array,
+    chunk_size: int = 64,
+    h0: Array | None = None,
+    segment_ids: Array | None = None,
 ) -> tuple[Array, Array]:
     """Chunked SSD scan.
 
@@ -57,6 +92,8 @@ def ssd(
       b: f32[b, t, k, n] input maps B; c: f32[b, t, k, n] output maps C; k divides h.
       chunk_size: chunk length (the last chunk is zero-padded; t < chunk_size uses one chunk of t).
       h0: optional f32[b, h, e, n] state before the first token.
+      segment_ids: optional i32[b, t] documents of packed rows: each starts from a zero state
+        (the row's first included, so h0 is then unused); the final state is the last document's.
 
     Returns:
       y: [b, t, h, e] in x's dtype (without the D skip term) and the final state f32[b, h, e, n].
@@ -79,26 +116,31 @@ def ssd(
     cc = cc.reshape(bsz, nz, q, k, n)
     la = la.reshape(bsz, nz, q, k, g).transpose(0, 1, 3, 4, 2)  # [b, z, k, g, c]
     cum = jnp.cumsum(la, axis=-1)  # [b, z, k, g, c]: log decay from the chunk start to c
+    same = writes = survives = reaches = None
+    if segment_ids is not None:  # broadcast over the (k, g) head axes
+        masks = _chunk_masks(segment_ids, nz, q)
+        same, writes, survives, reaches = (m.reshape(m.shape[:2] + (1, 1) + m.shape[2:]) for m in masks)
 
     # 1. intra-chunk (diagonal blocks): y[c] = sum_{s <= c} (C_c . B_s) L[c, s] dt_s x_s
     scores = jnp.einsum("bzckn,bzskn->bzkcs", cc, bb)  # shared by the g heads of a group
-    mix = scores[:, :, :, None] * jnp.exp(segsum(la))  # [b, z, k, g, c, s]
+    mix = scores[:, :, :, None] * _masked(jnp.exp(segsum(la)), same)  # [b, z, k, g, c, s]
     y = jnp.einsum("bzkgcs,bzskge->bzckge", mix, xdt)
 
     # 2. each chunk's own contribution to the state at its end (zero state on entry)
-    to_end = jnp.exp(cum[..., -1:] - cum)  # [b, z, k, g, s]
+    to_end = _masked(jnp.exp(cum[..., -1:] - cum), writes)  # [b, z, k, g, s]
     states = jnp.einsum("bzskn,bzkgs,bzskge->bzkgen", bb, to_end, xdt)  # [b, z, k, g, e, n]
 
     # 3. state entering each chunk: H_z = exp(sum of la over chunk z) H_{z-1} + states_z
     states = states.reshape(bsz, nz, h, e, n)
-    decay = jnp.broadcast_to(jnp.exp(cum[..., -1]).reshape(bsz, nz, h, 1, 1), states.shape)
+    decay = _masked(jnp.exp(cum[..., -1]), survives)  # [b, z, k, g]
+    decay = jnp.broadcast_to(decay.reshape(bsz, nz, h, 1, 1), states.shape)
     start = jnp.zeros((bsz, h, e, n), _f32) if h0 is None else h0.astype(_f32)
     ends, last = linear_scan(decay, states, start)  # ends[:, z]: state after chunk z
     entering = jnp.concatenate([start[:, None], ends[:, :-1].astype(_f32)], axis=1)  # [b, z, h, e, n]
 
     # 4. entering state -> outputs: y[c] += exp(cum[c]) C_c h_in
     entering = entering.reshape(bsz, nz, k, g, e, n)
-    y = y + jnp.einsum("bzckn,bzkgen,bzkgc->bzckge", cc, entering, jnp.exp(cum))
+    y = y + jnp.einsum("bzckn,bzkgen,bzkgc->bzckge", cc, entering, _masked(jnp.exp(cum), reaches))
     y = y.reshape(bsz, nz * q, h, e)[:, :t]
     return y.astype(x.dtype), last.astype(_f32)
 

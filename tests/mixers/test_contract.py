@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from slm_jax.config import config_from_dict
+from slm_jax.errors import ConfigError
 from slm_jax.finetune.lora import LoraSpec, target_paths
 from slm_jax.mixers.contract import state_bytes
 from slm_jax.mixers.registry import MIXERS, build_mixer, mixer_names
@@ -220,3 +221,53 @@ def test_param_count_and_flops_are_right(name):
             continue
         ratio = counted / m.flops_per_token(t)
         assert 0.75 <= ratio <= 1.4, f"{name} {variant}: jaxpr FLOPs / closed form = {ratio:.3f}"
+
+
+# Two packed rows: documents of awkward lengths (1-token ones, one longer than the 8-token chunks
+# of the test options), summing to 21 tokens each.
+PACKED_DOCS = ((5, 1, 9, 6), (13, 1, 1, 6))
+
+
+def packed_inputs(docs=PACKED_DOCS):
+    """segment_ids and restarting positions i32[len(docs), t] for rows of documents of the given lengths."""
+    seg = np.stack([np.repeat(np.arange(len(row)), row) for row in docs]).astype(np.int32)
+    pos = np.stack([np.concatenate([np.arange(n) for n in row]) for row in docs]).astype(np.int32)
+    return jnp.asarray(seg), jnp.asarray(pos)
+
+
+def run_separately(f, x, docs=PACKED_DOCS):
+    """f(x_docs [n_docs, longest, ...], positions [n_docs, longest]) -> y_docs: every document alone in
+    its own row of one batch, right-padded with whatever follows it (which a causal mixer never reads;
+    zeros could make 0/0 in a key norm), its outputs put back where the document sits in the packed rows."""
+    rows = np.concatenate([[r] * len(lengths) for r, lengths in enumerate(docs)])
+    starts = np.concatenate([np.cumsum((0,) + tuple(lengths))[:-1] for lengths in docs])
+    sizes = np.concatenate(docs)
+    longest = int(sizes.max())
+    offsets = np.arange(longest)
+    x_docs = x[rows[:, None], np.minimum(starts[:, None] + offsets, x.shape[1] - 1)]
+    y_docs = f(x_docs, jnp.asarray(np.broadcast_to(offsets, (len(sizes), longest)), jnp.int32))
+    doc_of = np.stack([np.repeat(np.arange(len(lengths)), lengths) for lengths in docs])  # [b, t] within the row
+    first_doc = np.cumsum([0] + [len(lengths) for lengths in docs])[:-1]
+    pos = np.stack([np.concatenate([np.arange(n) for n in lengths]) for lengths in docs])
+    return y_docs[first_doc[:, None] + doc_of, pos]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_packed_rows_equal_documents_run_alone(name):
+    """Issue #19: a packed row gives each document's outputs as if it ran alone, on every path
+    (default and ``test_variants``), and so do the gradients of a loss over the packed row."""
+    mixer, params, x, _ = setup(name, sum(PACKED_DOCS[0]), seed=6)
+    seg, pos = packed_inputs()
+    w = jax.random.normal(jax.random.key(8), x.shape)
+    for fields in ({},) + tuple(MIXERS[name].test_variants):
+        check_packed(mixer.clone(**fields), params, x, seg, pos, w)
+    with pytest.raises(ConfigError, match="decode one document per row"):
+        mixer.apply(params, x, pos, mixer.init_cache(2, x.shape[1]), segment_ids=seg)
+
+
+def check_packed(mixer, params, x, seg, pos, w):
+    packed = lambda p, x: mixer.apply(p, x, pos, segment_ids=seg)[0]
+    alone = lambda p, x: run_separately(lambda xd, pd: mixer.apply(p, xd, pd)[0], x)
+    close(jax.jit(packed)(params, x), jax.jit(alone)(params, x))
+    grad = lambda f: jax.jit(jax.grad(lambda p, x: jnp.sum(f(p, x) * w), argnums=(0, 1)))(params, x)
+    close(grad(packed), grad(alone), tol=1e-4)
