@@ -149,6 +149,7 @@ class DataConfig:
     tokenizer: str = "char"  # char | byte (for raw text files)
     val_fraction: float = 0.1
     cache_dir: str = ""  # where raw files are prepared; "" -> $SLM_JAX_CACHE or ~/.cache/slm_jax
+    pack: bool = False  # packed rows: documents kept apart (segment ids, positions, no loss across; data/pipeline.py)
     task: TaskConfig = field(default_factory=TaskConfig)  # a synthetic task instead of text, when named
 
 

@@ -14,6 +14,12 @@ Each batch is one vectorised numpy gather from a sliding-window view of the (mem
 tokens, which measured ~1.6x faster than fancy indexing with an offsets + arange matrix and
 ~4x faster than stacking per-window slices. A sharded split (``token_files.ShardedTokens``) gives
 the same batches as its single-file form: windows index the concatenation and may cross shards.
+
+Packed rows (``data.pack``): given the split's document starts, the same windows become dicts
+(``pack_windows``) of ``inputs``, ``targets`` (-1 where the target is a document's first token, never
+predicted from the document before), ``segment_ids`` and ``positions``. Positions restart at 0 at each
+document and at the window start, as unpacked windows do: they stay below seq_len (learned position
+tables) and a document cut by the window start runs as it would alone, which is what a recurrent state sees.
 """
 
 from __future__ import annotations
@@ -69,6 +75,24 @@ def _fingerprint(tokens: np.ndarray | ShardedTokens) -> str:
     return h.hexdigest()[:12]
 
 
+def pack_windows(windows: np.ndarray, offsets: np.ndarray, doc_starts: np.ndarray) -> dict:
+    """(b, t + 1) windows at ``offsets`` of a split whose documents begin at ``doc_starts`` -> a packed batch.
+
+    Returns:
+        ``{"inputs", "targets", "positions", "segment_ids"}``, each i32[b, t] (see the module docstring);
+        segment ids count the documents of a row from 0.
+    """
+    at = np.asarray(offsets, np.int64)[:, None] + np.arange(windows.shape[1])  # (b, t + 1) offsets in the split
+    doc = np.searchsorted(doc_starts, at, side="right") - 1  # (b, t + 1) document of each token
+    first = np.maximum(doc_starts[doc], at[:, :1])  # (b, t + 1) where each token's document starts in the window
+    return {
+        "inputs": windows[:, :-1],
+        "targets": np.where(doc[:, 1:] == doc[:, :-1], windows[:, 1:], -1).astype(np.int32),
+        "positions": (at - first)[:, :-1].astype(np.int32),
+        "segment_ids": (doc - doc[:, :1])[:, :-1].astype(np.int32),
+    }
+
+
 class RandomWindowBatches:
     """A grain random-access source whose item ``i`` is training batch ``i`` (this process's rows).
 
@@ -79,6 +103,8 @@ class RandomWindowBatches:
         seed: non-negative seed; batch ``i`` uses ``np.random.default_rng([seed, i])``.
         process_index, process_count: this process takes rows
             ``[process_index * b, (process_index + 1) * b)`` of each global batch, ``b = batch_size // process_count``.
+        doc_starts: (d,) nondecreasing first-token offsets of the split's documents, from 0: packed batches
+            (``pack_windows``) instead of arrays; None: arrays.
     """
 
     def __init__(
@@ -89,6 +115,7 @@ class RandomWindowBatches:
         seed: int,
         process_index: int = 0,
         process_count: int = 1,
+        doc_starts: np.ndarray | None = None,
     ):
         tokens = _as_tokens(tokens)
         _check_sizes(len(tokens), batch_size, seq_len)
@@ -110,6 +137,7 @@ class RandomWindowBatches:
         self._n_tokens = len(tokens)
         self._fingerprint = _fingerprint(tokens)
         self._tokens = tokens
+        self._doc_starts = doc_starts
 
     def offsets(self, index: int) -> np.ndarray:
         """Start offsets of the global batch ``index``: (batch_size,) int64 in [0, n - seq_len - 1]."""
@@ -119,35 +147,46 @@ class RandomWindowBatches:
     def __len__(self) -> int:
         return _ENDLESS
 
-    def __getitem__(self, index: int) -> np.ndarray:
-        """Batch ``index``: (batch_size // process_count, seq_len + 1) int32."""
+    def __getitem__(self, index: int) -> np.ndarray | dict:
+        """Batch ``index``: (batch_size // process_count, seq_len + 1) int32, or its packed dict."""
         start = self.process_index * self.local_batch
         rows = self.offsets(int(index))[start : start + self.local_batch]
-        return _windows(self._tokens, rows, self.seq_len + 1)  # (b, seq_len + 1)
+        windows = _windows(self._tokens, rows, self.seq_len + 1)  # (b, seq_len + 1)
+        return windows if self._doc_starts is None else pack_windows(windows, rows, self._doc_starts)
 
     def __repr__(self) -> str:
         # Stable across runs (no object address): grain checkpoints validate sources by repr.
+        docs = "" if self._doc_starts is None else f", docs={len(self._doc_starts)}@{_fingerprint(self._doc_starts)}"
         return (
-            f"RandomWindowBatches(tokens={self._n_tokens}@{self._fingerprint}, batch_size={self.batch_size}, "
+            f"RandomWindowBatches(tokens={self._n_tokens}@{self._fingerprint}{docs}, batch_size={self.batch_size}, "
             f"seq_len={self.seq_len}, seed={self.seed}, process={self.process_index}/{self.process_count})"
         )
 
 
 def train_batches(
-    tokens: np.ndarray, batch_size: int, seq_len: int, seed: int, process_index: int = 0, process_count: int = 1
+    tokens: np.ndarray,
+    batch_size: int,
+    seq_len: int,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    doc_starts: np.ndarray | None = None,
 ) -> grain.DatasetIterator:
     """An endless iterator of training batches (see ``RandomWindowBatches`` for the arguments).
 
     Returns:
-        A grain ``DatasetIterator`` yielding (batch_size // process_count, seq_len + 1) int32 arrays.
+        A grain ``DatasetIterator`` yielding (batch_size // process_count, seq_len + 1) int32 arrays
+        (with ``doc_starts``: their packed dicts).
         ``it.get_state()`` is a JSON-serialisable dict; ``set_state`` on a fresh iterator built
         with the same arguments continues with exactly the batches the first one would have given.
     """
-    source = RandomWindowBatches(tokens, batch_size, seq_len, seed, process_index, process_count)
+    source = RandomWindowBatches(tokens, batch_size, seq_len, seed, process_index, process_count, doc_starts)
     return iter(grain.MapDataset.source(source).to_iter_dataset(READ_OPTIONS))
 
 
-def eval_batches(tokens: np.ndarray, batch_size: int, seq_len: int, n_batches: int) -> list[np.ndarray]:
+def eval_batches(
+    tokens: np.ndarray, batch_size: int, seq_len: int, n_batches: int, doc_starts: np.ndarray | None = None
+) -> list[np.ndarray] | list[dict]:
     """Fixed evaluation batches: windows at evenly spaced offsets across the split, no randomness.
 
     Args:
@@ -156,9 +195,10 @@ def eval_batches(tokens: np.ndarray, batch_size: int, seq_len: int, n_batches: i
         n_batches: batches wanted; fewer are returned when the split holds fewer than
             ``n_batches * batch_size`` non-overlapping windows, but always at least one
             (whose windows then overlap).
+        doc_starts: the split's document starts (``RandomWindowBatches``): packed batches; None: arrays.
 
     Returns:
-        A list of (batch_size, seq_len + 1) int32 arrays.
+        A list of (batch_size, seq_len + 1) int32 arrays, or with ``doc_starts`` of their packed dicts.
     """
     tokens = _as_tokens(tokens)
     _check_sizes(len(tokens), batch_size, seq_len)
@@ -168,5 +208,7 @@ def eval_batches(tokens: np.ndarray, batch_size: int, seq_len: int, n_batches: i
     n = max(1, min(n_batches, (len(tokens) // window) // batch_size))
     # Spread the windows over the whole split, first one at 0 and last one ending at the end.
     offsets = np.linspace(0, len(tokens) - window, n * batch_size).round().astype(np.int64)  # (n * batch_size,)
-    windows = _windows(tokens, offsets, window)  # (n * batch_size, window)
-    return list(windows.reshape(n, batch_size, window))
+    windows = _windows(tokens, offsets, window).reshape(n, batch_size, window)
+    if doc_starts is None:
+        return list(windows)
+    return [pack_windows(w, o, doc_starts) for w, o in zip(windows, offsets.reshape(n, batch_size))]

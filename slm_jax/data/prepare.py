@@ -15,6 +15,8 @@ The split is nanoGPT's: the documents are concatenated in order and the last ``v
 the tokens is the validation split. A tokenizer with an end-of-document token (a BPE's
 ``<|endoftext|>``) gets it after every document; char and byte ones get a newline after every
 record (jsonl line, table row) that lacks one, and text files are concatenated as they are.
+A document (a jsonl line's text, a table row, a text file) is recorded by its first token's offset in
+``<split>.docs.npy``, streamed to disk while encoding, for packed rows (``data.pack``).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import numpy as np
 from slm_jax.data.corpora import generate_corpus
 from slm_jax.data.hf_tokenizer import HFTokenizer, train_bpe
 from slm_jax.data.readers import BadLines, expand_inputs, file_record, iter_pieces
-from slm_jax.data.token_files import DTYPES, META_FILE, is_prepared_dir, load_meta, token_dtype
+from slm_jax.data.token_files import DOCS_SUFFIX, DTYPES, META_FILE, docs_path, is_prepared_dir, load_meta, token_dtype
 from slm_jax.data.tokenizers import (
     TOKENIZER_NAMES,
     ByteTokenizer,
@@ -52,6 +54,8 @@ BATCH_CHARS = 1 << 22  # pieces are encoded in batches of about this many charac
 PIECE_CHARS = 1 << 16  # a text file is cut into pieces of about this many characters (many per batch: parallel)
 BPE_SAMPLE_MB = 64.0  # a BPE is trained on the first this-many MB of the corpus (0: all of it)
 _CUT = re.compile(r"\S( |\n)(?=\S)")  # see _safe_cut
+_DOC_ENDS = ".docs.tmp"  # raw int64 offsets past each document, written while encoding
+_DOC_CHUNK = 1 << 20  # document offsets copied per piece into the split indexes
 _MAX_CARRY = 1 << 26  # a text with no line break for this long is cut anyway (BPE may then differ at the cut)
 
 
@@ -140,17 +144,21 @@ def _batches(pieces: Iterator) -> Iterator[list]:
         yield batch
 
 
-def _encode_batch(tok: Tokenizer, batch: list) -> np.ndarray:
-    """(n,) int32 ids of a batch of pieces, the end-of-document token after each document end when there is one."""
+def _encode_batch(tok: Tokenizer, batch: list) -> tuple[np.ndarray, np.ndarray]:
+    """A batch of pieces -> (n,) int32 ids (the end-of-document token after each document end when there is
+    one) and (e,) int64 offsets into them just past each document that ends in the batch."""
     if isinstance(tok, ByteTokenizer):
-        return tok.encode(b"".join(p if isinstance(p, bytes) else p.encode("utf-8") for p, _ in batch))
-    if isinstance(tok, CharTokenizer):
-        return tok.encode("".join(p for p, _ in batch))
-    ids = tok.encode_batch([p for p, _ in batch])
-    eos = tok.eos_id
-    if eos is not None:
-        ids = [np.append(x, np.int32(eos)) if end else x for x, (_, end) in zip(ids, batch)]
-    return np.concatenate(ids) if ids else np.zeros(0, np.int32)
+        raw = [p if isinstance(p, bytes) else p.encode("utf-8") for p, _ in batch]
+        ids, lengths = tok.encode(b"".join(raw)), [len(r) for r in raw]
+    elif isinstance(tok, CharTokenizer):  # one id per character
+        ids, lengths = tok.encode("".join(p for p, _ in batch)), [len(p) for p, _ in batch]
+    else:
+        encoded = tok.encode_batch([p for p, _ in batch])
+        eos = tok.eos_id
+        if eos is not None:
+            encoded = [np.append(x, np.int32(eos)) if end else x for x, (_, end) in zip(encoded, batch)]
+        ids, lengths = np.concatenate(encoded) if encoded else np.zeros(0, np.int32), [len(x) for x in encoded]
+    return ids, np.cumsum(lengths, dtype=np.int64)[np.array([end for _, end in batch], bool)]
 
 
 class _PartWriter:
@@ -213,6 +221,28 @@ def _split_parts(parts: list[list], n_train: int, out_dir: Path, itemsize: int, 
             place("val", tail, n - k)
         start += n
     return out
+
+
+def _write_doc_starts(doc_ends: Path, n_train: int, n: int, out_dir: Path) -> dict:
+    """Writes ``{split}.docs.npy``, each split's (d,) int64 document start offsets (0 first: the val split
+    may begin inside a document), from the raw int64 offsets past every document, copied in bounded pieces.
+
+    Returns:
+        ``{"train": d_train, "val": d_val}``, the number of documents (or document tails) per split.
+    """
+    ends = np.memmap(doc_ends, dtype="<i8", mode="r")  # (e,) nondecreasing, the last one n
+    cut = int(np.searchsorted(ends, n_train, side="right"))  # an end at n_train starts val at 0 anyway
+    spans = {"train": (0, int(np.searchsorted(ends, n_train)), 0), "val": (cut, int(np.searchsorted(ends, n)), n_train)}
+    counts = {}
+    for split, (lo, hi, shift) in spans.items():
+        starts = np.lib.format.open_memmap(docs_path(out_dir, split), mode="w+", dtype="<i8", shape=(1 + hi - lo,))
+        starts[0] = 0
+        for a in range(lo, hi, _DOC_CHUNK):
+            b = min(a + _DOC_CHUNK, hi)
+            starts[1 + a - lo : 1 + b - lo] = ends[a:b] - shift
+        starts.flush()
+        counts[split] = 1 + hi - lo
+    return counts
 
 
 def _build_tokenizer(tokenizer: str, vocab_size: int, sample_bytes: int, str_pieces) -> Tokenizer:
@@ -278,7 +308,8 @@ def prepare(
 
     Returns:
         The ``meta.json`` dict: tokenizer, vocab_size, dtype, train_tokens, val_tokens, val_fraction,
-        sources (path, bytes, sha256 per input file), with shards: shards; with skip_bad_lines: bad_lines.
+        sources (path, bytes, sha256 per input file), documents (per split, the length of ``<split>.docs.npy``),
+        with shards: shards; with skip_bad_lines: bad_lines.
     """
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
@@ -312,19 +343,25 @@ def prepare(
     out_dir = Path(out_dir).expanduser()
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / META_FILE).unlink(missing_ok=True)  # an overwrite in progress is not a prepared dir
-    for old in [*out_dir.glob("train*.bin"), *out_dir.glob("val*.bin"), *out_dir.glob(".part_*")]:
+    stale = ("train*.bin", "val*.bin", f"*{DOCS_SUFFIX}", ".part_*", _DOC_ENDS)
+    for old in [p for pattern in stale for p in out_dir.glob(pattern)]:
         old.unlink()
     dtype_name = token_dtype(tok.vocab_size)
     writer = _PartWriter(out_dir, DTYPES[dtype_name], shard_tokens)
+    doc_ends = out_dir / _DOC_ENDS  # int64 offsets just past each document of the whole stream, streamed
+    n = 0
     try:
-        for batch in _batches(pieces(bad, record_newline, is_hf)):
-            writer.write(_encode_batch(tok, batch))
+        with doc_ends.open("wb") as f:
+            for batch in _batches(pieces(bad, record_newline, is_hf)):
+                ids, ends = _encode_batch(tok, batch)
+                writer.write(ids)
+                (n + ends).astype("<i8").tofile(f)
+                n += len(ids)
     finally:
         parts = writer.close()
-    n = sum(t for _, t in parts)
     n_train = int(n * (1.0 - val_fraction))  # nanoGPT: train = ids[:n_train], val = the rest
     if n_train < MIN_SPLIT_TOKENS or n - n_train < MIN_SPLIT_TOKENS:
-        for path, _ in parts:
+        for path in [doc_ends, *(path for path, _ in parts)]:
             path.unlink()
         raise DataError(
             f"The input has {n} tokens, which splits into {n_train} train and "
@@ -332,6 +369,8 @@ def prepare(
             f"needs at least {MIN_SPLIT_TOKENS}, so use more text or change val_fraction."
         )
     shards = _split_parts(parts, n_train, out_dir, DTYPES[dtype_name].itemsize, sharded=shard_tokens > 0)
+    documents = _write_doc_starts(doc_ends, n_train, n, out_dir)
+    doc_ends.unlink()
     save_tokenizer(tok, out_dir)
     meta = {
         "tokenizer": tokenizer if tokenizer in PREPARE_TOKENIZERS else tok.name,  # "hf" for a Hugging Face file
@@ -341,6 +380,7 @@ def prepare(
         "val_tokens": n - n_train,
         "val_fraction": val_fraction,
         "sources": sources,
+        "documents": documents,
     }
     if shard_tokens:
         meta["shards"] = shards
@@ -378,6 +418,7 @@ def _cache_matches(d: Path, sha: str, tokenizer: str, val_fraction: float) -> bo
     return (
         meta["tokenizer"] == tokenizer
         and meta.get("val_fraction") == val_fraction
+        and "documents" in meta  # an entry from before document indexes is prepared again
         and len(srcs) == 1
         and srcs[0].get("sha256") == sha
     )

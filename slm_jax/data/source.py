@@ -14,7 +14,7 @@ import numpy as np
 from slm_jax.config import DataConfig
 from slm_jax.data.corpora import CORPORA
 from slm_jax.data.prepare import prepare_synthetic, resolve_data_dir
-from slm_jax.data.token_files import load_data_tokenizer, load_meta, load_split
+from slm_jax.data.token_files import load_data_tokenizer, load_doc_starts, load_meta, load_split
 from slm_jax.data.tokenizers import Tokenizer
 from slm_jax.errors import DataError
 
@@ -29,6 +29,8 @@ class Dataset:
         val: (n_val,) read-only memmap of token ids.
         tokenizer: the tokenizer the ids were made with.
         meta: the directory's ``meta.json`` (vocab_size, tokenizer name, counts, sources).
+        train_docs, val_docs: (d,) int64 memmaps of each document's first-token offset when opened for
+            packing (``data.pack``), else None.
     """
 
     data_dir: Path
@@ -36,10 +38,13 @@ class Dataset:
     val: np.ndarray
     tokenizer: Tokenizer
     meta: dict
+    train_docs: np.ndarray | None = None
+    val_docs: np.ndarray | None = None
 
 
-def open_dataset(data_dir: Path) -> Dataset:
-    """Opens a prepared directory: both splits memory-mapped, tokenizer and meta loaded."""
+def open_dataset(data_dir: Path, pack: bool = False) -> Dataset:
+    """Opens a prepared directory: both splits memory-mapped, tokenizer and meta loaded, with ``pack`` the
+    document indexes too (refused with one sentence when the directory has none)."""
     meta = load_meta(data_dir)
     tokenizer = load_data_tokenizer(data_dir)
     if tokenizer.vocab_size != meta["vocab_size"]:
@@ -47,8 +52,9 @@ def open_dataset(data_dir: Path) -> Dataset:
             f"{data_dir}: tokenizer.json has {tokenizer.vocab_size} tokens but meta.json says {meta['vocab_size']}; "
             "the files come from different prepares, re-run `slm data prepare`."
         )
+    docs = [load_doc_starts(data_dir, split, meta) if pack else None for split in ("train", "val")]
     return Dataset(
-        Path(data_dir), load_split(data_dir, "train", meta), load_split(data_dir, "val", meta), tokenizer, meta
+        Path(data_dir), load_split(data_dir, "train", meta), load_split(data_dir, "val", meta), tokenizer, meta, *docs
     )
 
 
@@ -56,7 +62,8 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     """Resolves ``cfg`` to a prepared directory (preparing and caching raw text) and opens it.
 
     Args:
-        cfg: ``path`` (text file or prepared directory) if set, else ``synthetic`` (a corpus name).
+        cfg: ``path`` (text file or prepared directory) if set, else ``synthetic`` (a corpus name);
+            ``pack`` also opens the document indexes.
     """
     if cfg.path:
         data_dir = resolve_data_dir(cfg.path, cfg.tokenizer, cfg.val_fraction, cfg.cache_dir)
@@ -67,4 +74,4 @@ def load_dataset(cfg: DataConfig) -> Dataset:
             "No data: set data.path to a text file or prepared directory, or data.synthetic to one of "
             f"{', '.join(sorted(CORPORA))}."
         )
-    return open_dataset(data_dir)
+    return open_dataset(data_dir, cfg.pack)

@@ -6,7 +6,9 @@ without reading the file. A split is one file (``train.bin``) or, when prepared 
 several (``train_000.bin``, ``train_001.bin``, ...) listed with their token counts under
 ``meta["shards"]``; ``ShardedTokens`` reads those as one concatenated array, memory-mapped.
 ``meta.json`` holds the dtype and token counts; a token file whose size disagrees with them
-(e.g. a copy cut short) is refused rather than trained on.
+(e.g. a copy cut short) is refused rather than trained on. ``<split>.docs.npy`` (int64, counts
+under ``meta["documents"]``) holds the offset of each document's first token in the split, for
+packed rows (``data.pack``); directories prepared before it existed lack it and cannot be packed.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from slm_jax.errors import DataError
 
 META_FILE = "meta.json"
 SPLITS = ("train", "val")
+DOCS_SUFFIX = ".docs.npy"
 # Token files are little-endian whatever the machine, so they can be shared between hosts.
 DTYPES = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
 
@@ -36,6 +39,11 @@ def split_path(data_dir: Union[str, Path], split: str) -> Path:
     if split not in SPLITS:
         raise DataError(f"Unknown data split {split!r}; use one of: {', '.join(SPLITS)}.")
     return Path(data_dir) / f"{split}.bin"
+
+
+def docs_path(data_dir: Union[str, Path], split: str) -> Path:
+    """``data_dir/<split>.docs.npy``, the split's document index."""
+    return split_path(data_dir, split).with_suffix(DOCS_SUFFIX)
 
 
 def is_prepared_dir(path: Union[str, Path]) -> bool:
@@ -158,6 +166,25 @@ def load_split(data_dir: Union[str, Path], split: str, meta: dict | None = None)
         )
     maps = [_map_file(Path(data_dir) / s["file"], dtype, int(s["tokens"]), meta["dtype"]) for s in shards]
     return maps[0] if len(maps) == 1 else ShardedTokens(maps)
+
+
+def load_doc_starts(data_dir: Union[str, Path], split: str, meta: dict | None = None) -> np.ndarray:
+    """(d,) int64 read-only memmap: the offset in the split of each document's first token, nondecreasing from 0
+    (the val split's first document may be the tail of one begun in train)."""
+    meta = load_meta(data_dir) if meta is None else meta
+    if "documents" not in meta:
+        raise DataError(
+            f"{data_dir} has no document index (it was prepared before documents were recorded), "
+            "which data.pack needs; re-run `slm data prepare` on its sources or drop data.pack."
+        )
+    path = docs_path(data_dir, split)
+    starts = np.load(path, mmap_mode="r") if path.is_file() else None
+    if starts is None or starts.shape != (int(meta["documents"][split]),):
+        raise DataError(
+            f"{path} is missing or does not hold the {meta['documents'][split]} document offsets {META_FILE} "
+            "promises; re-run `slm data prepare`."
+        )
+    return starts
 
 
 def load_data_tokenizer(data_dir: Union[str, Path]) -> Tokenizer:

@@ -6,6 +6,8 @@ A batch is either i32[b, t + 1] text windows (inputs are the first t tokens, tar
 t) or a task dict: ``{"inputs": i32[b, t], "targets": i32[b, t]}`` with target -1 where a
 position is not scored, or its compact form ``{"inputs", "label_positions": i32[b, m],
 "labels": i32[b, m]}``, for which the model computes logits only at the m labelled positions.
+Packed text rows (data/pipeline.py) are the first dict form plus ``"positions"`` and ``"segment_ids"``
+(i32[b, t]), which go to the model as they are.
 """
 
 from typing import Callable
@@ -33,9 +35,10 @@ def make_loss_fn(model: nn.Module, z_loss: float = 0.0) -> Callable:
         if not isinstance(batch, dict):  # text windows: every next token is scored
             logits, _ = model.apply(params, batch[:, :-1])
             return cross_entropy(logits, batch[:, 1:], z_loss=z_loss)
-        positions = batch.get("label_positions")
-        logits, _ = model.apply(params, batch["inputs"], logit_positions=positions)
-        targets = batch["labels"] if positions is not None else batch["targets"]
+        label_positions = batch.get("label_positions")
+        packing = {k: batch[k] for k in ("positions", "segment_ids") if k in batch}
+        logits, _ = model.apply(params, batch["inputs"], logit_positions=label_positions, **packing)
+        targets = batch["labels"] if label_positions is not None else batch["targets"]
         return cross_entropy(logits, jnp.maximum(targets, 0), mask=targets >= 0, z_loss=z_loss)
 
     return loss_fn

@@ -183,15 +183,21 @@ def _train_locked(cfg: Config, run_dir: Path, ckpt: Checkpointer, until_step: in
         state = par.init(init, optimizer)
 
     # ---------------------------------------------------------------- data iterators
-    # Text: i32[b, t + 1] windows. Task: compact labels, so logits are computed only where scored.
+    # Text: i32[b, t + 1] windows (packed: dicts of i32[b, t]). Task: compact labels, so logits are computed
+    # only where scored.
     eval_batch = cfg.eval.batch_size or tc.batch_size
+    if cfg.data.pack and (task is not None or tc.objective == "mlm"):
+        raise ConfigError("data.pack packs text documents for a causal model; drop it with data.task or objective mlm.")
     if task is None:
         batches = train_batches(
-            data.train, tc.batch_size, tc.seq_len, tc.seed, jax.process_index(), jax.process_count()
+            data.train, tc.batch_size, tc.seq_len, tc.seed, jax.process_index(), jax.process_count(), data.train_docs
         )
         to_step_batch = lambda batch: batch
         batch_spec = jax.ShapeDtypeStruct((tc.batch_size, tc.seq_len + 1), np.int32)
-        val_sets = {"": eval_batches(data.val, eval_batch, tc.seq_len, cfg.eval.batches)}
+        if cfg.data.pack:
+            packed = ("inputs", "targets", "positions", "segment_ids")
+            batch_spec = {k: jax.ShapeDtypeStruct((tc.batch_size, tc.seq_len), np.int32) for k in packed}
+        val_sets = {"": eval_batches(data.val, eval_batch, tc.seq_len, cfg.eval.batches, data.val_docs)}
         unit = {"char": "char", "byte": "byte"}.get(data.meta.get("tokenizer"), "token")
         if tc.objective == "mlm":  # masked windows, scored (and given logits) only where masked: training/mlm.py
             to_step_batch = lambda batch: mask_batch(batch, tc, cfg.model.vocab_size)

@@ -28,7 +28,14 @@ def text_file(tmp_path):
 def test_prepare_writes_files_and_meta(tmp_path, text_file, tokenizer):
     out = tmp_path / "out"
     meta = prepare([text_file], tokenizer, out, val_fraction=0.1)
-    assert {p.name for p in out.iterdir()} == {"train.bin", "val.bin", "tokenizer.json", "meta.json"}
+    assert {p.name for p in out.iterdir()} == {
+        "train.bin",
+        "val.bin",
+        "train.docs.npy",
+        "val.docs.npy",
+        "tokenizer.json",
+        "meta.json",
+    }
     assert json.loads((out / "meta.json").read_text()) == meta == load_meta(out)
     blob = TEXT.encode("utf-8")
     n = len(TEXT) if tokenizer == "char" else len(blob)

@@ -51,7 +51,13 @@ def test_streamed_shards_equal_whole_corpus_encoding(tmp_path, corpus_file, toke
     assert len(shards["train"]) > 1 and all(s["tokens"] <= 250_000 for s in shards["train"] + shards["val"])
     assert sum(s["tokens"] for s in shards["train"]) == sharded["train_tokens"]
     names = {p.name for p in (tmp_path / "sharded").iterdir()}
-    assert names == {"meta.json", "tokenizer.json", *(s["file"] for s in shards["train"] + shards["val"])}
+    assert names == {
+        "meta.json",
+        "tokenizer.json",
+        "train.docs.npy",
+        "val.docs.npy",
+        *(s["file"] for s in shards["train"] + shards["val"]),
+    }
 
 
 def test_sharded_split_gives_the_same_batches(tmp_path):
