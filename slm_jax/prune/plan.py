@@ -8,16 +8,29 @@ anything is computed or written.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
 from slm_jax.config import ModelConfig
 from slm_jax.errors import ConfigError
-from slm_jax.mixers.registry import build_mixer
+from slm_jax.mixers.registry import build_mixer, get_mixer
 from slm_jax.prune.linear import HEADED, TIED
 from slm_jax.prune.options import PruneOptions
 
 ATTENTION = ("attention", "local_attention")
+
+
+def inner_mixer(m: ModelConfig, name: str):
+    """The unbound mixer module of a ``name`` layer of ``m``; in an encoder, one of the two copies that
+    mixers/bidirectional.py wraps (``mixer/fwd``, ``mixer/bwd``: the same shapes)."""
+    return build_mixer(dataclasses.replace(m, causal=True), name)
+
+
+def wrapped(m: ModelConfig, name: str) -> bool:
+    """Whether a ``name`` layer of ``m`` holds two copies of its mixer, ``mixer/fwd`` and ``mixer/bwd`` (an encoder's
+    mixer that is not natively bidirectional, as attention is)."""
+    return not m.causal and not getattr(get_mixer(name), "native_bidirectional", False)
 
 
 @dataclass(frozen=True)
@@ -83,7 +96,7 @@ def plan(m: ModelConfig, o: PruneOptions) -> tuple[Shapes, dict]:
     changes.update({"model.n_heads": heads, "model.n_kv_heads": 0 if kv == heads and not m.n_kv_heads else kv})
     rglru = mamba = mamba2 = (0, 0)
     if "rglru" in layers:
-        mixer = build_mixer(m, "rglru")
+        mixer = inner_mixer(m, "rglru")
         w, h = mixer.rnn_width, mixer.num_heads
         new_w = _at_most("rglru_width", o.rglru_width, w, "RG-LRU channels")
         if new_w % h:
@@ -99,7 +112,7 @@ def plan(m: ModelConfig, o: PruneOptions) -> tuple[Shapes, dict]:
         expand = _at_most("mamba_expand", o.mamba_expand, opts.expand, "Mamba expansion")
         mamba = (opts.expand * m.d_model, expand * d)
         changes.update(
-            {"model.mixers.mamba.expand": expand, "model.mixers.mamba.dt_rank": build_mixer(m, "mamba").dt_rank}
+            {"model.mixers.mamba.expand": expand, "model.mixers.mamba.dt_rank": inner_mixer(m, "mamba").dt_rank}
         )
     elif o.mamba_expand:
         raise ConfigError("prune.mamba_expand is set but the model has no mamba layer; leave it at 0.")
@@ -142,12 +155,8 @@ def _linear_mixers(m: ModelConfig, o: PruneOptions, d: int) -> tuple[tuple[int, 
     """((old, new) heads of the HEADED layers, dotted changes writing out every linear-attention and convolution
     mixer's widths for d_model ``d``), so that only what was pruned changes (a mixer's own width tied to d_model
     shrinks with it: prune/linear.py ``TIED``)."""
-    if not m.causal:  # an encoder's mixers are wrapped (fwd/, bwd/): its d_model changes are checked by shape
-        if o.la_heads:
-            raise ConfigError("prune.la_heads prunes decoders only (model.causal: true); leave it at 0.")
-        return (0, 0), {}
     present = [n for n in dict.fromkeys(m.layers) if n in HEADED + TIED]
-    headed = {n: build_mixer(m, n).num_heads for n in present if n in HEADED}
+    headed = {n: inner_mixer(m, n).num_heads for n in present if n in HEADED}
     if o.la_heads and not headed:
         tied = [n for n in present if n in ("based", "rwkv7", "retnet")]
         why = (
@@ -166,7 +175,7 @@ def _linear_mixers(m: ModelConfig, o: PruneOptions, d: int) -> tuple[tuple[int, 
         _at_most("la_heads", o.la_heads, old, "linear-attention heads")
     changes: dict = {}
     for name in present:
-        mixer, key = build_mixer(m, name), f"model.mixers.{name}"
+        mixer, key = inner_mixer(m, name), f"model.mixers.{name}"
         new = (o.la_heads if name in headed and o.la_heads else mixer.num_heads) if hasattr(mixer, "num_heads") else 0
         if name == "gla":
             dk, dv = mixer.head_dims

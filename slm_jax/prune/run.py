@@ -23,13 +23,12 @@ from slm_jax.config import Config, config_from_dict, replace
 from slm_jax.data.run_tokens import calibration_batches, run_text_tokens
 from slm_jax.errors import CheckpointError, ConfigError
 from slm_jax.inference.run import load_run
-from slm_jax.mixers.registry import build_mixer
 from slm_jax.models import accounting
 from slm_jax.models.lm import abstract_params, stack_layers, unstack_layers
 from slm_jax.prune import depth, linear, width
-from slm_jax.prune.importance import activation_stats, depth_scores
+from slm_jax.prune.importance import activation_stats, depth_scores, mlm_batches
 from slm_jax.prune.options import PruneOptions
-from slm_jax.prune.plan import ATTENTION, Shapes, plan
+from slm_jax.prune.plan import ATTENTION, Shapes, inner_mixer, plan, wrapped
 from slm_jax.rundir.checkpoint import read_run_config
 from slm_jax.rundir.files import check_new_run_dir, copy_run_files, new_run_dir, write_config
 from slm_jax.rundir.params import save_params
@@ -58,6 +57,9 @@ def prune_run(
     if any(shapes.changes(f.name) for f in dataclasses.fields(Shapes)):
         tokens = run_text_tokens(run.cfg, run.tokenizer, calib, "train", "--calib")
         batches = calibration_batches(tokens, calib_tokens, run.cfg.train.seq_len)
+    n_calib = int(sum(b.size for b in batches))
+    if not flat.causal:  # an encoder is calibrated on masked windows, as it is trained
+        batches = mlm_batches(batches, run.cfg.train, flat.vocab_size)
 
     # ---------------------------------------------------------------- depth
     kept = list(range(flat.n_layers))
@@ -68,6 +70,8 @@ def prune_run(
         params = depth.keep_layer_params(params, kept)
         layers = tuple(flat.layers[i] for i in kept)
         flat = dataclasses.replace(flat, layer_pattern=depth.shortest_pattern(layers), n_layers=len(layers))
+        # Only layer 0 may lack a mixer norm (ModernBERT): without it, every kept layer has one.
+        flat = dataclasses.replace(flat, first_mixer_norm=flat.first_mixer_norm or kept[0] > 0)
 
     # ---------------------------------------------------------------- width
     width_fields = [f.name for f in dataclasses.fields(Shapes) if f.name != "n_layers"]
@@ -83,6 +87,7 @@ def prune_run(
             "name": out_dir.name,
             "model.layer_pattern": flat.pattern,
             "model.n_layers": flat.n_layers,
+            "model.first_mixer_norm": flat.first_mixer_norm,
             "train.init_from": "",
         },
     )
@@ -100,7 +105,7 @@ def prune_run(
         "kept_layers": kept,
         "shapes": {f.name: list(getattr(shapes, f.name)) for f in dataclasses.fields(Shapes)},
         "params": {"before": accounting.param_count(cfg.model), "after": accounting.param_count(new_cfg.model)},
-        "calibration_tokens": int(sum(b.size for b in batches)),
+        "calibration_tokens": n_calib,
     }
 
 
@@ -109,34 +114,21 @@ def _prune_width(cfg, params: dict, stats: dict, shapes: Shapes) -> dict:
     p = dict(params["params"])
     embed_keep = None
     if shapes.changes("d_model"):
-        residual = [k for k in stats if k == "final_norm" or k.endswith(("/mixer_norm", "/mlp_norm"))]
+        residual = [k for k in stats if k in ("final_norm", "embed_norm") or k.endswith(("/mixer_norm", "/mlp_norm"))]
         embed_keep = width.top_indices(sum(stats[k] for k in residual), shapes.d_model[1])
     for i, name in enumerate(cfg.layers):
         layer = dict(p[f"layers_{i}"])
         where = f"layers_{i}"
         if shapes.changes("d_ff"):
             layer["mlp"] = width.prune_mlp(layer["mlp"], width.top_indices(stats[f"{where}/mlp/down"], shapes.d_ff[1]))
-        if name in ATTENTION and (shapes.changes("heads") or shapes.changes("kv_heads")):
-            h, k = shapes.heads[0], shapes.kv_heads[0]
-            head_scores = stats[f"{where}/mixer/o"].reshape(h, -1).sum(-1)
-            heads, groups = width.heads_to_keep(head_scores, k, shapes.heads[1], shapes.kv_heads[1])
-            layer["mixer"] = width.prune_attention(layer["mixer"], heads, groups, h, k)
-        if name == "rglru" and shapes.changes("rglru_width"):
-            n_blocks = layer["mixer"]["gate_a"]["kernel"].shape[0]
-            keep = width.top_per_group(stats[f"{where}/mixer/out_proj"], n_blocks, shapes.rglru_width[1] // n_blocks)
-            layer["mixer"] = width.prune_rglru(layer["mixer"], keep)
-        if name == "mamba" and shapes.changes("mamba_width"):
-            keep = width.top_indices(stats[f"{where}/mixer/out_proj"], shapes.mamba_width[1])
-            layer["mixer"] = width.prune_mamba(layer["mixer"], keep)
-        if name == "mamba2" and shapes.changes("mamba2_heads"):
-            opts = cfg.mixers.mamba2
-            h = shapes.mamba2_heads[0]
-            head_scores = stats[f"{where}/mixer/out_proj"].reshape(h, -1).sum(-1)
-            heads = width.top_per_group(head_scores, opts.n_groups, shapes.mamba2_heads[1] // opts.n_groups)
-            layer["mixer"] = width.prune_mamba2(layer["mixer"], heads, opts.head_dim)
-        if name in linear.HEADED + linear.TIED:
-            scores = stats[f"{where}/mixer/{linear.out_proj(name)}"]
-            layer["mixer"] = _prune_linear(cfg, name, layer["mixer"], scores, shapes, embed_keep)
+        mixer, at = layer["mixer"], f"{where}/mixer/"
+        if wrapped(cfg, name):  # an encoder's two directions (mixers/bidirectional.py), each ranked on its own
+            both = {
+                c: _prune_mixer(cfg, name, mixer[c], stats, f"{at}{c}/", shapes, embed_keep) for c in ("fwd", "bwd")
+            }
+            layer["mixer"] = {**mixer, **both}
+        else:
+            layer["mixer"] = _prune_mixer(cfg, name, mixer, stats, at, shapes, embed_keep)
         p[f"layers_{i}"] = layer
     params = {"params": p}
     if shapes.changes("d_model"):
@@ -144,11 +136,36 @@ def _prune_width(cfg, params: dict, stats: dict, shapes: Shapes) -> dict:
     return params
 
 
+def _prune_mixer(cfg, name: str, mixer: dict, stats: dict, at: str, shapes: Shapes, embed_keep) -> dict:
+    """The widths ``shapes`` changes in one mixer ``name`` whose Linears' input importances are ``stats[at + leaf]``
+    (e.g. leaf "out_proj")."""
+    stat = lambda leaf: stats[at + leaf]
+    if name in ATTENTION and (shapes.changes("heads") or shapes.changes("kv_heads")):
+        h, k = shapes.heads[0], shapes.kv_heads[0]
+        heads, groups = width.heads_to_keep(stat("o").reshape(h, -1).sum(-1), k, shapes.heads[1], shapes.kv_heads[1])
+        return width.prune_attention(mixer, heads, groups, h, k)
+    if name == "rglru" and shapes.changes("rglru_width"):
+        n_blocks = mixer["gate_a"]["kernel"].shape[0]
+        keep = width.top_per_group(stat("out_proj"), n_blocks, shapes.rglru_width[1] // n_blocks)
+        return width.prune_rglru(mixer, keep)
+    if name == "mamba" and shapes.changes("mamba_width"):
+        return width.prune_mamba(mixer, width.top_indices(stat("out_proj"), shapes.mamba_width[1]))
+    if name == "mamba2" and shapes.changes("mamba2_heads"):
+        opts = cfg.mixers.mamba2
+        h = shapes.mamba2_heads[0]
+        head_scores = stat("out_proj").reshape(h, -1).sum(-1)
+        heads = width.top_per_group(head_scores, opts.n_groups, shapes.mamba2_heads[1] // opts.n_groups)
+        return width.prune_mamba2(mixer, heads, opts.head_dim)
+    if name in linear.HEADED + linear.TIED:
+        return _prune_linear(cfg, name, mixer, stat(linear.out_proj(name)), shapes, embed_keep)
+    return mixer
+
+
 def _prune_linear(cfg, name: str, mixer: dict, scores: np.ndarray, shapes: Shapes, embed_keep) -> dict:
     """The heads (``la_heads``) and d_model-tied channels (prune/linear.py) of one linear-attention or convolution
     mixer ``name`` of ``cfg``, ranked by ``scores`` (the input activations of its output projection); a mixer whose
     channels are the residual stream's (``linear.RESIDUAL``) keeps the embedding channels ``embed_keep``."""
-    module = build_mixer(cfg, name)
+    module = inner_mixer(cfg, name)
     if name in linear.HEADED and shapes.changes("la_heads"):
         h = shapes.la_heads[0]
         keep = width.top_indices(scores.reshape(h, -1).sum(-1), shapes.la_heads[1])

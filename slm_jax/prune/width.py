@@ -4,7 +4,7 @@ All functions take numpy parameter dicts of one layer (or of the whole model, fo
 arrays of what to keep, and return new dicts; a structure that keeps everything comes back equal to the input.
 Layouts (slm_jax/modules, slm_jax/mixers):
 
-  MLP        gate_up [d, 2f] (gate columns, then up columns), down [f, d]
+  MLP        gate_up [d, 2f] (gate columns, then up columns) or, not gated (BERT's gelu), up [d, f]; down [f, d]
   attention  qkv [d, (h + 2k) e] (query heads, key heads, value heads), o [h e, d]; query head j reads group
              j // (h / k)
   RG-LRU     in_proj [d, 2w] (GeLU branch, then recurrent branch), conv1d [c, w], gate_a/gate_x kernel
@@ -13,6 +13,9 @@ Layouts (slm_jax/modules, slm_jax/mixers):
              out_proj [w, d]
   Mamba-2    in_proj [d, 2w + 2gn + h] (z, x, B, C, dt), conv1d over [x, B, C], dt_bias / A_log / D [h],
              norm [w] in g groups, out_proj [w, d]
+
+An encoder's non-attention mixer holds two such copies, ``mixer/fwd`` and ``mixer/bwd`` (mixers/bidirectional.py),
+pruned each by its own ranking, and with ``model.bidirectional_combine: concat`` a ``mixer/combine`` [2d, d].
 """
 
 from __future__ import annotations
@@ -60,12 +63,14 @@ def _sub(tree: dict, path: str) -> dict:
 
 
 def prune_mlp(mlp: dict, keep: np.ndarray) -> dict:
-    """The gated MLP's hidden channels ``keep`` (of f)."""
+    """The MLP's hidden channels ``keep`` (of f): columns of ``gate_up`` (both halves) or ``up``, and their biases;
+    rows of ``down``."""
     f = mlp["down"]["kernel"].shape[0]
-    both = np.concatenate([keep, f + keep])
-    out = {"gate_up": {k: v[..., both] for k, v in mlp["gate_up"].items()}, "down": dict(mlp["down"])}
-    out["down"]["kernel"] = mlp["down"]["kernel"][keep]
-    return out
+    name, cols = ("gate_up", np.concatenate([keep, f + keep])) if "gate_up" in mlp else ("up", keep)
+    return {
+        name: {k: v[..., cols] for k, v in mlp[name].items()},
+        "down": {**mlp["down"], "kernel": mlp["down"]["kernel"][keep]},
+    }
 
 
 def prune_attention(mixer: dict, heads: np.ndarray, groups: np.ndarray, n_heads: int, n_kv: int) -> dict:
@@ -134,27 +139,33 @@ def prune_mamba2(mixer: dict, heads: np.ndarray, head_dim: int) -> dict:
 
 
 # Leaves outside the mixers with a d_model axis: path inside a layer (or at the top) -> axes. Every leaf of a norm
-# over the residual stream (``mixer_norm``, ``mlp_norm``, ``final_norm``: scale, and bias where there is one) is [d].
+# over d_model channels (``_D_NORMS``: scale, and a LayerNorm's bias) is [d]. The encoder's MLM head transform maps
+# the residual stream into the (tied) embedding's channels, so both of its axes are the embedding channels.
 _BLOCK_AXES = {
     "mlp/gate_up/kernel": ("embed", None),
+    "mlp/up/kernel": ("embed", None),
     "mlp/down/kernel": (None, "embed"),
     "mlp/down/bias": ("embed",),
+    "mixer/combine/kernel": ("embed_x2", "embed"),  # an encoder's concat of its two directions, [2d, d]
 }
-_TOP_AXES = {"embed/embedding": (None, "embed"), "head/kernel": ("embed", None)}
-
-
-def _residual_norm(path: str) -> bool:
-    return path.split("/")[0] in ("mixer_norm", "mlp_norm", "final_norm")
+_TOP_AXES = {
+    "embed/embedding": (None, "embed"),  # an encoder's extra mask-token row is one more row
+    "pos_embed/embedding": (None, "embed"),
+    "mlm_transform/kernel": ("embed", "embed"),
+    "mlm_transform/bias": ("embed",),
+    "head/kernel": ("embed", None),
+}
+_D_NORMS = ("mixer_norm", "mlp_norm", "final_norm", "embed_norm", "mlm_transform_norm")
 
 
 def _embed_axes(mixer_name: str, path: str) -> tuple | None:
     """The logical axes of the leaf ``path`` of a layer whose mixer is ``mixer_name``, or None if it has none."""
     if path in _BLOCK_AXES:
         return _BLOCK_AXES[path]
-    if _residual_norm(path):
+    if path.split("/")[0] in _D_NORMS:
         return ("embed",)
     if path.startswith("mixer/"):
-        suffix = path.removeprefix("mixer/")
+        suffix = path.removeprefix("mixer/").removeprefix("fwd/").removeprefix("bwd/")
         return MIXERS[mixer_name].param_axes.get(suffix)
     return None
 
@@ -163,7 +174,9 @@ def _take(leaf: np.ndarray, axes: tuple | None, keep: np.ndarray, d: int, where:
     if axes is None:
         return leaf
     for axis, name in enumerate(axes):
-        if name == "embed":
+        if name == "embed_x2":  # two blocks of d channels, side by side
+            leaf = np.take(leaf, np.concatenate([keep, d + keep]), axis=axis)
+        elif name == "embed":
             if leaf.shape[axis] != d:
                 raise ConfigError(
                     f"{where} has {leaf.shape[axis]} channels on its d_model axis, not {d}, so slm prune cannot prune "
@@ -174,18 +187,16 @@ def _take(leaf: np.ndarray, axes: tuple | None, keep: np.ndarray, d: int, where:
 
 
 def prune_embedding(params: dict, layers: tuple[str, ...], keep: np.ndarray, d: int) -> dict:
-    """Embedding channels ``keep`` (of d) in every weight with a d_model axis: the embedding table, every RMSNorm
-    scale over the residual stream, every projection reading or writing it (mixers via their ``param_axes``), the
-    head. ``params`` is the unstacked {"params": ...} tree; ``layers`` the mixer name of each layer."""
-    p = params["params"]
+    """Embedding channels ``keep`` (of d) in every weight with a d_model axis: the embedding and position tables,
+    every norm over them (scale and bias), every projection reading or writing them (mixers via their
+    ``param_axes``, both directions of an encoder's), the MLM head transform, the head. ``params`` is the unstacked
+    {"params": ...} tree; ``layers`` the mixer name of each layer."""
     out = {}
-    for name, sub in p.items():
-        flat = traverse_util.flatten_dict(sub, sep="/") if isinstance(sub, dict) else {}
-        if name.startswith("layers_"):
-            mixer = layers[int(name.removeprefix("layers_"))]
-            new = {k: _take(v, _embed_axes(mixer, k), keep, d, f"{name}/{k}") for k, v in flat.items()}
-        else:
-            axes = lambda path: ("embed",) if _residual_norm(path) else _TOP_AXES.get(path)
-            new = {k: _take(v, axes(f"{name}/{k}"), keep, d, f"{name}/{k}") for k, v in flat.items()}
-        out[name] = traverse_util.unflatten_dict(new, sep="/")
-    return {"params": out}
+    for path, leaf in traverse_util.flatten_dict(params["params"], sep="/").items():
+        top, _, inner = path.partition("/")
+        if top.startswith("layers_"):
+            axes = _embed_axes(layers[int(top.removeprefix("layers_"))], inner)
+        else:  # a top-level leaf: embedding and position tables, norms, MLM head transform, head (head_bias: none)
+            axes = ("embed",) if top in _D_NORMS else _TOP_AXES.get(path)
+        out[path] = _take(leaf, axes, keep, d, path)
+    return {"params": traverse_util.unflatten_dict(out, sep="/")}
