@@ -151,8 +151,11 @@ def cmd_eval(args) -> None:
             raise ConfigError(f"{args.run_dir} is an encoder (model.causal=false); drop --stride and --context.")
         context = args.context or tc.seq_len
         batches = sliding_batches(tokens, run.cfg.eval.batch_size or tc.batch_size, context, args.stride or context)
-    else:
-        batches = eval_batches(tokens, run.cfg.eval.batch_size or tc.batch_size, tc.seq_len, args.batches)
+    else:  # a packed run's own split is scored as it trained: documents kept apart
+        from slm_jax.data.source import load_dataset
+
+        docs = load_dataset(run.cfg.data).val_docs if run.cfg.data.pack and not args.data else None
+        batches = eval_batches(tokens, run.cfg.eval.batch_size or tc.batch_size, tc.seq_len, args.batches, docs)
     unit = (
         {"char": "char", "byte": "byte"}.get(run.tokenizer.to_dict().get("type"), "token") if run.tokenizer else "token"
     )

@@ -71,6 +71,8 @@ def distill(
             f"Distillation trains on text, but data.task.name is {cfg.data.task.name!r}; "
             "set data.path to a text corpus."
         )
+    if cfg.data.pack:
+        raise ConfigError("slm distill reads plain windows, not packed rows; set data.pack to false.")
 
     needs_live = [n for n, on in (("distill.loss=triple", kd.loss == "triple"), ("distill.init", kd.init)) if on]
     needs_live += ["train.objective=mlm"] if cfg.train.objective == "mlm" else []

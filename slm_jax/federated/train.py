@@ -44,6 +44,8 @@ def load_clients(cfg: Config) -> tuple[Config, list[Client], object, str]:
         raise ConfigError(
             "train.federated trains on text only for now; unset data.task.name and set data.path or data.synthetic."
         )
+    if cfg.data.pack:
+        raise ConfigError("train.federated reads plain windows, not packed rows; set data.pack to false.")
     data = load_dataset(cfg.data)
     cfg = with_data_vocab(cfg, data)
     if f.partition == "role":

@@ -15,6 +15,7 @@ from slm_jax.data.token_files import META_FILE, docs_path, load_data_tokenizer, 
 from slm_jax.errors import DataError
 from slm_jax.models.lm import CausalLM
 from slm_jax.training.step import make_loss_fn
+from tests.tiny_runs import run_cli
 
 # Each gets a newline from prepare (char / byte): 4, 8, 18, 5 and 10 tokens, starting at 0, 4, 12, 30, 35 of 45.
 DOCS = ["one", "two two", "three three three", "four", "five five"]
@@ -145,3 +146,37 @@ def test_pack_needs_a_document_index(tmp_path):
     assert open_dataset(out).train_docs is None  # without pack it opens as before
     with pytest.raises(DataError, match=r"has no document index .* re-run `slm data prepare`"):
         load_dataset(DataConfig(path=str(out), pack=True))
+
+
+def test_packed_training_and_eval_through_the_cli(tmp_path, capsys):
+    """`slm train` with data.pack on a jsonl, then `slm eval` of the run: its val tokens are exactly the
+    targets that are not a document's first token; distillation and federated training refuse packing."""
+    docs = [f"doc {i}: " + "abcdefg"[: 1 + i % 7] * (1 + i % 5) for i in range(120)]
+    data = write_jsonl(tmp_path / "docs.jsonl", docs)
+    sets = [f"data.path={data}", "data.pack=true", f"data.cache_dir={tmp_path / 'cache'}", "model.d_model=16"]
+    sets += ["model.n_layers=1", "model.n_heads=2", "train.steps=3", "train.seq_len=32", "train.batch_size=4"]
+    sets += ["eval.batches=2", "train.log_every=1"]
+    argv = ["train", "configs/experiments/shakespeare_char.yaml", "--run-dir", tmp_path / "run", "--no-progress"]
+    assert run_cli(capsys, *argv, *sum((["--set", s] for s in sets), []))[0] == 0
+    code, out, _ = run_cli(capsys, "eval", tmp_path / "run")
+    assert code == 0
+    dataset = load_dataset(DataConfig(path=str(data), cache_dir=str(tmp_path / "cache"), val_fraction=0.1, pack=True))
+    want = sum(int((b["targets"] >= 0).sum()) for b in eval_batches(dataset.val, 4, 32, 2, dataset.val_docs))
+    assert want < 2 * 4 * 32 and json.loads(out)["val_tokens"] == want
+    for cmd in (["distill", "--teacher", tmp_path / "run"], ["train"]):
+        extra = (
+            ["--set", "train.federated.algorithm=fedavg", "--set", "train.federated.n_clients=2"]
+            if cmd == ["train"]
+            else []
+        )
+        code, _, err = run_cli(
+            capsys,
+            *cmd,
+            "configs/experiments/shakespeare_char.yaml",
+            "--no-progress",
+            *extra,
+            "--run-dir",
+            tmp_path / "x",
+            *sum((["--set", s] for s in sets), []),
+        )
+        assert code == 2 and "not packed rows; set data.pack to false" in err
