@@ -18,6 +18,7 @@ from slm_jax.prune.options import prune_options
 from slm_jax.prune.plan import plan
 from slm_jax.prune.run import _check_shapes, _prune_linear, _prune_width
 from tests.prune.runs import perturbed_params
+from tests.sampling import default_sample
 
 VOCAB = 11
 TOKENS = np.asarray(jax.random.randint(jax.random.key(5), (1, 9), 0, VOCAB))
@@ -131,7 +132,8 @@ def preset_config(name):
     return config_from_dict({"model": {**model, "layer_pattern": pattern, "d_ff": 16, "mixers": mixers}})
 
 
-@pytest.mark.parametrize("name", DECODERS)
+# Default: one preset per mixer family; every preset with -m slow.
+@pytest.mark.parametrize("name", default_sample(DECODERS, {"griffin", "jamba_like", "qwen35_like", "rwkv7", "hyena"}))
 def test_d_model_pruning_works_on_every_decoder_preset_and_decodes_like_the_full_pass(name):
     cfg = preset_config(name)
     new, small = pruned(cfg, as_numpy(perturbed_params(cfg)), ["prune.d_model=16"])
