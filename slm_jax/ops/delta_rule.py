@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 
 from slm_jax.array_typing import Array
-from slm_jax.ops.segments import same_segment
+from slm_jax.ops.segments import chunk_masks
 from slm_jax.ops.ssd import segsum
 
 _f32 = jnp.float32
@@ -165,11 +165,11 @@ def chunk_delta_rule(
     decay = jnp.exp(segsum(la))  # G[r, s] = exp(g_r - g_s) for s <= r, else 0
     from_start = jnp.exp(cum)  # exp(g_r): how much of the entering state reaches r
     if segment_ids is not None:
-        # Padding joins the last document: its steps are the identity. [b, 1, z, c], broadcast over heads.
-        seg = jnp.pad(segment_ids, [(0, 0), (0, pad)], mode="edge").reshape(bsz, 1, nz, c)
-        before = jnp.concatenate([seg[:, :, :1, 0], seg[:, :, :-1, -1]], axis=-1)  # the token before each chunk
-        decay = jnp.where(same_segment(seg.reshape(-1, c), seg.reshape(-1, c)).reshape(bsz, 1, nz, c, c), decay, 0.0)
-        from_start = jnp.where(seg == before[..., None], from_start, 0.0)
+        # Padding joins the last document: its steps are the identity. Masks broadcast over the heads axis 1;
+        # the chunk-end rows of decay and from_start then mask the writes and the carried state too.
+        masks = chunk_masks(segment_ids, nz, c)
+        decay = jnp.where(masks.same[:, None], decay, 0.0)
+        from_start = jnp.where(masks.reaches[:, None], from_start, 0.0)
 
     # The UT transform: [U | W] = (I + A)^{-1} [beta V | beta exp(g) K] with A strictly lower.
     kk = jnp.einsum("bhzcn,bhzsn->bhzcs", k, k)

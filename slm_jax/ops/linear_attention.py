@@ -46,7 +46,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from slm_jax.array_typing import Array
-from slm_jax.ops.segments import same_segment
+from slm_jax.ops.segments import chunk_masks
 from slm_jax.ops.ssd import segsum
 
 _f32 = jnp.float32
@@ -168,14 +168,11 @@ def linear_attention(
     # 1. intra-chunk
     scores = _scores_per_channel(qc, kc, lac, u) if per_channel else _scores_per_head(qc, kc, lac)
     if segment_ids is not None:
-        # Padding repeats the last id: its zero keys and values join the last document harmlessly.
-        seg = jnp.pad(segment_ids, [(0, 0), (0, pad)], mode="edge").reshape(bsz, nz, c)
-        end = seg[:, :, -1]  # [b, z]: the document of each chunk's last token
-        before = jnp.concatenate([seg[:, :1, 0], end[:, :-1]], axis=1)  # [b, z]: of the token before each chunk
-        scores = scores * same_segment(seg.reshape(-1, c), seg.reshape(-1, c)).reshape(bsz, nz, 1, c, c)
-        in_chunk = lambda a, ids: a * (seg == ids[..., None])[:, :, None, :, None]  # zero tokens outside document ids
-        qe, ke = in_chunk(qe, before), in_chunk(ke, end)
-        decay_end = decay_end * (end == before)[:, :, None, None]  # the carried state dies at a boundary
+        # Padding continues the last document: its zero keys and values join it harmlessly.
+        same, writes, survives, reaches = chunk_masks(segment_ids, nz, c)
+        scores = scores * same[:, :, None]
+        qe, ke = qe * reaches[:, :, None, :, None], ke * writes[:, :, None, :, None]  # the entering / chunk-end state
+        decay_end = decay_end * survives[:, :, None, None]  # the carried state dies at a boundary
     o = jnp.einsum("bzhcs,bzhsv->bzhcv", scores, vc)
 
     # 2. each chunk's own state at its end

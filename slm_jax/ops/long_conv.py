@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 
 from slm_jax.array_typing import Array
-from slm_jax.ops.segments import same_as_lagged, segment_starts
+from slm_jax.ops.segments import chunk_masks, same_as_lagged, segment_starts
 
 _f32 = jnp.float32
 _HIGHEST = jax.lax.Precision.HIGHEST  # float32 contractions stay float32 on GPU/TPU too
@@ -168,23 +168,6 @@ def diag_ssm_kernel(log_a: Array, bb: Array, c: Array, length: int) -> Array:
     return 2.0 * jnp.sum(jnp.real(powers * (bb * c)), axis=-1)
 
 
-def _chunk_segment_masks(segment_ids: Array, nc: int, cs: int) -> tuple[Array, Array, Array, Array]:
-    """Chunk masks of packed rows, f32 (1 keep, 0 drop); the padding gets the fresh id -1.
-
-    Returns (intra [b, z, i, j]: i and j share a document; enter [b, z, i]: i is in the document of the
-    token before the chunk (the first token's document for chunk 0, whose entering state is h0);
-    write [b, z, j]: j is in the document of the chunk's last token; carry [b, z]: the chunk has no
-    boundary, so the state entering it survives to its end).
-    """
-    seg = jnp.pad(segment_ids, ((0, 0), (0, nc * cs - segment_ids.shape[1])), constant_values=-1)
-    seg = seg.reshape(seg.shape[0], nc, cs)
-    before = jnp.concatenate([seg[:, :1, 0], seg[:, :-1, -1]], axis=1)  # [b, z]
-    intra = seg[:, :, :, None] == seg[:, :, None, :]
-    enter, write = seg == before[..., None], seg == seg[:, :, -1:]
-    carry = seg[:, :, -1] == before
-    return tuple(m.astype(_f32) for m in (intra, enter, write, carry))
-
-
 def diag_ssm_chunked(
     x: Array,
     log_a: Array,
@@ -213,8 +196,8 @@ def diag_ssm_chunked(
     rem = t - (nc - 1) * cs  # real steps in the last chunk, 1..cs
     xc = jnp.pad(x.astype(_f32), ((0, 0), (0, nc * cs - t), (0, 0))).reshape(bsz, nc, cs, d)
     powers = jnp.exp(jnp.arange(cs + 1, dtype=_f32)[:, None, None] * log_a)  # [cs + 1, d, n]: a^j
-    if segment_ids is not None:
-        intra, enter, write, carry = _chunk_segment_masks(segment_ids, nc, cs)
+    if segment_ids is not None:  # as f32 0/1 factors; the padded tail continues the last document
+        intra, write, carry, enter = (m.astype(_f32) for m in chunk_masks(segment_ids, nc, cs))
 
     # 1. inside each chunk, from a zero state: the Toeplitz matrix of the kernel.
     kern = diag_ssm_kernel(log_a, bb, c, cs)  # [cs, d]

@@ -47,7 +47,7 @@ import jax
 import jax.numpy as jnp
 
 from slm_jax.array_typing import Array
-from slm_jax.ops.segments import same_segment
+from slm_jax.ops.segments import chunk_masks, where_kept
 
 _f32 = jnp.float32
 
@@ -84,12 +84,6 @@ def _max_last(x: Array) -> Array:
     0 / 0 = NaN. Gathering at the argmax has no such test (the derivative of ``torch.max(x, dim)``).
     """
     return jnp.take_along_axis(x, jnp.argmax(x, axis=-1)[..., None], axis=-1)[..., 0]
-
-
-def _restart(state: State, keep: Array) -> State:
-    """(C, n, m) where ``keep`` (bool, broadcast like m [b, h]) holds, else the empty state (0, 0, 0)."""
-    c_mem, n_mem, m = state
-    return jnp.where(keep[..., None, None], c_mem, 0.0), jnp.where(keep[..., None], n_mem, 0.0), jnp.where(keep, m, 0.0)
 
 
 def mlstm_step(
@@ -179,13 +173,12 @@ def mlstm_chunked(
     log_d = _segsum(lf) + li[..., None, :]  # [b, z, h, c, s]
     continues = None  # bool[b, z, 1, c] with segment_ids: position c is in the document entering its chunk
     if segment_ids is not None:
-        # Padding joins the last document (its steps are the identity); [b, z, 1, c], broadcast over heads.
-        seg = jnp.pad(segment_ids, [(0, 0), (0, pad)], mode="edge").reshape(bsz, nz, 1, c)
-        before = jnp.concatenate([seg[:, :1, :, 0], seg[:, :-1, :, -1]], axis=1)  # the token before each chunk
-        same = same_segment(seg.reshape(-1, c), seg.reshape(-1, c)).reshape(bsz, nz, 1, c, c)
+        # Padding joins the last document (its steps are the identity); masks get a heads axis 2 to broadcast.
+        masks = chunk_masks(segment_ids, nz, c)
+        same = masks.same[:, :, None]  # [b, z, 1, c, s]
         log_d = jnp.where(same, log_d, -jnp.inf)
         cum = jnp.sum(jnp.where(same & jnp.tril(jnp.ones((c, c), bool)), lf[..., None, :], 0.0), axis=-1)
-        continues = seg == before[..., None]  # [b, z, 1, c]: c is in the document that enters the chunk
+        continues = masks.reaches[:, :, None]  # [b, z, 1, c]: c is in the document that enters the chunk
 
     # Each chunk's own contribution to its end state, relative to its own max a_max (parallel over chunks).
     to_end = log_d[..., -1, :]  # [b, z, h, s]: F_last - F_s + log i_s
@@ -197,7 +190,7 @@ def mlstm_chunked(
     # States entering each chunk: (C, n, m) carried over chunks, stabilised like one recurrent step.
     def chunk_step(carry, inputs):
         f_total, own_max, own_c, own_n, *cont = inputs  # cont: [continues at the chunk's last token] or []
-        c_mem, n_mem, m = _restart(carry, cont[0]) if cont else carry
+        c_mem, n_mem, m = (where_kept(x, cont[0]) for x in carry) if cont else carry  # else the empty state
         m_new = jnp.maximum(f_total + m, own_max)
         keep, write = jnp.exp(f_total + m - m_new), jnp.exp(own_max - m_new)
         c_new = keep[..., None, None] * c_mem + write[..., None, None] * own_c

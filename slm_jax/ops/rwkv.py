@@ -63,19 +63,9 @@ import jax
 import jax.numpy as jnp
 
 from slm_jax.array_typing import Array
+from slm_jax.ops.segments import chunk_masks, segment_starts, where_kept
 
 _f32 = jnp.float32
-
-
-def _continues(segment_ids: Array) -> Array:
-    """segment_ids i32[b, t] -> bool[b, t]: the state before token i belongs to i's document (True at i = 0: an
-    entering state continues the first document)."""
-    return jnp.concatenate([segment_ids[:, :1], segment_ids[:, :-1]], axis=1) == segment_ids
-
-
-def _masked(x: Array, mask: Array | None, fill: float = 0.0) -> Array:
-    """x where ``mask`` (broadcast over x's trailing axes), else ``fill``; x itself when mask is None."""
-    return x if mask is None else jnp.where(mask.reshape(mask.shape + (1,) * (x.ndim - mask.ndim)), x, fill)
 
 
 def _unit_lower_inverse(m: Array) -> Array:
@@ -135,11 +125,12 @@ def rwkv7_recurrent(
 
     def step(carry, inputs):
         xs, keep = inputs
-        y, carry = rwkv7_step(*xs, _masked(carry, keep))
+        y, carry = rwkv7_step(*xs, where_kept(carry, keep))
         return carry, y
 
     time_major = lambda x: jnp.moveaxis(x, 1, 0)
-    keep = None if segment_ids is None else time_major(_continues(segment_ids))
+    # The state before token i belongs to i's document, except at a document start (a given state continues the first).
+    keep = None if segment_ids is None else time_major(~segment_starts(segment_ids).at[:, 0].set(False))
     last, ys = jax.lax.scan(step, start, (tuple(map(time_major, (r, log_w, k, v, a, b))), keep))
     return jnp.moveaxis(ys, 0, 1), last
 
@@ -176,23 +167,21 @@ def rwkv7_chunked(
     if pad:  # w = 1 (log 0) and zero inputs: identity transitions
         xs = [jnp.pad(x, [(0, 0), (0, pad), (0, 0), (0, 0)]) for x in xs]
     r32, lw, k32, v32, a32, b32 = (x.reshape(bsz, nz, c, h, x.shape[-1]) for x in xs)  # [b, z, c, h, n | e]
-    same = enter = write = survive = None  # segment masks, all None when not packing
-    if segment_ids is not None:  # padding joins the last document: its identity steps change nothing
-        seg = jnp.pad(segment_ids, [(0, 0), (0, pad)], mode="edge").reshape(bsz, nz, c)
-        before = jnp.concatenate([seg[:, :1, :1], seg[:, :-1, -1:]], axis=1)  # [b, z, 1]: token before each chunk
-        same = seg[..., :, None] == seg[..., None, :]  # [b, z, c, s]: t and s in one document
-        enter = seg == before  # [b, z, c]: S0 reaches t
-        write = seg == seg[:, :, -1:]  # [b, z, c]: s writes into the chunk-end state
-        survive = seg[:, :, -1] == before[:, :, 0]  # [b, z]: S0 survives the chunk
+    # Segment masks (ops/segments.py), all None when not packing: same [b, z, c, s], write [b, z, s] into the
+    # chunk-end state, survive [b, z] (S0 to the chunk end), enter [b, z, c] (S0 reaches t). Padding joins the
+    # last document: its identity steps change nothing.
+    same = write = survive = enter = None
+    if segment_ids is not None:
+        same, write, survive, enter = chunk_masks(segment_ids, nz, c)
 
     cum = jnp.cumsum(lw, axis=2)  # [b, z, c, h, n]: L_t, chunk-local
     cum_before = jnp.concatenate([jnp.zeros_like(cum[:, :, :1]), cum[:, :, :-1]], axis=2)  # L_{t-1}
     causal = jnp.tril(jnp.ones((c, c), bool))[:, :, None, None]  # [c, s, 1, 1]
     diff = jnp.where(causal, cum[:, :, :, None] - cum[:, :, None, :], -jnp.inf)  # [b, z, c, s, h, n], masked before exp
-    decay_incl = jnp.exp(_masked(diff, same, -jnp.inf))  # e^{L_t - L_s}, s <= t
+    decay_incl = jnp.exp(where_kept(diff, same, -jnp.inf))  # e^{L_t - L_s}, s <= t
     # e^{L_{t-1} - L_s} for s < t: the inclusive decays one row down
     decay_excl = jnp.concatenate([jnp.zeros_like(decay_incl[:, :, :1]), decay_incl[:, :, :-1]], axis=2)
-    decay_excl = _masked(decay_excl, same)
+    decay_excl = where_kept(decay_excl, same)
 
     a_dec = a32[:, :, :, None] * decay_excl  # [b, z, c, s, h, n]
     r_dec = r32[:, :, :, None] * decay_incl
@@ -203,13 +192,13 @@ def rwkv7_chunked(
 
     # U = W S0 + U0 with W = (I - M_ab)^-1 A~ and U0 = (I - M_ab)^-1 M_ak V.
     inverse = _unit_lower_inverse(m_ab)  # [b, z, h, c, c]
-    w_state = jnp.einsum("bzhts,bzshn->bzhtn", inverse, _masked(a32 * jnp.exp(cum_before), enter))  # [b, z, h, c, n]
+    w_state = jnp.einsum("bzhts,bzshn->bzhtn", inverse, where_kept(a32 * jnp.exp(cum_before), enter))  # [b, z, h, c, n]
     u_own = jnp.einsum("bzhts,bzhsr,bzrhe->bzhte", inverse, m_ak, v32)  # [b, z, h, c, e]
 
     # Each chunk as an affine map of its entering state: S_end = P S0 + H.
-    to_end = _masked(jnp.exp(cum[:, :, -1:] - cum), write)  # [b, z, c, h, n]: e^{L_c - L_s} <= 1
+    to_end = where_kept(jnp.exp(cum[:, :, -1:] - cum), write)  # [b, z, c, h, n]: e^{L_c - L_s} <= 1
     b_end, k_end = b32 * to_end, k32 * to_end
-    total = _masked(jnp.exp(cum[:, :, -1]), survive)  # [b, z, h, n]
+    total = where_kept(jnp.exp(cum[:, :, -1]), survive)  # [b, z, h, n]
     p_map = jnp.einsum("bzshi,bzhsj->bzhij", b_end, w_state) + total[..., :, None] * jnp.eye(n, dtype=_f32)
     h_map = jnp.einsum("bzshn,bzhse->bzhne", b_end, u_own) + jnp.einsum("bzshn,bzshe->bzhne", k_end, v32)
 
@@ -223,7 +212,7 @@ def rwkv7_chunked(
     entering = jnp.moveaxis(entering, 0, 1)  # [b, z, h, n, e]: state before each chunk
 
     u = jnp.einsum("bzhcn,bzhne->bzhce", w_state, entering) + u_own  # [b, z, h, c, e]
-    r_state = _masked(r32 * jnp.exp(cum), enter)  # [b, z, c, h, n]
+    r_state = where_kept(r32 * jnp.exp(cum), enter)  # [b, z, c, h, n]
     y = (
         jnp.einsum("bzchn,bzhne->bzhce", r_state, entering)
         + jnp.einsum("bzhts,bzhse->bzhte", n_rb, u)

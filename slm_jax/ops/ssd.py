@@ -33,7 +33,7 @@ import jax.numpy as jnp
 
 from slm_jax.array_typing import Array
 from slm_jax.ops.scan import linear_scan
-from slm_jax.ops.segments import same_segment, segment_starts
+from slm_jax.ops.segments import chunk_masks, where_kept
 
 _f32 = jnp.float32
 
@@ -49,28 +49,6 @@ def segsum(la: Array) -> Array:
     terms = jnp.where(strict, la[..., :, None], 0.0)  # terms[c', s] = la[c'] if s < c'
     seg = jnp.cumsum(terms, axis=-2)  # seg[c, s] = sum_{s < c' <= c} la[c']
     return jnp.where(jnp.tril(jnp.ones((c, c), bool)), seg, -jnp.inf)
-
-
-def _chunk_masks(segment_ids: Array, nz: int, q: int) -> tuple[Array, Array, Array, Array]:
-    """Packed-row masks per chunk from segment_ids i32[b, t] (t <= nz q):
-
-    same bool[b, z, c, s] (target and source in one document), writes bool[b, z, s] (source in the
-    chunk's last document), survives bool[b, z] (no boundary in the chunk), reaches bool[b, z, c]
-    (target in the document of the token before the chunk; never in chunk 0).
-    """
-    bsz, t = segment_ids.shape
-    # Documents numbered 1, 2, ... along each row (0: before the row), so equality means "no
-    # boundary between"; the padding continues the last document (no input, decay 1).
-    doc = jnp.cumsum(segment_starts(segment_ids), axis=1, dtype=jnp.int32)
-    doc = jnp.pad(doc, ((0, 0), (0, nz * q - t)), mode="edge").reshape(bsz, nz, q)
-    before = jnp.concatenate([jnp.zeros_like(doc[:, :1, 0]), doc[:, :-1, -1]], axis=1)  # [b, z]
-    same = same_segment(doc.reshape(bsz * nz, q), doc.reshape(bsz * nz, q)).reshape(bsz, nz, q, q)
-    return same, doc == doc[..., -1:], doc[..., -1] == before, doc == before[..., None]
-
-
-def _masked(v: Array, mask: Array | None) -> Array:
-    """v where ``mask`` (broadcast), else 0; v itself when there is no mask (rows not packed)."""
-    return v if mask is None else jnp.where(mask, v, 0.0)
 
 
 def ssd(
@@ -118,29 +96,30 @@ def ssd(
     cum = jnp.cumsum(la, axis=-1)  # [b, z, k, g, c]: log decay from the chunk start to c
     same = writes = survives = reaches = None
     if segment_ids is not None:  # broadcast over the (k, g) head axes
-        masks = _chunk_masks(segment_ids, nz, q)
+        masks = chunk_masks(segment_ids, nz, q)
         same, writes, survives, reaches = (m.reshape(m.shape[:2] + (1, 1) + m.shape[2:]) for m in masks)
 
     # 1. intra-chunk (diagonal blocks): y[c] = sum_{s <= c} (C_c . B_s) L[c, s] dt_s x_s
     scores = jnp.einsum("bzckn,bzskn->bzkcs", cc, bb)  # shared by the g heads of a group
-    mix = scores[:, :, :, None] * _masked(jnp.exp(segsum(la)), same)  # [b, z, k, g, c, s]
+    mix = scores[:, :, :, None] * where_kept(jnp.exp(segsum(la)), same)  # [b, z, k, g, c, s]
     y = jnp.einsum("bzkgcs,bzskge->bzckge", mix, xdt)
 
     # 2. each chunk's own contribution to the state at its end (zero state on entry)
-    to_end = _masked(jnp.exp(cum[..., -1:] - cum), writes)  # [b, z, k, g, s]
+    to_end = where_kept(jnp.exp(cum[..., -1:] - cum), writes)  # [b, z, k, g, s]
     states = jnp.einsum("bzskn,bzkgs,bzskge->bzkgen", bb, to_end, xdt)  # [b, z, k, g, e, n]
 
     # 3. state entering each chunk: H_z = exp(sum of la over chunk z) H_{z-1} + states_z
     states = states.reshape(bsz, nz, h, e, n)
-    decay = _masked(jnp.exp(cum[..., -1]), survives)  # [b, z, k, g]
+    decay = where_kept(jnp.exp(cum[..., -1]), survives)  # [b, z, k, g]
     decay = jnp.broadcast_to(decay.reshape(bsz, nz, h, 1, 1), states.shape)
-    start = jnp.zeros((bsz, h, e, n), _f32) if h0 is None else h0.astype(_f32)
+    # Packed rows start from a zero state: h0 is unused (the shared masks would let it continue document 1).
+    start = jnp.zeros((bsz, h, e, n), _f32) if h0 is None or segment_ids is not None else h0.astype(_f32)
     ends, last = linear_scan(decay, states, start)  # ends[:, z]: state after chunk z
     entering = jnp.concatenate([start[:, None], ends[:, :-1].astype(_f32)], axis=1)  # [b, z, h, e, n]
 
     # 4. entering state -> outputs: y[c] += exp(cum[c]) C_c h_in
     entering = entering.reshape(bsz, nz, k, g, e, n)
-    y = y + jnp.einsum("bzckn,bzkgen,bzkgc->bzckge", cc, entering, _masked(jnp.exp(cum), reaches))
+    y = y + jnp.einsum("bzckn,bzkgen,bzkgc->bzckge", cc, entering, where_kept(jnp.exp(cum), reaches))
     y = y.reshape(bsz, nz * q, h, e)[:, :t]
     return y.astype(x.dtype), last.astype(_f32)
 
