@@ -21,38 +21,15 @@ from slm_jax.prune.options import prune_options
 from slm_jax.prune.plan import plan
 from slm_jax.prune.run import _check_shapes, _prune_width
 from slm_jax.rundir.params import save_params
+from tests.encoders.test_bert_options import BERT as BERT_LAYOUT
+from tests.encoders.test_bert_options import MODERNBERT as MODERNBERT_LAYOUT
 from tests.prune.runs import make_run, perturbed_params
 from tests.tiny_runs import run_cli
 
 VOCAB = 11
-BERT = {  # tests/encoders/test_bert_options.py's BERT layout
-    "preset": "bert_like",
-    "norm": "layer",
-    "norm_bias": True,
-    "norm_position": "post",
-    "embed_norm": True,
-    "position": "learned",
-    "max_positions": 16,
-    "mlp": "gelu",
-    "mlp_bias": True,
-    "qkv_bias": True,
-    "attn_out_bias": True,
-    "mlm_head_transform": True,
-    "head_bias": True,
-}
-MODERNBERT = {
-    "preset": "modernbert_like",
-    "n_layers": 3,
-    "norm": "layer",
-    "embed_norm": True,
-    "first_mixer_norm": False,
-    "mlp": "geglu_erf",
-    "mixers": {"local_attention": {"window": 4}},
-    "mlm_head_transform": True,
-    "mlm_head_transform_bias": False,
-    "head_bias": True,
-    "tie_embeddings": False,
-}
+# tests/encoders/test_bert_options.py's layouts, with room for 16 positions and a wider window.
+BERT = {k: v for k, v in BERT_LAYOUT.items() if k != "n_layers"} | {"max_positions": 16}
+MODERNBERT = MODERNBERT_LAYOUT | {"mixers": {"local_attention": {"window": 4}}}
 # Every encoder preset, bert_like and modernbert_like in their BERT / ModernBERT layouts (every encoder-only leaf),
 # bimamba_like with its two directions concatenated and projected (the combine leaf).
 ENCODERS = {
