@@ -19,7 +19,8 @@ DOCS = ((4, 1, 7), (2, 10))  # two rows of 12 tokens
 
 
 def tiny(preset: str, **model) -> tuple[CausalLM, dict]:
-    raw = {"preset": preset, "vocab_size": 19, "d_model": 24, "n_heads": 2, "n_layers": 2, **model}
+    mixers = {"mamba2": {"head_dim": 8, "chunk_size": 4}}  # whole heads of a 24-wide model; chunks inside documents
+    raw = {"preset": preset, "vocab_size": 19, "d_model": 24, "n_heads": 2, "n_layers": 2, "mixers": mixers, **model}
     cfg = config_from_dict({"model": raw}).model
     model = CausalLM(cfg)
     return model, model.init(jax.random.key(0), jnp.zeros((1, 12), jnp.int32))
