@@ -173,7 +173,15 @@ def test_a_checkpoint_without_integrity_records_still_restores(runs, tmp_path):
     assert int(state["step"]) == 4 and (run / "checkpoints" / "4").is_dir()
 
 
-@pytest.mark.parametrize("command", [["eval"], ["eval", "--step", "4"], ["generate", "--prompt", "the", "--step", "4"]])
+# In the full suite each case took ~75 s (4-7 s alone; to be found): two of the three readers run with -m slow.
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["eval"],
+        pytest.param(["eval", "--step", "4"], marks=pytest.mark.slow),
+        pytest.param(["generate", "--prompt", "the", "--step", "4"], marks=pytest.mark.slow),
+    ],
+)
 def test_readers_name_the_damaged_step_in_one_sentence_and_move_nothing(runs, tmp_path, capsys, command):
     run = copy_run(runs, tmp_path)
     flip_a_weight_byte(run, 4)
