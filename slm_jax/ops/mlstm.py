@@ -171,7 +171,7 @@ def mlstm_chunked(
     lf = lf.reshape(bsz, nz, c, h).transpose(0, 1, 3, 2)
     cum = jnp.cumsum(lf, axis=-1)  # [b, z, h, c]: F_c, log forget from the chunk start to c
     log_d = _segsum(lf) + li[..., None, :]  # [b, z, h, c, s]
-    continues = None  # bool[b, z, 1, c] with segment_ids: position c is in the document entering its chunk
+    continues = survives = None  # with segment_ids: c is in the document entering its chunk; no start in the chunk
     if segment_ids is not None:
         # Padding joins the last document (its steps are the identity); masks get a heads axis 2 to broadcast.
         masks = chunk_masks(segment_ids, nz, c)
@@ -179,6 +179,7 @@ def mlstm_chunked(
         log_d = jnp.where(same, log_d, -jnp.inf)
         cum = jnp.sum(jnp.where(same & jnp.tril(jnp.ones((c, c), bool)), lf[..., None, :], 0.0), axis=-1)
         continues = masks.reaches[:, :, None]  # [b, z, 1, c]: c is in the document that enters the chunk
+        survives = masks.survives[:, :, None]  # [b, z, 1]: the entering state reaches the chunk's end
 
     # Each chunk's own contribution to its end state, relative to its own max a_max (parallel over chunks).
     to_end = log_d[..., -1, :]  # [b, z, h, s]: F_last - F_s + log i_s
@@ -189,7 +190,7 @@ def mlstm_chunked(
 
     # States entering each chunk: (C, n, m) carried over chunks, stabilised like one recurrent step.
     def chunk_step(carry, inputs):
-        f_total, own_max, own_c, own_n, *cont = inputs  # cont: [continues at the chunk's last token] or []
+        f_total, own_max, own_c, own_n, *cont = inputs  # cont: [survives] or []
         c_mem, n_mem, m = (where_kept(x, cont[0]) for x in carry) if cont else carry  # else the empty state
         m_new = jnp.maximum(f_total + m, own_max)
         keep, write = jnp.exp(f_total + m - m_new), jnp.exp(own_max - m_new)
@@ -199,7 +200,7 @@ def mlstm_chunked(
 
     start = zero_state(bsz, h, n, e) if state is None else tuple(s.astype(_f32) for s in state)
     time_major = lambda x: jnp.moveaxis(x, 1, 0)
-    xs = (cum[..., -1], a_max, c_own, n_own) + (() if continues is None else (continues[..., -1],))
+    xs = (cum[..., -1], a_max, c_own, n_own) + (() if survives is None else (survives,))
     last, entering = jax.lax.scan(chunk_step, start, tuple(map(time_major, xs)))
     c_in, n_in, m_in = (jnp.moveaxis(x, 0, 1) for x in entering)  # [b, z, h, n, e], [b, z, h, n], [b, z, h]
 
