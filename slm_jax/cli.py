@@ -101,10 +101,44 @@ def _harness_eval(args, run) -> dict:
     return {"run_dir": str(args.run_dir), "step": run.step, **result}
 
 
+def _score_tokens(args, run, eval_fn, tokens, docs, unit: str) -> dict:
+    """``slm eval``'s metrics on one token stream (with ``docs``, its document starts: packed windows):
+    --stride/--context sliding windows or --batches spread windows; an encoder's masked-LM and pseudo-perplexity."""
+    from slm_jax.data.pipeline import eval_batches
+    from slm_jax.errors import DataError
+    from slm_jax.eval.perplexity import evaluate
+
+    tc = run.cfg.train
+    if args.stride or args.context:  # sliding windows over the whole split, each token scored once
+        from slm_jax.errors import ConfigError
+        from slm_jax.eval.sliding import sliding_batches
+
+        if not run.cfg.model.causal:
+            raise ConfigError(f"{args.run_dir} is an encoder (model.causal=false); drop --stride and --context.")
+        context = args.context or tc.seq_len
+        batches = sliding_batches(tokens, run.cfg.eval.batch_size or tc.batch_size, context, args.stride or context)
+    else:
+        batches = eval_batches(tokens, run.cfg.eval.batch_size or tc.batch_size, tc.seq_len, args.batches, docs)
+    pseudo = {}
+    if not run.cfg.model.causal:  # an encoder: accuracy and loss on masked tokens (training/mlm.py), pseudo-perplexity
+        import numpy as np
+
+        from slm_jax.eval.pseudo_perplexity import pseudo_perplexity
+        from slm_jax.training.mlm import mask_batch
+
+        if args.pppl_seqs < 0:
+            raise DataError(f"--pppl-seqs must be 0 (no pseudo-perplexity) or more, got {args.pppl_seqs}.")
+        if args.pppl_seqs:  # seq_len forward passes per sequence: a few windows spread over the validation batches
+            windows = np.concatenate(batches)[:, : tc.seq_len]
+            windows = windows[:: max(1, len(windows) // args.pppl_seqs)][: args.pppl_seqs]
+            pseudo = pseudo_perplexity(run.model, run.params, windows, unit=unit)
+        batches = [mask_batch(b, tc, run.cfg.model.vocab_size) for b in batches]
+    return evaluate(eval_fn, run.params, batches, unit) | pseudo
+
+
 def cmd_eval(args) -> None:
     import jax
 
-    from slm_jax.data.pipeline import eval_batches
     from slm_jax.data.run_tokens import run_text_tokens
     from slm_jax.errors import DataError
     from slm_jax.eval.perplexity import evaluate
@@ -142,38 +176,26 @@ def cmd_eval(args) -> None:
             result.update({k + suffix: v for k, v in evaluate(eval_fn, run.params, batches).items()})
         print(json.dumps({"run_dir": str(args.run_dir), "step": run.step, **result}, indent=1))
         return
-    tokens = run_text_tokens(run.cfg, run.tokenizer, args.data, "val")
-    if args.stride or args.context:  # sliding windows over the whole split, each token scored once
-        from slm_jax.errors import ConfigError
-        from slm_jax.eval.sliding import sliding_batches
+    unit = (
+        {"char": "char", "byte": "byte"}.get(run.tokenizer.to_dict().get("type"), "token") if run.tokenizer else "token"
+    )
+    if run.cfg.data.mixture and not args.data:  # each source's val split, then their weighted mixture
+        from slm_jax.data.source import load_sources
+        from slm_jax.eval.perplexity import mixture_metrics
 
-        if not run.cfg.model.causal:
-            raise ConfigError(f"{args.run_dir} is an encoder (model.causal=false); drop --stride and --context.")
-        context = args.context or tc.seq_len
-        batches = sliding_batches(tokens, run.cfg.eval.batch_size or tc.batch_size, context, args.stride or context)
+        sources = load_sources(run.cfg.data)
+        splits = {f"/{name}": (d.val, d.val_docs) for name, d in sources.items()}
+        weights = dict(zip(splits, run.cfg.data.mixture.values()))
     else:  # a packed run's own split is scored as it trained: documents kept apart
         from slm_jax.data.source import load_dataset
 
         docs = load_dataset(run.cfg.data).val_docs if run.cfg.data.pack and not args.data else None
-        batches = eval_batches(tokens, run.cfg.eval.batch_size or tc.batch_size, tc.seq_len, args.batches, docs)
-    unit = (
-        {"char": "char", "byte": "byte"}.get(run.tokenizer.to_dict().get("type"), "token") if run.tokenizer else "token"
-    )
-    pseudo = {}
-    if not run.cfg.model.causal:  # an encoder: accuracy and loss on masked tokens (training/mlm.py), pseudo-perplexity
-        import numpy as np
-
-        from slm_jax.eval.pseudo_perplexity import pseudo_perplexity
-        from slm_jax.training.mlm import mask_batch
-
-        if args.pppl_seqs < 0:
-            raise DataError(f"--pppl-seqs must be 0 (no pseudo-perplexity) or more, got {args.pppl_seqs}.")
-        if args.pppl_seqs:  # seq_len forward passes per sequence: a few windows spread over the validation batches
-            windows = np.concatenate(batches)[:, : tc.seq_len]
-            windows = windows[:: max(1, len(windows) // args.pppl_seqs)][: args.pppl_seqs]
-            pseudo = pseudo_perplexity(run.model, run.params, windows, unit=unit)
-        batches = [mask_batch(b, tc, run.cfg.model.vocab_size) for b in batches]
-    result = evaluate(eval_fn, run.params, batches, unit) | pseudo
+        splits, weights = {"": (run_text_tokens(run.cfg, run.tokenizer, args.data, "val"), docs)}, {}
+    result = {}
+    for suffix, (tokens, docs) in splits.items():
+        result |= {k + suffix: v for k, v in _score_tokens(args, run, eval_fn, tokens, docs, unit).items()}
+    if weights:
+        result |= mixture_metrics(result, weights, unit)
     objective = {} if run.cfg.model.causal else {"objective": "mlm"}
     print(json.dumps({"run_dir": str(args.run_dir), "step": run.step, **objective, **result}, indent=1))
 

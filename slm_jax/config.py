@@ -150,6 +150,7 @@ class DataConfig:
     val_fraction: float = 0.1
     cache_dir: str = ""  # where raw files are prepared; "" -> $SLM_JAX_CACHE or ~/.cache/slm_jax
     pack: bool = False  # packed rows: documents kept apart (segment ids, positions, no loss across; data/pipeline.py)
+    mixture: dict[str, float] = field(default_factory=dict)  # source (text file, prepared dir, corpus) -> weight
     task: TaskConfig = field(default_factory=TaskConfig)  # a synthetic task instead of text, when named
 
 
@@ -326,6 +327,11 @@ def _unknown_key(key: str) -> ConfigError:
 def _coerce(key: str, value: Any, tp: Any) -> Any:
     """Check ``value`` against the field type ``tp``; allow int->float and list->tuple."""
     origin = typing.get_origin(tp)
+    if origin is dict:
+        key_tp, value_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"Config key {key!r} expects a mapping, got {value!r}; write e.g. {{a: 1, b: 2}}.")
+        return {_coerce(key, k, key_tp): _coerce(f"{key}.{k}", v, value_tp) for k, v in value.items()}
     if origin is tuple:
         (item_tp, _) = typing.get_args(tp)
         if isinstance(value, str):
@@ -624,6 +630,14 @@ def validate(cfg: Config) -> None:
     d = cfg.data
     _require(d.tokenizer in ("char", "byte"), f"data.tokenizer must be char or byte, got {d.tokenizer!r}.")
     _require(0.0 < d.val_fraction < 1.0, f"data.val_fraction must be in (0, 1), got {d.val_fraction}.")
+    _require(
+        all(w > 0 for w in d.mixture.values()),
+        f"data.mixture weights must be positive, got {d.mixture}; drop a source instead of giving it weight 0.",
+    )
+    _require(
+        not (d.mixture and (d.path or d.synthetic or d.task.name)),
+        "data.mixture lists every source itself; leave data.path, data.synthetic and data.task.name empty with it.",
+    )
     _require(cfg.eval.batches > 0 and cfg.eval.every >= 0, "eval.batches must be > 0 and eval.every >= 0.")
     _require(
         cfg.eval.batch_size >= 0, f"eval.batch_size must be >= 0 (0 = train.batch_size), got {cfg.eval.batch_size}."

@@ -15,6 +15,9 @@ tokens, which measured ~1.6x faster than fancy indexing with an offsets + arange
 ~4x faster than stacking per-window slices. A sharded split (``token_files.ShardedTokens``) gives
 the same batches as its single-file form: windows index the concatenation and may cross shards.
 
+Mixtures (``data.mixture``, ``MixtureBatches``): each row of a batch draws its source by weight, then its
+window in that source, from the same per-batch generator, so a mixture is as deterministic and resumable.
+
 Packed rows (``data.pack``): given the split's document starts, the same windows become dicts
 (``pack_windows``) of ``inputs``, ``targets`` (-1 where the target is a document's first token, never
 predicted from the document before), ``segment_ids`` and ``positions``. Positions restart at 0 at each
@@ -150,9 +153,12 @@ class RandomWindowBatches:
     def __getitem__(self, index: int) -> np.ndarray | dict:
         """Batch ``index``: (batch_size // process_count, seq_len + 1) int32, or its packed dict."""
         start = self.process_index * self.local_batch
-        rows = self.offsets(int(index))[start : start + self.local_batch]
-        windows = _windows(self._tokens, rows, self.seq_len + 1)  # (b, seq_len + 1)
-        return windows if self._doc_starts is None else pack_windows(windows, rows, self._doc_starts)
+        return self.gather(self.offsets(int(index))[start : start + self.local_batch])
+
+    def gather(self, offsets: np.ndarray) -> np.ndarray | dict:
+        """The windows starting at ``offsets`` ((r,) int64): (r, seq_len + 1) int32, or their packed dict."""
+        windows = _windows(self._tokens, offsets, self.seq_len + 1)  # (r, seq_len + 1)
+        return windows if self._doc_starts is None else pack_windows(windows, offsets, self._doc_starts)
 
     def __repr__(self) -> str:
         # Stable across runs (no object address): grain checkpoints validate sources by repr.
@@ -161,6 +167,60 @@ class RandomWindowBatches:
             f"RandomWindowBatches(tokens={self._n_tokens}@{self._fingerprint}{docs}, batch_size={self.batch_size}, "
             f"seq_len={self.seq_len}, seed={self.seed}, process={self.process_index}/{self.process_count})"
         )
+
+
+class MixtureBatches:
+    """A grain random-access source whose item ``i`` mixes rows of several sources by weight (``data.mixture``).
+
+    Each row of global batch ``i`` first draws its source (probability ``weight / sum(weights)``), then a
+    uniform window offset in that source, both from ``np.random.default_rng([seed, i])``: batch ``i`` is a pure
+    function of ``(seed, i)``, so the iterator state is the batch index and resuming is exact, as for one source.
+    Rows are drawn independently, so a batch's share of each source varies around its weight (binomially).
+    Sharding across processes slices the global batch, as ``RandomWindowBatches`` does.
+
+    Args:
+        sources: one ``RandomWindowBatches`` per source, all with the same batch size, seq_len, seed and process.
+        weights: (k,) positive weights, in the order of ``sources``.
+    """
+
+    def __init__(self, sources: list[RandomWindowBatches], weights: list[float]):
+        if not sources or len(sources) != len(weights) or min(weights) <= 0:
+            raise DataError(f"A mixture needs one positive weight per source, got weights {weights}; fix data.mixture.")
+        first = sources[0]
+        self.sources, self.p = sources, np.asarray(weights, np.float64) / np.sum(weights)
+        self.batch_size, self.seq_len, self.seed = first.batch_size, first.seq_len, first.seed
+        self.start, self.local_batch = first.process_index * first.local_batch, first.local_batch
+        self._highs = np.array([s._n_tokens - s.seq_len for s in sources])  # (k,) exclusive offset bounds
+
+    def draw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Global batch ``index``'s rows: their source ((batch_size,) int64 in [0, k)) and offset in it."""
+        rng = np.random.default_rng([self.seed, index])
+        source = rng.choice(len(self.sources), size=self.batch_size, p=self.p)
+        return source, rng.integers(0, self._highs[source])
+
+    def __len__(self) -> int:
+        return _ENDLESS
+
+    def __getitem__(self, index: int) -> np.ndarray | dict:
+        """Batch ``index``: this process's rows, as (b, seq_len + 1) int32 windows or their packed dict."""
+        source, offsets = (a[self.start : self.start + self.local_batch] for a in self.draw(int(index)))
+        parts = {k: self.sources[k].gather(offsets[source == k]) for k in np.unique(source)}
+        if isinstance(next(iter(parts.values())), np.ndarray):
+            return _scatter_rows(parts, source)
+        return {key: _scatter_rows({k: p[key] for k, p in parts.items()}, source) for key in next(iter(parts.values()))}
+
+    def __repr__(self) -> str:
+        mix = ", ".join(f"{p:.6g}*{s!r}" for p, s in zip(self.p, self.sources))
+        return f"MixtureBatches({mix})"
+
+
+def _scatter_rows(parts: dict[int, np.ndarray], source: np.ndarray) -> np.ndarray:
+    """Rows of each source (``parts[k]``: (count of k in ``source``, w)) put back in ``source``'s row order."""
+    first = next(iter(parts.values()))
+    out = np.empty((len(source), *first.shape[1:]), first.dtype)
+    for k, rows in parts.items():
+        out[source == k] = rows
+    return out
 
 
 def train_batches(
@@ -182,6 +242,28 @@ def train_batches(
     """
     source = RandomWindowBatches(tokens, batch_size, seq_len, seed, process_index, process_count, doc_starts)
     return iter(grain.MapDataset.source(source).to_iter_dataset(READ_OPTIONS))
+
+
+def mixture_batches(
+    sources: list[tuple[np.ndarray, np.ndarray | None]],
+    weights: list[float],
+    batch_size: int,
+    seq_len: int,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> grain.DatasetIterator:
+    """``train_batches`` over a weighted mixture (``MixtureBatches``) of ``(tokens, doc_starts)`` sources.
+
+    Returns:
+        A grain ``DatasetIterator`` of (batch_size // process_count, seq_len + 1) int32 arrays, or of packed dicts
+        when the sources have document starts; its state resumes exactly, as ``train_batches``'s does.
+    """
+    per_source = [
+        RandomWindowBatches(tokens, batch_size, seq_len, seed, process_index, process_count, docs)
+        for tokens, docs in sources
+    ]
+    return iter(grain.MapDataset.source(MixtureBatches(per_source, weights)).to_iter_dataset(READ_OPTIONS))
 
 
 def eval_batches(

@@ -1,11 +1,13 @@
-"""``load_dataset(cfg.data)``: the one place the trainer gets its tokens from.
+"""``load_dataset(cfg.data)`` and ``load_sources(cfg.data)``: the one place the trainer gets its tokens from.
 
 ``data.path`` (a raw text file or a prepared directory) wins; else ``data.synthetic`` names a
 generated corpus; with neither there is no data and the error says how to give some.
+``data.mixture`` maps several such sources to weights; they must share one tokenizer.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,6 +67,11 @@ def load_dataset(cfg: DataConfig) -> Dataset:
         cfg: ``path`` (text file or prepared directory) if set, else ``synthetic`` (a corpus name);
             ``pack`` also opens the document indexes.
     """
+    if cfg.mixture:
+        raise DataError(
+            "This command reads one data source, but data.mixture names several; set data.path to one of them "
+            "(`slm train` and `slm eval` read mixtures)."
+        )
     if cfg.path:
         data_dir = resolve_data_dir(cfg.path, cfg.tokenizer, cfg.val_fraction, cfg.cache_dir)
     elif cfg.synthetic:
@@ -75,3 +82,38 @@ def load_dataset(cfg: DataConfig) -> Dataset:
             f"{', '.join(sorted(CORPORA))}."
         )
     return open_dataset(data_dir, cfg.pack)
+
+
+def source_name(source: str) -> str:
+    """The metric name of a mixture source: a corpus name as is, a path's file or directory name without suffix."""
+    return source if source in CORPORA and not Path(source).exists() else Path(source).stem
+
+
+def load_sources(cfg: DataConfig) -> dict[str, Dataset]:
+    """Every source of ``cfg`` opened: ``{name: dataset}`` for a mixture (``source_name``), ``{"": dataset}`` else.
+
+    Raises:
+        DataError: two sources with one name, or sources tokenized differently (their ids would not mean the same).
+    """
+    if not cfg.mixture:
+        return {"": load_dataset(cfg)}
+    names = [source_name(s) for s in cfg.mixture]
+    if len(set(names)) < len(names):
+        raise DataError(
+            f"data.mixture sources {list(cfg.mixture)} share a name ({names}), which names their metrics; "
+            "rename a file or directory so their names differ."
+        )
+    sources = {}
+    for source, name in zip(cfg.mixture, names):
+        corpus = source in CORPORA and not Path(source).exists()
+        one = dataclasses.replace(cfg, mixture={}, **{"synthetic" if corpus else "path": source})
+        sources[name] = load_dataset(one)
+    (first, data), *rest = sources.items()
+    for name, other in rest:
+        if other.tokenizer.to_dict() != data.tokenizer.to_dict():
+            raise DataError(
+                f"The data.mixture sources {first!r} ({data.data_dir}) and {name!r} ({other.data_dir}) use different "
+                "tokenizers; prepare them with one, e.g. `slm data prepare ... --tokenizer "
+                f"{data.data_dir}/tokenizer.json`."
+            )
+    return sources

@@ -25,3 +25,18 @@ def evaluate(eval_step: Callable, params: PyTree, batches: Iterable, unit: str =
         f"val_bits_per_{unit}": loss / math.log(2),
         "val_tokens": int(tokens),
     }
+
+
+def mixture_metrics(metrics: dict, weights: dict[str, float], unit: str = "token") -> dict:
+    """The metrics of a mixture from its sources': ``metrics`` holds ``evaluate``'s keys once per source, suffixed
+    (``val_loss/web``, ...), ``weights`` maps each suffix to its weight. Loss and accuracy are the weighted means
+    (the expected loss of a token drawn from the mixture); perplexity and bits follow from the loss; tokens add up."""
+    total = sum(weights.values())
+    loss = sum(w * metrics["val_loss" + s] for s, w in weights.items()) / total
+    return {
+        "val_accuracy": sum(w * metrics["val_accuracy" + s] for s, w in weights.items()) / total,
+        "val_loss": loss,
+        "val_ppl": math.exp(min(loss, 50.0)),
+        f"val_bits_per_{unit}": loss / math.log(2),
+        "val_tokens": sum(metrics["val_tokens" + s] for s in weights),
+    }

@@ -16,7 +16,7 @@ import math
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -27,7 +27,7 @@ import optax
 from slm_jax.array_typing import PyTree
 from slm_jax.config import Config, to_dict
 from slm_jax.errors import ConfigError, SlmError
-from slm_jax.eval.perplexity import evaluate
+from slm_jax.eval.perplexity import evaluate, mixture_metrics
 from slm_jax.rundir.checkpoint import Checkpointer
 from slm_jax.rundir.record import write_run_record
 from slm_jax.training.hardware import peak_flops
@@ -113,6 +113,7 @@ class LoopParts:
       info: accounting (params, flops_per_token, ...) plus ``compile_s``; written to ``run.json``.
       report_accuracy: print validation accuracy per suffix instead of bits per unit (tasks).
       extra_metrics: keys of the step metrics logged besides the usual four (e.g. ``ce``, ``kl``).
+      val_weights: a mixture's weight per validation-set suffix: the unsuffixed metrics are their weighted mean.
     """
 
     step_fn: Callable
@@ -124,6 +125,7 @@ class LoopParts:
     to_step_batch: Callable = lambda batch: batch
     report_accuracy: bool = False
     extra_metrics: tuple[str, ...] = ()
+    val_weights: dict[str, float] = field(default_factory=dict)
 
 
 class StepClock:
@@ -171,6 +173,8 @@ def _evaluate(step: int, params: PyTree, parts: LoopParts, log, bar) -> dict:
     val = {}
     for suffix, val_batches in parts.val_sets.items():
         val.update({k + suffix: v for k, v in evaluate(parts.eval_fn, params, val_batches, parts.unit).items()})
+    if parts.val_weights:
+        val.update(mixture_metrics(val, parts.val_weights, parts.unit))
     log.write(step, **val)
     if parts.report_accuracy:
         shown = "val_accuracy " + ", ".join(f"{val['val_accuracy' + s]:.3f}{s}" for s in parts.val_sets)

@@ -16,8 +16,8 @@ import numpy as np
 
 from slm_jax.array_typing import PyTree
 from slm_jax.config import Config, ModelConfig, config_from_dict, replace, to_dict
-from slm_jax.data.pipeline import eval_batches, train_batches
-from slm_jax.data.source import Dataset, load_dataset
+from slm_jax.data.pipeline import eval_batches, mixture_batches, train_batches
+from slm_jax.data.source import Dataset, load_sources
 from slm_jax.data.synthetic import task_batches
 from slm_jax.data.task_data import compact_labels, head_fraction, load_task, n_labels
 from slm_jax.data.task_data import val_sets as task_val_sets
@@ -156,7 +156,8 @@ def _train_locked(cfg: Config, run_dir: Path, ckpt: Checkpointer, until_step: in
         return {**stopped, "run_dir": str(run_dir), "step": 0, "stopped_in": stopped["run_dir"]}
     task = load_task(cfg) if cfg.data.task.name else None
     if task is None:
-        data = load_dataset(cfg.data)
+        sources = load_sources(cfg.data)  # {"": one source} or a mixture's {name: source}
+        data = next(iter(sources.values()))  # the sources share its tokenizer and vocabulary
         cfg = with_data_vocab(cfg, data)
     tc = cfg.train
     check_resumable(run_dir, cfg, not fresh)
@@ -188,23 +189,31 @@ def _train_locked(cfg: Config, run_dir: Path, ckpt: Checkpointer, until_step: in
     eval_batch = cfg.eval.batch_size or tc.batch_size
     if cfg.data.pack and (task is not None or tc.objective == "mlm"):
         raise ConfigError("data.pack packs text documents for a causal model; drop it with data.task or objective mlm.")
+    val_weights = {}
     if task is None:
-        batches = train_batches(
-            data.train, tc.batch_size, tc.seq_len, tc.seed, jax.process_index(), jax.process_count(), data.train_docs
-        )
+        where = (tc.batch_size, tc.seq_len, tc.seed, jax.process_index(), jax.process_count())
+        if cfg.data.mixture:
+            splits = [(d.train, d.train_docs) for d in sources.values()]
+            batches = mixture_batches(splits, [*cfg.data.mixture.values()], *where)
+            val_weights = {f"/{name}": w for name, w in zip(sources, cfg.data.mixture.values())}
+        else:
+            batches = train_batches(data.train, *where, data.train_docs)
         to_step_batch = lambda batch: batch
         batch_spec = jax.ShapeDtypeStruct((tc.batch_size, tc.seq_len + 1), np.int32)
         if cfg.data.pack:
             packed = ("inputs", "targets", "positions", "segment_ids")
             batch_spec = {k: jax.ShapeDtypeStruct((tc.batch_size, tc.seq_len), np.int32) for k in packed}
-        val_sets = {"": eval_batches(data.val, eval_batch, tc.seq_len, cfg.eval.batches, data.val_docs)}
+        val_sets = {
+            f"/{name}" if name else "": eval_batches(d.val, eval_batch, tc.seq_len, cfg.eval.batches, d.val_docs)
+            for name, d in sources.items()
+        }
         unit = {"char": "char", "byte": "byte"}.get(data.meta.get("tokenizer"), "token")
         if tc.objective == "mlm":  # masked windows, scored (and given logits) only where masked: training/mlm.py
             to_step_batch = lambda batch: mask_batch(batch, tc, cfg.model.vocab_size)
             batch_spec = jax.tree.map(
                 lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), to_step_batch(np.zeros(batch_spec.shape, np.int32))
             )
-            val_sets = {"": [to_step_batch(b) for b in val_sets[""]]}
+            val_sets = {suffix: [to_step_batch(b) for b in v] for suffix, v in val_sets.items()}
     else:
         m = n_labels(task.train)
         batches = task_batches(
@@ -233,6 +242,14 @@ def _train_locked(cfg: Config, run_dir: Path, ckpt: Checkpointer, until_step: in
     fraction = n_masked(tc.seq_len, tc.mask_rate) / tc.seq_len if mlm else head_fraction(cfg)
     info = {**accounting.summary(cfg.model, tc.seq_len, fraction), "compile_s": compile_s}
     parts = LoopParts(
-        step_fn, batches, eval_fn, val_sets, unit, info, to_step_batch, report_accuracy=task is not None or mlm
+        step_fn,
+        batches,
+        eval_fn,
+        val_sets,
+        unit,
+        info,
+        to_step_batch,
+        report_accuracy=task is not None or mlm,
+        val_weights=val_weights,
     )
     return run_loop(cfg, run_dir, ckpt, state, parts, par=par, until_step=until_step, progress=progress)
