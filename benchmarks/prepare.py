@@ -1,19 +1,24 @@
 """Throughput and peak memory of ``slm data prepare`` (streaming, sharded) on a generated corpus.
 
-    python benchmarks/prepare.py [--mb 50] [--tokenizers byte char bpe] [--vocab-size 8192] [--bpe-sample-mb 64]
-                                 [--repeats 2]
+    python benchmarks/prepare.py [--mb 50] [--tokenizers byte char bpe bpe-plain] [--vocab-size 8192]
+                                 [--bpe-sample-mb 64] [--repeats 2]
 
 The corpus is ``--mb`` MB of lines of Zipf-distributed pseudo-words (a 20,000-word vocabulary, a few
 non-ASCII letters), written once to a temp directory. Each prepare runs in its own child process,
-which reports its wall time and peak RSS (``ru_maxrss``); tokenizers are interleaved (A B C A B C ...)
+which reports its wall time, CPU time (user + system, all threads; less sensitive than wall time to other
+load on the machine) and peak RSS (``VmHWM``); tokenizers are interleaved (A B C A B C ...)
 ``--repeats`` times and the median is kept. Throughput is input MB / wall seconds of the whole
 prepare (both passes: building the tokenizer, BPE training on the first ``--bpe-sample-mb`` MB included,
-then encoding and writing).
-Prints one JSON line per tokenizer and a markdown table (docs/data.md quotes it).
+then encoding and writing). ``bpe-plain`` is ``bpe`` with the word cache off (every piece through
+``encode_batch``, as before the cache), for an interleaved A/B on the same corpus.
+Prints one JSON line per tokenizer, a markdown table (docs/data.md quotes it) and the load average.
 """
 
 import argparse
+import filecmp
 import json
+import os
+import re
 import resource
 import statistics
 import subprocess
@@ -43,15 +48,20 @@ def write_corpus(path: Path, mb: float, seed: int = 0) -> int:
 
 def child(tokenizer: str, corpus: str, out: str, vocab_size: int, bpe_sample_mb: float) -> None:
     """Runs one prepare; prints {"seconds", "peak_rss_mb", "tokens"} as JSON."""
+    from slm_jax.data import prepare as prepare_module
     from slm_jax.data.prepare import prepare
 
-    start = time.perf_counter()
+    if tokenizer == "bpe-plain":  # the word cache off: every piece through encode_batch
+        prepare_module.fast_encode_batch = lambda tok: tok.encode_batch
+        tokenizer = "bpe"
     vocab = vocab_size if tokenizer == "bpe" else 0
+    before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     meta = prepare([corpus], tokenizer, out, vocab_size=vocab, shard_tokens=1 << 24, bpe_sample_mb=bpe_sample_mb)
-    seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-    tokens = meta["train_tokens"] + meta["val_tokens"]
-    print(json.dumps({"seconds": seconds, "peak_rss_mb": peak, "tokens": tokens, "vocab_size": meta["vocab_size"]}))
+    seconds, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime  # all threads
+    tokens, vocab = meta["train_tokens"] + meta["val_tokens"], meta["vocab_size"]
+    peak = int(re.search(r"VmHWM:\s*(\d+) kB", Path("/proc/self/status").read_text()).group(1)) / 1024  # own peak
+    print(json.dumps({"seconds": seconds, "cpu_s": cpu, "peak_rss_mb": peak, "tokens": tokens, "vocab": vocab}))
 
 
 def run_child(tokenizer: str, corpus: Path, out: Path, vocab_size: int, bpe_sample_mb: float) -> dict:
@@ -61,10 +71,16 @@ def run_child(tokenizer: str, corpus: Path, out: Path, vocab_size: int, bpe_samp
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def same_files(a: Path, b: Path) -> bool:
+    """Whether directories ``a`` and ``b`` hold the same files with the same bytes."""
+    names = sorted(p.name for p in a.iterdir())
+    return names == sorted(p.name for p in b.iterdir()) and all(filecmp.cmp(a / n, b / n, shallow=False) for n in names)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--mb", type=float, default=50.0, help="corpus size in MB")
-    p.add_argument("--tokenizers", nargs="+", default=["byte", "char", "bpe"])
+    p.add_argument("--tokenizers", nargs="+", default=["byte", "char", "bpe"], help="byte, char, bpe, bpe-plain")
     p.add_argument("--vocab-size", type=int, default=8192, help="vocabulary of the trained BPE")
     p.add_argument("--bpe-sample-mb", type=float, default=64.0, help="BPE training sample (MB; 0: all)")
     p.add_argument("--repeats", type=int, default=2, help="interleaved rounds; the median is reported")
@@ -73,6 +89,7 @@ def main() -> None:
     if args.child:
         child(*args.child, args.vocab_size, args.bpe_sample_mb)
         return
+    load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         corpus = Path(tmp) / "corpus.txt"
         size = write_corpus(corpus, args.mb)
@@ -80,27 +97,32 @@ def main() -> None:
         for _ in range(args.repeats):
             for t in args.tokenizers:
                 runs[t].append(run_child(t, corpus, Path(tmp) / f"out-{t}", args.vocab_size, args.bpe_sample_mb))
+        if {"bpe", "bpe-plain"} <= runs.keys():
+            same = same_files(Path(tmp) / "out-bpe", Path(tmp) / "out-bpe-plain")
+            print(f"bpe and bpe-plain wrote identical files: {same}")
     rows = []
     for t, rs in runs.items():
         seconds = statistics.median(r["seconds"] for r in rs)
         row = {
             "tokenizer": t,
             "corpus_mb": round(size / 1e6, 1),
-            "vocab_size": rs[0]["vocab_size"],
+            "vocab_size": rs[0]["vocab"],
             "tokens": rs[0]["tokens"],
             "seconds": round(seconds, 2),
+            "cpu_s": round(statistics.median(r["cpu_s"] for r in rs), 2),
             "mb_per_s": round(size / 1e6 / seconds, 1),
             "peak_rss_mb": round(max(r["peak_rss_mb"] for r in rs)),
         }
         rows.append(row)
         print(json.dumps(row))
-    print("\n| tokenizer | corpus MB | vocab | tokens | seconds | MB/s | peak RSS MB |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| tokenizer | corpus MB | vocab | tokens | seconds | CPU seconds | MB/s | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['tokenizer']} | {r['corpus_mb']} | {r['vocab_size']} | {r['tokens']:,} | {r['seconds']} | "
-            f"{r['mb_per_s']} | {r['peak_rss_mb']} |"
+            f"{r['cpu_s']} | {r['mb_per_s']} | {r['peak_rss_mb']} |"
         )
+    print(f"\nload average (1 min) at the start {load:.1f}, at the end {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

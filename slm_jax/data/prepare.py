@@ -17,6 +17,7 @@ the tokens is the validation split. A tokenizer with an end-of-document token (a
 record (jsonl line, table row) that lacks one, and text files are concatenated as they are.
 A document (a jsonl line's text, a table row, a text file) is recorded by its first token's offset in
 ``<split>.docs.npy``, streamed to disk while encoding, for packed rows (``data.pack``).
+A Hugging Face tokenizer encodes through ``fast_encode_batch`` (a word -> ids cache where that is exact).
 """
 
 from __future__ import annotations
@@ -29,12 +30,12 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator, Sequence, Union
+from typing import Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
 from slm_jax.data.corpora import generate_corpus
-from slm_jax.data.hf_tokenizer import HFTokenizer, train_bpe
+from slm_jax.data.hf_tokenizer import HFTokenizer, fast_encode_batch, train_bpe
 from slm_jax.data.readers import BadLines, expand_inputs, file_record, iter_pieces
 from slm_jax.data.token_files import DOCS_SUFFIX, DTYPES, META_FILE, docs_path, is_prepared_dir, load_meta, token_dtype
 from slm_jax.data.tokenizers import (
@@ -144,16 +145,19 @@ def _batches(pieces: Iterator) -> Iterator[list]:
         yield batch
 
 
-def _encode_batch(tok: Tokenizer, batch: list) -> tuple[np.ndarray, np.ndarray]:
+def _encode_batch(tok: Tokenizer, batch: list, encode_pieces: Optional[Callable]) -> tuple[np.ndarray, np.ndarray]:
     """A batch of pieces -> (n,) int32 ids (the end-of-document token after each document end when there is
-    one) and (e,) int64 offsets into them just past each document that ends in the batch."""
+    one) and (e,) int64 offsets into them just past each document that ends in the batch.
+
+    ``encode_pieces`` encodes a Hugging Face tokenizer's pieces (``fast_encode_batch``); None for char and byte.
+    """
     if isinstance(tok, ByteTokenizer):
         raw = [p if isinstance(p, bytes) else p.encode("utf-8") for p, _ in batch]
         ids, lengths = tok.encode(b"".join(raw)), [len(r) for r in raw]
     elif isinstance(tok, CharTokenizer):  # one id per character
         ids, lengths = tok.encode("".join(p for p, _ in batch)), [len(p) for p, _ in batch]
     else:
-        encoded = tok.encode_batch([p for p, _ in batch])
+        encoded = encode_pieces([p for p, _ in batch])
         eos = tok.eos_id
         if eos is not None:
             encoded = [np.append(x, np.int32(eos)) if end else x for x, (_, end) in zip(encoded, batch)]
@@ -339,6 +343,7 @@ def prepare(
     bad = BadLines(skip_bad_lines)
     is_hf = isinstance(tok, HFTokenizer)
     record_newline = not (is_hf and tok.eos_id is not None)
+    encode_pieces = fast_encode_batch(tok) if is_hf else None
 
     out_dir = Path(out_dir).expanduser()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -353,7 +358,7 @@ def prepare(
     try:
         with doc_ends.open("wb") as f:
             for batch in _batches(pieces(bad, record_newline, is_hf)):
-                ids, ends = _encode_batch(tok, batch)
+                ids, ends = _encode_batch(tok, batch, encode_pieces)
                 writer.write(ids)
                 (n + ends).astype("<i8").tofile(f)
                 n += len(ids)

@@ -1,12 +1,23 @@
 """Byte-level BPE: training, the Hugging Face tokenizer.json round trip, and prepare -> train -> generate."""
 
+import functools
 import json
 
 import numpy as np
 import pytest
 
 from slm_jax.cli import main
-from slm_jax.data.hf_tokenizer import END_OF_TEXT, HFTokenizer, train_bpe
+from slm_jax.data.hf_tokenizer import (
+    _SPACE_SAFE_PATTERNS,
+    END_OF_TEXT,
+    HFTokenizer,
+    WordCache,
+    _word_text,
+    _words,
+    fast_encode_batch,
+    train_bpe,
+    word_cache_obstacle,
+)
 from slm_jax.data.prepare import prepare
 from slm_jax.data.token_files import load_data_tokenizer, load_split
 from slm_jax.data.tokenizers import load_tokenizer, save_tokenizer
@@ -142,3 +153,128 @@ def test_prepare_with_tokenizer_file_equals_whole_text_encoding(monkeypatch, tmp
     prepare([path], str(tok_file), tmp_path / "out")
     ids = np.concatenate([load_split(tmp_path / "out", s) for s in ("train", "val")])
     assert np.array_equal(ids, np.append(tok.encode(text), tok.eos_id))  # one encode call on the whole text
+
+
+@functools.lru_cache(maxsize=1)
+def onig_whitespace() -> frozenset[str]:
+    """Every character the tokenizers library's regex engine matches with \\s (Unicode has none past U+FFFF)."""
+    tokenizers = pytest.importorskip("tokenizers")
+    every = "".join(chr(c) for c in range(0x10000) if not 0xD800 <= c < 0xE000)
+    split = tokenizers.pre_tokenizers.Split(tokenizers.Regex(r"\s"), behavior="removed")
+    return frozenset(every) - set("".join(p for p, _ in split.pre_tokenize_str(every)))
+
+
+def adversarial_text(n_atoms: int, seed: int) -> str:
+    """Random text of words, digits, punctuation, every kind of whitespace, special and added tokens."""
+    atoms = [*WORDS, "Ωmega", "中文", "日本語", "e\u0301", "🙂", "foo", "<|x|>", END_OF_TEXT, "\u200b", "\x00"]
+    atoms += ["1", "12345", "٣", "²", "Ⅻ", ".", ",", "'s", "'LL", "'t", "!?", "—", "…", "\x1c", "\x1f"]
+    atoms += [" ", " ", " ", "  ", "   ", "\n", "\n\n", "\r\n", "\t", " \n", "\n ", *sorted(onig_whitespace())]
+    rng = np.random.default_rng(seed)
+    return "".join(rng.choice(atoms, size=n_atoms))
+
+
+def hf_bpe(pre_tokenizer, text: str, normalizer=None) -> HFTokenizer:
+    """A byte-level BPE with ``pre_tokenizer`` trained on ``text``, special tokens and an added token "foo"."""
+    tokenizers = pytest.importorskip("tokenizers")
+    tok = tokenizers.Tokenizer(tokenizers.models.BPE())
+    tok.pre_tokenizer, tok.decoder = pre_tokenizer, tokenizers.decoders.ByteLevel()
+    if normalizer is not None:
+        tok.normalizer = normalizer
+    trainer = tokenizers.trainers.BpeTrainer(
+        vocab_size=600,
+        special_tokens=[END_OF_TEXT, "<|x|>"],
+        initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator([text], trainer=trainer)
+    tok.add_tokens(["foo"])
+    return HFTokenizer(tok.to_str())
+
+
+def byte_level_split(pattern: str):
+    tokenizers = pytest.importorskip("tokenizers")
+    pre = tokenizers.pre_tokenizers
+    return pre.Sequence(
+        [
+            pre.Split(tokenizers.Regex(pattern), behavior="isolated"),
+            pre.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+
+
+def plain_encode(tok: HFTokenizer, texts: list[str]) -> list[list[int]]:
+    """The reference: the tokenizers library's own encode of each text, one call each."""
+    tokenizers = pytest.importorskip("tokenizers")
+    ref = tokenizers.Tokenizer.from_str(tok.json_text)
+    return [ref.encode(t, add_special_tokens=False).ids for t in texts]
+
+
+@pytest.mark.parametrize("pattern", [None, *_SPACE_SAFE_PATTERNS], ids=["gpt2", "gpt2_split", "llama3", "qwen2"])
+def test_word_cache_equals_plain_encode(pattern):
+    tokenizers = pytest.importorskip("tokenizers")
+    pre = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False) if pattern is None else byte_level_split(pattern)
+    tok = hf_bpe(pre, adversarial_text(3000, seed=0) + corpus(200))
+    assert word_cache_obstacle(tok.to_dict()) == ""
+    texts = [adversarial_text(n, seed=s) for s, n in enumerate([1, 2, 5, 50, 400, 2000])]
+    texts += ["", " ", "  lead", "trail  ", "\n the cat", corpus(50), "a\u3000 b", "é b", "x" + "\u2029 " * 3]
+    cache = WordCache(tok, max_words=300)  # small: emptied and refilled between the batches
+    for _ in range(3):  # cold, then warm
+        got = cache.encode_batch(texts)
+        assert all(g.dtype == np.int32 for g in got)
+        assert [g.tolist() for g in got] == plain_encode(tok, texts)
+    assert 0 < len(cache._index) <= 300
+
+
+def test_words_cut_only_after_a_non_space():
+    for c in sorted((onig_whitespace() | {c for c in map(chr, range(0x3001)) if c.isspace()}) - {" "}):
+        assert _words(f"a{c} b".encode()) == [f"a{c} b".encode()], repr(c)
+        assert _words(f"a{c}\nb".encode()) == [f"a{c}\nb".encode()], repr(c)
+        assert _words(f"a\n{c}b".encode()) == [f"a\n{c}b".encode()], repr(c)
+    text = "a b  c é ½\t  d \u200b x\ny.\n\nz\n w\nü\n"
+    words = _words(text.encode())
+    assert [words[0].decode(), *map(_word_text, words[1:])] == [
+        *["a", " b", "  c", " é", " ½\t  d", " \u200b", " x\n", "y.\n\nz\n w\nü\n"]
+    ]  # no cut before a space after whitespace, nor after a newline before whitespace or a non-ASCII letter
+
+
+def test_word_cache_falls_back_to_plain_encode(tmp_path):
+    tokenizers = pytest.importorskip("tokenizers")
+    text = corpus(200, seed=3) + "  Über  ÜBER\n\n x"
+    tok = hf_bpe(
+        tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False), text, normalizer=tokenizers.normalizers.Lowercase()
+    )
+    assert word_cache_obstacle(tok.to_dict()) == "it has a normalizer" and fast_encode_batch(tok) == tok.encode_batch
+    path = tmp_path / "corpus.txt"
+    path.write_text(text, encoding="utf-8")
+    tok_file = tmp_path / "tok" / "tokenizer.json"
+    tok_file.parent.mkdir()
+    tok_file.write_text(tok.json_text, encoding="utf-8")
+    prepare([path], str(tok_file), tmp_path / "out")
+    ids = np.concatenate([load_split(tmp_path / "out", s) for s in ("train", "val")])
+    assert ids.tolist() == plain_encode(tok, [text])[0] + [tok.eos_id]
+
+    d = train_bpe([corpus(50)], vocab_size=280).to_dict()
+    assert word_cache_obstacle(d) == ""
+    changes = {
+        "pre-tokenizer": {"pre_tokenizer": {**d["pre_tokenizer"], "add_prefix_space": True}},
+        "model": {"model": {**d["model"], "dropout": 0.1}},
+        "truncates": {"truncation": {"max_length": 8, "stride": 0, "strategy": "LongestFirst", "direction": "Right"}},
+        "'a b'": {"added_tokens": [*d["added_tokens"], {**d["added_tokens"][0], "id": 280, "content": "a b"}]},
+        "'<m>'": {"added_tokens": [{**d["added_tokens"][0], "content": "<m>", "rstrip": True}]},
+        "'.\\n'": {"added_tokens": [{**d["added_tokens"][0], "content": ".\n"}]},
+    }
+    for reason, change in changes.items():
+        assert reason in word_cache_obstacle({**d, **change})
+    metaspace = json.loads(tokenizers.pre_tokenizers.Metaspace().__getstate__())
+    assert "pre-tokenizer" in word_cache_obstacle({**d, "pre_tokenizer": metaspace})
+    other_split = byte_level_split(r"\w+ \w+|\s+")
+    assert "pre-tokenizer" in word_cache_obstacle({**d, "pre_tokenizer": json.loads(other_split.__getstate__())})
+
+
+def test_prepare_bpe_shakespeare_equals_whole_text_encoding(shakespeare_path, tmp_path):
+    meta = prepare([shakespeare_path], "bpe", tmp_path / "out", vocab_size=1000)
+    tok = load_data_tokenizer(tmp_path / "out")
+    assert word_cache_obstacle(tok.to_dict()) == "" and meta["vocab_size"] == 1000
+    text = open(shakespeare_path, encoding="utf-8").read()
+    ids = np.concatenate([load_split(tmp_path / "out", s) for s in ("train", "val")])
+    assert ids.tolist() == plain_encode(tok, [text])[0] + [tok.eos_id]
