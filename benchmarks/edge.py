@@ -148,7 +148,7 @@ def compress(run_dir: Path, out: Path, calib_tokens: int, calib: str = "") -> di
 
 def export(variant_dir: Path, out: Path, fmt: str, max_len: int, chunk: int) -> Path | str:
     """``slm export`` of ``variant_dir`` as ``fmt`` for ``max_len`` positions (reused); the refusal sentence if
-    the format cannot take the model (ONNX: complex numbers and FFTs)."""
+    the format cannot take the model (ONNX: a bfloat16 run, or a JAX operation without a translation)."""
     from slm_jax.errors import ConfigError
     from slm_jax.export.stablehlo import export_run
 

@@ -3,7 +3,9 @@
 ``jaxpr_to_onnx(closed_jaxpr, input_names, output_names)`` writes one ONNX model (opset 18,
 https://onnx.ai/onnx/operators/) whose inputs and outputs are the jaxpr's, in order, under the
 given names. Every shape in the jaxpr is static, so shapes and indices become constants.
-Primitives map one by one through ``onnx_ops.RULES``; here are the ones that hold a jaxpr:
+Primitives map one by one through ``onnx_ops.RULES``, or ``onnx_complex`` where an equation reads or writes
+complex values (each is a real graph value with a trailing (real, imaginary) axis of 2, as ONNX's ``DFT`` takes
+them; FFTs become ``DFT`` nodes). Here are the primitives that hold a jaxpr:
 
   jit, custom_jvp_call, custom_vjp_call, remat, closed_call   inlined (the primal computation)
   scan                                                        an ONNX ``Scan`` node whose body is the
@@ -23,6 +25,7 @@ import onnx
 from jax.extend import core
 from onnx import helper, numpy_helper
 
+from slm_jax.export.onnx_complex import PAIR, as_pair, complex_rule, is_complex, part_dtype, touches_complex
 from slm_jax.export.onnx_ops import RULES, UnsupportedPrimitive, onnx_dtype
 
 OPSET = 18
@@ -31,7 +34,9 @@ _INLINED = ("jit", "pjit", "custom_jvp_call", "custom_vjp_call", "remat2", "chec
 
 
 def value_info(name: str, aval) -> onnx.ValueInfoProto:
-    """A typed graph input or output; ``aval`` is anything with ``dtype`` and ``shape``."""
+    """A typed graph input or output; ``aval`` is anything with ``dtype`` and ``shape`` (complex: [*shape, 2])."""
+    if is_complex(aval):
+        return helper.make_tensor_value_info(name, onnx_dtype(part_dtype(aval.dtype)), [*aval.shape, PAIR])
     return helper.make_tensor_value_info(name, onnx_dtype(aval.dtype), list(aval.shape))
 
 
@@ -57,16 +62,19 @@ class Graph:
         return outs
 
     def const(self, value, dtype=None) -> str:
-        """A Constant node holding ``value`` (reused for equal small constants)."""
+        """A Constant node holding ``value`` (complex: its [..., 2] real form), one per distinct value and graph."""
         a = np.array(value, dtype, order="C")  # (np.ascontiguousarray would make a scalar 1-D)
-        key = (a.dtype.str, a.shape, a.tobytes()) if a.size <= 64 else None
-        if key in self._consts:
-            return self._consts[key]
-        name = self.fresh("const")
-        self.nodes.append(helper.make_node("Constant", [], [name], value=numpy_helper.from_array(a, name)))
-        if key is not None:
-            self._consts[key] = name
-        return name
+        if np.iscomplexobj(a):
+            a = as_pair(a)
+        key = (a.dtype.str, a.shape, a.tobytes())
+        if key not in self._consts:
+            self._consts[key] = self.fresh("const")
+            self.nodes.append(
+                helper.make_node(
+                    "Constant", [], [self._consts[key]], value=numpy_helper.from_array(a, self._consts[key])
+                )
+            )
+        return self._consts[key]
 
     def int64(self, values) -> str:
         return self.const(np.asarray(values, np.int64))
@@ -97,9 +105,13 @@ def emit_eqn(g: Graph, eqn, ins: list[str]) -> list[str]:
         return emit_jaxpr(g, sub, ins)
     if name == "scan":
         return _scan(g, eqn, ins)
-    if name not in RULES:
+    if touches_complex(eqn):
+        rule = complex_rule(eqn)
+    elif name in RULES:
+        rule = RULES[name]
+    else:
         raise UnsupportedPrimitive(name)
-    outs = RULES[name](g, eqn, ins)
+    outs = rule(g, eqn, ins)
     return outs if isinstance(outs, list) else [outs]
 
 
@@ -113,7 +125,7 @@ def _scan(g: Graph, eqn, ins: list[str]) -> list[str]:
     body_in = [body.fresh("scan_in") for _ in in_avals]
     outs = [body.op("Identity", [o]) for o in emit_jaxpr(body, body_jaxpr, consts + body_in)]
     if not xs:  # ONNX Scan counts its iterations from a scan input: give it one to ignore
-        xs = [g.int64(np.zeros(p["length"]))]
+        xs = [g.op("Range", [g.int64(0), g.int64(p["length"]), g.int64(1)])]
         body_in.append(body.fresh("scan_unused"))
         in_avals.append(np.zeros((), np.int64))
     graph = helper.make_graph(

@@ -1,15 +1,17 @@
 """One ONNX translation per JAX primitive: ``RULES[name](graph, eqn, inputs) -> output name(s)``.
 
-The set covers what slm_jax's prefill and decode steps trace to (every preset but the FFT
-long convolutions of h3, hyena and baseconv, which need ``fft`` and complex numbers; float and
-weight-quantized, int8 caches, scanned or unrolled layers, every ``ScanImpl``) and keeps JAX's semantics
+The set covers what slm_jax's prefill and decode steps trace to on real values (every preset, float and
+weight-quantized, int8 caches, scanned or unrolled layers, every ``ScanImpl``; complex values and ``fft``,
+which h3, hyena and baseconv use, are onnx_complex.py's) and keeps JAX's semantics
 where ONNX differs: ``rem`` truncates (``Mod`` with fmod=1), ``dynamic_slice`` and
 ``dynamic_update_slice`` clamp their start indices, ``dot_general`` becomes a batched
 ``MatMul`` after transposes, ``scatter`` becomes ``ScatterND`` over the full index of every
 updated element (the attention cache writes distinct slots; ``ScatterND`` leaves duplicates
 undefined), ``log1p`` and ``expm1`` use Kahan's cancellation-free forms (plain ``Log(1 + x)`` and
 ``Exp(x) - 1`` lose RG-LRU's precision). ONNX Runtime has no int8/int16 arithmetic kernels, so
-such operands are widened to int32 and narrowed back. Operator reference:
+such operands are widened to int32 and narrowed back. Index tables (``iota``, the element indices of
+``scatter`` and ``dynamic_update_slice``) are computed by Range/Expand nodes that onnxruntime folds at load, not
+stored: stored, they were most of a chunked prefill graph (400 KB of DeltaNet's 570 KB). Operator reference:
 https://onnx.ai/onnx/operators/ (opset 18).
 """
 
@@ -171,10 +173,26 @@ def _stack(g, eqn, ins):
     return g.op("Concat", [_reshape(g, x, shape, one) for x in ins], axis=axis)
 
 
+def arange_along(g, shape, axis: int, dtype=np.int64) -> str:
+    """[0, 1, ..., shape[axis] - 1] along ``axis``, broadcast to ``shape``: Range, Reshape, Expand nodes rather than
+    a stored table (onnxruntime folds them at load; a stored [64, 64] mask was 16 KB of graph per layer)."""
+    shape = [int(s) for s in shape]
+    line = g.op("Range", [g.int64(0), g.int64(shape[axis]), g.int64(1)])
+    if np.dtype(dtype) != np.int64:
+        line = g.op("Cast", [line], to=onnx_dtype(dtype))
+    ranked = [shape[axis] if i == axis else 1 for i in range(len(shape))]
+    line = _reshape(g, line, [shape[axis]], ranked)
+    return line if ranked == shape else g.op("Expand", [line, g.int64(shape)])
+
+
+def index_grid(g, shape) -> str:
+    """int64[*shape, rank]: the index of every element of an array of ``shape``, computed (see ``arange_along``)."""
+    shape = [int(s) for s in shape]
+    return g.op("Concat", [arange_along(g, [*shape, 1], axis) for axis in range(len(shape))], axis=-1)
+
+
 def _iota(g, eqn, ins):
-    shape, d = eqn.params["shape"], eqn.params["dimension"]
-    line = np.arange(shape[d], dtype=eqn.params["dtype"]).reshape([-1 if i == d else 1 for i in range(len(shape))])
-    return g.const(np.broadcast_to(line, shape))
+    return arange_along(g, eqn.params["shape"], eqn.params["dimension"], eqn.params["dtype"])
 
 
 def _slice(g, eqn, ins):
@@ -286,8 +304,7 @@ def _dynamic_slice(g, eqn, ins):
 def _dynamic_update_slice(g, eqn, ins):
     shape, upd = _in(eqn, 0).shape, _in(eqn, 1).shape
     starts = _start_vector(g, ins[2:], shape, upd)
-    grid = np.stack(np.indices(upd), axis=-1).astype(np.int64)  # [*upd, rank]
-    index = g.op("Add", [g.op("Reshape", [starts, g.int64([1] * len(upd) + [len(shape)])]), g.const(grid)])
+    index = g.op("Add", [g.op("Reshape", [starts, g.int64([1] * len(upd) + [len(shape)])]), index_grid(g, upd)])
     return g.op("ScatterND", [ins[0], index, ins[1]])
 
 
@@ -319,30 +336,29 @@ def _gather(g, eqn, ins):
 
 
 def _scatter(reduction: str) -> Callable:
-    """lax.scatter(-add) -> ScatterND with the full operand index of every element of ``updates``."""
+    """lax.scatter(-add) -> ScatterND with the full operand index of every element of ``updates``: per operand
+    dimension, its scattered start (0 where none is given) plus the position along its update window dimension."""
 
     def rule(g, eqn, ins):
         dn = eqn.params["dimension_numbers"]
         if dn.operand_batching_dims:
             raise UnsupportedPrimitive(f"{eqn.primitive.name} with batching dimensions")
-        rank, idx, upd = len(_in(eqn, 0).shape), _in(eqn, 1).shape, _in(eqn, 2).shape
-        batch_shape, window = idx[:-1], list(dn.update_window_dims)
+        rank, upd = len(_in(eqn, 0).shape), list(_in(eqn, 2).shape)
+        window = list(dn.update_window_dims)
+        batch_ranked = [1 if u in window else upd[u] for u in range(len(upd))] + [1]  # an index row per batch position
         index = g.op("Cast", [ins[1]], to=TensorProto.INT64)
+        window_dim = dict(zip([d for d in range(rank) if d not in dn.inserted_window_dims], window))
         cols = []
-        for d in range(rank):  # the scattered start of each operand dimension (0 where none is given)
+        for d in range(rank):
+            col = g.int64(0)
             if d in dn.scatter_dims_to_operand_dims:
                 j = list(dn.scatter_dims_to_operand_dims).index(d)
-                cols.append(g.op("Slice", [index, g.int64([j]), g.int64([j + 1]), g.int64([-1])]))
-            else:
-                cols.append(g.int64(np.zeros((*batch_shape, 1))))
-        starts = g.op("Concat", cols, axis=-1)  # [*batch, rank]
-        starts = g.op("Reshape", [starts, g.int64([1 if u in window else upd[u] for u in range(len(upd))] + [rank])])
-        offsets = np.zeros([upd[u] if u in window else 1 for u in range(len(upd))] + [rank], np.int64)
-        window_operand_dims = [d for d in range(rank) if d not in dn.inserted_window_dims]
-        for u, d in zip(window, window_operand_dims):
-            offsets[..., d] = np.arange(upd[u]).reshape([-1 if v == u else 1 for v in range(len(upd))])
-        full = g.op("Add", [starts, g.const(offsets)])  # [*upd, rank]
-        return g.op("ScatterND", [ins[0], full, ins[2]], reduction=reduction)
+                start = g.op("Slice", [index, g.int64([j]), g.int64([j + 1]), g.int64([-1])])  # [*batch, 1]
+                col = g.op("Reshape", [start, g.int64(batch_ranked)])
+            if d in window_dim:
+                col = g.op("Add", [col, arange_along(g, [*upd, 1], window_dim[d])])
+            cols.append(g.op("Expand", [col, g.int64([*upd, 1])]))
+        return g.op("ScatterND", [ins[0], g.op("Concat", cols, axis=-1), ins[2]], reduction=reduction)
 
     return rule
 

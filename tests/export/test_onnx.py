@@ -92,6 +92,50 @@ def test_primitives_keep_jax_semantics():
     assert_same(lambda x: (x, *(lambda y: (y, y))(2 * x), x[0] + 1), x)  # an input and a repeated value as outputs
 
 
+def test_complex_values_and_ffts_keep_jax_semantics():
+    """Complex values are [..., 2] real pairs in the graph; FFTs are ONNX DFTs (power-of-2 lengths) or Bluestein
+    chirp-z transforms (any other length). Graph inputs and outputs stay real, so each case builds and splits."""
+    r = np.random.RandomState(2)
+    a, b = (jnp.asarray(r.randn(3, 4, 6), jnp.float32) for _ in range(2))
+    out = lambda *zs: tuple(p for z in zs for p in (z.real, z.imag))
+    small = jnp.asarray(r.uniform(-1e-4, 1e-4, (3, 4, 6)), jnp.float32)  # expm1 near 0 (H3's dB = expm1(dt A) / A)
+
+    def arithmetic(a, b, s):
+        z, w = jax.lax.complex(a, b), jax.lax.complex(b, -a)
+        return out(z * w, z / w, z + w, z - w, -z, jnp.exp(z), jnp.expm1(jax.lax.complex(s, 3 * s)), jnp.expm1(z))
+
+    assert_same(arithmetic, a, b, small, atol=1e-5, rtol=1e-5)
+
+    def structure(a, b, k, i):
+        z = jax.lax.complex(a, b)
+        return (
+            *out(
+                z.T, z.reshape(4, 18)[1:3, ::-1], jnp.broadcast_to(z[:, :1], (3, 4, 6)), jnp.concatenate([z, 2 * z], 1)
+            ),
+            *out(jnp.pad(z, ((1, 0), (0, 2), (0, 0))), jnp.where(a > 0, z, 1j * z), z[k], z.sum(1), jnp.cumsum(z, 2)),
+            *out(
+                jax.lax.dynamic_slice(z, (i, 0, i), (2, 4, 3)),
+                jax.lax.dynamic_update_slice(z, z[:1, :2] * 2, (i, i, 0)),
+            ),
+            *out(a.astype(jnp.complex64), k.astype(jnp.complex64)),
+            z.real + z.imag,
+        )
+
+    assert_same(structure, a, b, jnp.asarray([2, 0, 2], jnp.int32), jnp.int32(1))
+    # a scan carrying a complex state, as H3's chunked prefill does
+    decay = lambda a, b: jnp.exp(jax.lax.complex(-jnp.abs(a[0]), b[0]))
+    scan = lambda a, b: out(jax.lax.scan(lambda h, x: (decay(a, b) * h + x, h), jnp.zeros((4, 6), jnp.complex64), a)[0])
+    assert_same(scan, a, b, atol=1e-5)
+    for n in (16, 30, 7):  # a power of 2; Bluestein for an even and an odd length
+        x = jnp.asarray(r.randn(2, 3, n), jnp.float32)
+        spec = jnp.fft.rfft(x)
+        assert_same(lambda x: out(jnp.fft.rfft(x)), x, atol=1e-5, rtol=1e-5)
+        assert_same(lambda re, im, n=n: jnp.fft.irfft(jax.lax.complex(re, im), n=n), spec.real, spec.imag, atol=1e-5)
+        assert_same(
+            lambda x, y: out(*(f(jax.lax.complex(x, y)) for f in (jnp.fft.fft, jnp.fft.ifft))), x, -x[::-1], atol=2e-5
+        )
+
+
 def test_outputs_are_named_at_their_producer():
     """Graph outputs are the computing nodes' own outputs: an Identity would copy a whole cache every step."""
     x = jnp.ones((2, 3), jnp.float32)
@@ -167,6 +211,51 @@ def test_int4_run_exports_to_onnx(tmp_path):
     new, seen = Artifact(tmp_path / "export").generate(prompt, 8)
     ref = reference_logits(run.cfg, run.params, prompt, new)
     assert float(np.max(np.abs(np.stack(seen) - ref))) < 1e-3
+
+
+@pytest.mark.parametrize("preset", ["h3", "hyena", "baseconv"])
+def test_complex_and_fft_presets_match_jax(tmp_path, preset):
+    """H3 (complex64 diagonal SSM) and the FFT long convolutions of Hyena and BaseConv, float, int8 and int4: the
+    prompt's 16-token chunk through prefill (FFT length 2 (15 + 16) = 62: Bluestein) and the rest and 6 greedy
+    tokens through decode give the JAX model's logits (measured max |diff| 1e-6 to 1e-5)."""
+    mixers = {"hyena": {"max_len": 16, "filter_hidden": 8}, "baseconv": {"max_len": 16}, "h3": {"chunk_size": 8}}
+    _, _, tok = make_run(tmp_path / "run", preset, n_layers=1, mixers=mixers)
+    prompt = [int(i) for i in tok.encode(PROMPT)]
+    for bits in (None, 8, 4):
+        run = tmp_path / "run"
+        if bits:
+            run = tmp_path / f"int{bits}"
+            assert main(["quantize", str(tmp_path / "run"), "--bits", str(bits), "--out", str(run)]) == 0
+        export_run(run, tmp_path / f"export{bits}", fmt="onnx", max_len=32, prefill_chunk=16)
+        new, seen = Artifact(tmp_path / f"export{bits}").generate(prompt, 6)
+        loaded = load_run(run)
+        ref = reference_logits(loaded.cfg, loaded.params, prompt, new)
+        np.testing.assert_allclose(np.stack(seen), ref, atol=5e-5, rtol=0)
+        assert new == [int(i) for i in ref.argmax(-1)]
+
+
+def _constants(graph):
+    """Every Constant node's value in ``graph`` and its loop bodies."""
+    for node in graph.node:
+        if node.op_type == "Constant":
+            yield onnx.numpy_helper.to_array(node.attribute[0].t)
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _constants(attr.g)
+
+
+@pytest.mark.parametrize("preset", ["deltanet", "transformer"])
+def test_index_tables_are_computed_not_stored(tmp_path, preset):
+    """iota masks (DeltaNet's 64 x 64 chunk masks), the element indices of the cache writes and of scatters are
+    Range/Expand nodes, not constants: stored, they were 400 KB of DeltaNet's 570 KB int4 prefill graph at the
+    on-device table's size, enough to put its int4 export over 0.3x the float one."""
+    make_run(tmp_path / "run", preset, n_layers=1)
+    assert main(["quantize", str(tmp_path / "run"), "--bits", "4", "--out", str(tmp_path / "q")]) == 0
+    export_run(tmp_path / "q", tmp_path / "export", fmt="onnx", max_len=96, prefill_chunk=64)
+    for name in ("prefill", "decode"):
+        values = list(_constants(onnx.load(tmp_path / "export" / f"{name}.onnx", load_external_data=False).graph))
+        assert max(v.size for v in values) <= 16  # shapes, axes, scalars
+        assert sum(v.nbytes for v in values) < 4096
 
 
 def test_bfloat16_run_is_refused(tmp_path, capsys):
