@@ -125,7 +125,7 @@ def long_conv_fft(u: Array, k: Array, history: Array | None = None, segment_ids:
     full = u.astype(_f32) if history is None else jnp.concatenate([history.astype(_f32), u.astype(_f32)], axis=1)
     n_time = full.shape[1]
     k = k[: min(k.shape[0], n_time)].astype(_f32)
-    n = 2 * n_time
+    n = 1 << (2 * n_time - 2).bit_length()  # the smallest power of 2 >= 2T - 1: no wrap-around, and FFTs are fastest
     spec = jnp.fft.rfft(full, n=n, axis=1) * jnp.fft.rfft(k, n=n, axis=0)
     return jnp.fft.irfft(spec, n=n, axis=1)[:, n_time - t : n_time]
 
