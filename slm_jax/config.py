@@ -80,6 +80,10 @@ class ModelConfig:
     mlm_head_transform_bias: bool = True  # bias on that dense layer (ModernBERT: classifier_bias, default off)
     head_bias: bool = False  # a bias on the output logits (BERT, DistilBERT, ModernBERT decoder_bias)
     logit_softcap: float = 0.0  # 0 -> off; else cap * tanh(logits / cap)
+    attn_scale: float = 0.0  # attention scores are q.k times this; 0 -> 1 / sqrt(head width) (Gemma 2: its own)
+    attn_softcap: float = 0.0  # 0 -> off; else attention scores -> cap * tanh(scores / cap) before softmax (Gemma 2)
+    post_norms: bool = False  # a norm on the mixer's and the MLP's output before each residual add (Gemma 2's sandwich)
+    parallel_residual: bool = False  # x + mixer(norm(x)) + mlp(norm'(x)): both branches read the block input (GPT-NeoX)
     init_std: float = 0.02
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
@@ -683,6 +687,17 @@ def _validate_norms_positions(m: ModelConfig) -> None:
     )
     _require(
         m.position in ("rope", "learned", "none"), f"model.position must be rope, learned or none, got {m.position!r}."
+    )
+    for key in ("attn_scale", "attn_softcap"):
+        _require(getattr(m, key) >= 0, f"model.{key} must be >= 0 (0 = off / the default), got {getattr(m, key)}.")
+    for key in ("post_norms", "parallel_residual"):
+        _require(
+            not getattr(m, key) or m.norm_position == "pre",
+            f"model.{key} is a pre-norm block option; set model.norm_position=pre or model.{key}=false.",
+        )
+    _require(
+        not m.parallel_residual or m.mlp != "none",
+        "model.parallel_residual runs the MLP beside the mixer, but model.mlp is none; give an MLP or set it false.",
     )
     _require(
         (m.max_positions > 0) == (m.position == "learned"),

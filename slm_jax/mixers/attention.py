@@ -5,6 +5,8 @@ last ``window`` positions as a ring buffer for sliding-window attention, so a wi
 decode state is bounded (Beltagy et al. 2020, Longformer; Mistral 7B). Each slot remembers
 the absolute position it holds, and the mask is computed from positions (ops/attention.py).
 Packed rows (``segment_ids``, parallel path) also mask keys of other documents; positions restart per document.
+Gemma 2's options (Gemma Team 2024, arXiv:2408.00118): a score scale other than 1 / sqrt(e)
+(``query_pre_attn_scalar``) and soft-capped scores, cap * tanh(scores / cap), before the softmax.
 """
 
 from dataclasses import dataclass
@@ -73,6 +75,8 @@ class Attention(nn.Module):
     out_bias: bool = False
     norm_eps: float = 1e-5  # of the qk norms
     norm_offset: float = 0.0  # of the qk norms: 1 -> (1 + w)
+    scale: float = 0.0  # multiplier of q.k; 0 -> 1 / sqrt(head_dim)
+    softcap: float = 0.0  # 0 -> off; else scores -> softcap * tanh(scores / softcap) before the softmax
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     init_std: float = 0.02
@@ -100,6 +104,8 @@ class Attention(nn.Module):
             out_bias=cfg.attn_out_bias,
             norm_eps=cfg.norm_eps,
             norm_offset=cfg.norm_offset,
+            scale=cfg.attn_scale,
+            softcap=cfg.attn_softcap,
             **module_fields(cfg),
         )
 
@@ -137,25 +143,26 @@ class Attention(nn.Module):
         # Keys and values head-major, [b, k, t, e]: the layout of the cache and of ops.attend.
         key = rope(key).transpose(0, 2, 1, 3)
         value = value.reshape(b, t, k, e).transpose(0, 2, 1, 3)
+        scores = {"scale": self.scale, "softcap": self.softcap}
 
         if not self.causal:
-            out = attend(q, key, value, *_bidirectional_mask_positions(positions, lengths, self.window), segment_ids)
+            mask = _bidirectional_mask_positions(positions, lengths, self.window)
+            out = attend(q, key, value, *mask, segment_ids, **scores)
         elif cache is None:
-            out = attend(q, key, value, positions, positions, self.window, segment_ids)
+            out = attend(q, key, value, positions, positions, self.window, segment_ids, **scores)
         elif t == 1:
             # Decode: write the token in place, then attend over the slots. The slot it
             # overwrites in a ring buffer holds position p - window, already outside the window.
             cache = _write_slots(cache, key, value, positions)
-            out = attend(
-                q, cache["k"].astype(self.dtype), cache["v"].astype(self.dtype), positions, cache["pos"], self.window
-            )
+            keys, values = cache["k"].astype(self.dtype), cache["v"].astype(self.dtype)
+            out = attend(q, keys, values, positions, cache["pos"], self.window, **scores)
         else:
             # Prefill: attend over [cached slots ; new tokens] first, since the new tokens may
             # overwrite ring slots that earlier queries of this chunk still see.
             keys = jnp.concatenate([cache["k"], key.astype(cache["k"].dtype)], axis=2)  # [b, k, L + t, e]
             values = jnp.concatenate([cache["v"], value.astype(cache["v"].dtype)], axis=2)
             k_pos = jnp.concatenate([cache["pos"], positions], axis=1)  # [b, L + t]
-            out = attend(q, keys.astype(self.dtype), values.astype(self.dtype), positions, k_pos, self.window)
+            out = attend(q, keys.astype(self.dtype), values.astype(self.dtype), positions, k_pos, self.window, **scores)
             cache = _write_slots(cache, key, value, positions)
         y = dense(self.width, "o", self.out_bias, scaled_init(self.init_std, self.n_layers))(out.reshape(b, t, h * e))
         return y, cache
@@ -184,7 +191,7 @@ class Attention(nn.Module):
         return 2 * weights + 4 * h * e * mean_context
 
     def reference(self, variables: PyTree, x: Array, positions: Array) -> tuple[Array, PyTree]:
-        """Softmax attention written out per query (Vaswani et al. 2017), with GQA and the window.
+        """Softmax attention written out per query (Vaswani et al. 2017), with GQA, the window, scale and cap.
 
         Returns (y f32[b, t, d], {"k", "v": [b, k, t, e]}: every key and value, RoPE applied).
         """
@@ -205,7 +212,9 @@ class Attention(nn.Module):
         for i in range(t):  # one query position at a time, over the keys it may see
             lo = max(0, i - self.window + 1) if self.window else 0
             hi = i + 1 if self.causal else (min(t, i + self.window) if self.window else t)
-            scores = jnp.einsum("bhe,bjhe->bhj", q[:, i], key_h[:, lo:hi]) / np.sqrt(e)
+            scores = jnp.einsum("bhe,bjhe->bhj", q[:, i], key_h[:, lo:hi]) * (self.scale or 1 / np.sqrt(e))
+            if self.softcap:
+                scores = self.softcap * jnp.tanh(scores / self.softcap)
             outs.append(jnp.einsum("bhj,bjhe->bhe", jax.nn.softmax(scores, axis=-1), value_h[:, lo:hi]))
         y = jnp.stack(outs, axis=1).reshape(b, t, h * e) @ p["o"]["kernel"] + (p["o"]["bias"] if self.out_bias else 0.0)
         # The cache after t tokens: slot s holds the newest position p < t with p = s (mod slots).

@@ -23,8 +23,9 @@ def _norm_params(cfg: ModelConfig) -> int:
 
 def _block_params(cfg: ModelConfig, mixer_name: str, mixer_norm: bool = True) -> int:
     norm = _norm_params(cfg)
-    mlp = mlp_params(cfg.mlp, cfg.d_model, cfg.ff_width, cfg.mlp_bias) + (norm if cfg.mlp != "none" else 0)
-    return build_mixer(cfg, mixer_name).num_params() + (norm if mixer_norm else 0) + mlp
+    post = norm if cfg.post_norms else 0  # a norm on each branch's output
+    mlp = mlp_params(cfg.mlp, cfg.d_model, cfg.ff_width, cfg.mlp_bias) + (norm + post if cfg.mlp != "none" else 0)
+    return build_mixer(cfg, mixer_name).num_params() + (norm if mixer_norm else 0) + post + mlp
 
 
 def param_count(cfg: ModelConfig, include_embeddings: bool = True) -> int:

@@ -2,6 +2,11 @@
 
 pre-norm (GPT-2 / Llama): x + mixer(norm(x)), then x + mlp(norm(x));
 post-norm (BERT, Vaswani et al. 2017): norm(x + mixer(x)), then norm(x + mlp(x)).
+
+Two pre-norm options: ``post_norms`` also normalises each branch's output before its residual add,
+x + norm(mixer(norm(x))) (Gemma 2's sandwich, Gemma Team 2024, arXiv:2408.00118); ``parallel_residual``
+feeds both branches the block input through their own norms, x + mixer(norm(x)) + mlp(norm'(x))
+(GPT-NeoX: Black et al. 2022, arXiv:2204.06745).
 """
 
 from typing import Any
@@ -30,6 +35,8 @@ class Block(nn.Module):
     norm_bias: bool = False  # LayerNorm bias
     norm_position: str = "pre"  # pre | post
     mixer_norm: bool = True  # False: the mixer reads x itself (ModernBERT's first layer, pre-norm only)
+    post_norms: bool = False  # norm each branch's output before its residual add (pre-norm only)
+    parallel_residual: bool = False  # the MLP reads the block input, not the mixer's update of it (pre-norm only)
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     init_std: float = 0.02
@@ -56,19 +63,29 @@ class Block(nn.Module):
         h = x if post or not self.mixer_norm else norm("mixer_norm")(x)
         y, new_cache = self.mixer(h, positions, dequantize_cache(cache), *padding, **packing)
         cache = requantize_like(cache, new_cache)
-        x = x + y
-        if post:
-            x = norm("mixer_norm")(x)
-        if self.mlp != "none":
-            kwargs = dict(
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-                init_std=self.init_std,
-                out_init=scaled_init(self.init_std, self.n_layers),
-                name="mlp",
-            )
-            mlp = MLP(self.d_ff, self.mlp, self.mlp_bias, **kwargs)
-            x = norm("mlp_norm")(x + mlp(x)) if post else x + mlp(norm("mlp_norm")(x))
+        if self.post_norms:
+            y = norm("mixer_post_norm")(y)
+        mlp = MLP(
+            self.d_ff,
+            self.mlp,
+            self.mlp_bias,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            init_std=self.init_std,
+            out_init=scaled_init(self.init_std, self.n_layers),
+            name="mlp",
+        )
+
+        def mlp_branch(u: Array) -> Array:  # pre-norm: [post_norm](mlp(norm(u)))
+            z = mlp(norm("mlp_norm")(u))
+            return norm("mlp_post_norm")(z) if self.post_norms else z
+
+        if self.parallel_residual:
+            x = x + y + mlp_branch(x)
+        else:
+            x = norm("mixer_norm")(x + y) if post else x + y
+            if self.mlp != "none":
+                x = norm("mlp_norm")(x + mlp(x)) if post else x + mlp_branch(x)
         # The residual stream's logical axes: a sharding constraint under training/sharding.py's rules, else a no-op.
         x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))
         return x, cache
@@ -89,6 +106,8 @@ def build_block(
         norm_bias=cfg.norm_bias,
         norm_position=cfg.norm_position,
         mixer_norm=mixer_norm,
+        post_norms=cfg.post_norms,
+        parallel_residual=cfg.parallel_residual,
         dtype=dtype_of(cfg.dtype),
         param_dtype=dtype_of(cfg.param_dtype),
         init_std=cfg.init_std,

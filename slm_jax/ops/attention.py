@@ -29,7 +29,15 @@ def attention_mask(q_pos: Array, k_pos: Array, window: int = 0, segment_ids: Arr
 
 
 def attend(
-    q: Array, k: Array, v: Array, q_pos: Array, k_pos: Array, window: int = 0, segment_ids: Array | None = None
+    q: Array,
+    k: Array,
+    v: Array,
+    q_pos: Array,
+    k_pos: Array,
+    window: int = 0,
+    segment_ids: Array | None = None,
+    scale: float = 0.0,
+    softcap: float = 0.0,
 ) -> Array:
     """softmax(q k^T / sqrt(e)) v with GQA: q f32[b, t, h, e], k/v f32[b, k, s, e] -> f32[b, t, h, e].
 
@@ -38,12 +46,16 @@ def attend(
     statistics are float32 whatever the compute dtype. Keys and values are head-major
     ([b, k, s, e]) so that a decode cache in this layout is read and updated in place.
     ``segment_ids`` i32[b, t] (packed rows, keys = queries) hides keys of other documents.
+    ``scale`` replaces 1 / sqrt(e) when nonzero; ``softcap`` > 0 maps the scores to
+    softcap * tanh(scores / softcap) before the mask (Gemma 2's attention logit soft-capping).
     """
     b, t, h, e = q.shape
     n_kv = k.shape[1]
     qg = q.reshape(b, t, n_kv, h // n_kv, e)  # [b, t, k, g, e]
     scores = jnp.einsum("btkge,bkse->bkgts", qg, k, preferred_element_type=jnp.float32)
-    scores = scores * (e**-0.5)
+    scores = scores * (scale or e**-0.5)
+    if softcap:
+        scores = softcap * jnp.tanh(scores / softcap)
     mask = attention_mask(q_pos, k_pos, window, segment_ids)[:, None, None]  # [b, 1, 1, t, s]
     scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
     # exp * reciprocal(sum) rather than a division: XLA:CPU fuses the division into a slow
@@ -54,7 +66,16 @@ def attend(
     return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, e).astype(q.dtype)  # [b, t, k, g, e] -> [b, t, h, e]
 
 
-def reference_attention(q: Array, k: Array, v: Array, q_pos: Array, k_pos: Array, window: int = 0) -> Array:
+def reference_attention(
+    q: Array,
+    k: Array,
+    v: Array,
+    q_pos: Array,
+    k_pos: Array,
+    window: int = 0,
+    scale: float = 0.0,
+    softcap: float = 0.0,
+) -> Array:
     """Slow, obviously correct attention for tests (same layouts as ``attend``): plain loops."""
     import numpy as np
 
@@ -72,7 +93,9 @@ def reference_attention(q: Array, k: Array, v: Array, q_pos: Array, k_pos: Array
                     for si in range(k.shape[2])
                     if 0 <= k_pos[bi, si] <= q_pos[bi, ti] and (not window or k_pos[bi, si] > q_pos[bi, ti] - window)
                 ]
-                s = np.array([q[bi, ti, hi] @ k[bi, kv, si] for si in keep]) / np.sqrt(e)
+                s = np.array([q[bi, ti, hi] @ k[bi, kv, si] for si in keep]) * (scale or 1 / np.sqrt(e))
+                if softcap:
+                    s = softcap * np.tanh(s / softcap)
                 p = np.exp(s - s.max())
                 p /= p.sum()
                 out[bi, ti, hi] = sum(pi * v[bi, kv, si] for pi, si in zip(p, keep))

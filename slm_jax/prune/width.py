@@ -155,7 +155,15 @@ _TOP_AXES = {
     "mlm_transform/bias": ("embed",),
     "head/kernel": ("embed", None),
 }
-_D_NORMS = ("mixer_norm", "mlp_norm", "final_norm", "embed_norm", "mlm_transform_norm")
+_D_NORMS = (
+    "mixer_norm",
+    "mlp_norm",
+    "mixer_post_norm",
+    "mlp_post_norm",
+    "final_norm",
+    "embed_norm",
+    "mlm_transform_norm",
+)
 
 
 def _embed_axes(mixer_name: str, path: str) -> tuple | None:
