@@ -164,11 +164,12 @@ def load_hf_config(directory: str | Path) -> HFConfig:
 # --------------------------------------------------------------------------- shared readers
 
 
-def read_rope(c: HFConfig, default_fraction: float = 1.0) -> dict:
+def read_rope(c: HFConfig, default_fraction: float = 1.0, default_theta: float = 10000.0) -> dict:
     """Our ``rope_theta``, ``rotary_fraction`` and ``rope_scaling`` fields from either config format.
 
     transformers 5 writes ``rope_parameters`` {rope_type, rope_theta, partial_rotary_factor, ...};
     older files have top-level ``rope_theta`` / ``partial_rotary_factor`` and ``rope_scaling``.
+    The defaults apply when neither format gives a value (a family's own older field names).
     """
     top_theta = c.get("rope_theta", None)
     top_fraction = c.get("partial_rotary_factor", None)
@@ -178,7 +179,7 @@ def read_rope(c: HFConfig, default_fraction: float = 1.0) -> dict:
         raise unsupported(c, key, params, "RoPE parameters per layer type are not implemented")
     params = dict(params)
     kind = params.pop("rope_type", params.pop("type", "default"))
-    theta = float(params.pop("rope_theta", top_theta if top_theta is not None else 10000.0))
+    theta = float(params.pop("rope_theta", top_theta if top_theta is not None else default_theta))
     fraction = float(
         params.pop("partial_rotary_factor", top_fraction if top_fraction is not None else default_fraction)
     )
@@ -252,14 +253,18 @@ def sliding_layers(c: HFConfig, n_layers: int) -> tuple[list[str], int]:
             "sliding_attention" if use and window is not None and i >= first else "full_attention"
             for i in range(n_layers)
         ]
-    names = {"full_attention": "attention", "sliding_attention": "local_attention"}
-    bad = [t for t in types if t not in names]
-    if bad or len(types) != n_layers:
-        raise unsupported(c, "layer_types", types, f"need {n_layers} entries of full_attention / sliding_attention")
-    layers = [names[t] for t in types]
+    layers = attention_layers(c, types, n_layers)
     if "local_attention" in layers and not (use and window):
         layers = ["attention"] * n_layers  # transformers drops the window unless use_sliding_window
     return layers, int(window or 0)
+
+
+def attention_layers(c: HFConfig, types: list, n_layers: int) -> list[str]:
+    """Our mixer names for ``layer_types`` entries full_attention / sliding_attention (checked: one per layer)."""
+    names = {"full_attention": "attention", "sliding_attention": "local_attention"}
+    if len(types) != n_layers or any(t not in names for t in types):
+        raise unsupported(c, "layer_types", types, f"need {n_layers} entries of full_attention / sliding_attention")
+    return [names[t] for t in types]
 
 
 def float32_round(x: float) -> float:
@@ -286,6 +291,23 @@ def require_exportable(ok: bool, key: str, value: Any, family: str, fix: str) ->
 
     if not ok:
         raise ConfigError(f"model.{key} = {value!r} has no exact equivalent in a {family} checkpoint; {fix}.")
+
+
+def require_block_options(m, family: str, **fixed) -> None:
+    """Refuse the block and attention options that ``family`` cannot express, naming the field.
+
+    Keyword arguments give the family's own value of ``attn_softcap``, ``attn_scale``, ``post_norms``
+    or ``parallel_residual`` (default: off, with 0 scale meaning 1 / sqrt(head_dim)); None: the family
+    has a config field for any value.
+    """
+    wanted = {"attn_softcap": 0.0, "attn_scale": 0.0, "post_norms": False, "parallel_residual": False, **fixed}
+    default_scale = m.attn_head_dim**-0.5
+    for key, value in wanted.items():
+        have = getattr(m, key)
+        if key == "attn_scale":  # 0 and 1 / sqrt(head_dim) are the same scale
+            have, value = have or default_scale, None if value is None else value or default_scale
+        fix = "export it as another family (--family) or retrain without it"
+        require_exportable(value is None or have == value, key, getattr(m, key), family, fix)
 
 
 def layer_windows(m) -> list[int]:

@@ -47,6 +47,11 @@ class Tensors:
         self._used.add(name)
         return a
 
+    def skip(self, name: str) -> None:
+        """Mark a stored buffer the model recomputes (no weights: a causal mask, RoPE tables) as used, if present."""
+        if name in self._tensors:
+            self._used.add(name)
+
     def finish(self) -> None:
         """Raise if a tensor was never taken: it would be a silently dropped part of the model."""
         left = sorted(n for n in self._tensors if n not in self._used and not any(p.match(n) for p in _IGNORED))
@@ -57,17 +62,17 @@ class Tensors:
             )
 
 
-def head_from_hf(t: Tensors, tied: bool, embedding: np.ndarray) -> dict:
-    """``{"head": {"kernel"}}`` from ``lm_head.weight`` [v, d] of an untied model; ``{}`` for a tied one.
+def head_from_hf(t: Tensors, tied: bool, embedding: np.ndarray, name: str = "lm_head.weight") -> dict:
+    """``{"head": {"kernel"}}`` from the head ``name`` [v, d] of an untied model; ``{}`` for a tied one.
 
     Some files store a tied head too: it must then equal the embedding table ``embedding`` [v, d].
     """
     shape = embedding.shape
     if not tied:
-        return {"head": {"kernel": linear_in(t.take("lm_head.weight", shape))}}
-    if t.has("lm_head.weight") and not np.array_equal(t.take("lm_head.weight", shape), embedding):
+        return {"head": {"kernel": linear_in(t.take(name, shape))}}
+    if t.has(name) and not np.array_equal(t.take(name, shape), embedding):
         raise CheckpointError(
-            f"{t.where} has tie_word_embeddings true but an lm_head.weight unlike the embedding table; "
+            f"{t.where} has tie_word_embeddings true but an {name} unlike the embedding table; "
             "set it to false in config.json."
         )
     return {}

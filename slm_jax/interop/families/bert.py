@@ -38,7 +38,7 @@ from __future__ import annotations
 import numpy as np
 
 from slm_jax.errors import CheckpointError
-from slm_jax.interop.hf_config import HFConfig, layer_windows, require_exportable
+from slm_jax.interop.hf_config import HFConfig, layer_windows, require_block_options, require_exportable
 from slm_jax.interop.hf_weights import Tensors, f32, linear_in, linear_out
 
 ARCHITECTURES = {"bert": "BertForMaskedLM", "distilbert": "DistilBertForMaskedLM"}
@@ -212,6 +212,7 @@ def _same(t: Tensors, name: str, expected: np.ndarray, what: str) -> None:
 def check_exportable(m, family: str) -> None:
     """Raise a ConfigError naming the first field of ModelConfig ``m`` that ``family`` cannot express."""
     name = ARCHITECTURES[family]
+    require_block_options(m, name)
     fix = "start from an imported BERT-family run or export as another family"
     require_exportable(
         set(m.layers) == {"attention"}, "layer_pattern", list(m.pattern), name, f"only global attention; {fix}"

@@ -19,7 +19,7 @@ import math
 
 import numpy as np
 
-from slm_jax.interop.hf_config import HFConfig, require_exportable, unsupported
+from slm_jax.interop.hf_config import HFConfig, require_block_options, require_exportable, unsupported
 from slm_jax.interop.hf_weights import Tensors, conv_in, conv_out, f32, head_from_hf, linear_in, linear_out
 
 ARCHITECTURES = {"mamba": "MambaForCausalLM", "mamba2": "Mamba2ForCausalLM"}
@@ -152,6 +152,7 @@ def _mamba2_from_hf(t: Tensors, m, pre: str, conv_bias: bool) -> dict:
 def check_exportable(m, family: str) -> None:
     """Raise a ConfigError naming the first field of ``m`` that ``family`` cannot express."""
     name = ARCHITECTURES[family]
+    require_block_options(m, name)
     other = "export it as another family (--family) or retrain without it"
     require_exportable(
         set(m.layers) == {family}, "layer_pattern", list(m.pattern), name, f"every layer must be {family}"

@@ -34,6 +34,7 @@ from slm_jax.errors import CheckpointError
 from slm_jax.interop.hf_config import (
     HFConfig,
     compress_pattern,
+    require_block_options,
     require_exportable,
     unsupported,
 )
@@ -188,6 +189,7 @@ def params_from_hf(t: Tensors, m, raw: dict) -> dict:
 
 def check_exportable(m, family: str) -> None:
     """Raise a ConfigError naming the first field of ModelConfig ``m`` that ModernBERT cannot express."""
+    require_block_options(m, ARCHITECTURE)
     fix = "start from an imported ModernBERT run or export as another family"
     require_exportable(
         set(m.layers) <= {"attention", "local_attention"}, "layer_pattern", list(m.pattern), ARCHITECTURE, fix

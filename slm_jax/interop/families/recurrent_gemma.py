@@ -29,6 +29,7 @@ from slm_jax.interop.hf_config import (
     compress_pattern,
     read_mlp_activation,
     read_rope,
+    require_block_options,
     require_exportable,
     unsupported,
     write_rope,
@@ -184,6 +185,7 @@ def check_exportable(m, family: str = "recurrent_gemma") -> None:
     """Raise a ConfigError naming the first field of ``m`` that RecurrentGemma cannot express."""
     other = "export it as another family (--family) or retrain without it"
     name = ARCHITECTURE
+    require_block_options(m, name)
     require_exportable(
         set(m.layers) <= {"rglru", "local_attention"},
         "layer_pattern",
