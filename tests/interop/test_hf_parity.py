@@ -21,17 +21,11 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from slm_jax.config import config_from_dict  # noqa: E402
-from slm_jax.data.tokenizers import CharTokenizer  # noqa: E402
 from slm_jax.errors import CheckpointError, ConfigError  # noqa: E402
-from slm_jax.inference.generate import generate  # noqa: E402
-from slm_jax.inference.run import load_run  # noqa: E402
-from slm_jax.interop.convert import export_hf, from_hf, to_hf  # noqa: E402
-from slm_jax.interop.hf_tokenizer import hf_tokenizer_json  # noqa: E402
+from slm_jax.interop.convert import export_hf, from_hf  # noqa: E402
 from slm_jax.models.lm import CausalLM  # noqa: E402
+from tests.interop.parity import assert_round_trip, hf_model  # noqa: E402
 
-TOL = 1e-4
-SEQ = 24  # longer than every sliding window below
-VOCAB = 97
 _ROPE_LLAMA3 = {
     "rope_type": "llama3",
     "rope_theta": 10000.0,
@@ -208,72 +202,10 @@ CASES = {
 }
 
 
-def _hf_model(case):
-    cls_name, kwargs = CASES[case]
-    config = getattr(transformers, cls_name)(
-        vocab_size=VOCAB, bos_token_id=None, eos_token_id=None, pad_token_id=None, **kwargs
-    )
-    torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(config).float().eval()
-    with torch.no_grad():  # perturb everything so zero-initialised biases and norms are exercised too
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    return model
-
-
-def _hf_logits(model, tokens):
-    with torch.no_grad():
-        return model(torch.tensor(tokens, dtype=torch.long)).logits.float().numpy()
-
-
-def _hf_greedy(model, prompt, n):
-    model.generation_config.eos_token_id = None
-    model.generation_config.pad_token_id = 0
-    with torch.no_grad():
-        out = model.generate(torch.tensor(prompt, dtype=torch.long), max_new_tokens=n, do_sample=False)
-    return out[:, prompt.shape[1] :].numpy()
-
-
 @pytest.mark.parametrize("case", list(CASES))
 def test_round_trip_parity(case, tmp_path):
-    rng = np.random.RandomState(0)
-    tokens = rng.randint(0, VOCAB, (2, SEQ))
-    model = _hf_model(case)
-    family = model.config.model_type
-    hf_dir, run_dir, out_dir = tmp_path / "hf", tmp_path / "run", tmp_path / "hf_out"
-    model.save_pretrained(hf_dir, max_shard_size="20KB" if case == "llama" else "1GB")
-    if case == "llama":
-        assert (hf_dir / "model.safetensors.index.json").is_file()  # the sharded path is exercised
-    chars = "".join(chr(ord("!") + i) for i in range(VOCAB))
-    (hf_dir / "tokenizer.json").write_text(hf_tokenizer_json(CharTokenizer(chars)))
-    ref = _hf_logits(model, tokens)
-
-    # HF -> ours
-    from_hf(hf_dir, run_dir)
-    run = load_run(run_dir)
-    ours = np.asarray(run.model.apply(run.params, tokens)[0])
-    to_ours = float(np.abs(ours - ref).max())
-    assert to_ours <= TOL, f"{case}: HF -> slm_jax logits differ by {to_ours}"
-    assert run.tokenizer.decode(run.tokenizer.encode("!#%")) == "!#%"
-
-    # ours -> HF
-    summary = to_hf(run_dir, out_dir)
-    assert summary["family"] == family
-    back, info = transformers.AutoModelForCausalLM.from_pretrained(
-        out_dir, output_loading_info=True, dtype=torch.float32
-    )
-    assert not info["missing_keys"] and not info["unexpected_keys"], info
-    back_logits = _hf_logits(back.eval(), tokens)
-    to_hf_diff = float(np.abs(back_logits - ours).max())
-    assert to_hf_diff <= TOL, f"{case}: slm_jax -> HF logits differ by {to_hf_diff}"
-    assert json.loads((out_dir / "tokenizer.json").read_text())["model"]["type"] == "BPE"
-
-    # greedy generation, 32 tokens
-    prompt = tokens[:, :8]
-    hf_tokens = _hf_greedy(model, prompt, 32)
-    our_tokens = np.concatenate(list(generate(run.model, run.params, prompt, 32, temperature=0.0, chunk=32)), axis=1)
-    np.testing.assert_array_equal(our_tokens, hf_tokens)
-    print(f"\n{case}: max |logit diff| HF->ours {to_ours:.2e}, ours->HF {to_hf_diff:.2e}, greedy 32 tokens equal")
+    cls_name, kwargs = CASES[case]
+    assert_round_trip(case, cls_name, kwargs, tmp_path, shard=case == "llama")
 
 
 @pytest.mark.parametrize(
@@ -290,7 +222,7 @@ def test_round_trip_parity(case, tmp_path):
 )
 def test_unsupported_option_is_named_and_nothing_written(case, patch, field, tmp_path):
     hf_dir, run_dir = tmp_path / "hf", tmp_path / "run"
-    _hf_model(case).save_pretrained(hf_dir)
+    hf_model(*CASES[case]).save_pretrained(hf_dir)
     config = json.loads((hf_dir / "config.json").read_text())
     (hf_dir / "config.json").write_text(json.dumps({**config, **patch}))
     with pytest.raises(CheckpointError, match=field):
@@ -301,7 +233,7 @@ def test_unsupported_option_is_named_and_nothing_written(case, patch, field, tmp
 def test_stray_tensor_is_named(tmp_path):
     """A tensor the converter does not map (here a GPT-NeoX layer with an extra norm) stops the import."""
     hf_dir = tmp_path / "hf"
-    _hf_model("gpt_neox").save_pretrained(hf_dir)
+    hf_model(*CASES["gpt_neox"]).save_pretrained(hf_dir)
     tensors = load_file(hf_dir / "model.safetensors")
     tensors["gpt_neox.layers.0.extra_layernorm.weight"] = np.ones(64, np.float32)
     save_file(tensors, hf_dir / "model.safetensors", metadata={"format": "pt"})
