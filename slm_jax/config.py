@@ -45,6 +45,34 @@ class QuantConfig:
 
 
 @dataclass(frozen=True)
+class MoEConfig:
+    """A mixture-of-experts MLP in place of the dense MLP on chosen layers (slm_jax/modules/moe.py); 0 experts = off.
+
+    A router (d -> E, no bias) scores the experts; each token runs its ``top_k`` experts (gated MLPs of width
+    ``d_expert``, the activation of ``model.mlp``), summed with the router weights, plus an optional shared expert.
+    Layer i is MoE when it is in ``layers`` or, with ``layers`` empty, when ``i % period == offset``.
+    """
+
+    n_experts: int = 0  # E routed experts; 0 -> off (every layer keeps its dense MLP)
+    top_k: int = 2  # experts per token, 1..E
+    routing: str = "softmax"  # softmax (Switch, Jamba, Qwen, Granite) | sigmoid (DeepSeek-V3-style scores)
+    normalize_top_k: bool = False  # divide the k chosen weights by their sum (Qwen's norm_topk_prob; Granite: true)
+    d_expert: int = 0  # hidden width of each expert; 0 -> model.d_ff's width
+    d_shared: int = 0  # width of a shared expert every token passes through (Qwen, Granite); 0 -> none
+    shared_gate: bool = False  # scale the shared expert by sigmoid(x . w) (Qwen's shared_expert_gate)
+    period: int = 1  # layer i is MoE when i % period == offset (Jamba: expert_layer_period 2, offset 1)
+    offset: int = 0
+    layers: tuple[int, ...] = ()  # explicit MoE layer indices (replaces period / offset), e.g. Qwen's sparse layers
+    aux_loss_weight: float = 0.01  # weight of the load-balancing loss (Switch Transformer) in the training loss
+
+    def at(self, layer: int) -> bool:
+        """Whether layer ``layer`` (0-based) has the MoE MLP."""
+        if not self.n_experts:
+            return False
+        return layer in self.layers if self.layers else layer % self.period == self.offset
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """The architecture. ``layer_pattern`` (mixer names) is cycled to ``n_layers``."""
 
@@ -90,6 +118,7 @@ class ModelConfig:
     scan_layers: bool = False  # nn.scan over repeats of the pattern period
     remat: bool = False
     mixers: MixerOptions = field(default_factory=MixerOptions)  # model.mixers.<name>.<field>: each mixer's own options
+    moe: MoEConfig = field(default_factory=MoEConfig)  # model.moe.<field>: mixture-of-experts MLPs
     quant: QuantConfig = field(default_factory=QuantConfig)
     # none | int8 (KV and recurrent states) | int8_kv (KV only): decode cache stored int8 with group-wise scales
     # (quant/cache.py)
@@ -182,7 +211,7 @@ class MeshConfig:
 
     data: int = -1  # data parallel (replicated params)
     fsdp: int = 1  # data parallel with params and optimizer state sharded (ZeRO-3 / FSDP)
-    tensor: int = 1  # tensor parallel: attention heads, MLP hidden, recurrent width, vocab
+    tensor: int = 1  # tensor parallel: attention heads, MLP hidden, recurrent width, vocab, MoE experts
 
 
 @dataclass(frozen=True)
@@ -560,6 +589,7 @@ def validate(cfg: Config) -> None:
         f"model.mlp must be swiglu, geglu, geglu_erf, gelu or none, got {m.mlp!r}.",
     )
     _validate_norms_positions(m)
+    _validate_moe(m)
     for key in ("dtype", "param_dtype"):
         _require(
             getattr(m, key) in ("float32", "bfloat16", "float16"),
@@ -703,6 +733,55 @@ def _validate_norms_positions(m: ModelConfig) -> None:
         (m.max_positions > 0) == (m.position == "learned"),
         f"model.max_positions ({m.max_positions}) is the learned position table's size: set it > 0 exactly when "
         f"model.position=learned (now {m.position!r}).",
+    )
+
+
+def _validate_moe(m: ModelConfig) -> None:
+    """``model.moe``: one sentence per mistake, naming the key."""
+    e, k = m.moe, "model.moe."
+    _require(e.n_experts >= 0, f"{k}n_experts must be >= 0 (0 = no MoE), got {e.n_experts}.")
+    if not e.n_experts:
+        return
+    _require(
+        1 <= e.top_k <= e.n_experts,
+        f"{k}top_k ({e.top_k}) must be between 1 and {k}n_experts ({e.n_experts}); lower top_k or add experts.",
+    )
+    _require(e.routing in ("softmax", "sigmoid"), f"{k}routing must be softmax or sigmoid, got {e.routing!r}.")
+    for key in ("d_expert", "d_shared"):
+        _require(getattr(e, key) >= 0, f"{k}{key} must be >= 0, got {getattr(e, key)}.")
+    _require(not e.shared_gate or e.d_shared > 0, f"{k}shared_gate gates the shared expert; set {k}d_shared > 0 too.")
+    _require(e.aux_loss_weight >= 0, f"{k}aux_loss_weight must be >= 0 (0 = no balancing), got {e.aux_loss_weight}.")
+    _require(
+        e.period >= 1 and 0 <= e.offset < e.period,
+        f"{k}period must be >= 1 and {k}offset in [0, period), got period {e.period} and offset {e.offset}.",
+    )
+    _require(
+        not e.layers or (e.period, e.offset) == (1, 0),
+        f"{k}layers lists the MoE layers itself; leave {k}period and {k}offset at 1 and 0 with it.",
+    )
+    _require(
+        all(0 <= i < m.n_layers for i in e.layers) and len(set(e.layers)) == len(e.layers),
+        f"{k}layers must be distinct indices in [0, model.n_layers = {m.n_layers}), got {list(e.layers)}.",
+    )
+    _require(
+        any(e.at(i) for i in range(m.n_layers)),
+        f"{k}period {e.period} and offset {e.offset} select none of the {m.n_layers} layers; lower the offset.",
+    )
+    _require(
+        m.mlp in ("swiglu", "geglu", "geglu_erf"),
+        f"{k}n_experts needs a gated model.mlp (swiglu, geglu or geglu_erf: the experts' activation), got {m.mlp!r}.",
+    )
+    _require(not m.mlp_bias, f"MoE experts have no biases; set model.mlp_bias=false with {k}n_experts.")
+    n_scanned = (m.n_layers // len(m.pattern)) * len(m.pattern) if m.scan_layers else 0
+    _require(
+        all(e.at(i) == e.at(i % len(m.pattern)) for i in range(n_scanned)),
+        f"model.scan_layers stacks repeats of the {len(m.pattern)}-layer pattern, so the MoE layers must repeat with "
+        f"it; choose {k}period / {k}layers to match the pattern or set model.scan_layers=false.",
+    )
+    _require(
+        m.quant.method == "rtn",
+        f"model.quant.method {m.quant.method} calibrates each Linear on its inputs, which the MoE experts do not "
+        "have one by one; quantize this model with rtn.",
     )
 
 

@@ -5,6 +5,11 @@ forward, Kaplan et al. 2020); attention counts the causal half of the score matr
 sequence length T the mean context is (T + 1) / 2 (bounded by the window). Embedding
 look-ups are free; the output head is a matmul. Tests check ``param_count`` against the
 real parameter tree, so these formulas cannot silently drift.
+
+Mixture-of-experts layers (``model.moe``) have two sizes: every expert (what is stored; ``param_count``) and what
+one token uses, its ``top_k`` experts (``active=True``). FLOPs per token count the active experts, as MoE papers
+report a model's cost; ``all_experts=True`` counts the dense dispatch of modules/moe.py, every expert on every
+token. Matmuls with weights are counted (router, experts, shared expert and its gate), not the weighted sum.
 """
 
 from typing import Any
@@ -15,21 +20,31 @@ from slm_jax.config import ModelConfig
 from slm_jax.mixers.contract import state_bytes
 from slm_jax.mixers.registry import build_mixer
 from slm_jax.modules.mlp import mlp_params
+from slm_jax.modules.moe import moe_params
 
 
 def _norm_params(cfg: ModelConfig) -> int:
     return cfg.d_model * (2 if cfg.norm_bias else 1)
 
 
-def _block_params(cfg: ModelConfig, mixer_name: str, mixer_norm: bool = True) -> int:
+def _mlp_params(cfg: ModelConfig, layer: int, experts: int = 0, bias: bool = True) -> int:
+    """Parameters of layer ``layer``'s MLP (with its biases if ``bias``), or of its MoE counting ``experts``
+    experts (0: all of them)."""
+    e = cfg.moe
+    if not e.at(layer):
+        return mlp_params(cfg.mlp, cfg.d_model, cfg.ff_width, cfg.mlp_bias and bias)
+    return moe_params(cfg.d_model, e.n_experts, e.d_expert or cfg.ff_width, e.d_shared, e.shared_gate, experts)
+
+
+def _block_params(cfg: ModelConfig, mixer_name: str, mixer_norm: bool, layer: int, active: bool = False) -> int:
     norm = _norm_params(cfg)
     post = norm if cfg.post_norms else 0  # a norm on each branch's output
-    mlp = mlp_params(cfg.mlp, cfg.d_model, cfg.ff_width, cfg.mlp_bias) + (norm + post if cfg.mlp != "none" else 0)
+    mlp = _mlp_params(cfg, layer, cfg.moe.top_k if active else 0) + (norm + post if cfg.mlp != "none" else 0)
     return build_mixer(cfg, mixer_name).num_params() + (norm if mixer_norm else 0) + post + mlp
 
 
-def param_count(cfg: ModelConfig, include_embeddings: bool = True) -> int:
-    """Number of parameters of ``CausalLM(cfg)``."""
+def param_count(cfg: ModelConfig, include_embeddings: bool = True, active: bool = False) -> int:
+    """Number of parameters of ``CausalLM(cfg)``; ``active``: with each MoE layer's ``top_k`` experts only."""
     d, norm = cfg.d_model, _norm_params(cfg)
     head = (0 if cfg.tie_embeddings else cfg.vocab_size * d) + (cfg.vocab_size if cfg.head_bias else 0)
     if cfg.mlm_head_transform:
@@ -37,15 +52,21 @@ def param_count(cfg: ModelConfig, include_embeddings: bool = True) -> int:
     embed = (cfg.vocab_size + (not cfg.causal)) * d if include_embeddings else 0  # + an encoder's mask id
     embed += cfg.max_positions * d if include_embeddings and cfg.position == "learned" else 0
     norms = (norm if cfg.norm_position == "pre" else 0) + (norm if cfg.embed_norm else 0)
-    blocks = sum(_block_params(cfg, name, i > 0 or cfg.first_mixer_norm) for i, name in enumerate(cfg.layers))
+    blocks = sum(
+        _block_params(cfg, name, i > 0 or cfg.first_mixer_norm, i, active) for i, name in enumerate(cfg.layers)
+    )
     return embed + head + norms + blocks
 
 
-def forward_flops_per_token(cfg: ModelConfig, seq_len: int, head_fraction: float = 1.0) -> float:
+def forward_flops_per_token(
+    cfg: ModelConfig, seq_len: int, head_fraction: float = 1.0, all_experts: bool = False
+) -> float:
     """Forward FLOPs per token at training length ``seq_len``; the output head runs on
-    ``head_fraction`` of the positions (below 1 when only labelled positions get logits)."""
-    mlp = 2 * mlp_params(cfg.mlp, cfg.d_model, cfg.ff_width)
-    layers = sum(build_mixer(cfg, name).flops_per_token(seq_len) + mlp for name in cfg.layers)
+    ``head_fraction`` of the positions (below 1 when only labelled positions get logits).
+    MoE layers count their ``top_k`` experts, or with ``all_experts`` every expert (dense dispatch)."""
+    experts = 0 if all_experts else cfg.moe.top_k
+    mlp = lambda i: 2 * _mlp_params(cfg, i, experts, bias=False)  # biases are adds, not multiply-adds
+    layers = sum(build_mixer(cfg, name).flops_per_token(seq_len) + mlp(i) for i, name in enumerate(cfg.layers))
     return layers + head_fraction * 2 * cfg.vocab_size * cfg.d_model
 
 
@@ -63,9 +84,13 @@ def decode_state_bytes(cfg: ModelConfig, batch: int, max_len: int, dtype: Any = 
 
 def summary(cfg: ModelConfig, seq_len: int, head_fraction: float = 1.0) -> dict:
     """The numbers every run logs about its model (``head_fraction`` as in ``forward_flops_per_token``)."""
-    return {
+    out = {
         "params": param_count(cfg),
         "params_non_embedding": param_count(cfg, include_embeddings=False),
         "flops_per_token": train_flops_per_token(cfg, seq_len, head_fraction),
         "decode_state_bytes_per_seq": decode_state_bytes(cfg, 1, seq_len),
     }
+    if cfg.moe.n_experts:
+        out["params_active"] = param_count(cfg, active=True)
+        out["flops_per_token_all_experts"] = 3 * forward_flops_per_token(cfg, seq_len, head_fraction, all_experts=True)
+    return out

@@ -7,6 +7,9 @@ Two pre-norm options: ``post_norms`` also normalises each branch's output before
 x + norm(mixer(norm(x))) (Gemma 2's sandwich, Gemma Team 2024, arXiv:2408.00118); ``parallel_residual``
 feeds both branches the block input through their own norms, x + mixer(norm(x)) + mlp(norm'(x))
 (GPT-NeoX: Black et al. 2022, arXiv:2204.06745).
+
+On the layers ``model.moe`` selects, a mixture-of-experts MLP (modules/moe.py) takes the MLP's place, under the
+name ``moe``; the other layers, and every layer with ``model.moe.n_experts`` 0, keep the dense ``mlp``.
 """
 
 from typing import Any
@@ -18,6 +21,7 @@ from slm_jax.array_typing import Array, PyTree
 from slm_jax.mixers.registry import build_mixer
 from slm_jax.modules.linear import dtype_of, scaled_init
 from slm_jax.modules.mlp import MLP
+from slm_jax.modules.moe import MoE
 from slm_jax.modules.norms import make_norm
 from slm_jax.quant.cache import dequantize_cache, requantize_like
 
@@ -26,6 +30,7 @@ class Block(nn.Module):
     """f32[b, t, d] -> f32[b, t, d] with a token mixer and an optional MLP."""
 
     mixer: nn.Module  # an unbound mixer, adopted here under the name "mixer"
+    moe: nn.Module | None = None  # an unbound MoE (modules/moe.py) in the MLP's place, adopted as "moe"; None: MLP
     mlp: str = "swiglu"  # swiglu | geglu | geglu_erf | gelu (not gated) | none
     d_ff: int = 0
     mlp_bias: bool = False
@@ -65,16 +70,18 @@ class Block(nn.Module):
         cache = requantize_like(cache, new_cache)
         if self.post_norms:
             y = norm("mixer_post_norm")(y)
-        mlp = MLP(
-            self.d_ff,
-            self.mlp,
-            self.mlp_bias,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            init_std=self.init_std,
-            out_init=scaled_init(self.init_std, self.n_layers),
-            name="mlp",
-        )
+        mlp = self.moe
+        if mlp is None:
+            mlp = MLP(
+                self.d_ff,
+                self.mlp,
+                self.mlp_bias,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                init_std=self.init_std,
+                out_init=scaled_init(self.init_std, self.n_layers),
+                name="mlp",
+            )
 
         def mlp_branch(u: Array) -> Array:  # pre-norm: [post_norm](mlp(norm(u)))
             z = mlp(norm("mlp_norm")(u))
@@ -92,11 +99,12 @@ class Block(nn.Module):
 
 
 def build_block(
-    cfg, mixer_name: str, block_cls: type = Block, name: str | None = None, mixer_norm: bool = True
+    cfg, mixer_name: str, block_cls: type = Block, name: str | None = None, mixer_norm: bool = True, layer: int = 0
 ) -> Block:
-    """A Block for one layer of ``cfg`` (a ModelConfig) whose mixer is ``mixer_name``."""
+    """A Block for layer ``layer`` of ``cfg`` (a ModelConfig) whose mixer is ``mixer_name``."""
     return block_cls(
         mixer=build_mixer(cfg, mixer_name),
+        moe=build_moe(cfg) if cfg.moe.at(layer) else None,
         mlp=cfg.mlp,
         d_ff=cfg.ff_width,
         mlp_bias=cfg.mlp_bias,
@@ -113,4 +121,24 @@ def build_block(
         init_std=cfg.init_std,
         n_layers=cfg.n_layers,
         name=name,
+    )
+
+
+def build_moe(cfg) -> MoE:
+    """The unbound MoE MLP of ``cfg`` (a ModelConfig with ``moe.n_experts`` > 0)."""
+    e = cfg.moe
+    return MoE(
+        n_experts=e.n_experts,
+        top_k=e.top_k,
+        hidden=e.d_expert or cfg.ff_width,
+        kind=cfg.mlp,
+        routing=e.routing,
+        normalize_top_k=e.normalize_top_k,
+        shared_hidden=e.d_shared,
+        shared_gate=e.shared_gate,
+        dtype=dtype_of(cfg.dtype),
+        param_dtype=dtype_of(cfg.param_dtype),
+        init_std=cfg.init_std,
+        out_init=scaled_init(cfg.init_std, cfg.n_layers),
+        parent=None,  # unbound even when built inside a module, so the Block adopts it
     )

@@ -46,7 +46,7 @@ class Period(nn.Module):
         block_cls = nn.remat(Block, prevent_cse=False) if self.cfg.remat else Block
         new = []
         for j, mixer_name in enumerate(self.cfg.pattern):
-            x, c = build_block(self.cfg, mixer_name, block_cls, name=f"block_{j}")(
+            x, c = build_block(self.cfg, mixer_name, block_cls, name=f"block_{j}", layer=j)(
                 x, positions, None if caches is None else caches[j], lengths, segment_ids
             )
             new.append(c)
@@ -134,7 +134,8 @@ class CausalLM(nn.Module):
                 period = nn.remat(Period, prevent_cse=False)
             scanned = nn.scan(
                 period,
-                variable_axes={"params": 0},
+                # MoE layers sow their balancing loss (modules/moe.py): stacked per period, like the params.
+                variable_axes={"params": 0, **({"intermediates": 0} if cfg.moe.n_experts else {})},
                 split_rngs={"params": True},
                 in_axes=(nn.broadcast, 0, nn.broadcast, nn.broadcast),
                 length=n_rep,
@@ -147,9 +148,8 @@ class CausalLM(nn.Module):
         for i in range(first, cfg.n_layers):
             layer_cache = None if cache is None else cache["layers"][i - first]
             mixer_norm = cfg.first_mixer_norm or i > 0
-            x, layer_cache = build_block(cfg, cfg.layers[i], block_cls, name=f"layers_{i}", mixer_norm=mixer_norm)(
-                x, positions, layer_cache, lengths, segment_ids
-            )
+            block = build_block(cfg, cfg.layers[i], block_cls, name=f"layers_{i}", mixer_norm=mixer_norm, layer=i)
+            x, layer_cache = block(x, positions, layer_cache, lengths, segment_ids)
             layer_caches.append(layer_cache)
         new_cache["layers"] = tuple(layer_caches)
         if cfg.norm_position == "pre":  # a post-norm stack ends normalised already

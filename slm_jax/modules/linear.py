@@ -37,19 +37,22 @@ class Linear(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        quantized = {
-            n: self.get_variable("params", n) for n in quantized_leaf_names() if self.has_variable("params", n)
-        }
-        if quantized:  # a quantized run: dequantize here, so every model runs it unchanged
-            kernel = dequantize_kernel(quantized, x.shape[-1])
-        else:
-            kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), self.param_dtype)
+        kernel = kernel_param(self, (x.shape[-1], self.features))
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1]).astype(self.dtype)  # [b * t, d_in]
         y = jnp.dot(x2, kernel.astype(self.dtype), preferred_element_type=jnp.float32).reshape(*lead, self.features)
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
         return y.astype(self.dtype)
+
+
+def kernel_param(module: Linear, shape: tuple[int, ...]) -> Array:
+    """The float kernel [..., d_in, f] of ``module``: its ``kernel`` parameter (``shape``), or, in a quantized run,
+    dequantized from the leaves that replace it."""
+    names = [n for n in quantized_leaf_names() if module.has_variable("params", n)]
+    if names:  # a quantized run: dequantize here, so every model runs it unchanged
+        return dequantize_kernel({n: module.get_variable("params", n) for n in names}, shape[-2])
+    return module.param("kernel", module.kernel_init, shape, module.param_dtype)
 
 
 def linear_params(d_in: int, d_out: int, bias: bool = False) -> int:

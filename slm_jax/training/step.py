@@ -8,6 +8,10 @@ position is not scored, or its compact form ``{"inputs", "label_positions": i32[
 "labels": i32[b, m]}``, for which the model computes logits only at the m labelled positions.
 Packed text rows (data/pipeline.py) are the first dict form plus ``"positions"`` and ``"segment_ids"``
 (i32[b, t]), which go to the model as they are.
+
+A model with MoE layers (``model.moe``) adds their mean load-balancing loss times ``model.moe.aux_loss_weight``
+to the loss and reports it as ``moe_aux_loss``. It is taken over the tokens one loss call sees: the whole
+batch on one device or a Mesh, each device's share under pmap and each micro-batch with ``grad_accum``.
 """
 
 from typing import Callable
@@ -18,6 +22,7 @@ import jax.numpy as jnp
 import optax
 
 from slm_jax.array_typing import Array, PyTree
+from slm_jax.modules.moe import mean_balance_loss
 from slm_jax.training.loss import cross_entropy
 
 
@@ -29,17 +34,31 @@ def init_state(model: nn.Module, optimizer: optax.GradientTransformation, seed: 
 
 
 def make_loss_fn(model: nn.Module, z_loss: float = 0.0) -> Callable:
-    """``loss_fn(params, batch) -> (loss, metrics)`` for either batch form (module docstring)."""
+    """``loss_fn(params, batch) -> (loss, metrics)`` for either batch form (module docstring); ``model`` a CausalLM."""
+    moe = model.cfg.moe
+
+    def apply(params: PyTree, tokens: Array, **kwargs) -> tuple[Array, Array | None]:
+        """Logits, and the MoE layers' mean balancing loss (None without MoE layers)."""
+        if not moe.n_experts:
+            return model.apply(params, tokens, **kwargs)[0], None
+        (logits, _), state = model.apply(params, tokens, mutable="intermediates", **kwargs)
+        return logits, mean_balance_loss(state["intermediates"])
+
+    def with_aux(loss_metrics: tuple[Array, dict], aux: Array | None) -> tuple[Array, dict]:
+        if aux is None:
+            return loss_metrics
+        loss, metrics = loss_metrics
+        return loss + moe.aux_loss_weight * aux, {**metrics, "moe_aux_loss": aux}
 
     def loss_fn(params: PyTree, batch: Array | dict) -> tuple[Array, dict]:
         if not isinstance(batch, dict):  # text windows: every next token is scored
-            logits, _ = model.apply(params, batch[:, :-1])
-            return cross_entropy(logits, batch[:, 1:], z_loss=z_loss)
+            logits, aux = apply(params, batch[:, :-1])
+            return with_aux(cross_entropy(logits, batch[:, 1:], z_loss=z_loss), aux)
         label_positions = batch.get("label_positions")
         packing = {k: batch[k] for k in ("positions", "segment_ids") if k in batch}
-        logits, _ = model.apply(params, batch["inputs"], logit_positions=label_positions, **packing)
+        logits, aux = apply(params, batch["inputs"], logit_positions=label_positions, **packing)
         targets = batch["labels"] if label_positions is not None else batch["targets"]
-        return cross_entropy(logits, jnp.maximum(targets, 0), mask=targets >= 0, z_loss=z_loss)
+        return with_aux(cross_entropy(logits, jnp.maximum(targets, 0), mask=targets >= 0, z_loss=z_loss), aux)
 
     return loss_fn
 

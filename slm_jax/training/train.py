@@ -251,5 +251,6 @@ def _train_locked(cfg: Config, run_dir: Path, ckpt: Checkpointer, until_step: in
         to_step_batch,
         report_accuracy=task is not None or mlm,
         val_weights=val_weights,
+        extra_metrics=("moe_aux_loss",) if cfg.model.moe.n_experts else (),  # training/step.py
     )
     return run_loop(cfg, run_dir, ckpt, state, parts, par=par, until_step=until_step, progress=progress)
