@@ -3,7 +3,8 @@
 The mesh has three axes (``MESH_AXES``): ``data`` (batch split, parameters replicated),
 ``fsdp`` (batch split *and* parameters plus optimizer state split: ZeRO-3 / FSDP, Rajbhandari
 et al. 2020) and ``tensor`` (Megatron-style tensor parallelism, Shoeybi et al. 2019: attention
-heads, MLP hidden units, the recurrent width of RG-LRU / Mamba mixers, and the vocabulary).
+heads, MLP hidden units, the recurrent width of RG-LRU / Mamba mixers, the vocabulary, and the experts
+of MoE MLPs: expert parallelism).
 
 A parameter's logical axes come from its path and rank (``param_axes``), not from annotations
 in every module: the model code stays free of sharding, and each mixer declares the axes of its
@@ -37,6 +38,7 @@ RULES: dict[str, str | tuple[str, ...] | None] = {
     "heads": "tensor",  # attention q/k/v heads (the qkv output, the o input)
     "mlp": "tensor",  # MLP hidden units
     "inner": "tensor",  # recurrent width / SSM channels and heads of RG-LRU, Mamba, Mamba-2
+    "expert": "tensor",  # the stacked experts of an MoE MLP (expert parallelism; their hidden units stay whole)
     "layers": None,  # the stacked axis of scan_layers
     "length": None,
     "conv": None,  # taps of a short convolution
@@ -54,6 +56,9 @@ MODEL_PARAM_AXES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
     ("embed/embedding", ("vocab", "embed")),
     ("head/kernel", ("embed", "vocab")),
     ("head/bias", ("vocab",)),
+    ("moe/gate_up/kernel", ("expert", "embed", "mlp")),  # modules/moe.py: before the dense MLP's suffixes
+    ("moe/down/kernel", ("expert", "mlp", "embed")),
+    ("moe/router/kernel", ("embed", None)),
     ("gate_up/kernel", ("embed", "mlp")),
     ("gate_up/bias", ("mlp",)),
     ("down/kernel", ("mlp", "embed")),

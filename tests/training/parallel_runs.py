@@ -3,7 +3,7 @@
 ``python tests/training/parallel_runs.py OUT_DIR`` prints one JSON object: per-step losses of
 the same tiny run trained single-device, with pmap over 8 devices and on a (2, 2, 2) mesh, and
 of runs resumed from 8-device checkpoints on 1, 2 and 4 devices with another strategy; plus
-two steps of a recurrent preset, single-device vs mesh.
+two steps of a recurrent preset and of an MoE model, single-device vs mesh.
 """
 
 import os
@@ -61,9 +61,10 @@ def run(out, name, *overrides, until=None, start_from=None):
     return losses(run_dir)
 
 
-def preset_step_losses(out, preset):
-    """Losses of 2 steps of ``preset`` on one device and on the (2, 2, 2) mesh, from the same init and batches."""
-    cfg = config(out, f"model.preset={preset}", "model.vocab_size=64", "train.grad_accum=1")
+def preset_step_losses(out, preset, *extra):
+    """Losses of 2 steps of ``preset`` (with ``extra`` overrides) on one device and on the (2, 2, 2) mesh, from
+    the same init and batches."""
+    cfg = config(out, f"model.preset={preset}", "model.vocab_size=64", "train.grad_accum=1", *extra)
     tc, results = cfg.train, {}
     model = CausalLM(cfg.model)
     abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, tc.seq_len), np.int32)))
@@ -72,7 +73,9 @@ def preset_step_losses(out, preset):
     batches = np.random.default_rng(0).integers(0, 64, (2, tc.batch_size, tc.seq_len + 1), np.int32)
     spec = jax.ShapeDtypeStruct(batches.shape[1:], np.int32)
     for name, overrides in (("single", []), ("mesh", MESH8)):
-        tcfg = config(out, f"model.preset={preset}", "model.vocab_size=64", "train.grad_accum=1", *overrides).train
+        tcfg = config(
+            out, f"model.preset={preset}", "model.vocab_size=64", "train.grad_accum=1", *extra, *overrides
+        ).train
         par = make_parallel(tcfg, jax.eval_shape(lambda: init(optimizer)))
         state = par.init(init, optimizer)
         step = par.compile(
@@ -105,7 +108,11 @@ def main(out):
         "train.parallel.mesh.tensor=2",
         start_from="pmap8",
     )
-    result["presets"] = {"griffin": preset_step_losses(out, "griffin")}  # its 1 layer is RG-LRU: a recurrent mixer
+    result["presets"] = {
+        "griffin": preset_step_losses(out, "griffin"),  # its 1 layer is RG-LRU: a recurrent mixer
+        # 4 experts split 2-way over the tensor axis (expert parallelism), with the balancing loss in the loss
+        "moe": preset_step_losses(out, "transformer", "model.moe.n_experts=4", "model.moe.d_expert=32"),
+    }
     print(json.dumps(result))
 
 

@@ -61,8 +61,9 @@ def test_eight_device_checkpoint_continues_on_another_topology(runs, name):
     assert close(resumed, runs["single"], [4, 5]), (resumed, runs["single"])
 
 
-def test_a_recurrent_preset_trains_the_same_on_a_mesh(runs):
-    r = runs["presets"]["griffin"]
+@pytest.mark.parametrize("name", ["griffin", "moe"])  # a recurrent mixer; experts sharded over the tensor axis
+def test_a_recurrent_or_moe_model_trains_the_same_on_a_mesh(runs, name):
+    r = runs["presets"][name]
     assert len(r["single"]) == 2 and all(abs(a - b) < TOL for a, b in zip(r["single"], r["mesh"])), r
 
 
