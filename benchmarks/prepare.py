@@ -10,7 +10,9 @@ load on the machine) and peak RSS (``VmHWM``); tokenizers are interleaved (A B C
 ``--repeats`` times and the median is kept. Throughput is input MB / wall seconds of the whole
 prepare (both passes: building the tokenizer, BPE training on the first ``--bpe-sample-mb`` MB included,
 then encoding and writing). ``bpe-plain`` is ``bpe`` with the word cache off (every piece through
-``encode_batch``, as before the cache), for an interleaved A/B on the same corpus.
+``encode_batch``, as before the cache) and ``bpe-1proc`` is ``bpe`` encoding in one process (``bpe`` uses a
+worker per core from 32 MB), for interleaved A/Bs on the same corpus; CPU seconds and peak RSS include the
+workers (peak: the largest process).
 Prints one JSON line per tokenizer, a markdown table (docs/data.md quotes it) and the load average.
 """
 
@@ -51,16 +53,23 @@ def child(tokenizer: str, corpus: str, out: str, vocab_size: int, bpe_sample_mb:
     from slm_jax.data import prepare as prepare_module
     from slm_jax.data.prepare import prepare
 
-    if tokenizer == "bpe-plain":  # the word cache off: every piece through encode_batch
+    workers = 0  # automatic: every core for BPE from 32 MB
+    if tokenizer == "bpe-plain":  # the word cache off: every piece through encode_batch, in one process
         prepare_module.fast_encode_batch = lambda tok: tok.encode_batch
-        tokenizer = "bpe"
+        tokenizer, workers = "bpe", 1
+    if tokenizer == "bpe-1proc":  # the word cache in one process
+        tokenizer, workers = "bpe", 1
     vocab = vocab_size if tokenizer == "bpe" else 0
-    before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-    meta = prepare([corpus], tokenizer, out, vocab_size=vocab, shard_tokens=1 << 24, bpe_sample_mb=bpe_sample_mb)
-    seconds, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
-    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime  # all threads
+    who = (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)  # children: the encoding workers
+    before, start = [resource.getrusage(w) for w in who], time.perf_counter()
+    meta = prepare(
+        [corpus], tokenizer, out, vocab_size=vocab, shard_tokens=1 << 24, bpe_sample_mb=bpe_sample_mb, workers=workers
+    )
+    seconds, after = time.perf_counter() - start, [resource.getrusage(w) for w in who]
+    cpu = sum(a.ru_utime + a.ru_stime - b.ru_utime - b.ru_stime for a, b in zip(after, before))  # all threads
     tokens, vocab = meta["train_tokens"] + meta["val_tokens"], meta["vocab_size"]
     peak = int(re.search(r"VmHWM:\s*(\d+) kB", Path("/proc/self/status").read_text()).group(1)) / 1024  # own peak
+    peak = max(peak, after[1].ru_maxrss / 1024)  # the largest worker's
     print(json.dumps({"seconds": seconds, "cpu_s": cpu, "peak_rss_mb": peak, "tokens": tokens, "vocab": vocab}))
 
 
@@ -80,7 +89,9 @@ def same_files(a: Path, b: Path) -> bool:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--mb", type=float, default=50.0, help="corpus size in MB")
-    p.add_argument("--tokenizers", nargs="+", default=["byte", "char", "bpe"], help="byte, char, bpe, bpe-plain")
+    p.add_argument(
+        "--tokenizers", nargs="+", default=["byte", "char", "bpe"], help="byte, char, bpe, bpe-plain, bpe-1proc"
+    )
     p.add_argument("--vocab-size", type=int, default=8192, help="vocabulary of the trained BPE")
     p.add_argument("--bpe-sample-mb", type=float, default=64.0, help="BPE training sample (MB; 0: all)")
     p.add_argument("--repeats", type=int, default=2, help="interleaved rounds; the median is reported")
@@ -97,9 +108,10 @@ def main() -> None:
         for _ in range(args.repeats):
             for t in args.tokenizers:
                 runs[t].append(run_child(t, corpus, Path(tmp) / f"out-{t}", args.vocab_size, args.bpe_sample_mb))
-        if {"bpe", "bpe-plain"} <= runs.keys():
-            same = same_files(Path(tmp) / "out-bpe", Path(tmp) / "out-bpe-plain")
-            print(f"bpe and bpe-plain wrote identical files: {same}")
+        for other in ("bpe-plain", "bpe-1proc"):
+            if {"bpe", other} <= runs.keys():
+                same = same_files(Path(tmp) / "out-bpe", Path(tmp) / f"out-{other}")
+                print(f"bpe and {other} wrote identical files: {same}")
     rows = []
     for t, rs in runs.items():
         seconds = statistics.median(r["seconds"] for r in rs)

@@ -324,6 +324,7 @@ def cmd_data_prepare(args) -> None:
         skip_bad_lines=args.skip_bad_lines,
         shard_tokens=args.shard_tokens,
         bpe_sample_mb=args.bpe_sample_mb,
+        workers=args.workers,
     )
     print(json.dumps(meta, indent=1))
     if args.skip_bad_lines and meta["bad_lines"]["skipped"]:
@@ -674,6 +675,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vocab-size", type=int, default=0, help="vocabulary size of --tokenizer bpe")
     p.add_argument(
         "--bpe-sample-mb", type=float, default=64.0, help="train --tokenizer bpe on the first N MB only (0: all)"
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="processes encoding a BPE / tokenizer.json corpus (0: every core >= 32 MB)",
     )
     p.add_argument("--text-field", default="text", help="JSON field / column holding the text (jsonl, Parquet, Arrow)")
     p.add_argument("--skip-bad-lines", action="store_true", help="count and skip bad records instead of failing")

@@ -17,7 +17,9 @@ the tokens is the validation split. A tokenizer with an end-of-document token (a
 record (jsonl line, table row) that lacks one, and text files are concatenated as they are.
 A document (a jsonl line's text, a table row, a text file) is recorded by its first token's offset in
 ``<split>.docs.npy``, streamed to disk while encoding, for packed rows (``data.pack``).
-A Hugging Face tokenizer encodes through ``fast_encode_batch`` (a word -> ids cache where that is exact).
+A Hugging Face tokenizer encodes through ``fast_encode_batch`` (a word -> ids cache where that is exact), in
+``workers`` processes when the corpus is large (each with its own tokenizer and cache; batches come back in
+order, so the files are byte-identical to one process's): the cache's lookups are Python and hold one core.
 """
 
 from __future__ import annotations
@@ -25,10 +27,13 @@ from __future__ import annotations
 import codecs
 import hashlib
 import json
+import multiprocessing
 import os
 import re
 import shutil
 import tempfile
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence, Union
 
@@ -58,6 +63,7 @@ _CUT = re.compile(r"\S( |\n)(?=\S)")  # see _safe_cut
 _DOC_ENDS = ".docs.tmp"  # raw int64 offsets past each document, written while encoding
 _DOC_CHUNK = 1 << 20  # document offsets copied per piece into the split indexes
 _MAX_CARRY = 1 << 26  # a text with no line break for this long is cut anyway (BPE may then differ at the cut)
+PARALLEL_MIN_BYTES = 32_000_000  # smaller corpora encode in one process (starting workers takes ~1 s)
 
 
 def _check_val_fraction(val_fraction: float) -> None:
@@ -163,6 +169,48 @@ def _encode_batch(tok: Tokenizer, batch: list, encode_pieces: Optional[Callable]
             encoded = [np.append(x, np.int32(eos)) if end else x for x, (_, end) in zip(encoded, batch)]
         ids, lengths = np.concatenate(encoded) if encoded else np.zeros(0, np.int32), [len(x) for x in encoded]
     return ids, np.cumsum(lengths, dtype=np.int64)[np.array([end for _, end in batch], bool)]
+
+
+_WORKER: dict = {}  # in an encoding worker process: its tokenizer and encoder
+
+
+def _start_worker(json_text: str) -> None:
+    tok = HFTokenizer(json_text)
+    _WORKER.update(tok=tok, encode=fast_encode_batch(tok))
+
+
+def _encode_in_worker(batch: list) -> tuple[np.ndarray, np.ndarray]:
+    return _encode_batch(_WORKER["tok"], batch, _WORKER["encode"])
+
+
+def _encoded(tok: Tokenizer, batches: Iterator[list], workers: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``_encode_batch`` of each batch, in order: here, or for a Hugging Face tokenizer with ``workers`` > 1 in
+    that many processes (fresh interpreters: forking a process that has started JAX can deadlock), at most two
+    batches per worker in flight so memory stays bounded."""
+    if workers <= 1 or not isinstance(tok, HFTokenizer):
+        encode_pieces = fast_encode_batch(tok) if isinstance(tok, HFTokenizer) else None
+        yield from (_encode_batch(tok, batch, encode_pieces) for batch in batches)
+        return
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, context, initializer=_start_worker, initargs=(tok.json_text,)) as pool:
+        pending: deque = deque()
+        for batch in batches:
+            pending.append(pool.submit(_encode_in_worker, batch))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def encode_workers(tokenizer: str, corpus_bytes: int, workers: int = 0) -> int:
+    """Processes that encode a corpus of ``corpus_bytes``: ``workers`` if > 0, else every core for a BPE or
+    ``tokenizer.json`` corpus of at least ``PARALLEL_MIN_BYTES`` and one otherwise (char and byte are numpy)."""
+    if workers < 0:
+        raise DataError(f"--workers must be >= 0 (0 = automatic, 1 = one process), got {workers}.")
+    if workers:
+        return workers
+    parallel = tokenizer not in ("char", "byte") and corpus_bytes >= PARALLEL_MIN_BYTES
+    return len(os.sched_getaffinity(0)) if parallel and hasattr(os, "sched_getaffinity") else 1
 
 
 class _PartWriter:
@@ -292,6 +340,7 @@ def prepare(
     skip_bad_lines: bool = False,
     shard_tokens: int = 0,
     bpe_sample_mb: float = BPE_SAMPLE_MB,
+    workers: int = 0,
 ) -> dict:
     """Tokenizes input files into a prepared data directory, streaming (bounded memory).
 
@@ -309,6 +358,8 @@ def prepare(
         shard_tokens: ids per token file; 0 writes one ``train.bin`` and one ``val.bin``.
         bpe_sample_mb: "bpe" is trained on the first this-many MB (UTF-8) of the corpus, the whole
             corpus when it is smaller or when 0; every document is encoded either way.
+        workers: processes that encode with a BPE or ``tokenizer.json`` (``encode_workers``; 0 = automatic:
+            every core from ``PARALLEL_MIN_BYTES`` of input). The output does not depend on it.
 
     Returns:
         The ``meta.json`` dict: tokenizer, vocab_size, dtype, train_tokens, val_tokens, val_fraction,
@@ -329,6 +380,7 @@ def prepare(
         raise DataError(
             f"The input ({', '.join(s['path'] for s in sources)}) is empty; give it a file with text in it."
         )
+    n_workers = encode_workers(tokenizer, sum(s["bytes"] for s in sources), workers)
 
     def pieces(bad: BadLines, record_newline: bool, cut: bool):
         raw = iter_pieces(files, text_field, bad, record_newline)
@@ -343,7 +395,6 @@ def prepare(
     bad = BadLines(skip_bad_lines)
     is_hf = isinstance(tok, HFTokenizer)
     record_newline = not (is_hf and tok.eos_id is not None)
-    encode_pieces = fast_encode_batch(tok) if is_hf else None
 
     out_dir = Path(out_dir).expanduser()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -357,8 +408,7 @@ def prepare(
     n = 0
     try:
         with doc_ends.open("wb") as f:
-            for batch in _batches(pieces(bad, record_newline, is_hf)):
-                ids, ends = _encode_batch(tok, batch, encode_pieces)
+            for ids, ends in _encoded(tok, _batches(pieces(bad, record_newline, is_hf)), n_workers):
                 writer.write(ids)
                 (n + ends).astype("<i8").tofile(f)
                 n += len(ids)

@@ -2,6 +2,7 @@
 
 import functools
 import json
+import resource
 
 import numpy as np
 import pytest
@@ -278,3 +279,30 @@ def test_prepare_bpe_shakespeare_equals_whole_text_encoding(shakespeare_path, tm
     text = open(shakespeare_path, encoding="utf-8").read()
     ids = np.concatenate([load_split(tmp_path / "out", s) for s in ("train", "val")])
     assert ids.tolist() == plain_encode(tok, [text])[0] + [tok.eos_id]
+
+
+def test_parallel_encoding_writes_the_same_files(monkeypatch, tmp_path):
+    """Two encoding processes (``workers=2``) write byte for byte what one writes: batches come back in order,
+    documents (jsonl records, each ended by the end-of-text token) keep their offsets."""
+    from slm_jax.data import prepare as prepare_mod
+
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(json.dumps({"text": corpus(8, seed=s)}) + "\n" for s in range(60)), encoding="utf-8")
+    monkeypatch.setattr(prepare_mod, "BATCH_CHARS", 2000)  # many batches in flight across the two workers
+    children = lambda: (lambda r: r.ru_utime + r.ru_stime)(resource.getrusage(resource.RUSAGE_CHILDREN))
+    metas, cpu = {}, {}
+    for w in (1, 2):
+        before = children()
+        metas[w] = prepare([path], "bpe", tmp_path / f"w{w}", vocab_size=300, workers=w)
+        cpu[w] = children() - before
+    assert cpu[1] == 0 and cpu[2] > 0  # the workers ran (and were joined) only with workers=2
+    assert metas[1] == metas[2] and metas[1]["documents"]["train"] + metas[1]["documents"]["val"] >= 60
+    names = sorted(p.name for p in (tmp_path / "w1").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "w2").iterdir())
+    for name in names:
+        assert (tmp_path / "w1" / name).read_bytes() == (tmp_path / "w2" / name).read_bytes(), name
+    assert prepare_mod.encode_workers("bpe", 10**9) >= 1 and prepare_mod.encode_workers("char", 10**9) == 1
+    assert prepare_mod.encode_workers("bpe", 1000) == 1 and prepare_mod.encode_workers("bpe", 1000, 3) == 3
+    with pytest.raises(DataError, match="--workers must be >= 0"):
+        prepare([path], "bpe", tmp_path / "bad", vocab_size=300, workers=-1)
+    assert not (tmp_path / "bad").exists()
