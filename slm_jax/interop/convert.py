@@ -27,7 +27,7 @@ import numpy as np
 from slm_jax.config import Config, config_from_dict
 from slm_jax.data.tokenizers import load_tokenizer
 from slm_jax.errors import CheckpointError, ConfigError
-from slm_jax.interop.families import bert, gpt_neox, mamba, modernbert, recurrent_gemma, transformer
+from slm_jax.interop.families import bert, gpt_neox, lfm2, mamba, modernbert, recurrent_gemma, transformer
 from slm_jax.interop.hf_config import load_hf_config
 from slm_jax.interop.hf_tokenizer import export_run_tokenizer
 from slm_jax.interop.hf_weights import Tensors
@@ -54,6 +54,7 @@ FAMILIES: dict[str, ModuleType] = {
     "gemma": transformer,
     "gemma2": transformer,
     "gpt_neox": gpt_neox,
+    "lfm2": lfm2,
     "mamba": mamba,
     "mamba2": mamba,
     "recurrent_gemma": recurrent_gemma,
@@ -147,6 +148,8 @@ def infer_family(m) -> str:
         return "recurrent_gemma"
     if layers in ({"mamba"}, {"mamba2"}):
         return layers.pop()
+    if "short_conv" in layers:
+        return "lfm2"
     if m.post_norms:
         return "gemma2"
     if m.parallel_residual or m.norm == "layer":
