@@ -27,7 +27,7 @@ import numpy as np
 from slm_jax.config import Config, config_from_dict
 from slm_jax.data.tokenizers import load_tokenizer
 from slm_jax.errors import CheckpointError, ConfigError
-from slm_jax.interop.families import bert, gpt_neox, lfm2, mamba, modernbert, recurrent_gemma, transformer
+from slm_jax.interop.families import bamba, bert, gpt_neox, lfm2, mamba, modernbert, recurrent_gemma, transformer
 from slm_jax.interop.hf_config import load_hf_config
 from slm_jax.interop.hf_tokenizer import export_run_tokenizer
 from slm_jax.interop.hf_weights import Tensors
@@ -55,6 +55,7 @@ FAMILIES: dict[str, ModuleType] = {
     "gemma2": transformer,
     "gpt_neox": gpt_neox,
     "lfm2": lfm2,
+    "bamba": bamba,
     "mamba": mamba,
     "mamba2": mamba,
     "recurrent_gemma": recurrent_gemma,
@@ -150,6 +151,8 @@ def infer_family(m) -> str:
         return layers.pop()
     if "short_conv" in layers:
         return "lfm2"
+    if "mamba2" in layers:
+        return "bamba"
     if m.post_norms:
         return "gemma2"
     if m.parallel_residual or m.norm == "layer":

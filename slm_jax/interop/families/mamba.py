@@ -102,7 +102,7 @@ def params_from_hf(t: Tensors, m, raw: dict) -> dict:
     p: dict = {"embed": {"embedding": t.take(embed, (v, d))}}
     for i in range(m.n_layers):
         pre = f"backbone.layers.{i}.mixer."
-        mix = _mamba_from_hf(t, m, pre, conv_bias) if model_type == "mamba" else _mamba2_from_hf(t, m, pre, conv_bias)
+        mix = _mamba_from_hf(t, m, pre, conv_bias) if model_type == "mamba" else mamba2_from_hf(t, m, pre, conv_bias)
         p[f"layers_{i}"] = {"mixer_norm": {"scale": t.take(f"backbone.layers.{i}.norm.weight", (d,))}, "mixer": mix}
     p["final_norm"] = {"scale": t.take("backbone.norm_f.weight", (d,))}
     p.update(head_from_hf(t, m.tie_embeddings, p["embed"]["embedding"]))
@@ -131,7 +131,8 @@ def _mamba_from_hf(t: Tensors, m, pre: str, conv_bias: bool) -> dict:
     }
 
 
-def _mamba2_from_hf(t: Tensors, m, pre: str, conv_bias: bool) -> dict:
+def mamba2_from_hf(t: Tensors, m, pre: str, conv_bias: bool) -> dict:
+    """Our ``mamba2`` mixer's parameters from HF Mamba-2 mixer tensors named ``pre`` + ... (also Bamba's)."""
     d, mc = m.d_model, m.mixers.mamba2
     w = mc.expand * d
     h, gn = w // mc.head_dim, mc.n_groups * mc.d_state
@@ -223,18 +224,31 @@ def params_to_hf(params: dict, m, family: str) -> dict[str, np.ndarray]:
         layer, pre = p[f"layers_{i}"], f"backbone.layers.{i}.mixer."
         mix = layer["mixer"]
         out[f"backbone.layers.{i}.norm.weight"] = f32(layer["mixer_norm"]["scale"])
+        if family == "mamba2":
+            out.update(mamba2_to_hf(mix, pre))
+            continue
         out[pre + "in_proj.weight"] = linear_out(mix["in_proj"]["kernel"])
         out[pre + "conv1d.weight"] = conv_out(mix["conv1d"]["kernel"])
         out[pre + "conv1d.bias"] = f32(mix["conv1d"]["bias"])
         out[pre + "A_log"], out[pre + "D"] = f32(mix["A_log"]), f32(mix["D"])
         out[pre + "out_proj.weight"] = linear_out(mix["out_proj"]["kernel"])
-        if family == "mamba":
-            out[pre + "x_proj.weight"] = linear_out(mix["x_proj"]["kernel"])
-            out[pre + "dt_proj.weight"] = linear_out(mix["dt_proj"]["kernel"])
-            out[pre + "dt_proj.bias"] = f32(mix["dt_proj"]["bias"])
-        else:
-            out[pre + "dt_bias"] = f32(mix["dt_bias"])
-            out[pre + "norm.weight"] = f32(mix["norm"]["scale"])
+        out[pre + "x_proj.weight"] = linear_out(mix["x_proj"]["kernel"])
+        out[pre + "dt_proj.weight"] = linear_out(mix["dt_proj"]["kernel"])
+        out[pre + "dt_proj.bias"] = f32(mix["dt_proj"]["bias"])
     if not m.tie_embeddings:
         out["lm_head.weight"] = linear_out(p["head"]["kernel"])
     return out
+
+
+def mamba2_to_hf(mix: dict, pre: str) -> dict[str, np.ndarray]:
+    """HF Mamba-2 mixer tensors ``pre`` + name for our ``mamba2`` mixer's parameters ``mix`` (also Bamba's)."""
+    return {
+        pre + "in_proj.weight": linear_out(mix["in_proj"]["kernel"]),
+        pre + "conv1d.weight": conv_out(mix["conv1d"]["kernel"]),
+        pre + "conv1d.bias": f32(mix["conv1d"]["bias"]),
+        pre + "dt_bias": f32(mix["dt_bias"]),
+        pre + "A_log": f32(mix["A_log"]),
+        pre + "D": f32(mix["D"]),
+        pre + "norm.weight": f32(mix["norm"]["scale"]),
+        pre + "out_proj.weight": linear_out(mix["out_proj"]["kernel"]),
+    }
