@@ -112,6 +112,8 @@ class ModelConfig:
     attn_softcap: float = 0.0  # 0 -> off; else attention scores -> cap * tanh(scores / cap) before softmax (Gemma 2)
     post_norms: bool = False  # a norm on the mixer's and the MLP's output before each residual add (Gemma 2's sandwich)
     parallel_residual: bool = False  # x + mixer(norm(x)) + mlp(norm'(x)): both branches read the block input (GPT-NeoX)
+    residual_scale: float = 1.0  # each branch's output is multiplied by this before its residual add (Granite)
+    logit_divisor: float = 1.0  # the output logits are divided by this, before logit_softcap (Granite's logits_scaling)
     init_std: float = 0.02
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
@@ -720,6 +722,8 @@ def _validate_norms_positions(m: ModelConfig) -> None:
     )
     for key in ("attn_scale", "attn_softcap"):
         _require(getattr(m, key) >= 0, f"model.{key} must be >= 0 (0 = off / the default), got {getattr(m, key)}.")
+    for key in ("residual_scale", "logit_divisor"):
+        _require(getattr(m, key) > 0, f"model.{key} must be positive (1 = off), got {getattr(m, key)}.")
     for key in ("post_norms", "parallel_residual"):
         _require(
             not getattr(m, key) or m.norm_position == "pre",

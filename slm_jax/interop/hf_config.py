@@ -293,14 +293,23 @@ def require_exportable(ok: bool, key: str, value: Any, family: str, fix: str) ->
         raise ConfigError(f"model.{key} = {value!r} has no exact equivalent in a {family} checkpoint; {fix}.")
 
 
-def require_block_options(m, family: str, **fixed) -> None:
+def require_block_options(m, family: str, moe: bool = False, **fixed) -> None:
     """Refuse the block and attention options that ``family`` cannot express, naming the field.
 
-    Keyword arguments give the family's own value of ``attn_softcap``, ``attn_scale``, ``post_norms``
-    or ``parallel_residual`` (default: off, with 0 scale meaning 1 / sqrt(head_dim)); None: the family
-    has a config field for any value.
+    Keyword arguments give the family's own value of ``attn_softcap``, ``attn_scale``, ``post_norms``,
+    ``parallel_residual``, ``residual_scale`` or ``logit_divisor`` (default: off, with 0 scale meaning
+    1 / sqrt(head_dim)); None: the family has a config field for any value. ``moe``: the family has
+    mixture-of-experts MLPs (``model.moe``), refused otherwise.
     """
-    wanted = {"attn_softcap": 0.0, "attn_scale": 0.0, "post_norms": False, "parallel_residual": False, **fixed}
+    wanted = {
+        "attn_softcap": 0.0,
+        "attn_scale": 0.0,
+        "post_norms": False,
+        "parallel_residual": False,
+        "residual_scale": 1.0,
+        "logit_divisor": 1.0,
+        **fixed,
+    }
     default_scale = m.attn_head_dim**-0.5
     for key, value in wanted.items():
         have = getattr(m, key)
@@ -308,6 +317,10 @@ def require_block_options(m, family: str, **fixed) -> None:
             have, value = have or default_scale, None if value is None else value or default_scale
         fix = "export it as another family (--family) or retrain without it"
         require_exportable(value is None or have == value, key, getattr(m, key), family, fix)
+    if not moe:
+        require_exportable(
+            not m.moe.n_experts, "moe.n_experts", m.moe.n_experts, family, "it has no mixture of experts"
+        )
 
 
 def layer_windows(m) -> list[int]:

@@ -6,7 +6,8 @@ post-norm (BERT, Vaswani et al. 2017): norm(x + mixer(x)), then norm(x + mlp(x))
 Two pre-norm options: ``post_norms`` also normalises each branch's output before its residual add,
 x + norm(mixer(norm(x))) (Gemma 2's sandwich, Gemma Team 2024, arXiv:2408.00118); ``parallel_residual``
 feeds both branches the block input through their own norms, x + mixer(norm(x)) + mlp(norm'(x))
-(GPT-NeoX: Black et al. 2022, arXiv:2204.06745).
+(GPT-NeoX: Black et al. 2022, arXiv:2204.06745). ``residual_scale`` r multiplies each branch's output before
+its residual add, x + r f(norm(x)) (Granite's ``residual_multiplier``; 1 = off).
 
 On the layers ``model.moe`` selects, a mixture-of-experts MLP (modules/moe.py) takes the MLP's place, under the
 name ``moe``; the other layers, and every layer with ``model.moe.n_experts`` 0, keep the dense ``mlp``.
@@ -42,6 +43,7 @@ class Block(nn.Module):
     mixer_norm: bool = True  # False: the mixer reads x itself (ModernBERT's first layer, pre-norm only)
     post_norms: bool = False  # norm each branch's output before its residual add (pre-norm only)
     parallel_residual: bool = False  # the MLP reads the block input, not the mixer's update of it (pre-norm only)
+    residual_scale: float = 1.0  # each branch's output times this before its residual add
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     init_std: float = 0.02
@@ -70,6 +72,8 @@ class Block(nn.Module):
         cache = requantize_like(cache, new_cache)
         if self.post_norms:
             y = norm("mixer_post_norm")(y)
+        scaled = lambda z: z if self.residual_scale == 1.0 else z * jnp.asarray(self.residual_scale, z.dtype)
+        y = scaled(y)
         mlp = self.moe
         if mlp is None:
             mlp = MLP(
@@ -83,16 +87,16 @@ class Block(nn.Module):
                 name="mlp",
             )
 
-        def mlp_branch(u: Array) -> Array:  # pre-norm: [post_norm](mlp(norm(u)))
+        def mlp_branch(u: Array) -> Array:  # pre-norm: r [post_norm](mlp(norm(u)))
             z = mlp(norm("mlp_norm")(u))
-            return norm("mlp_post_norm")(z) if self.post_norms else z
+            return scaled(norm("mlp_post_norm")(z) if self.post_norms else z)
 
         if self.parallel_residual:
             x = x + y + mlp_branch(x)
         else:
             x = norm("mixer_norm")(x + y) if post else x + y
             if self.mlp != "none":
-                x = norm("mlp_norm")(x + mlp(x)) if post else x + mlp_branch(x)
+                x = norm("mlp_norm")(x + scaled(mlp(x))) if post else x + mlp_branch(x)
         # The residual stream's logical axes: a sharding constraint under training/sharding.py's rules, else a no-op.
         x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))
         return x, cache
@@ -116,6 +120,7 @@ def build_block(
         mixer_norm=mixer_norm,
         post_norms=cfg.post_norms,
         parallel_residual=cfg.parallel_residual,
+        residual_scale=cfg.residual_scale,
         dtype=dtype_of(cfg.dtype),
         param_dtype=dtype_of(cfg.param_dtype),
         init_std=cfg.init_std,

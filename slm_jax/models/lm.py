@@ -166,7 +166,10 @@ class CausalLM(nn.Module):
             logits = Linear(cfg.vocab_size, dtype=dtype, param_dtype=param_dtype, name="head")(x)
         if cfg.head_bias:
             logits = logits + self.param("head_bias", nn.initializers.zeros, (cfg.vocab_size,), param_dtype)
-        logits = soft_cap(logits.astype(jnp.float32), cfg.logit_softcap)
+        logits = logits.astype(jnp.float32)
+        if cfg.logit_divisor != 1.0:  # Granite's logits_scaling
+            logits = logits / cfg.logit_divisor
+        logits = soft_cap(logits, cfg.logit_softcap)
         return logits, None if cache is None else new_cache
 
     def init_cache(self, batch: int, max_len: int, dtype: Any = None) -> PyTree:

@@ -35,6 +35,8 @@ OPTIONS = {
     "attn_scale": {"attn_scale": 0.9},
     "post_norms": {"post_norms": True},
     "parallel_residual": {"parallel_residual": True},
+    "residual_scale": {"residual_scale": 0.4},
+    "logit_divisor": {"logit_divisor": 3.0},
     "gemma2_like": {
         "attn_softcap": 0.05,
         "attn_scale": 0.3,
@@ -109,7 +111,7 @@ def test_options_through_scanned_layers():
     np.testing.assert_allclose(_decode(CausalLM(scan_cfg), stacked, toks, 4), ref, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["attn_softcap", "attn_scale", "parallel_residual"])
+@pytest.mark.parametrize("name", ["attn_softcap", "attn_scale", "parallel_residual", "residual_scale"])
 def test_each_option_changes_the_logits(name):
     """Same parameters with and without the option: the logits must move well beyond float noise."""
     toks = _tokens()
@@ -119,11 +121,19 @@ def test_each_option_changes_the_logits(name):
     assert diff > 1e-2, f"{name} changed the logits by only {diff}"
 
 
-@pytest.mark.parametrize("option", ["post_norms", "parallel_residual"])
+def test_logit_divisor_divides_the_logits():
+    toks = _tokens()
+    plain, divided = CausalLM(_cfg()), CausalLM(_cfg(logit_divisor=3.0))
+    params = _perturbed_params(plain, toks)
+    np.testing.assert_allclose(divided.apply(params, toks)[0], plain.apply(params, toks)[0] / 3.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("option", ["post_norms", "parallel_residual", "residual_scale"])
 def test_block_equals_its_composition(option):
     """post_norms: h = x + n3(mixer(n1(x))), out = h + n4(mlp(n2(h))); parallel_residual:
-    out = x + mixer(n1(x)) + mlp(n2(x)); both from the block's own submodules and parameters."""
-    cfg = _cfg(**{option: True})
+    out = x + mixer(n1(x)) + mlp(n2(x)); residual_scale r: h = x + r mixer(n1(x)), out = h + r mlp(n2(h));
+    all from the block's own submodules and parameters."""
+    cfg = _cfg(**({option: 0.4} if option == "residual_scale" else {option: True}))
     block = build_block(cfg, "attention")
     x = jax.random.normal(jax.random.key(3), (2, 7, cfg.d_model))
     pos = jnp.broadcast_to(jnp.arange(7), (2, 7))
@@ -135,6 +145,9 @@ def test_block_equals_its_composition(option):
     mlp = lambda u: MLP(cfg.ff_width, cfg.mlp).apply({"params": p["mlp"]}, u)
     if option == "parallel_residual":
         expected = x + mixer(norm("mixer_norm", x)) + mlp(norm("mlp_norm", x))
+    elif option == "residual_scale":
+        h = x + 0.4 * mixer(norm("mixer_norm", x))
+        expected = h + 0.4 * mlp(norm("mlp_norm", h))
     else:
         h = x + norm("mixer_post_norm", mixer(norm("mixer_norm", x)))
         expected = h + norm("mlp_post_norm", mlp(norm("mlp_norm", h)))
@@ -176,6 +189,8 @@ def test_param_count_formula(name):
         ({"parallel_residual": True, "mlp": "none"}, "model.parallel_residual"),
         ({"attn_softcap": -1.0}, "model.attn_softcap"),
         ({"attn_scale": -0.1}, "model.attn_scale"),
+        ({"residual_scale": 0.0}, "model.residual_scale"),
+        ({"logit_divisor": -2.0}, "model.logit_divisor"),
     ],
 )
 def test_bad_options_name_the_field(model, key):
