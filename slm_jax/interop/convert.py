@@ -27,7 +27,17 @@ import numpy as np
 from slm_jax.config import Config, config_from_dict
 from slm_jax.data.tokenizers import load_tokenizer
 from slm_jax.errors import CheckpointError, ConfigError
-from slm_jax.interop.families import bamba, bert, gpt_neox, lfm2, mamba, modernbert, recurrent_gemma, transformer
+from slm_jax.interop.families import (
+    bamba,
+    bert,
+    gpt_neox,
+    granitemoehybrid,
+    lfm2,
+    mamba,
+    modernbert,
+    recurrent_gemma,
+    transformer,
+)
 from slm_jax.interop.hf_config import load_hf_config
 from slm_jax.interop.hf_tokenizer import export_run_tokenizer
 from slm_jax.interop.hf_weights import Tensors
@@ -56,6 +66,7 @@ FAMILIES: dict[str, ModuleType] = {
     "gpt_neox": gpt_neox,
     "lfm2": lfm2,
     "bamba": bamba,
+    "granitemoehybrid": granitemoehybrid,
     "mamba": mamba,
     "mamba2": mamba,
     "recurrent_gemma": recurrent_gemma,
@@ -151,6 +162,8 @@ def infer_family(m) -> str:
         return layers.pop()
     if "short_conv" in layers:
         return "lfm2"
+    if m.moe.n_experts or m.residual_scale != 1.0 or m.logit_divisor != 1.0:
+        return "granitemoehybrid"
     if "mamba2" in layers:
         return "bamba"
     if m.post_norms:

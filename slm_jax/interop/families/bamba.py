@@ -101,23 +101,44 @@ def _linear(t: Tensors, name: str, shape: tuple[int, int], bias: bool) -> dict:
     return out
 
 
+def attention_from_hf(t: Tensors, m, a: str) -> dict:
+    """Our ``attention`` mixer's parameters from ``a`` + ``{q,k,v,o}_proj`` (Llama's names; also Granite's)."""
+    d, h, k, e = m.d_model, m.n_heads, m.kv_heads, m.attn_head_dim
+    shapes = {"q": (h * e, d), "k": (k * e, d), "v": (k * e, d)}
+    qkv = {n: _linear(t, f"{a}{n}_proj", s, m.qkv_bias) for n, s in shapes.items()}
+    return {
+        "qkv": {key: np.concatenate([qkv[n][key] for n in "qkv"], axis=-1) for key in qkv["q"]},
+        "o": _linear(t, a + "o_proj", (d, h * e), m.attn_out_bias),
+    }
+
+
+def attention_to_hf(mixer: dict, m, a: str) -> dict[str, np.ndarray]:
+    """Inverse of ``attention_from_hf``: tensors ``a`` + ``{q,k,v,o}_proj.{weight,bias}``."""
+    h, k, e = m.n_heads, m.kv_heads, m.attn_head_dim
+    splits = np.cumsum([h * e, k * e])
+    out = {}
+    for n, w in zip("qkv", np.split(linear_out(mixer["qkv"]["kernel"]), splits)):
+        out[f"{a}{n}_proj.weight"] = w
+    if m.qkv_bias:
+        for n, b in zip("qkv", np.split(f32(mixer["qkv"]["bias"]), splits)):
+            out[f"{a}{n}_proj.bias"] = b
+    out[a + "o_proj.weight"] = linear_out(mixer["o"]["kernel"])
+    if m.attn_out_bias:
+        out[a + "o_proj.bias"] = f32(mixer["o"]["bias"])
+    return out
+
+
 def params_from_hf(t: Tensors, m, raw: dict) -> dict:
     """Our parameter tree ``{"params": ...}`` from a Bamba checkpoint; ``raw``: config.json."""
     conv_bias = bool(raw.get("mamba_conv_bias", True))
-    d, h, k, e, f, v = m.d_model, m.n_heads, m.kv_heads, m.attn_head_dim, m.ff_width, m.vocab_size
+    d, f, v = m.d_model, m.ff_width, m.vocab_size
     p: dict = {"embed": {"embedding": t.take("model.embed_tokens.weight", (v, d))}}
     for i, name in enumerate(m.layers):
         pre = f"model.layers.{i}."
         if name == "mamba2":
             mixer = mamba2_from_hf(t, m, pre + "mamba.", conv_bias)
         else:
-            a = pre + "self_attn."
-            shapes = {"q": (h * e, d), "k": (k * e, d), "v": (k * e, d)}
-            qkv = {n: _linear(t, f"{a}{n}_proj", s, m.qkv_bias) for n, s in shapes.items()}
-            mixer = {
-                "qkv": {key: np.concatenate([qkv[n][key] for n in "qkv"], axis=-1) for key in qkv["q"]},
-                "o": _linear(t, a + "o_proj", (d, h * e), m.attn_out_bias),
-            }
+            mixer = attention_from_hf(t, m, pre + "self_attn.")
         ff = pre + "feed_forward."
         gate, up = _linear(t, ff + "gate_proj", (f, d), m.mlp_bias), _linear(t, ff + "up_proj", (f, d), m.mlp_bias)
         gate_up = {"kernel": np.concatenate([gate["kernel"], up["kernel"]], axis=1)}
@@ -170,7 +191,6 @@ def check_exportable(m, family: str) -> None:
     for key, value in fixed.items():
         require_exportable(getattr(m, key) == value, key, getattr(m, key), ARCHITECTURE, other)
     require_exportable(m.rope_scaling.kind == "none", "rope_scaling.kind", m.rope_scaling.kind, ARCHITECTURE, other)
-    require_exportable(not m.moe.n_experts, "moe.n_experts", m.moe.n_experts, ARCHITECTURE, other)
     require_block_options(m, ARCHITECTURE)
 
 
@@ -214,7 +234,7 @@ def config_to_hf(m, family: str) -> dict:
 def params_to_hf(params: dict, m, family: str) -> dict[str, np.ndarray]:
     """HF tensor name -> float32 array for our per-layer ``params``; biases we lack are written as exact zeros."""
     del family
-    p, h, k, e = params["params"], m.n_heads, m.kv_heads, m.attn_head_dim
+    p = params["params"]
     out = {
         "model.embed_tokens.weight": f32(p["embed"]["embedding"]),
         "model.final_layernorm.weight": f32(p["final_norm"]["scale"]),
@@ -225,16 +245,7 @@ def params_to_hf(params: dict, m, family: str) -> dict[str, np.ndarray]:
         if name == "mamba2":
             out.update(mamba2_to_hf(mixer, pre + "mamba."))
         else:
-            splits = np.cumsum([h * e, k * e])
-            qkv = np.split(linear_out(mixer["qkv"]["kernel"]), splits)
-            qkv_b = np.split(f32(mixer["qkv"].get("bias", np.zeros(sum(w.shape[0] for w in qkv)))), splits)
-            for n, w, b in zip("qkv", qkv, qkv_b):
-                out[f"{pre}self_attn.{n}_proj.weight"] = w
-                if m.qkv_bias:
-                    out[f"{pre}self_attn.{n}_proj.bias"] = b
-            out[pre + "self_attn.o_proj.weight"] = linear_out(mixer["o"]["kernel"])
-            if m.attn_out_bias:
-                out[pre + "self_attn.o_proj.bias"] = f32(mixer["o"]["bias"])
+            out.update(attention_to_hf(mixer, m, pre + "self_attn."))
         ff = pre + "feed_forward."
         gate, up = np.split(linear_out(mlp["gate_up"]["kernel"]), 2)
         out[ff + "gate_proj.weight"], out[ff + "up_proj.weight"] = gate, up

@@ -176,7 +176,6 @@ def check_exportable(m, family: str) -> None:
     for key, value in fixed.items():
         require_exportable(getattr(m, key) == value, key, getattr(m, key), ARCHITECTURE, other)
     require_exportable(m.rope_scaling.kind == "none", "rope_scaling.kind", m.rope_scaling.kind, ARCHITECTURE, other)
-    require_exportable(not m.moe.n_experts, "moe.n_experts", m.moe.n_experts, ARCHITECTURE, other)
     require_block_options(m, ARCHITECTURE)
 
 
