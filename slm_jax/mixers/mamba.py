@@ -37,6 +37,7 @@ from slm_jax.mixers.contract import module_fields
 from slm_jax.modules.conv1d import CausalConv1D, causal_conv_reference, conv_params
 from slm_jax.modules.init import dt_bias_init
 from slm_jax.modules.linear import Linear, linear_params, scaled_init
+from slm_jax.modules.norms import RMSNorm
 from slm_jax.ops.scan import ScanImpl, scan_impl_named
 from slm_jax.ops.segments import check_parallel_only
 from slm_jax.ops.selective_scan import selective_scan
@@ -66,6 +67,7 @@ class MambaOptions:
     dt_min: float = 0.001
     dt_max: float = 0.1
     selective: bool = True  # False: dt, B, C are input-independent parameters (an LTI ablation)
+    dt_bc_norms: bool = False  # RMSNorm on x_proj's dt, B and C before dt_proj and the scan (Jamba)
     scan_impl: str = "auto"  # reference | linear | associative | chunked | auto (ops/scan.py: by backend)
 
 
@@ -86,6 +88,9 @@ class Mamba(nn.Module):
         "C": (None,),
         "A_log": ("inner", None),
         "D": ("inner",),
+        "dt_norm/scale": ("norm",),
+        "B_norm/scale": ("norm",),
+        "C_norm/scale": ("norm",),
     }
     lora_targets = ("in_proj", "out_proj")
     kv_leaves = ()
@@ -100,6 +105,8 @@ class Mamba(nn.Module):
     dt_min: float = 0.001
     dt_max: float = 0.1
     selective: bool = True
+    dt_bc_norms: bool = False
+    norm_eps: float = 1e-5  # of the dt / B / C norms
     scan_impl: ScanImpl = ScanImpl.AUTO
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
@@ -127,6 +134,8 @@ class Mamba(nn.Module):
             dt_min=m.dt_min,
             dt_max=m.dt_max,
             selective=m.selective,
+            dt_bc_norms=m.dt_bc_norms,
+            norm_eps=cfg.norm_eps,
             scan_impl=scan_impl_named(m.scan_impl, "model.mixers.mamba.scan_impl"),
             **module_fields(cfg),
         )
@@ -157,6 +166,9 @@ class Mamba(nn.Module):
             name="x_proj",
         )(x)
         dt, b, c = jnp.split(dbc.astype(_f32), [r, r + n], axis=-1)
+        if self.dt_bc_norms:  # Jamba (Lieber et al. 2024, arXiv:2403.19887): stabilises large-scale training
+            norm = lambda name, v: RMSNorm(self.norm_eps, dtype=_f32, param_dtype=self.param_dtype, name=name)(v)
+            dt, b, c = norm("dt_norm", dt), norm("B_norm", b), norm("C_norm", c)
         # dt_proj runs in float32: softplus and exp(dt A) amplify bfloat16 rounding of dt. Its
         # weights are uniform in +-r^-0.5 (variance preserving), as in the reference.
         dt = _BiasedLinear(
@@ -228,7 +240,7 @@ class Mamba(nn.Module):
     def num_params(self) -> int:
         w, n, r, d = self.inner_width, self.d_state, self.dt_rank, self.width
         if self.selective:
-            dt_b_c = linear_params(w, r + 2 * n) + linear_params(r, w, bias=True)
+            dt_b_c = linear_params(w, r + 2 * n) + linear_params(r, w, bias=True) + self.dt_bc_norms * (r + 2 * n)
         else:
             dt_b_c = w + 2 * n
         return (
@@ -259,8 +271,12 @@ class Mamba(nn.Module):
         xs = jax.nn.silu(causal_conv_reference(p["conv1d"], xs))
         if self.selective:
             dbc = xs @ p["x_proj"]["kernel"]
-            dt = dbc[..., :r] @ p["dt_proj"]["kernel"] + p["dt_proj"]["bias"]
-            bb, cc = dbc[..., r : r + n], dbc[..., r + n :]
+            dt, bb, cc = dbc[..., :r], dbc[..., r : r + n], dbc[..., r + n :]
+            if self.dt_bc_norms:
+                eps = self.norm_eps
+                rms = lambda v, name: v / jnp.sqrt(jnp.mean(v**2, axis=-1, keepdims=True) + eps) * p[name]["scale"]
+                dt, bb, cc = rms(dt, "dt_norm"), rms(bb, "B_norm"), rms(cc, "C_norm")
+            dt = dt @ p["dt_proj"]["kernel"] + p["dt_proj"]["bias"]
         else:
             dt = jnp.broadcast_to(p["dt_bias"], xs.shape)
             bb = jnp.broadcast_to(p["B"], xs.shape[:2] + (n,))

@@ -8,7 +8,7 @@ import pytest
 from slm_jax.config import config_from_dict
 from slm_jax.errors import ConfigError
 from slm_jax.mixers.registry import build_mixer
-from tests.mixers.test_contract import check_against_reference
+from tests.mixers.test_contract import check_against_reference, close, o1_params
 
 D = 36  # not a power of two
 
@@ -68,3 +68,22 @@ def test_initialisation_follows_the_paper():
 def test_bad_sizes_give_a_config_error():
     with pytest.raises(ConfigError, match="dt_min"):
         model_cfg(dt_min=0.5, dt_max=0.1)
+
+
+@pytest.mark.parametrize("t", [21, 1])
+def test_dt_bc_norms_equal_the_reference(t):
+    """Jamba's RMSNorms on dt, B and C (``dt_bc_norms``): every path equals the reference, which applies them
+    by hand; gradients too; and the norms change the output."""
+    mixer, params, x, pos = setup(t, True, seed=6, dt_bc_norms=True)
+    assert {"dt_norm", "B_norm", "C_norm"} <= set(params["params"])
+    params = o1_params(params, jax.random.key(9))
+    for i, name in enumerate(("dt_norm", "B_norm", "C_norm")):  # scales away from 1
+        scale = params["params"][name]["scale"]
+        params["params"][name]["scale"] = scale + 0.3 * jax.random.normal(jax.random.key(10 + i), scale.shape)
+    check_against_reference(mixer, params, x, pos)
+    w = jax.random.normal(jax.random.key(8), x.shape)
+    grad = lambda f: jax.jit(jax.grad(lambda p, u: jnp.sum(f(p, u) * w), argnums=(0, 1)))(params, x)
+    close(grad(lambda p, u: mixer.apply(p, u, pos)[0]), grad(lambda p, u: mixer.reference(p, u, pos)[0]), tol=1e-4)
+    plain = {"params": {k: v for k, v in params["params"].items() if not k.endswith("_norm")}}
+    y_plain = mixer.clone(dt_bc_norms=False).apply(plain, x, pos)[0]
+    assert float(jnp.abs(y_plain - mixer.apply(params, x, pos)[0]).max()) > 1e-3
