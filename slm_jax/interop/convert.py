@@ -32,6 +32,7 @@ from slm_jax.interop.families import (
     bert,
     gpt_neox,
     granitemoehybrid,
+    jamba,
     lfm2,
     mamba,
     modernbert,
@@ -67,6 +68,7 @@ FAMILIES: dict[str, ModuleType] = {
     "lfm2": lfm2,
     "bamba": bamba,
     "granitemoehybrid": granitemoehybrid,
+    "jamba": jamba,
     "mamba": mamba,
     "mamba2": mamba,
     "recurrent_gemma": recurrent_gemma,
@@ -162,6 +164,8 @@ def infer_family(m) -> str:
         return layers.pop()
     if "short_conv" in layers:
         return "lfm2"
+    if "mamba" in layers and m.mixers.mamba.dt_bc_norms:
+        return "jamba"
     if m.moe.n_experts or m.residual_scale != 1.0 or m.logit_divisor != 1.0:
         return "granitemoehybrid"
     if "mamba2" in layers:

@@ -102,7 +102,7 @@ def params_from_hf(t: Tensors, m, raw: dict) -> dict:
     p: dict = {"embed": {"embedding": t.take(embed, (v, d))}}
     for i in range(m.n_layers):
         pre = f"backbone.layers.{i}.mixer."
-        mix = _mamba_from_hf(t, m, pre, conv_bias) if model_type == "mamba" else mamba2_from_hf(t, m, pre, conv_bias)
+        mix = mamba_from_hf(t, m, pre, conv_bias) if model_type == "mamba" else mamba2_from_hf(t, m, pre, conv_bias)
         p[f"layers_{i}"] = {"mixer_norm": {"scale": t.take(f"backbone.layers.{i}.norm.weight", (d,))}, "mixer": mix}
     p["final_norm"] = {"scale": t.take("backbone.norm_f.weight", (d,))}
     p.update(head_from_hf(t, m.tie_embeddings, p["embed"]["embedding"]))
@@ -114,10 +114,16 @@ def _conv(t: Tensors, pre: str, channels: int, k: int, conv_bias: bool) -> dict:
     return {"kernel": conv_in(t.take(pre + "conv1d.weight", (channels, 1, k))), "bias": bias}
 
 
-def _mamba_from_hf(t: Tensors, m, pre: str, conv_bias: bool) -> dict:
+def mamba_from_hf(t: Tensors, m, pre: str, conv_bias: bool) -> dict:
+    """Our ``mamba`` mixer's parameters from HF Mamba mixer tensors named ``pre`` + ... (also Jamba's, with its
+    ``dt_layernorm`` / ``b_layernorm`` / ``c_layernorm`` when ``mixers.mamba.dt_bc_norms``)."""
     d, mc = m.d_model, m.mixers.mamba
     w, n, r = mc.expand * d, mc.d_state, mc.dt_rank or math.ceil(d / 16)
-    return {
+    norms = {}
+    if mc.dt_bc_norms:
+        for ours, hf, size in (("dt_norm", "dt", r), ("B_norm", "b", n), ("C_norm", "c", n)):
+            norms[ours] = {"scale": t.take(f"{pre}{hf}_layernorm.weight", (size,))}
+    return norms | {
         "in_proj": {"kernel": linear_in(t.take(pre + "in_proj.weight", (2 * w, d)))},
         "conv1d": _conv(t, pre, w, mc.conv_width, conv_bias),
         "x_proj": {"kernel": linear_in(t.take(pre + "x_proj.weight", (r + 2 * n, w)))},
@@ -166,6 +172,8 @@ def check_exportable(m, family: str) -> None:
         require_exportable(
             m.mixers.mamba.selective, "mixers.mamba.selective", m.mixers.mamba.selective, name, "HF Mamba is selective"
         )
+        norms = m.mixers.mamba.dt_bc_norms
+        require_exportable(not norms, "mixers.mamba.dt_bc_norms", norms, name, "export it as jamba (--family jamba)")
 
 
 def config_to_hf(m, family: str) -> dict:
@@ -224,19 +232,28 @@ def params_to_hf(params: dict, m, family: str) -> dict[str, np.ndarray]:
         layer, pre = p[f"layers_{i}"], f"backbone.layers.{i}.mixer."
         mix = layer["mixer"]
         out[f"backbone.layers.{i}.norm.weight"] = f32(layer["mixer_norm"]["scale"])
-        if family == "mamba2":
-            out.update(mamba2_to_hf(mix, pre))
-            continue
-        out[pre + "in_proj.weight"] = linear_out(mix["in_proj"]["kernel"])
-        out[pre + "conv1d.weight"] = conv_out(mix["conv1d"]["kernel"])
-        out[pre + "conv1d.bias"] = f32(mix["conv1d"]["bias"])
-        out[pre + "A_log"], out[pre + "D"] = f32(mix["A_log"]), f32(mix["D"])
-        out[pre + "out_proj.weight"] = linear_out(mix["out_proj"]["kernel"])
-        out[pre + "x_proj.weight"] = linear_out(mix["x_proj"]["kernel"])
-        out[pre + "dt_proj.weight"] = linear_out(mix["dt_proj"]["kernel"])
-        out[pre + "dt_proj.bias"] = f32(mix["dt_proj"]["bias"])
+        out.update(mamba2_to_hf(mix, pre) if family == "mamba2" else mamba_to_hf(mix, pre))
     if not m.tie_embeddings:
         out["lm_head.weight"] = linear_out(p["head"]["kernel"])
+    return out
+
+
+def mamba_to_hf(mix: dict, pre: str) -> dict[str, np.ndarray]:
+    """HF Mamba mixer tensors ``pre`` + name for our ``mamba`` mixer's parameters ``mix`` (also Jamba's)."""
+    out = {
+        pre + "in_proj.weight": linear_out(mix["in_proj"]["kernel"]),
+        pre + "conv1d.weight": conv_out(mix["conv1d"]["kernel"]),
+        pre + "conv1d.bias": f32(mix["conv1d"]["bias"]),
+        pre + "x_proj.weight": linear_out(mix["x_proj"]["kernel"]),
+        pre + "dt_proj.weight": linear_out(mix["dt_proj"]["kernel"]),
+        pre + "dt_proj.bias": f32(mix["dt_proj"]["bias"]),
+        pre + "A_log": f32(mix["A_log"]),
+        pre + "D": f32(mix["D"]),
+        pre + "out_proj.weight": linear_out(mix["out_proj"]["kernel"]),
+    }
+    for ours, hf in (("dt_norm", "dt"), ("B_norm", "b"), ("C_norm", "c")):
+        if ours in mix:
+            out[f"{pre}{hf}_layernorm.weight"] = f32(mix[ours]["scale"])
     return out
 
 
