@@ -262,6 +262,14 @@ def _arg(op_type: str) -> Callable:
     return rule
 
 
+def _top_k(g, eqn, ins):
+    """``lax.top_k``: the k largest along ``axis`` (default the last), sorted; ONNX's int64 indices cast to JAX's
+    int32. Exactly tied values may come in another order than XLA's. The MoE router (modules/moe.py) uses it."""
+    axis = eqn.params.get("axis", len(_in(eqn).shape) - 1)
+    values, indices = g.op_n("TopK", [ins[0], g.int64([eqn.params["k"]])], 2, axis=axis, largest=1, sorted=1)
+    return [values, g.op("Cast", [indices], to=onnx_dtype(_out(eqn, 1).dtype))]
+
+
 def _cumsum(g, eqn, ins):
     return g.op("CumSum", [ins[0], g.int64(eqn.params["axis"])], reverse=int(eqn.params["reverse"]))
 
@@ -438,6 +446,7 @@ RULES: dict[str, Callable] = {
     "argmax": _arg("ArgMax"),
     "argmin": _arg("ArgMin"),
     "cumsum": _cumsum,
+    "top_k": _top_k,
     "dot_general": _dot_general,
     "dynamic_slice": _dynamic_slice,
     "dynamic_update_slice": _dynamic_update_slice,
