@@ -293,6 +293,42 @@ def require_exportable(ok: bool, key: str, value: Any, family: str, fix: str) ->
         raise ConfigError(f"model.{key} = {value!r} has no exact equivalent in a {family} checkpoint; {fix}.")
 
 
+# What a pre-norm RMSNorm decoder with RoPE and a SwiGLU MLP has: the hybrid families' export baseline.
+DECODER_FIELDS = {
+    "norm": "rms",
+    "norm_offset": 0.0,
+    "mlp": "swiglu",
+    "mlp_bias": False,
+    "qkv_bias": False,
+    "attn_out_bias": False,
+    "qk_norm": False,
+    "rotary_fraction": 1.0,
+    "embed_scale": 1.0,
+    "logit_softcap": 0.0,
+    "position": "rope",
+    "causal": True,
+    "norm_position": "pre",
+    "embed_norm": False,
+    "first_mixer_norm": True,
+    "mlm_head_transform": False,
+    "head_bias": False,
+}
+
+
+def require_decoder(m, family: str, layers: set[str], **fields) -> None:
+    """Refuse, naming the field, a ModelConfig ``m`` that is not ``DECODER_FIELDS`` with ``fields`` changed
+    (a value None: any), whose layers are not among ``layers`` (attention global only), or whose attention head
+    width is not d_model / n_heads (as transformers' hybrids derive it)."""
+    other = "export it as another family (--family) or retrain without it"
+    layers_ok = set(m.layers) <= layers and m.mixers.attention.window == 0
+    names = " and ".join(sorted(layers))
+    require_exportable(layers_ok, "layer_pattern", list(m.pattern), family, f"its layers are {names}, global only")
+    head_ok = m.attn_head_dim * m.n_heads == m.d_model
+    require_exportable(head_ok, "head_dim", m.head_dim, family, "it is d_model / n_heads there")
+    for key, value in {**DECODER_FIELDS, **fields}.items():
+        require_exportable(value is None or getattr(m, key) == value, key, getattr(m, key), family, other)
+
+
 def require_block_options(m, family: str, moe: bool = False, **fixed) -> None:
     """Refuse the block and attention options that ``family`` cannot express, naming the field.
 

@@ -32,6 +32,7 @@ from slm_jax.interop.hf_config import (
     read_mlp_activation,
     read_rope,
     require_block_options,
+    require_decoder,
     require_exportable,
     unsupported,
     write_rope,
@@ -169,13 +170,9 @@ def check_exportable(m, family: str) -> None:
     """Raise a ConfigError naming the first field of ModelConfig ``m`` that Granite 4.0-H cannot express."""
     del family
     other = "export it as another family (--family) or retrain without it"
-    layers_ok = set(m.layers) <= {"mamba2", "attention"} and m.mixers.attention.window == 0
-    require_exportable(
-        layers_ok, "layer_pattern", list(m.pattern), ARCHITECTURE, "its layers are mamba2 and global attention"
-    )
-    require_exportable(
-        m.attn_head_dim * m.n_heads == m.d_model, "head_dim", m.head_dim, ARCHITECTURE, "it is d_model / n_heads there"
-    )
+    free = {"qkv_bias": None, "attn_out_bias": None, "embed_scale": None, "position": None}
+    require_decoder(m, ARCHITECTURE, {"mamba2", "attention"}, **free)
+    require_exportable(m.position in ("rope", "none"), "position", m.position, ARCHITECTURE, other)
     require_exportable(
         m.qkv_bias == m.attn_out_bias, "attn_out_bias", m.attn_out_bias, ARCHITECTURE, "one flag sets both biases"
     )
@@ -186,24 +183,6 @@ def check_exportable(m, family: str) -> None:
         wanted = {"routing": "softmax", "normalize_top_k": True, "d_shared": m.ff_width, "shared_gate": False}
         for key, value in wanted.items():
             require_exportable(getattr(e, key) == value, f"moe.{key}", getattr(e, key), ARCHITECTURE, other)
-    fixed = {
-        "norm": "rms",
-        "norm_offset": 0.0,
-        "mlp": "swiglu",
-        "mlp_bias": False,
-        "qk_norm": False,
-        "rotary_fraction": 1.0,
-        "logit_softcap": 0.0,
-        "causal": True,
-        "norm_position": "pre",
-        "embed_norm": False,
-        "first_mixer_norm": True,
-        "mlm_head_transform": False,
-        "head_bias": False,
-    }
-    for key, value in fixed.items():
-        require_exportable(getattr(m, key) == value, key, getattr(m, key), ARCHITECTURE, other)
-    require_exportable(m.position in ("rope", "none"), "position", m.position, ARCHITECTURE, other)
     require_exportable(m.rope_scaling.kind == "none", "rope_scaling.kind", m.rope_scaling.kind, ARCHITECTURE, other)
     require_block_options(m, ARCHITECTURE, moe=True, attn_scale=None, residual_scale=None, logit_divisor=None)
 

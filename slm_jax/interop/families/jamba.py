@@ -32,6 +32,7 @@ from slm_jax.interop.hf_config import (
     compress_pattern,
     read_mlp_activation,
     require_block_options,
+    require_decoder,
     require_exportable,
     unsupported,
 )
@@ -153,48 +154,20 @@ def _every(layers: list[str], name: str) -> tuple[int, int] | None:
 def check_exportable(m, family: str) -> None:
     """Raise a ConfigError naming the first field of ModelConfig ``m`` that Jamba cannot express."""
     del family
-    other = "export it as another family (--family) or retrain without it"
-    layers_ok = set(m.layers) <= {"mamba", "attention"} and m.mixers.attention.window == 0
-    layers_ok = layers_ok and _every(list(m.layers), "attention") is not None
-    require_exportable(
-        layers_ok,
-        "layer_pattern",
-        list(m.pattern),
-        ARCHITECTURE,
-        "its layers are mamba with global attention every attn_layer_period layers",
-    )
+    require_decoder(m, ARCHITECTURE, {"mamba", "attention"}, position="none")
+    periodic = _every(list(m.layers), "attention") is not None
+    why = "attention comes every attn_layer_period layers there"
+    require_exportable(periodic, "layer_pattern", list(m.pattern), ARCHITECTURE, why)
     mc, e = m.mixers.mamba, m.moe
     require_exportable(mc.dt_bc_norms, "mixers.mamba.dt_bc_norms", mc.dt_bc_norms, ARCHITECTURE, "Jamba has them")
     require_exportable(mc.selective, "mixers.mamba.selective", mc.selective, ARCHITECTURE, "Jamba's Mamba is selective")
-    require_exportable(
-        m.attn_head_dim * m.n_heads == m.d_model, "head_dim", m.head_dim, ARCHITECTURE, "it is d_model / n_heads there"
-    )
     if e.n_experts:
+        other = "export it as another family (--family) or retrain without it"
         periodic = not e.layers and e.n_experts > 1
         require_exportable(periodic, "moe.layers", list(e.layers), ARCHITECTURE, "experts come every period layers")
         wanted = {"routing": ("softmax",), "normalize_top_k": (False,), "d_shared": (0,), "d_expert": (0, m.ff_width)}
         for key, values in wanted.items():
             require_exportable(getattr(e, key) in values, f"moe.{key}", getattr(e, key), ARCHITECTURE, other)
-    fixed = {
-        "norm": "rms",
-        "norm_offset": 0.0,
-        "mlp": "swiglu",
-        "mlp_bias": False,
-        "qkv_bias": False,
-        "attn_out_bias": False,
-        "qk_norm": False,
-        "position": "none",
-        "embed_scale": 1.0,
-        "logit_softcap": 0.0,
-        "causal": True,
-        "norm_position": "pre",
-        "embed_norm": False,
-        "first_mixer_norm": True,
-        "mlm_head_transform": False,
-        "head_bias": False,
-    }
-    for key, value in fixed.items():
-        require_exportable(getattr(m, key) == value, key, getattr(m, key), ARCHITECTURE, other)
     require_block_options(m, ARCHITECTURE, moe=True)
 
 
