@@ -293,6 +293,9 @@ def require_exportable(ok: bool, key: str, value: Any, family: str, fix: str) ->
         raise ConfigError(f"model.{key} = {value!r} has no exact equivalent in a {family} checkpoint; {fix}.")
 
 
+# The config.json fields every hybrid export ends with: float32 weights, no special token ids of ours.
+EXPORT_TAIL = {"dtype": "float32", "bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
+
 # What a pre-norm RMSNorm decoder with RoPE and a SwiGLU MLP has: the hybrid families' export baseline.
 DECODER_FIELDS = {
     "norm": "rms",

@@ -78,6 +78,22 @@ def head_from_hf(t: Tensors, tied: bool, embedding: np.ndarray, name: str = "lm_
     return {}
 
 
+def linear_from_hf(t: Tensors, name: str, shape: tuple[int, int], bias: bool) -> dict:
+    """``{"kernel" [in, out], "bias"?}`` of our Linear from the torch Linear ``name`` of weight ``shape`` [out, in]."""
+    out = {"kernel": linear_in(t.take(name + ".weight", shape))}
+    if bias:
+        out["bias"] = t.take(name + ".bias", (shape[0],))
+    return out
+
+
+def ends_to_hf(p: dict, tied: bool, embedding: str, final_norm: str) -> dict[str, np.ndarray]:
+    """The embedding table, final norm and (untied) ``lm_head`` of our parameters ``p`` under the HF names given."""
+    out = {embedding: f32(p["embed"]["embedding"]), final_norm: f32(p["final_norm"]["scale"])}
+    if not tied:
+        out["lm_head.weight"] = linear_out(p["head"]["kernel"])
+    return out
+
+
 def linear_in(weight: np.ndarray) -> np.ndarray:
     """torch Linear weight [out, in] -> our kernel [in, out]."""
     return np.ascontiguousarray(weight.T)

@@ -18,6 +18,7 @@ from slm_jax.modules.moe import MoE, balance_loss, moe_reference, route
 from slm_jax.quant.params import linear_paths, quantize_params
 from slm_jax.training.sharding import MESH_AXES, logical_to_spec, param_axes
 from slm_jax.training.step import make_loss_fn
+from tests.models.test_model_options import _decode
 
 D, F = 16, 24
 MOES = {
@@ -96,17 +97,6 @@ def _cfg(**model):
 
 def _tokens(b=2, t=11):
     return jax.random.randint(jax.random.key(0), (b, t), 0, MODEL["vocab_size"])
-
-
-def _decode(model, params, toks, split):
-    b, t = toks.shape
-    pos = jnp.broadcast_to(jnp.arange(t), (b, t))
-    out, cache = model.apply(params, toks[:, :split], pos[:, :split], model.init_cache(b, t))
-    outs = [out]
-    for i in range(split, t):
-        out, cache = model.apply(params, toks[:, i : i + 1], pos[:, i : i + 1], cache)
-        outs.append(out)
-    return jnp.concatenate(outs, axis=1)
 
 
 def test_moe_model_decodes_like_the_full_sequence_and_scans():

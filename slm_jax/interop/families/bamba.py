@@ -23,6 +23,7 @@ import numpy as np
 
 from slm_jax.interop.families.mamba import mamba2_from_hf, mamba2_to_hf
 from slm_jax.interop.hf_config import (
+    EXPORT_TAIL,
     HFConfig,
     compress_pattern,
     read_mlp_activation,
@@ -33,7 +34,7 @@ from slm_jax.interop.hf_config import (
     unsupported,
     write_rope,
 )
-from slm_jax.interop.hf_weights import Tensors, f32, head_from_hf, linear_in, linear_out
+from slm_jax.interop.hf_weights import Tensors, ends_to_hf, f32, head_from_hf, linear_from_hf, linear_out
 
 ARCHITECTURE = "BambaForCausalLM"
 
@@ -46,20 +47,6 @@ def config_from_hf(c: HFConfig) -> dict:
         raise unsupported(c, "hidden_size", d, f"it must be divisible by num_attention_heads ({h})")
     attn = set(c.get("attn_layer_indices", None) or ())
     layers = ["attention" if i in attn else "mamba2" for i in range(n_layers)]
-    expand = c.get("mamba_expand", 2)
-    if int(expand) != expand:
-        raise unsupported(c, "mamba_expand", expand, "slm_jax needs an integer expansion")
-    heads = int(c.get("mamba_n_heads", 128))
-    head_dim = c.get("mamba_d_head", "auto")
-    head_dim = int(expand) * d // heads if head_dim == "auto" else int(head_dim)
-    if heads * head_dim != int(expand) * d:
-        why = f"mamba_n_heads * mamba_d_head must equal mamba_expand * hidden_size = {int(expand) * d}"
-        raise unsupported(c, "mamba_n_heads", heads, why)
-    c.expect("mamba_proj_bias", (False,), False, "in_proj/out_proj biases of the Mamba-2 mixer are not implemented")
-    c.get("mamba_conv_bias", True)  # False: imported as a zero conv bias (exact)
-    limit = c.get("time_step_limit", (0.0, float("inf")))
-    if list(limit) != [0.0, float("inf")]:
-        raise unsupported(c, "time_step_limit", list(limit), "clamping dt is not implemented; only (0, inf) is")
     c.ignore("z_loss_coefficient", "attention_dropout", "num_logits_to_keep")  # training / generation only
     rope = read_rope(c, default_fraction=0.5)
     if rope["rope_scaling"]["kind"] != "none":
@@ -81,35 +68,62 @@ def config_from_hf(c: HFConfig) -> dict:
         "attn_out_bias": bias,
         "norm_eps": float(c.get("rms_norm_eps", 1e-5)),
         "tie_embeddings": bool(c.get("tie_word_embeddings", False)),
-        "mixers": {
-            "mamba2": {
-                "d_state": int(c.get("mamba_d_state", 256)),
-                "expand": int(expand),
-                "head_dim": head_dim,
-                "n_groups": int(c.get("mamba_n_groups", 1)),
-                "conv_width": int(c.get("mamba_d_conv", 4)),
-                "chunk_size": int(c.get("mamba_chunk_size", 256)),
-            }
-        },
+        "mixers": {"mamba2": mamba2_from_fields(c, d)},
         **rope,
     }
 
 
-def _linear(t: Tensors, name: str, shape: tuple[int, int], bias: bool) -> dict:
-    out = {"kernel": linear_in(t.take(name + ".weight", shape))}
-    if bias:
-        out["bias"] = t.take(name + ".bias", (shape[0],))
-    return out
+def mamba2_from_fields(c: HFConfig, d: int) -> dict:
+    """Our ``mixers.mamba2`` options from the ``mamba_*`` fields of a Bamba / Granite 4.0-H ``config.json``
+    (``d``: hidden_size), refusing what the mixer cannot express."""
+    expand = c.get("mamba_expand", 2)
+    if int(expand) != expand:
+        raise unsupported(c, "mamba_expand", expand, "slm_jax needs an integer expansion")
+    heads, width = int(c.get("mamba_n_heads", 128)), int(expand) * d
+    head_dim = c.get("mamba_d_head", "auto")
+    head_dim = width // heads if head_dim == "auto" else int(head_dim)
+    if heads * head_dim != width:
+        why = f"mamba_n_heads * mamba_d_head must equal mamba_expand * hidden_size = {width}"
+        raise unsupported(c, "mamba_n_heads", heads, why)
+    c.expect("mamba_proj_bias", (False,), False, "in_proj/out_proj biases of the Mamba-2 mixer are not implemented")
+    c.get("mamba_conv_bias", True)  # False: imported as a zero conv bias (exact)
+    limit = c.get("time_step_limit", (0.0, float("inf")))
+    if list(limit) != [0.0, float("inf")]:
+        raise unsupported(c, "time_step_limit", list(limit), "clamping dt is not implemented; only (0, inf) is")
+    return {
+        "d_state": int(c.get("mamba_d_state", 256)),
+        "expand": int(expand),
+        "head_dim": head_dim,
+        "n_groups": int(c.get("mamba_n_groups", 1)),
+        "conv_width": int(c.get("mamba_d_conv", 4)),
+        "chunk_size": int(c.get("mamba_chunk_size", 256)),
+    }
+
+
+def mamba2_to_fields(m) -> dict:
+    """The ``mamba_*`` fields of a Bamba / Granite 4.0-H ``config.json`` for ModelConfig ``m``."""
+    mc = m.mixers.mamba2
+    return {
+        "mamba_n_heads": mc.expand * m.d_model // mc.head_dim,
+        "mamba_d_head": mc.head_dim,
+        "mamba_n_groups": mc.n_groups,
+        "mamba_d_state": mc.d_state,
+        "mamba_d_conv": mc.conv_width,
+        "mamba_expand": mc.expand,
+        "mamba_chunk_size": mc.chunk_size,
+        "mamba_conv_bias": True,
+        "mamba_proj_bias": False,
+    }
 
 
 def attention_from_hf(t: Tensors, m, a: str) -> dict:
     """Our ``attention`` mixer's parameters from ``a`` + ``{q,k,v,o}_proj`` (Llama's names; also Granite's)."""
     d, h, k, e = m.d_model, m.n_heads, m.kv_heads, m.attn_head_dim
     shapes = {"q": (h * e, d), "k": (k * e, d), "v": (k * e, d)}
-    qkv = {n: _linear(t, f"{a}{n}_proj", s, m.qkv_bias) for n, s in shapes.items()}
+    qkv = {n: linear_from_hf(t, f"{a}{n}_proj", s, m.qkv_bias) for n, s in shapes.items()}
     return {
         "qkv": {key: np.concatenate([qkv[n][key] for n in "qkv"], axis=-1) for key in qkv["q"]},
-        "o": _linear(t, a + "o_proj", (d, h * e), m.attn_out_bias),
+        "o": linear_from_hf(t, a + "o_proj", (d, h * e), m.attn_out_bias),
     }
 
 
@@ -141,7 +155,10 @@ def params_from_hf(t: Tensors, m, raw: dict) -> dict:
         else:
             mixer = attention_from_hf(t, m, pre + "self_attn.")
         ff = pre + "feed_forward."
-        gate, up = _linear(t, ff + "gate_proj", (f, d), m.mlp_bias), _linear(t, ff + "up_proj", (f, d), m.mlp_bias)
+        gate, up = (
+            linear_from_hf(t, ff + "gate_proj", (f, d), m.mlp_bias),
+            linear_from_hf(t, ff + "up_proj", (f, d), m.mlp_bias),
+        )
         gate_up = {"kernel": np.concatenate([gate["kernel"], up["kernel"]], axis=1)}
         if m.mlp_bias:
             gate_up["bias"] = np.concatenate([gate["bias"], up["bias"]])
@@ -149,7 +166,7 @@ def params_from_hf(t: Tensors, m, raw: dict) -> dict:
             "mixer_norm": {"scale": t.take(pre + "input_layernorm.weight", (d,))},
             "mixer": mixer,
             "mlp_norm": {"scale": t.take(pre + "pre_ff_layernorm.weight", (d,))},
-            "mlp": {"gate_up": gate_up, "down": _linear(t, ff + "down_proj", (d, f), m.mlp_bias)},
+            "mlp": {"gate_up": gate_up, "down": linear_from_hf(t, ff + "down_proj", (d, f), m.mlp_bias)},
         }
     p["final_norm"] = {"scale": t.take("model.final_layernorm.weight", (d,))}
     p.update(head_from_hf(t, m.tie_embeddings, p["embed"]["embedding"]))
@@ -175,7 +192,6 @@ def check_exportable(m, family: str) -> None:
 def config_to_hf(m, family: str) -> dict:
     """The ``config.json`` mapping for ModelConfig ``m`` (after ``check_exportable``)."""
     del family
-    mc = m.mixers.mamba2
     rope = {k: v for k, v in write_rope(m).items() if k != "partial_rotary_factor"}  # transformers fixes it at 0.5
     return {
         "architectures": [ARCHITECTURE],
@@ -190,22 +206,11 @@ def config_to_hf(m, family: str) -> dict:
         "hidden_act": "silu",
         "attention_bias": m.qkv_bias,
         "mlp_bias": m.mlp_bias,
-        "mamba_n_heads": mc.expand * m.d_model // mc.head_dim,
-        "mamba_d_head": mc.head_dim,
-        "mamba_n_groups": mc.n_groups,
-        "mamba_d_state": mc.d_state,
-        "mamba_d_conv": mc.conv_width,
-        "mamba_expand": mc.expand,
-        "mamba_chunk_size": mc.chunk_size,
-        "mamba_conv_bias": True,
-        "mamba_proj_bias": False,
+        **mamba2_to_fields(m),
         "rms_norm_eps": m.norm_eps,
         "tie_word_embeddings": m.tie_embeddings,
         "rope_parameters": rope,
-        "dtype": "float32",
-        "bos_token_id": None,
-        "eos_token_id": None,
-        "pad_token_id": None,
+        **EXPORT_TAIL,
     }
 
 
@@ -213,10 +218,7 @@ def params_to_hf(params: dict, m, family: str) -> dict[str, np.ndarray]:
     """HF tensor name -> float32 array for our per-layer ``params``; biases we lack are written as exact zeros."""
     del family
     p = params["params"]
-    out = {
-        "model.embed_tokens.weight": f32(p["embed"]["embedding"]),
-        "model.final_layernorm.weight": f32(p["final_norm"]["scale"]),
-    }
+    out = ends_to_hf(p, m.tie_embeddings, "model.embed_tokens.weight", "model.final_layernorm.weight")
     for i, name in enumerate(m.layers):
         layer, pre = p[f"layers_{i}"], f"model.layers.{i}."
         mixer, mlp = layer["mixer"], layer["mlp"]
@@ -233,6 +235,4 @@ def params_to_hf(params: dict, m, family: str) -> dict[str, np.ndarray]:
             out[ff + "down_proj.bias"] = f32(mlp["down"]["bias"])
         out[pre + "input_layernorm.weight"] = f32(layer["mixer_norm"]["scale"])
         out[pre + "pre_ff_layernorm.weight"] = f32(layer["mlp_norm"]["scale"])
-    if not m.tie_embeddings:
-        out["lm_head.weight"] = linear_out(p["head"]["kernel"])
     return out

@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from slm_jax.interop.families.bamba import attention_from_hf, attention_to_hf
+from slm_jax.interop.families.bamba import attention_from_hf, attention_to_hf, mamba2_from_fields, mamba2_to_fields
 from slm_jax.interop.families.mamba import mamba2_from_hf, mamba2_to_hf
 from slm_jax.interop.hf_config import (
+    EXPORT_TAIL,
     HFConfig,
     compress_pattern,
     read_mlp_activation,
@@ -37,7 +38,7 @@ from slm_jax.interop.hf_config import (
     unsupported,
     write_rope,
 )
-from slm_jax.interop.hf_weights import Tensors, f32, head_from_hf, linear_in, linear_out
+from slm_jax.interop.hf_weights import Tensors, ends_to_hf, f32, head_from_hf, linear_in, linear_out
 
 ARCHITECTURE = "GraniteMoeHybridForCausalLM"
 _LAYER_TYPES = {
@@ -57,17 +58,6 @@ def config_from_hf(c: HFConfig) -> dict:
     types = c.get("layer_types", None) or ["mamba"] * n_layers
     if len(types) != n_layers or any(t not in _LAYER_TYPES for t in types):
         raise unsupported(c, "layer_types", types, f"it needs {n_layers} entries, each mamba or attention")
-    expand, heads = int(c.get("mamba_expand", 2)), int(c.get("mamba_n_heads", 128))
-    head_dim = c.get("mamba_d_head", "auto")
-    head_dim = expand * d // heads if head_dim == "auto" else int(head_dim)
-    if heads * head_dim != expand * d:
-        why = f"mamba_n_heads * mamba_d_head must equal mamba_expand * hidden_size = {expand * d}"
-        raise unsupported(c, "mamba_n_heads", heads, why)
-    c.expect("mamba_proj_bias", (False,), False, "in_proj/out_proj biases of the Mamba-2 mixer are not implemented")
-    c.get("mamba_conv_bias", True)  # False: imported as a zero conv bias (exact)
-    limit = c.get("time_step_limit", (0.0, float("inf")))
-    if list(limit) != [0.0, float("inf")]:
-        raise unsupported(c, "time_step_limit", list(limit), "clamping dt is not implemented; only (0, inf) is")
     c.ignore("attention_dropout", "output_router_logits", "num_logits_to_keep")  # training / generation only
     position = c.expect("position_embedding_type", (None, "nope", "rope"), None)
     rope = read_rope(c)
@@ -95,16 +85,7 @@ def config_from_hf(c: HFConfig) -> dict:
         "logit_divisor": float(c.get("logits_scaling", 1.0)),
         "norm_eps": float(c.get("rms_norm_eps", 1e-6)),
         "tie_embeddings": bool(c.get("tie_word_embeddings", False)),
-        "mixers": {
-            "mamba2": {
-                "d_state": int(c.get("mamba_d_state", 256)),
-                "expand": expand,
-                "head_dim": head_dim,
-                "n_groups": int(c.get("mamba_n_groups", 1)),
-                "conv_width": int(c.get("mamba_d_conv", 4)),
-                "chunk_size": int(c.get("mamba_chunk_size", 256)),
-            }
-        },
+        "mixers": {"mamba2": mamba2_from_fields(c, d)},
         **rope,
     }
     top_k, coef = int(c.get("num_experts_per_tok", 2)), float(c.get("router_aux_loss_coef", 0.001))
@@ -190,7 +171,7 @@ def check_exportable(m, family: str) -> None:
 def config_to_hf(m, family: str) -> dict:
     """The ``config.json`` mapping for ModelConfig ``m`` (after ``check_exportable``)."""
     del family
-    mc, e = m.mixers.mamba2, m.moe
+    e = m.moe
     return {
         "architectures": [ARCHITECTURE],
         "model_type": "granitemoehybrid",
@@ -212,22 +193,11 @@ def config_to_hf(m, family: str) -> dict:
         "attention_multiplier": m.attn_scale or m.attn_head_dim**-0.5,
         "residual_multiplier": m.residual_scale,
         "logits_scaling": m.logit_divisor,
-        "mamba_n_heads": mc.expand * m.d_model // mc.head_dim,
-        "mamba_d_head": mc.head_dim,
-        "mamba_n_groups": mc.n_groups,
-        "mamba_d_state": mc.d_state,
-        "mamba_d_conv": mc.conv_width,
-        "mamba_expand": mc.expand,
-        "mamba_chunk_size": mc.chunk_size,
-        "mamba_conv_bias": True,
-        "mamba_proj_bias": False,
+        **mamba2_to_fields(m),
         "rms_norm_eps": m.norm_eps,
         "tie_word_embeddings": m.tie_embeddings,
         "rope_parameters": write_rope(m),
-        "dtype": "float32",
-        "bos_token_id": None,
-        "eos_token_id": None,
-        "pad_token_id": None,
+        **EXPORT_TAIL,
     }
 
 
@@ -235,10 +205,7 @@ def params_to_hf(params: dict, m, family: str) -> dict[str, np.ndarray]:
     """HF tensor name -> float32 array for our per-layer ``params``."""
     del family
     p = params["params"]
-    out = {
-        "model.embed_tokens.weight": f32(p["embed"]["embedding"]),
-        "model.norm.weight": f32(p["final_norm"]["scale"]),
-    }
+    out = ends_to_hf(p, m.tie_embeddings, "model.embed_tokens.weight", "model.norm.weight")
     for i, name in enumerate(m.layers):
         layer, pre = p[f"layers_{i}"], f"model.layers.{i}."
         if name == "mamba2":
@@ -255,6 +222,4 @@ def params_to_hf(params: dict, m, family: str) -> dict[str, np.ndarray]:
             out[moe + "output_linear.weight"] = f32(np.swapaxes(layer["moe"]["down"]["kernel"], 1, 2))
         out[pre + "input_layernorm.weight"] = f32(layer["mixer_norm"]["scale"])
         out[pre + "post_attention_layernorm.weight"] = f32(layer["mlp_norm"]["scale"])
-    if not m.tie_embeddings:
-        out["lm_head.weight"] = linear_out(p["head"]["kernel"])
     return out

@@ -28,6 +28,7 @@ import numpy as np
 from slm_jax.interop.families.bamba import attention_from_hf, attention_to_hf
 from slm_jax.interop.families.mamba import mamba_from_hf, mamba_to_hf
 from slm_jax.interop.hf_config import (
+    EXPORT_TAIL,
     HFConfig,
     compress_pattern,
     read_mlp_activation,
@@ -36,7 +37,7 @@ from slm_jax.interop.hf_config import (
     require_exportable,
     unsupported,
 )
-from slm_jax.interop.hf_weights import Tensors, f32, head_from_hf, linear_in, linear_out
+from slm_jax.interop.hf_weights import Tensors, ends_to_hf, f32, head_from_hf, linear_in, linear_out
 
 ARCHITECTURE = "JambaForCausalLM"
 
@@ -201,10 +202,7 @@ def config_to_hf(m, family: str) -> dict:
         "mamba_proj_bias": False,
         "rms_norm_eps": m.norm_eps,
         "tie_word_embeddings": m.tie_embeddings,
-        "dtype": "float32",
-        "bos_token_id": None,
-        "eos_token_id": None,
-        "pad_token_id": None,
+        **EXPORT_TAIL,
     }
 
 
@@ -212,10 +210,7 @@ def params_to_hf(params: dict, m, family: str) -> dict[str, np.ndarray]:
     """HF tensor name -> float32 array for our per-layer ``params``."""
     del family
     p = params["params"]
-    out = {
-        "model.embed_tokens.weight": f32(p["embed"]["embedding"]),
-        "model.final_layernorm.weight": f32(p["final_norm"]["scale"]),
-    }
+    out = ends_to_hf(p, m.tie_embeddings, "model.embed_tokens.weight", "model.final_layernorm.weight")
     for i, name in enumerate(m.layers):
         layer, pre = p[f"layers_{i}"], f"model.layers.{i}."
         if name == "mamba":
@@ -236,6 +231,4 @@ def params_to_hf(params: dict, m, family: str) -> dict[str, np.ndarray]:
             out[ff + "down_proj.weight"] = linear_out(layer["mlp"]["down"]["kernel"])
         out[pre + "input_layernorm.weight"] = f32(layer["mixer_norm"]["scale"])
         out[pre + "pre_ff_layernorm.weight"] = f32(layer["mlp_norm"]["scale"])
-    if not m.tie_embeddings:
-        out["lm_head.weight"] = linear_out(p["head"]["kernel"])
     return out

@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from slm_jax.interop.hf_config import (
+    EXPORT_TAIL,
     HFConfig,
     compress_pattern,
     read_rope,
@@ -33,7 +34,17 @@ from slm_jax.interop.hf_config import (
     unsupported,
     write_rope,
 )
-from slm_jax.interop.hf_weights import Tensors, conv_in, conv_out, f32, head_from_hf, linear_in, linear_out
+from slm_jax.interop.hf_weights import (
+    Tensors,
+    conv_in,
+    conv_out,
+    ends_to_hf,
+    f32,
+    head_from_hf,
+    linear_from_hf,
+    linear_in,
+    linear_out,
+)
 
 ARCHITECTURE = "Lfm2ForCausalLM"
 _LAYER_TYPES = {"conv": "short_conv", "full_attention": "attention"}
@@ -91,13 +102,6 @@ def config_from_hf(c: HFConfig) -> dict:
     }
 
 
-def _linear(t: Tensors, name: str, shape: tuple[int, int], bias: bool) -> dict:
-    out = {"kernel": linear_in(t.take(name + ".weight", shape))}
-    if bias:
-        out["bias"] = t.take(name + ".bias", (shape[0],))
-    return out
-
-
 def params_from_hf(t: Tensors, m, raw: dict) -> dict:
     """Our parameter tree ``{"params": ...}`` from an LFM2 checkpoint."""
     del raw
@@ -109,9 +113,9 @@ def params_from_hf(t: Tensors, m, raw: dict) -> dict:
         if name == "short_conv":
             c = pre + "conv."
             mixer = {
-                "in_proj": _linear(t, c + "in_proj", (3 * d, d), bias),
+                "in_proj": linear_from_hf(t, c + "in_proj", (3 * d, d), bias),
                 "conv_kernel": conv_in(t.take(c + "conv.weight", (d, 1, width))),
-                "out_proj": _linear(t, c + "out_proj", (d, d), bias),
+                "out_proj": linear_from_hf(t, c + "out_proj", (d, d), bias),
             }
             if bias:
                 mixer["conv_bias"] = t.take(c + "conv.bias", (d,))
@@ -172,10 +176,7 @@ def config_to_hf(m, family: str) -> dict:
         "norm_eps": m.norm_eps,
         "tie_word_embeddings": m.tie_embeddings,
         "rope_parameters": write_rope(m),
-        "dtype": "float32",
-        "bos_token_id": None,
-        "eos_token_id": None,
-        "pad_token_id": None,
+        **EXPORT_TAIL,
     }
 
 
@@ -184,10 +185,7 @@ def params_to_hf(params: dict, m, family: str) -> dict[str, np.ndarray]:
     del family
     p, h, k, e = params["params"], m.n_heads, m.kv_heads, m.attn_head_dim
     bias = m.mixers.short_conv.bias
-    out = {
-        "model.embed_tokens.weight": f32(p["embed"]["embedding"]),
-        "model.embedding_norm.weight": f32(p["final_norm"]["scale"]),
-    }
+    out = ends_to_hf(p, m.tie_embeddings, "model.embed_tokens.weight", "model.embedding_norm.weight")
     for i, name in enumerate(m.layers):
         layer, pre = p[f"layers_{i}"], f"model.layers.{i}."
         mixer = layer["mixer"]
@@ -211,6 +209,4 @@ def params_to_hf(params: dict, m, family: str) -> dict[str, np.ndarray]:
         out[pre + "feed_forward.w2.weight"] = linear_out(layer["mlp"]["down"]["kernel"])
         out[pre + "operator_norm.weight"] = f32(layer["mixer_norm"]["scale"])
         out[pre + "ffn_norm.weight"] = f32(layer["mlp_norm"]["scale"])
-    if not m.tie_embeddings:
-        out["lm_head.weight"] = linear_out(p["head"]["kernel"])
     return out
