@@ -92,6 +92,7 @@ class ModelConfig:
     rope_scaling: RopeScalingConfig = field(default_factory=RopeScalingConfig)
     qk_norm: bool = False  # RMSNorm over the head width of queries and keys before RoPE (Qwen3)
     qkv_bias: bool = False  # biases on the query/key/value projection (Qwen2)
+    attn_output_gate: bool = False  # attention output times sigmoid(x W_g) per head channel (Qwen3-Next, Qwen3.5)
     attn_out_bias: bool = False  # bias on the attention output projection
     mlp_bias: bool = False  # biases on the MLP projections
     embed_scale: float = 1.0  # input embeddings are multiplied by this (Gemma: sqrt(d_model))

@@ -7,6 +7,9 @@ the absolute position it holds, and the mask is computed from positions (ops/att
 Packed rows (``segment_ids``, parallel path) also mask keys of other documents; positions restart per document.
 Gemma 2's options (Gemma Team 2024, arXiv:2408.00118): a score scale other than 1 / sqrt(e)
 (``query_pre_attn_scalar``) and soft-capped scores, cap * tanh(scores / cap), before the softmax.
+Gated attention (Qiu et al. 2025, arXiv:2505.06708; Qwen3-Next, Qwen3.5): ``output_gate`` multiplies each
+head's output by sigmoid(x W_g) channel by channel before the output projection; W_g is the last h e columns
+of the fused projection, [q | k | v | gate].
 """
 
 from dataclasses import dataclass
@@ -73,6 +76,7 @@ class Attention(nn.Module):
     qk_norm: bool = False  # RMSNorm of each query/key head before RoPE (Qwen3)
     qkv_bias: bool = False
     out_bias: bool = False
+    output_gate: bool = False  # out * sigmoid(gate) per head channel; the gate is qkv's last h e columns
     norm_eps: float = 1e-5  # of the qk norms
     norm_offset: float = 0.0  # of the qk norms: 1 -> (1 + w)
     scale: float = 0.0  # multiplier of q.k; 0 -> 1 / sqrt(head_dim)
@@ -102,6 +106,7 @@ class Attention(nn.Module):
             qk_norm=cfg.qk_norm,
             qkv_bias=cfg.qkv_bias,
             out_bias=cfg.attn_out_bias,
+            output_gate=cfg.attn_output_gate,
             norm_eps=cfg.norm_eps,
             norm_offset=cfg.norm_offset,
             scale=cfg.attn_scale,
@@ -131,7 +136,8 @@ class Attention(nn.Module):
             f, use_bias=bias, dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=init, name=name
         )
         # One fused projection: a single wider matmul is faster than three narrow ones on CPU.
-        q, key, value = jnp.split(dense((h + 2 * k) * e, "qkv", self.qkv_bias)(x), [h * e, (h + k) * e], axis=-1)
+        qkv = dense(self.qkv_width, "qkv", self.qkv_bias)(x)
+        q, key, value, gate = jnp.split(qkv, [h * e, (h + k) * e, (h + 2 * k) * e], axis=-1)
         q, key = q.reshape(b, t, h, e), key.reshape(b, t, k, e)
         if self.qk_norm:
             norm = lambda name: RMSNorm(
@@ -164,8 +170,16 @@ class Attention(nn.Module):
             k_pos = jnp.concatenate([cache["pos"], positions], axis=1)  # [b, L + t]
             out = attend(q, keys.astype(self.dtype), values.astype(self.dtype), positions, k_pos, self.window, **scores)
             cache = _write_slots(cache, key, value, positions)
-        y = dense(self.width, "o", self.out_bias, scaled_init(self.init_std, self.n_layers))(out.reshape(b, t, h * e))
+        out = out.reshape(b, t, h * e)
+        if self.output_gate:
+            out = out * jax.nn.sigmoid(gate)
+        y = dense(self.width, "o", self.out_bias, scaled_init(self.init_std, self.n_layers))(out)
         return y, cache
+
+    @property
+    def qkv_width(self) -> int:
+        """Columns of the fused projection: h e queries, 2 k e keys and values, h e gates when gated."""
+        return ((1 + self.output_gate) * self.num_heads + 2 * self.num_kv_heads) * self.head_dim
 
     def cache_len(self, max_len: int) -> int:
         return min(max_len, self.window) if self.window else max_len
@@ -176,19 +190,20 @@ class Attention(nn.Module):
         return {"k": kv, "v": kv, "pos": jnp.full((batch, n), -1, jnp.int32), "end": jnp.zeros((), jnp.int32)}
 
     def num_params(self) -> int:
-        e, h, k, d = self.head_dim, self.num_heads, self.num_kv_heads, self.width
-        qkv = linear_params(d, (h + 2 * k) * e, bias=self.qkv_bias)
+        e, h, d = self.head_dim, self.num_heads, self.width
+        qkv = linear_params(d, self.qkv_width, bias=self.qkv_bias)
         return qkv + linear_params(h * e, d, bias=self.out_bias) + (2 * e if self.qk_norm else 0)
 
     def flops_per_token(self, seq_len: int) -> float:
-        """Forward FLOPs per token: projections plus scores and weighted sum over the causal context."""
+        """Forward FLOPs per token: projections plus scores and weighted sum over the causal context
+        (and, gated, about 5 per gated channel: the sigmoid and the product)."""
         context = min(seq_len, self.window or seq_len)
         mean_context = (context + 1) / 2 if context == seq_len else context  # causal average
         if not self.causal:  # every key, or a symmetric window of 2 * window - 1
             mean_context = min(seq_len, 2 * self.window - 1) if self.window else seq_len
-        e, h, k, d = self.head_dim, self.num_heads, self.num_kv_heads, self.width
-        weights = linear_params(d, (h + 2 * k) * e) + linear_params(h * e, d)
-        return 2 * weights + 4 * h * e * mean_context
+        e, h, d = self.head_dim, self.num_heads, self.width
+        weights = linear_params(d, self.qkv_width) + linear_params(h * e, d)
+        return 2 * weights + 4 * h * e * mean_context + 5 * h * e * self.output_gate  # sigmoid ~4, product 1
 
     def reference(self, variables: PyTree, x: Array, positions: Array) -> tuple[Array, PyTree]:
         """Softmax attention written out per query (Vaswani et al. 2017), with GQA, the window, scale and cap.
@@ -199,7 +214,7 @@ class Attention(nn.Module):
         b, t, _ = x.shape
         h, k, e = self.num_heads, self.num_kv_heads, self.head_dim
         qkv = x @ p["qkv"]["kernel"] + (p["qkv"]["bias"] if self.qkv_bias else 0.0)
-        q, key, value = qkv[..., : h * e], qkv[..., h * e : (h + k) * e], qkv[..., (h + k) * e :]
+        q, key, value = qkv[..., : h * e], qkv[..., h * e : (h + k) * e], qkv[..., (h + k) * e : (h + 2 * k) * e]
         q, key, value = q.reshape(b, t, h, e), key.reshape(b, t, k, e), value.reshape(b, t, k, e)
         if self.qk_norm:
             rms = lambda a, s: a / jnp.sqrt(jnp.mean(a * a, -1, keepdims=True) + self.norm_eps) * (self.norm_offset + s)
@@ -216,7 +231,10 @@ class Attention(nn.Module):
             if self.softcap:
                 scores = self.softcap * jnp.tanh(scores / self.softcap)
             outs.append(jnp.einsum("bhj,bjhe->bhe", jax.nn.softmax(scores, axis=-1), value_h[:, lo:hi]))
-        y = jnp.stack(outs, axis=1).reshape(b, t, h * e) @ p["o"]["kernel"] + (p["o"]["bias"] if self.out_bias else 0.0)
+        out = jnp.stack(outs, axis=1).reshape(b, t, h * e)
+        if self.output_gate:
+            out = out / (1 + jnp.exp(-qkv[..., (h + 2 * k) * e :]))
+        y = out @ p["o"]["kernel"] + (p["o"]["bias"] if self.out_bias else 0.0)
         # The cache after t tokens: slot s holds the newest position p < t with p = s (mod slots).
         n = self.cache_len(t)
         held = np.array([s + n * ((t - 1 - s) // n) for s in range(n)])

@@ -1,5 +1,5 @@
 """Block and attention options of imported families: attention score scale and soft cap (Gemma 2),
-post-branch norms (Gemma 2's sandwich), parallel residual (GPT-NeoX).
+post-branch norms (Gemma 2's sandwich), parallel residual (GPT-NeoX), gated attention output (Qwen3-Next).
 
 Each option must (1) keep full-sequence logits equal to prefill + one-token decode logits, (2) change
 the output (so these tests can fail), and (3) compute what its docstring says, checked against a
@@ -37,6 +37,14 @@ OPTIONS = {
     "parallel_residual": {"parallel_residual": True},
     "residual_scale": {"residual_scale": 0.4},
     "logit_divisor": {"logit_divisor": 3.0},
+    "attn_output_gate": {"attn_output_gate": True},
+    "qwen3_next_like": {
+        "attn_output_gate": True,
+        "qk_norm": True,
+        "norm_offset": 1.0,
+        "rotary_fraction": 0.25,
+        "layer_pattern": ["attention"],
+    },
     "gemma2_like": {
         "attn_softcap": 0.05,
         "attn_scale": 0.3,
@@ -111,14 +119,45 @@ def test_options_through_scanned_layers():
     np.testing.assert_allclose(_decode(CausalLM(scan_cfg), stacked, toks, 4), ref, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["attn_softcap", "attn_scale", "parallel_residual", "residual_scale"])
+@pytest.mark.parametrize(
+    "name", ["attn_softcap", "attn_scale", "parallel_residual", "residual_scale", "attn_output_gate"]
+)
 def test_each_option_changes_the_logits(name):
     """Same parameters with and without the option: the logits must move well beyond float noise."""
     toks = _tokens()
     plain, option = CausalLM(_cfg()), CausalLM(_cfg(**OPTIONS[name]))
-    params = _perturbed_params(plain, toks)
-    diff = np.abs(np.asarray(option.apply(params, toks)[0] - plain.apply(params, toks)[0])).max()
+    params = _perturbed_params(option, toks)  # a gated projection has more columns than the plain one
+    plain_params = _without_gates(params, _cfg())  # the same weights, without the gate columns
+    diff = np.abs(np.asarray(option.apply(params, toks)[0] - plain.apply(plain_params, toks)[0])).max()
     assert diff > 1e-2, f"{name} changed the logits by only {diff}"
+
+
+def _without_gates(params, cfg):
+    """A gated model's parameters with each fused attention projection cut to the plain model's columns."""
+    e, h, k = cfg.attn_head_dim, cfg.n_heads, cfg.kv_heads
+
+    def cut(path, a):
+        inside = any(getattr(key, "key", None) == "qkv" for key in path)
+        return a[..., : (h + 2 * k) * e] if inside else a
+
+    return jax.tree_util.tree_map_with_path(cut, params)
+
+
+def test_output_gate_multiplies_each_channel():
+    """out * sigmoid(gate): zero gate weights make every gate sigmoid(0) = 1/2, so the gated mixer with its
+    output projection doubled equals the plain mixer with the same q, k, v and o weights."""
+    cfg, plain_cfg = _cfg(attn_output_gate=True), _cfg()
+    gated, plain = build_mixer(cfg, "attention"), build_mixer(plain_cfg, "attention")
+    x = jax.random.normal(jax.random.key(3), (2, 7, cfg.d_model))
+    pos = jnp.broadcast_to(jnp.arange(7), (2, 7))
+    v = _perturbed(gated.init(jax.random.key(4), x, pos), seed=5)
+    width = (cfg.n_heads + 2 * cfg.kv_heads) * cfg.attn_head_dim
+    half_open = {"params": dict(v["params"])}
+    half_open["params"]["qkv"] = {"kernel": v["params"]["qkv"]["kernel"].at[:, width:].set(0.0)}
+    half_open["params"]["o"] = {"kernel": 2.0 * v["params"]["o"]["kernel"]}
+    want = plain.apply(_without_gates(v, plain_cfg), x, pos)[0]
+    np.testing.assert_allclose(gated.apply(half_open, x, pos)[0], want, rtol=1e-5, atol=1e-5)
+    assert np.abs(np.asarray(gated.apply(v, x, pos)[0] - want)).max() > 1e-2  # real gates do change it
 
 
 def test_logit_divisor_divides_the_logits():
@@ -158,10 +197,11 @@ def test_block_equals_its_composition(option):
         np.testing.assert_array_equal(block.apply(variables, x, pos)[0], x)
 
 
-@pytest.mark.parametrize("window,kv", [(0, 4), (3, 2)])
-def test_scaled_capped_attention_equals_reference(window, kv):
-    """The mixer's fast path (ops.attend) against its per-query reference loop, with scale and cap."""
-    cfg = _cfg(n_kv_heads=kv, attn_scale=0.7, attn_softcap=0.3, mixers={"attention": {"window": window}})
+@pytest.mark.parametrize("window,kv,gate", [(0, 4, False), (3, 2, False), (3, 2, True)])
+def test_scaled_capped_attention_equals_reference(window, kv, gate):
+    """The mixer's fast path (ops.attend) against its per-query reference loop, with scale, cap and gate."""
+    window_cfg = {"mixers": {"attention": {"window": window}}}
+    cfg = _cfg(n_kv_heads=kv, attn_scale=0.7, attn_softcap=0.3, attn_output_gate=gate, **window_cfg)
     mixer = build_mixer(cfg, "attention")
     x = jax.random.normal(jax.random.key(6), (2, 9, cfg.d_model))
     pos = jnp.broadcast_to(jnp.arange(9), (2, 9))
@@ -170,11 +210,12 @@ def test_scaled_capped_attention_equals_reference(window, kv):
     got, _ = mixer.apply(variables, x, pos)
     ref, _ = mixer.reference(variables, x, pos)
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
-    uncapped, _ = build_mixer(_cfg(n_kv_heads=kv, attn_scale=0.7), "attention").apply(variables, x, pos)
+    uncapped_cfg = _cfg(n_kv_heads=kv, attn_scale=0.7, attn_output_gate=gate, **window_cfg)
+    uncapped, _ = build_mixer(uncapped_cfg, "attention").apply(variables, x, pos)
     assert np.abs(np.asarray(got - uncapped)).max() > 1e-2
 
 
-@pytest.mark.parametrize("name", ["post_norms", "gemma2_like", "gpt_neox_like"])
+@pytest.mark.parametrize("name", ["post_norms", "gemma2_like", "gpt_neox_like", "qwen3_next_like"])
 def test_param_count_formula(name):
     cfg = _cfg(**OPTIONS[name])
     params = CausalLM(cfg).init(jax.random.key(0), _tokens())
