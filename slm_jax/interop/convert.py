@@ -36,6 +36,7 @@ from slm_jax.interop.families import (
     lfm2,
     mamba,
     modernbert,
+    qwen3_next,
     recurrent_gemma,
     transformer,
 )
@@ -70,6 +71,8 @@ FAMILIES: dict[str, ModuleType] = {
     "granitemoehybrid": granitemoehybrid,
     "jamba": jamba,
     "mamba": mamba,
+    "qwen3_next": qwen3_next,
+    "qwen3_5_text": qwen3_next,
     "mamba2": mamba,
     "recurrent_gemma": recurrent_gemma,
     "bert": bert,
@@ -168,6 +171,8 @@ def infer_family(m) -> str:
         return "jamba"
     if m.moe.n_experts or m.residual_scale != 1.0 or m.logit_divisor != 1.0:
         return "granitemoehybrid"
+    if "gated_deltanet" in layers:
+        return "qwen3_next" if m.moe.n_experts else "qwen3_5_text"
     if "mamba2" in layers:
         return "bamba"
     if m.post_norms:

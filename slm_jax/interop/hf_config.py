@@ -318,15 +318,16 @@ DECODER_FIELDS = {
 }
 
 
-def require_decoder(m, family: str, layers: set[str], **fields) -> None:
+def require_decoder(m, family: str, layers: set[str], any_head_dim: bool = False, **fields) -> None:
     """Refuse, naming the field, a ModelConfig ``m`` that is not ``DECODER_FIELDS`` with ``fields`` changed
-    (a value None: any), whose layers are not among ``layers`` (attention global only), or whose attention head
-    width is not d_model / n_heads (as transformers' hybrids derive it)."""
+    (a value None: any), whose layers are not among ``layers`` (attention global only), or, unless
+    ``any_head_dim`` (the family has a head_dim field), whose attention head width is not d_model / n_heads
+    (as most of transformers' hybrids derive it)."""
     other = "export it as another family (--family) or retrain without it"
     layers_ok = set(m.layers) <= layers and m.mixers.attention.window == 0
     names = " and ".join(sorted(layers))
     require_exportable(layers_ok, "layer_pattern", list(m.pattern), family, f"its layers are {names}, global only")
-    head_ok = m.attn_head_dim * m.n_heads == m.d_model
+    head_ok = any_head_dim or m.attn_head_dim * m.n_heads == m.d_model
     require_exportable(head_ok, "head_dim", m.head_dim, family, "it is d_model / n_heads there")
     for key, value in {**DECODER_FIELDS, **fields}.items():
         require_exportable(value is None or getattr(m, key) == value, key, getattr(m, key), family, other)

@@ -52,6 +52,10 @@ class Tensors:
         if name in self._tensors:
             self._used.add(name)
 
+    def skip_prefix(self, prefix: str) -> None:
+        """Mark every tensor under ``prefix`` as used: heads the model does not run (multi-token prediction)."""
+        self._used.update(n for n in self._tensors if n.startswith(prefix))
+
     def finish(self) -> None:
         """Raise if a tensor was never taken: it would be a silently dropped part of the model."""
         left = sorted(n for n in self._tensors if n not in self._used and not any(p.match(n) for p in _IGNORED))
@@ -91,6 +95,37 @@ def ends_to_hf(p: dict, tied: bool, embedding: str, final_norm: str) -> dict[str
     out = {embedding: f32(p["embed"]["embedding"]), final_norm: f32(p["final_norm"]["scale"])}
     if not tied:
         out["lm_head.weight"] = linear_out(p["head"]["kernel"])
+    return out
+
+
+def gated_mlp_from_hf(t: Tensors, pre: str, d: int, f: int) -> dict:
+    """``pre`` + ``{gate,up,down}_proj.weight`` (Llama's MLP names) as our gated MLP {gate_up (gate first), down}."""
+    gate_up = np.concatenate([t.take(pre + "gate_proj.weight", (f, d)), t.take(pre + "up_proj.weight", (f, d))])
+    return {
+        "gate_up": {"kernel": linear_in(gate_up)},
+        "down": {"kernel": linear_in(t.take(pre + "down_proj.weight", (d, f)))},
+    }
+
+
+def gated_mlp_to_hf(mlp: dict, pre: str) -> dict[str, np.ndarray]:
+    """Inverse of ``gated_mlp_from_hf``."""
+    gate, up = np.split(linear_out(mlp["gate_up"]["kernel"]), 2)
+    down = linear_out(mlp["down"]["kernel"])
+    return {pre + "gate_proj.weight": gate, pre + "up_proj.weight": up, pre + "down_proj.weight": down}
+
+
+def experts_from_hf(t: Tensors, pre: str, n: int, d: int, f: int) -> dict:
+    """Experts saved one by one, ``pre`` + ``j.{gate,up,down}_proj.weight`` for j < n, as our stacked expert
+    kernels {gate_up [n, d, 2f], down [n, f, d]} (Jamba, Qwen3-Next: transformers saves its fused experts so)."""
+    experts = [gated_mlp_from_hf(t, f"{pre}{j}.", d, f) for j in range(n)]
+    return {key: {"kernel": np.stack([x[key]["kernel"] for x in experts])} for key in ("gate_up", "down")}
+
+
+def experts_to_hf(moe: dict, pre: str) -> dict[str, np.ndarray]:
+    """Inverse of ``experts_from_hf`` (``moe``: our MoE parameters)."""
+    out: dict[str, np.ndarray] = {}
+    for j, (gate_up, down) in enumerate(zip(moe["gate_up"]["kernel"], moe["down"]["kernel"])):
+        out.update(gated_mlp_to_hf({"gate_up": {"kernel": gate_up}, "down": {"kernel": down}}, f"{pre}{j}."))
     return out
 
 

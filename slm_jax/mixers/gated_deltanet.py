@@ -28,7 +28,7 @@ rms_norm_eps = norm_eps):
     in_proj_z/kernel  [d, h e]    in_proj_z.weight            transpose
     in_proj_b/kernel  [d, h]      in_proj_b.weight            transpose
     in_proj_a/kernel  [d, h]      in_proj_a.weight            transpose
-    conv1d/kernel     [K, C]      conv1d.weight [C, 1, K]     squeeze, transpose; conv1d/bias = 0 (HF has none)
+    conv1d/kernel     [K, C]      conv1d.weight [C, 1, K]     squeeze, transpose (conv_bias false: HF has none)
     A_log, dt_bias    [h]         A_log, dt_bias              as is
     o_norm/scale      [e]         norm.weight                 as is
     out_proj/kernel   [h e, d]    out_proj.weight             transpose
@@ -76,6 +76,7 @@ class GatedDeltaNetOptions:
     head_dim: int = 0  # key width n; 0 -> model.d_model / n_heads
     v_head_dim: int = 0  # value width e; 0 -> head_dim
     conv_width: int = 4
+    conv_bias: bool = True  # a bias on the short convolution (fla has one; Qwen3-Next / Qwen3.5 do not)
     chunk_size: int = 64
     norm_eps: float = 1e-6  # of the gated output norm (Qwen3-Next's rms_norm_eps)
 
@@ -108,6 +109,7 @@ class GatedDeltaNet(nn.Module):
     head_dim: int  # n
     v_head_dim: int  # e
     conv_width: int = 4
+    conv_bias: bool = True
     chunk_size: int = 64  # c
     norm_eps: float = 1e-6
     dtype: Any = jnp.float32
@@ -160,6 +162,7 @@ class GatedDeltaNet(nn.Module):
             head_dim=head_dim,
             v_head_dim=m.v_head_dim or head_dim,
             conv_width=m.conv_width,
+            conv_bias=m.conv_bias,
             chunk_size=m.chunk_size,
             norm_eps=m.norm_eps,
             **module_fields(cfg),
@@ -185,7 +188,12 @@ class GatedDeltaNet(nn.Module):
         b_gate = dense(nv, "in_proj_b")(x).astype(_f32)
         a_gate = dense(nv, "in_proj_a")(x).astype(_f32)
         conv = CausalConv1D(
-            self.conv_channels, self.conv_width, dtype=self.dtype, param_dtype=self.param_dtype, name="conv1d"
+            self.conv_channels,
+            self.conv_width,
+            self.conv_bias,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="conv1d",
         )
         qkv, conv_cache = conv(qkv, None if cache is None else cache["conv"], segment_ids)
         q, k, v = jnp.split(jax.nn.silu(qkv), [self.key_width, 2 * self.key_width], axis=-1)
@@ -222,7 +230,7 @@ class GatedDeltaNet(nn.Module):
             linear_params(d, self.conv_channels)  # in_proj_qkv
             + linear_params(d, self.value_width)  # in_proj_z
             + 2 * linear_params(d, nv)  # in_proj_b, in_proj_a
-            + conv_params(self.conv_channels, self.conv_width)
+            + conv_params(self.conv_channels, self.conv_width, self.conv_bias)
             + 2 * nv  # A_log, dt_bias
             + self.v_head_dim  # o_norm
             + linear_params(self.value_width, d)  # out_proj

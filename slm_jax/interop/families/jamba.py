@@ -37,7 +37,18 @@ from slm_jax.interop.hf_config import (
     require_exportable,
     unsupported,
 )
-from slm_jax.interop.hf_weights import Tensors, ends_to_hf, f32, head_from_hf, linear_in, linear_out
+from slm_jax.interop.hf_weights import (
+    Tensors,
+    ends_to_hf,
+    experts_from_hf,
+    experts_to_hf,
+    f32,
+    gated_mlp_from_hf,
+    gated_mlp_to_hf,
+    head_from_hf,
+    linear_in,
+    linear_out,
+)
 
 ARCHITECTURE = "JambaForCausalLM"
 
@@ -118,22 +129,10 @@ def params_from_hf(t: Tensors, m, raw: dict) -> dict:
         }
         ff = pre + "feed_forward."
         if e.at(i):
-            experts = [f"{ff}experts.{j}." for j in range(e.n_experts)]
-            gate_up = [
-                np.concatenate([t.take(x + "gate_proj.weight", (f, d)), t.take(x + "up_proj.weight", (f, d))])
-                for x in experts
-            ]
-            layer["moe"] = {
-                "router": {"kernel": linear_in(t.take(ff + "router.weight", (e.n_experts, d)))},
-                "gate_up": {"kernel": np.stack([linear_in(w) for w in gate_up])},
-                "down": {"kernel": np.stack([linear_in(t.take(x + "down_proj.weight", (d, f))) for x in experts])},
-            }
+            router = {"kernel": linear_in(t.take(ff + "router.weight", (e.n_experts, d)))}
+            layer["moe"] = {"router": router, **experts_from_hf(t, ff + "experts.", e.n_experts, d, e.d_expert or f)}
         else:
-            gate_up = np.concatenate([t.take(ff + "gate_proj.weight", (f, d)), t.take(ff + "up_proj.weight", (f, d))])
-            layer["mlp"] = {
-                "gate_up": {"kernel": linear_in(gate_up)},
-                "down": {"kernel": linear_in(t.take(ff + "down_proj.weight", (d, f)))},
-            }
+            layer["mlp"] = gated_mlp_from_hf(t, ff, d, f)
         p[f"layers_{i}"] = layer
     p["final_norm"] = {"scale": t.take("model.final_layernorm.weight", (d,))}
     p.update(head_from_hf(t, m.tie_embeddings, p["embed"]["embedding"]))
@@ -219,16 +218,10 @@ def params_to_hf(params: dict, m, family: str) -> dict[str, np.ndarray]:
             out.update(attention_to_hf(layer["mixer"], m, pre + "self_attn."))
         ff = pre + "feed_forward."
         if "moe" in layer:
-            moe = layer["moe"]
-            out[ff + "router.weight"] = linear_out(moe["router"]["kernel"])
-            for j, (gate_up, down) in enumerate(zip(moe["gate_up"]["kernel"], moe["down"]["kernel"])):
-                gate, up = np.split(linear_out(gate_up), 2)
-                out[f"{ff}experts.{j}.gate_proj.weight"], out[f"{ff}experts.{j}.up_proj.weight"] = gate, up
-                out[f"{ff}experts.{j}.down_proj.weight"] = linear_out(down)
+            out[ff + "router.weight"] = linear_out(layer["moe"]["router"]["kernel"])
+            out.update(experts_to_hf(layer["moe"], ff + "experts."))
         else:
-            gate, up = np.split(linear_out(layer["mlp"]["gate_up"]["kernel"]), 2)
-            out[ff + "gate_proj.weight"], out[ff + "up_proj.weight"] = gate, up
-            out[ff + "down_proj.weight"] = linear_out(layer["mlp"]["down"]["kernel"])
+            out.update(gated_mlp_to_hf(layer["mlp"], ff))
         out[pre + "input_layernorm.weight"] = f32(layer["mixer_norm"]["scale"])
         out[pre + "pre_ff_layernorm.weight"] = f32(layer["mlp_norm"]["scale"])
     return out
