@@ -39,6 +39,7 @@ from slm_jax.interop.families import (
     qwen3_next,
     recurrent_gemma,
     transformer,
+    xlstm,
 )
 from slm_jax.interop.hf_config import load_hf_config
 from slm_jax.interop.hf_tokenizer import export_run_tokenizer
@@ -70,14 +71,16 @@ FAMILIES: dict[str, ModuleType] = {
     "bamba": bamba,
     "granitemoehybrid": granitemoehybrid,
     "jamba": jamba,
-    "mamba": mamba,
     "qwen3_next": qwen3_next,
+    "qwen3_5": qwen3_next,
     "qwen3_5_text": qwen3_next,
+    "mamba": mamba,
     "mamba2": mamba,
     "recurrent_gemma": recurrent_gemma,
     "bert": bert,
     "distilbert": bert,
     "modernbert": modernbert,
+    "xlstm": xlstm,
 }
 
 
@@ -165,14 +168,16 @@ def infer_family(m) -> str:
         return "recurrent_gemma"
     if layers in ({"mamba"}, {"mamba2"}):
         return layers.pop()
+    if layers == {"mlstm"}:
+        return "xlstm"
     if "short_conv" in layers:
         return "lfm2"
+    if "gated_deltanet" in layers:
+        return "qwen3_next" if m.moe.n_experts else "qwen3_5_text"
     if "mamba" in layers and m.mixers.mamba.dt_bc_norms:
         return "jamba"
     if m.moe.n_experts or m.residual_scale != 1.0 or m.logit_divisor != 1.0:
         return "granitemoehybrid"
-    if "gated_deltanet" in layers:
-        return "qwen3_next" if m.moe.n_experts else "qwen3_5_text"
     if "mamba2" in layers:
         return "bamba"
     if m.post_norms:

@@ -16,10 +16,11 @@ Packed rows (``segment_ids``) restart (C, n, m) at zeros at each document's firs
 
 The layout is Hugging Face ``xLSTMLayer`` (transformers/models/xlstm, ``weight_mode="single"``,
 ``use_bias=False``; the xLSTM-7B checkpoint NX-AI/xLSTM-7b), so a converter is a rename plus
-transposes; per layer ``i`` of ``backbone.blocks.{i}``:
+transposes (interop/families/xlstm.py, which also splits ``weight_mode="fused"`` tensors); per
+layer ``i`` of ``backbone.blocks.{i}``:
 
-    mlstm_layer.query.weight [h n, d]        -> mixer/query/kernel [d, h n]          (transpose)
-    mlstm_layer.key.weight, .value.weight    -> mixer/key/kernel, mixer/value/kernel (transpose)
+    mlstm_layer.q.weight [h n, d]            -> mixer/query/kernel [d, h n]          (transpose)
+    mlstm_layer.k.weight, .v.weight          -> mixer/key/kernel, mixer/value/kernel (transpose)
     mlstm_layer.ogate_preact.weight          -> mixer/ogate_preact/kernel            (transpose)
     mlstm_layer.igate_preact.weight / .bias  -> mixer/igate_preact/kernel (transpose) / mixer/igate_bias
     mlstm_layer.fgate_preact.weight / .bias  -> mixer/fgate_preact/kernel (transpose) / mixer/fgate_bias

@@ -25,11 +25,13 @@ VOCAB = 97
 
 def hf_model(cls_name: str, kwargs: dict, causal_lm: str = "AutoModelForCausalLM"):
     """A random ``transformers`` model of config class ``cls_name``, every parameter perturbed, float32, eval."""
-    config = getattr(transformers, cls_name)(
-        vocab_size=VOCAB, bos_token_id=None, eos_token_id=None, pad_token_id=None, **kwargs
-    )
+    ids = {"vocab_size": VOCAB, "bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
+    if "text_config" in kwargs:  # a multimodal config: the vocabulary and token ids are its text model's
+        kwargs, ids = {**kwargs, "text_config": {**ids, **kwargs["text_config"]}}, {}
+    config = getattr(transformers, cls_name)(**ids, **kwargs)
     torch.manual_seed(0)
-    model = getattr(transformers, causal_lm).from_config(config).float().eval()
+    cls = getattr(transformers, causal_lm)
+    model = (cls.from_config(config) if hasattr(cls, "from_config") else cls(config)).float().eval()
     with torch.no_grad():  # perturb everything so zero-initialised biases and norms are exercised too
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))
@@ -49,10 +51,22 @@ def hf_greedy(model, prompt: np.ndarray, n: int) -> np.ndarray:
     return out[:, prompt.shape[1] :].numpy()
 
 
-def assert_round_trip(case: str, cls_name: str, kwargs: dict, tmp_path, shard: bool = False, tol: float = TOL) -> dict:
-    """Both-direction logit parity and 32 equal greedy tokens; returns the two max |logit diff|."""
+def assert_round_trip(
+    case: str,
+    cls_name: str,
+    kwargs: dict,
+    tmp_path,
+    shard: bool = False,
+    tol: float = TOL,
+    causal_lm: str = "AutoModelForCausalLM",
+    exported_as: str | None = None,
+) -> dict:
+    """Both-direction logit parity and 32 equal greedy tokens; returns the two max |logit diff|.
+
+    ``causal_lm``: the transformers class that builds the source model; ``exported_as``: the model_type our
+    export writes when it is not the source's (a multimodal source exports its text model)."""
     tokens = np.random.RandomState(0).randint(0, VOCAB, (2, SEQ))
-    model = hf_model(cls_name, kwargs)
+    model = hf_model(cls_name, kwargs, causal_lm)
     family = model.config.model_type
     hf_dir, run_dir, out_dir = tmp_path / "hf", tmp_path / "run", tmp_path / "hf_out"
     model.save_pretrained(hf_dir, max_shard_size="20KB" if shard else "1GB")
@@ -72,7 +86,7 @@ def assert_round_trip(case: str, cls_name: str, kwargs: dict, tmp_path, shard: b
 
     # ours -> HF
     summary = to_hf(run_dir, out_dir)
-    assert summary["family"] == family
+    assert summary["family"] == (exported_as or family)
     back, info = transformers.AutoModelForCausalLM.from_pretrained(
         out_dir, output_loading_info=True, dtype=torch.float32
     )

@@ -79,6 +79,18 @@ def test_round_trip_parity(case, tmp_path):
     assert_round_trip(case, cls_name, kwargs, tmp_path)
 
 
+def test_multimodal_qwen3_5_imports_its_text_model(tmp_path):
+    """A Qwen3_5ForConditionalGeneration checkpoint (text_config + a vision tower): our import equals its
+    text-only logits and greedy tokens; the export is the text model, loaded by AutoModelForCausalLM."""
+    text = {**COMMON, "num_hidden_layers": 4}
+    vision = {"depth": 1, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2, "out_hidden_size": 32}
+    kwargs = {"text_config": text, "vision_config": vision}
+    case = "qwen3_5_multimodal"
+    assert_round_trip(
+        case, "Qwen3_5Config", kwargs, tmp_path, causal_lm="Qwen3_5ForConditionalGeneration", exported_as="qwen3_5_text"
+    )
+
+
 def test_export_refuses_what_qwen3_next_cannot_express():
     model = {
         "layer_pattern": ["gated_deltanet", "attention"],

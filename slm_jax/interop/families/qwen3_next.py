@@ -1,5 +1,8 @@
 """Qwen3-Next (``Qwen3NextForCausalLM``, Qwen Team 2025) and Qwen3.5's text model (``Qwen3_5ForCausalLM``) <->
-our ``gated_deltanet`` + ``attention`` layers.
+our ``gated_deltanet`` + ``attention`` layers. A multimodal Qwen3.5 checkpoint (model_type ``qwen3_5``,
+``Qwen3_5ForConditionalGeneration``) imports as its text model: ``text_config``, the ``model.language_model.*``
+tensors and ``lm_head``, with the vision tower (``vision_config``, ``model.visual.*``) left out; family
+``qwen3_5`` exports that text model (model_type ``qwen3_5_text``), which ``AutoModelForCausalLM`` loads.
 
 Each layer is x + op(input_layernorm(x)), then x + ffn(post_attention_layernorm(x)); every norm is a (1 + w) RMSNorm
 (our ``norm_offset`` 1), the gated output norm inside Gated DeltaNet excepted (plain w). op is Gated DeltaNet
@@ -59,7 +62,12 @@ from slm_jax.interop.hf_weights import (
     linear_out,
 )
 
-ARCHITECTURES = {"qwen3_next": "Qwen3NextForCausalLM", "qwen3_5_text": "Qwen3_5ForCausalLM"}
+ARCHITECTURES = {
+    "qwen3_next": "Qwen3NextForCausalLM",
+    "qwen3_5_text": "Qwen3_5ForCausalLM",
+    "qwen3_5": "Qwen3_5ForCausalLM",
+}
+_VISION_FIELDS = ("vision_config", "image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
 _LAYER_TYPES = {"linear_attention": "gated_deltanet", "full_attention": "attention"}
 _OTHER = "export it as another family (--family) or retrain without it"
 
@@ -71,7 +79,18 @@ def _moe_layers(c: HFConfig, n_layers: int) -> list[int]:
 
 
 def config_from_hf(c: HFConfig) -> dict:
-    """The ``model`` section of our config for a Qwen3-Next or Qwen3.5 text ``config.json``."""
+    """The ``model`` section of our config for a Qwen3-Next or Qwen3.5 (text or multimodal) ``config.json``."""
+    if c.model_type != "qwen3_5":
+        return _text_config_from_hf(c)
+    c.ignore(*_VISION_FIELDS)  # the vision tower is not converted
+    text = HFConfig(c.get("text_config"), f"{c.where} (text_config)")
+    m = _text_config_from_hf(text)
+    text.finish()
+    m["tie_embeddings"] = bool(c.get("tie_word_embeddings", False))  # the multimodal model's own flag governs
+    return m
+
+
+def _text_config_from_hf(c: HFConfig) -> dict:
     n_layers, d = int(c.get("num_hidden_layers")), int(c.get("hidden_size"))
     h = int(c.get("num_attention_heads"))
     types = c.get("layer_types", None)
@@ -256,10 +275,12 @@ def params_from_hf(t: Tensors, m, raw: dict) -> dict:
     """Our parameter tree ``{"params": ...}`` from a Qwen3-Next / Qwen3.5 text checkpoint; ``raw``: config.json."""
     fused = raw["model_type"] == "qwen3_next"
     d, v, e = m.d_model, m.vocab_size, m.moe
-    t.skip_prefix("mtp.")
-    p: dict = {"embed": {"embedding": t.take("model.embed_tokens.weight", (v, d))}}
+    stem = "model.language_model." if raw["model_type"] == "qwen3_5" else "model."
+    for skipped in ("mtp.", "model.visual."):
+        t.skip_prefix(skipped)
+    p: dict = {"embed": {"embedding": t.take(stem + "embed_tokens.weight", (v, d))}}
     for i, name in enumerate(m.layers):
-        pre = f"model.layers.{i}."
+        pre = f"{stem}layers.{i}."
         if name == "gated_deltanet":
             mixer = _deltanet_from_hf(t, m, pre + "linear_attn.", fused)
         else:
@@ -280,7 +301,7 @@ def params_from_hf(t: Tensors, m, raw: dict) -> dict:
         else:
             layer["mlp"] = gated_mlp_from_hf(t, ff, d, m.ff_width)
         p[f"layers_{i}"] = layer
-    p["final_norm"] = {"scale": t.take("model.norm.weight", (d,))}
+    p["final_norm"] = {"scale": t.take(stem + "norm.weight", (d,))}
     p.update(head_from_hf(t, m.tie_embeddings, p["embed"]["embedding"]))
     return {"params": p}
 
@@ -315,7 +336,7 @@ def config_to_hf(m, family: str) -> dict:
     nk, nv, n, e = _deltanet_sizes(m)
     out = {
         "architectures": [ARCHITECTURES[family]],
-        "model_type": family,
+        "model_type": "qwen3_5_text" if family == "qwen3_5" else family,
         "vocab_size": m.vocab_size,
         "hidden_size": m.d_model,
         "intermediate_size": m.ff_width,
