@@ -91,6 +91,7 @@ class ModelConfig:
     rotary_fraction: float = 1.0  # share of each head's width that RoPE rotates (Phi-3, RecurrentGemma: partial)
     rope_scaling: RopeScalingConfig = field(default_factory=RopeScalingConfig)
     qk_norm: bool = False  # RMSNorm over the head width of queries and keys before RoPE (Qwen3)
+    qk_norm_all_heads: bool = False  # with qk_norm: one RMSNorm over all heads' queries (keys) at once (OLMo 2)
     qkv_bias: bool = False  # biases on the query/key/value projection (Qwen2)
     attn_output_gate: bool = False  # attention output times sigmoid(x W_g) per head channel (Qwen3-Next, Qwen3.5)
     attn_out_bias: bool = False  # bias on the attention output projection
@@ -720,6 +721,10 @@ def _validate_norms_positions(m: ModelConfig) -> None:
     )
     _require(
         m.position in ("rope", "learned", "none"), f"model.position must be rope, learned or none, got {m.position!r}."
+    )
+    _require(
+        m.qk_norm or not m.qk_norm_all_heads,
+        "model.qk_norm_all_heads shapes the qk norms, but model.qk_norm is false; set model.qk_norm=true or drop it.",
     )
     for key in ("attn_scale", "attn_softcap"):
         _require(getattr(m, key) >= 0, f"model.{key} must be >= 0 (0 = off / the default), got {getattr(m, key)}.")

@@ -337,7 +337,7 @@ def require_block_options(m, family: str, moe: bool = False, **fixed) -> None:
     """Refuse the block and attention options that ``family`` cannot express, naming the field.
 
     Keyword arguments give the family's own value of ``attn_softcap``, ``attn_scale``, ``attn_output_gate``,
-    ``post_norms``, ``parallel_residual``, ``residual_scale`` or ``logit_divisor`` (default: off, with 0 scale meaning
+    ``qk_norm_all_heads``, ``post_norms``, ``parallel_residual``, ``residual_scale`` or ``logit_divisor`` (default: off, with 0 scale meaning
     1 / sqrt(head_dim)); None: the family has a config field for any value. ``moe``: the family has
     mixture-of-experts MLPs (``model.moe``), refused otherwise.
     """
@@ -345,6 +345,7 @@ def require_block_options(m, family: str, moe: bool = False, **fixed) -> None:
         "attn_softcap": 0.0,
         "attn_scale": 0.0,
         "attn_output_gate": False,
+        "qk_norm_all_heads": False,
         "post_norms": False,
         "parallel_residual": False,
         "residual_scale": 1.0,

@@ -74,6 +74,7 @@ class Attention(nn.Module):
     window: int = 0  # 0 -> global causal attention
     causal: bool = True  # False (encoders): every key is visible, a window is symmetric (|i - j| < window)
     qk_norm: bool = False  # RMSNorm of each query/key head before RoPE (Qwen3)
+    qk_norm_all_heads: bool = False  # the qk norms span all heads' queries / keys at once (OLMo 2), not each head
     qkv_bias: bool = False
     out_bias: bool = False
     output_gate: bool = False  # out * sigmoid(gate) per head channel; the gate is qkv's last h e columns
@@ -104,6 +105,7 @@ class Attention(nn.Module):
             window=options.window,
             causal=cfg.causal,
             qk_norm=cfg.qk_norm,
+            qk_norm_all_heads=cfg.qk_norm_all_heads,
             qkv_bias=cfg.qkv_bias,
             out_bias=cfg.attn_out_bias,
             output_gate=cfg.attn_output_gate,
@@ -138,11 +140,13 @@ class Attention(nn.Module):
         # One fused projection: a single wider matmul is faster than three narrow ones on CPU.
         qkv = dense(self.qkv_width, "qkv", self.qkv_bias)(x)
         q, key, value, gate = jnp.split(qkv, [h * e, (h + k) * e, (h + 2 * k) * e], axis=-1)
+        norm = lambda name: RMSNorm(
+            self.norm_eps, self.norm_offset, dtype=self.dtype, param_dtype=self.param_dtype, name=name
+        )
+        if self.qk_norm and self.qk_norm_all_heads:  # over [h e] and [k e]
+            q, key = norm("q_norm")(q), norm("k_norm")(key)
         q, key = q.reshape(b, t, h, e), key.reshape(b, t, k, e)
-        if self.qk_norm:
-            norm = lambda name: RMSNorm(
-                self.norm_eps, self.norm_offset, dtype=self.dtype, param_dtype=self.param_dtype, name=name
-            )
+        if self.qk_norm and not self.qk_norm_all_heads:  # over each head's e
             q, key = norm("q_norm")(q), norm("k_norm")(key)
         rope = lambda a: apply_rope(a, positions, self.rope_theta, self.rotary_dim, self.rope_scaling)
         q = rope(q)
@@ -192,7 +196,8 @@ class Attention(nn.Module):
     def num_params(self) -> int:
         e, h, d = self.head_dim, self.num_heads, self.width
         qkv = linear_params(d, self.qkv_width, bias=self.qkv_bias)
-        return qkv + linear_params(h * e, d, bias=self.out_bias) + (2 * e if self.qk_norm else 0)
+        norms = (h + self.num_kv_heads) * e if self.qk_norm_all_heads else 2 * e
+        return qkv + linear_params(h * e, d, bias=self.out_bias) + (norms if self.qk_norm else 0)
 
     def flops_per_token(self, seq_len: int) -> float:
         """Forward FLOPs per token: projections plus scores and weighted sum over the causal context
@@ -215,9 +220,11 @@ class Attention(nn.Module):
         h, k, e = self.num_heads, self.num_kv_heads, self.head_dim
         qkv = x @ p["qkv"]["kernel"] + (p["qkv"]["bias"] if self.qkv_bias else 0.0)
         q, key, value = qkv[..., : h * e], qkv[..., h * e : (h + k) * e], qkv[..., (h + k) * e : (h + 2 * k) * e]
+        rms = lambda a, s: a / jnp.sqrt(jnp.mean(a * a, -1, keepdims=True) + self.norm_eps) * (self.norm_offset + s)
+        if self.qk_norm and self.qk_norm_all_heads:
+            q, key = rms(q, p["q_norm"]["scale"]), rms(key, p["k_norm"]["scale"])
         q, key, value = q.reshape(b, t, h, e), key.reshape(b, t, k, e), value.reshape(b, t, k, e)
-        if self.qk_norm:
-            rms = lambda a, s: a / jnp.sqrt(jnp.mean(a * a, -1, keepdims=True) + self.norm_eps) * (self.norm_offset + s)
+        if self.qk_norm and not self.qk_norm_all_heads:
             q, key = rms(q, p["q_norm"]["scale"]), rms(key, p["k_norm"]["scale"])
         rope = lambda a: apply_rope(a, positions, self.rope_theta, self.rotary_dim, self.rope_scaling)
         q, key = rope(q), rope(key)

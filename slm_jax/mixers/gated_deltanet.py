@@ -4,7 +4,7 @@
                                    qkv: [b, t, 2 k n + h e]; z: [b, t, h e]; b, a: [b, t, h]
     q, k, v = silu(conv1d(qkv))    one causal depthwise conv over q, k and v together
     q, k    = q / (|q| sqrt(n)), k / |k|                   per key head, over n
-    beta    = sigmoid(b)                                    [b, t, h]
+    beta    = sigmoid(b)                                    [b, t, h]; 2 sigmoid(b) with neg_eigval
     log alpha = -exp(A_log) softplus(a + dt_bias)           [b, t, h], <= 0 (Mamba-2's decay)
     S_t     = alpha_t (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T      per value head: S [n, e]
     o_t     = S_t^T q_t
@@ -38,6 +38,10 @@ of [q (n) | k (n) | v (h/k e) | z (h/k e)], and in_proj_ba.weight, in k groups o
 [b (h/k) | a (h/k)]: a converter reshapes them to [k, group] rows and concatenates the q, k
 and v slices of all groups into in_proj_qkv (and z, b, a likewise); everything else maps as for
 Qwen3.5.
+
+``neg_eigval`` lets beta reach 2, so the transition I - beta k k^T has eigenvalues in (-1, 1] (Grazzi et al.
+2024, arXiv:2411.12537: negative eigenvalues let linear RNNs track state such as parity; OLMo hybrid's
+``linear_allow_neg_eigval``).
 
 Decode cache: {"conv": [b, K - 1, 2 k n + h e], "state": f32[b, h, n, e]}, constant in context length.
 """
@@ -77,6 +81,7 @@ class GatedDeltaNetOptions:
     v_head_dim: int = 0  # value width e; 0 -> head_dim
     conv_width: int = 4
     conv_bias: bool = True  # a bias on the short convolution (fla has one; Qwen3-Next / Qwen3.5 do not)
+    neg_eigval: bool = False  # beta = 2 sigmoid(b) in (0, 2): negative transition eigenvalues (Grazzi et al. 2024)
     chunk_size: int = 64
     norm_eps: float = 1e-6  # of the gated output norm (Qwen3-Next's rms_norm_eps)
 
@@ -99,7 +104,7 @@ class GatedDeltaNet(nn.Module):
     }
     lora_targets = ("in_proj_qkv", "in_proj_z", "out_proj")
     kv_leaves = ()
-    test_variants = ({"chunk_size": 1}, {"chunk_size": 7}, {"chunk_size": 64})
+    test_variants = ({"chunk_size": 1}, {"chunk_size": 7}, {"chunk_size": 64})  # neg_eigval: test_gated_deltanet.py
     # 2 key heads of 12 feeding 4 value heads of 10 (GQA-like, n != e), chunks of 8 in t = 21
     test_options = {"n_heads": 2, "n_v_heads": 4, "head_dim": 12, "v_head_dim": 10, "chunk_size": 8}
 
@@ -110,6 +115,7 @@ class GatedDeltaNet(nn.Module):
     v_head_dim: int  # e
     conv_width: int = 4
     conv_bias: bool = True
+    neg_eigval: bool = False
     chunk_size: int = 64  # c
     norm_eps: float = 1e-6
     dtype: Any = jnp.float32
@@ -163,6 +169,7 @@ class GatedDeltaNet(nn.Module):
             v_head_dim=m.v_head_dim or head_dim,
             conv_width=m.conv_width,
             conv_bias=m.conv_bias,
+            neg_eigval=m.neg_eigval,
             chunk_size=m.chunk_size,
             norm_eps=m.norm_eps,
             **module_fields(cfg),
@@ -204,7 +211,7 @@ class GatedDeltaNet(nn.Module):
 
         a_log = self.param("A_log", _a_log_init, (nv,), self.param_dtype)
         dt_bias = self.param("dt_bias", dt_bias_init(0.001, 0.1), (nv,), self.param_dtype)
-        beta = jax.nn.sigmoid(b_gate)  # [b, t, h]
+        beta = jax.nn.sigmoid(b_gate) * (2.0 if self.neg_eigval else 1.0)  # [b, t, h]
         log_alpha = -jnp.exp(a_log.astype(_f32)) * jax.nn.softplus(a_gate + dt_bias.astype(_f32))  # [b, t, h]
 
         o, state = chunk_delta_rule(
@@ -268,7 +275,7 @@ class GatedDeltaNet(nn.Module):
             jnp.repeat(k, nv // nk, axis=2),
         )  # value head j reads key head j // (h / k)
         v = qkv[..., 2 * kw :].reshape(bsz, t, nv, e)
-        beta = jax.nn.sigmoid(x @ p["in_proj_b"]["kernel"])[..., None, None]  # [b, t, h, 1, 1]
+        beta = jax.nn.sigmoid(x @ p["in_proj_b"]["kernel"])[..., None, None] * (1 + self.neg_eigval)  # [b, t, h, 1, 1]
         alpha = jnp.exp(-jnp.exp(p["A_log"]) * jax.nn.softplus(x @ p["in_proj_a"]["kernel"] + p["dt_bias"]))[
             ..., None, None
         ]

@@ -1,15 +1,18 @@
-"""Gated DeltaNet without the convolution bias (``conv_bias: false``, Qwen3-Next / Qwen3.5's layout): no bias
-parameter, and the chunked, cached and step paths still equal the reference loop."""
+"""Gated DeltaNet options the contract's variants cannot cover with one parameter tree: no convolution bias
+(``conv_bias: false``, Qwen3-Next / Qwen3.5) and beta in (0, 2) (``neg_eigval``, OLMo hybrid): the chunked, cached
+and step paths still equal the reference loop."""
 
 import jax
 import numpy as np
+import pytest
 
 from tests.mixers.test_contract import close, setup
 
 
-def test_without_conv_bias_paths_equal_the_reference():
-    mixer, params, x, pos = setup("gated_deltanet", 21, seed=3, conv_bias=False, chunk_size=8)
-    assert set(params["params"]["conv1d"]) == {"kernel"}
+@pytest.mark.parametrize("fields", [{"conv_bias": False}, {"neg_eigval": True}])
+def test_option_paths_equal_the_reference(fields):
+    mixer, params, x, pos = setup("gated_deltanet", 21, seed=3, chunk_size=8, **fields)
+    assert ("bias" in params["params"]["conv1d"]) == mixer.conv_bias
     assert mixer.num_params() == sum(a.size for a in jax.tree.leaves(params))
     y_ref, state = mixer.reference(params, x, pos)
     close(mixer.apply(params, x, pos)[0], y_ref)
@@ -20,3 +23,9 @@ def test_without_conv_bias_paths_equal_the_reference():
         steps.append(y)
     close(np.concatenate([y_pre, *steps], axis=1), y_ref)
     close(cache["state"], state["state"])
+
+
+def test_neg_eigval_changes_the_output():
+    mixer, params, x, pos = setup("gated_deltanet", 9, seed=4)
+    diff = np.abs(np.asarray(mixer.clone(neg_eigval=True).apply(params, x, pos)[0] - mixer.apply(params, x, pos)[0]))
+    assert diff.max() > 1e-2

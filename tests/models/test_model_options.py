@@ -38,6 +38,7 @@ OPTIONS = {
     "residual_scale": {"residual_scale": 0.4},
     "logit_divisor": {"logit_divisor": 3.0},
     "attn_output_gate": {"attn_output_gate": True},
+    "qk_norm_all_heads": {"qk_norm": True, "qk_norm_all_heads": True},
     "qwen3_next_like": {
         "attn_output_gate": True,
         "qk_norm": True,
@@ -197,15 +198,20 @@ def test_block_equals_its_composition(option):
         np.testing.assert_array_equal(block.apply(variables, x, pos)[0], x)
 
 
-@pytest.mark.parametrize("window,kv,gate", [(0, 4, False), (3, 2, False), (3, 2, True)])
-def test_scaled_capped_attention_equals_reference(window, kv, gate):
-    """The mixer's fast path (ops.attend) against its per-query reference loop, with scale, cap and gate."""
-    window_cfg = {"mixers": {"attention": {"window": window}}}
+@pytest.mark.parametrize("window,kv,gate,qk", [(0, 4, False, "none"), (3, 2, False, "head"), (3, 2, True, "all")])
+def test_scaled_capped_attention_equals_reference(window, kv, gate, qk):
+    """The mixer's fast path (ops.attend) against its per-query reference loop, with scale, cap, gate and qk
+    norms per head or over all heads."""
+    window_cfg = {
+        "mixers": {"attention": {"window": window}},
+        "qk_norm": qk != "none",
+        "qk_norm_all_heads": qk == "all",
+    }
     cfg = _cfg(n_kv_heads=kv, attn_scale=0.7, attn_softcap=0.3, attn_output_gate=gate, **window_cfg)
     mixer = build_mixer(cfg, "attention")
     x = jax.random.normal(jax.random.key(6), (2, 9, cfg.d_model))
     pos = jnp.broadcast_to(jnp.arange(9), (2, 9))
-    variables = mixer.init(jax.random.key(7), x, pos)
+    variables = _perturbed(mixer.init(jax.random.key(7), x, pos), seed=8)  # norm scales off 1
     variables = jax.tree.map(lambda a: a * 4.0, variables)  # larger scores, so the cap is far from linear
     got, _ = mixer.apply(variables, x, pos)
     ref, _ = mixer.reference(variables, x, pos)
@@ -215,7 +221,7 @@ def test_scaled_capped_attention_equals_reference(window, kv, gate):
     assert np.abs(np.asarray(got - uncapped)).max() > 1e-2
 
 
-@pytest.mark.parametrize("name", ["post_norms", "gemma2_like", "gpt_neox_like", "qwen3_next_like"])
+@pytest.mark.parametrize("name", ["post_norms", "gemma2_like", "gpt_neox_like", "qwen3_next_like", "qk_norm_all_heads"])
 def test_param_count_formula(name):
     cfg = _cfg(**OPTIONS[name])
     params = CausalLM(cfg).init(jax.random.key(0), _tokens())
@@ -229,6 +235,7 @@ def test_param_count_formula(name):
         ({"parallel_residual": True, "norm_position": "post"}, "model.parallel_residual"),
         ({"parallel_residual": True, "mlp": "none"}, "model.parallel_residual"),
         ({"attn_softcap": -1.0}, "model.attn_softcap"),
+        ({"qk_norm_all_heads": True}, "model.qk_norm_all_heads"),
         ({"attn_scale": -0.1}, "model.attn_scale"),
         ({"residual_scale": 0.0}, "model.residual_scale"),
         ({"logit_divisor": -2.0}, "model.logit_divisor"),
