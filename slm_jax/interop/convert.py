@@ -30,6 +30,7 @@ from slm_jax.errors import CheckpointError, ConfigError
 from slm_jax.interop.families import (
     bamba,
     bert,
+    falcon_h1,
     gpt_neox,
     granitemoehybrid,
     jamba,
@@ -70,6 +71,7 @@ FAMILIES: dict[str, ModuleType] = {
     "lfm2": lfm2,
     "bamba": bamba,
     "granitemoehybrid": granitemoehybrid,
+    "falcon_h1": falcon_h1,
     "jamba": jamba,
     "qwen3_next": qwen3_next,
     "qwen3_5": qwen3_next,
@@ -168,6 +170,8 @@ def infer_family(m) -> str:
         return "recurrent_gemma"
     if layers in ({"mamba"}, {"mamba2"}):
         return layers.pop()
+    if falcon_h1.LAYER in layers:
+        return "falcon_h1"
     if layers == {"mlstm"}:
         return "xlstm"
     if "short_conv" in layers:

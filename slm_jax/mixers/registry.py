@@ -2,7 +2,8 @@
 
 Adding a mixer is one file in this package plus one line in ``MIXERS``. From the table come
 the ``model.mixers.<name>`` config sections (``MixerOptions``), the sharding axes and the LoRA
-targets of every mixer; unknown names fail at config load.
+targets of every mixer; unknown names fail at config load. A layer name that joins registered
+names with '+' (``attention+mamba2``) runs those mixers side by side and sums them (mixers/parallel.py).
 """
 
 import dataclasses
@@ -20,10 +21,12 @@ from slm_jax.mixers.hyena import Hyena
 from slm_jax.mixers.mamba import Mamba
 from slm_jax.mixers.mamba2 import Mamba2
 from slm_jax.mixers.mlstm import MLSTM
+from slm_jax.mixers.parallel import SEPARATOR, Parallel
 from slm_jax.mixers.retnet import RetNet
 from slm_jax.mixers.rglru import RGLRU
 from slm_jax.mixers.rwkv7 import RWKV7
 from slm_jax.mixers.short_conv import ShortConv
+from slm_jax.modules.linear import dtype_of
 
 MIXERS: dict[str, type] = {
     "attention": Attention,
@@ -59,20 +62,42 @@ def mixer_names() -> tuple[str, ...]:
     return tuple(sorted(MIXERS))
 
 
+def parallel_parts(name: str) -> tuple[str, ...]:
+    """The mixer names of a layer name: ("attention", "mamba2") for "attention+mamba2", (name,) for a plain one."""
+    parts = tuple(name.split(SEPARATOR))
+    if len(parts) > 1 and len(set(parts)) != len(parts):
+        raise ConfigError(
+            f"The parallel layer {name!r} in model.layer_pattern names a mixer twice; "
+            "name each mixer once (give it more heads or width instead)."
+        )
+    return parts
+
+
 def get_mixer(name: str) -> type:
-    """The mixer class registered under ``name``; a ConfigError naming the valid ones otherwise."""
-    if name not in MIXERS:
-        raise ConfigError(f"Unknown mixer {name!r} in model.layer_pattern; use one of {', '.join(mixer_names())}.")
-    return MIXERS[name]
+    """The mixer class registered under ``name`` (``Parallel`` for a '+' name of registered mixers); a
+    ConfigError naming the valid ones otherwise."""
+    parts = parallel_parts(name)
+    for part in parts:
+        if part not in MIXERS:
+            where = f"{part!r} in the parallel layer {name!r}" if len(parts) > 1 else repr(part)
+            raise ConfigError(
+                f"Unknown mixer {where} in model.layer_pattern; use one of {', '.join(mixer_names())} "
+                "(or several joined by '+', e.g. attention+mamba2)."
+            )
+    return Parallel if len(parts) > 1 else MIXERS[name]
 
 
 def build_mixer(cfg, name: str):
     """The unbound mixer module for a layer ``name`` of ``cfg`` (a ModelConfig), with its own options.
 
     In an encoder (``cfg.causal`` false) a mixer without ``native_bidirectional`` comes wrapped in
-    ``Bidirectional`` (mixers/contract.py).
+    ``Bidirectional`` (mixers/contract.py). A '+' name is a ``Parallel`` of its parts, each built so.
     """
-    cls, options = get_mixer(name), getattr(cfg.mixers, name)
+    cls = get_mixer(name)
+    if cls is Parallel:
+        parts = parallel_parts(name)
+        return Parallel(parts, tuple(build_mixer(cfg, p) for p in parts), dtype=dtype_of(cfg.dtype), parent=None)
+    options = getattr(cfg.mixers, name)
     if cfg.causal or getattr(cls, "native_bidirectional", False):
         return cls.from_config(cfg, options)
     return Bidirectional.from_config(cfg, cls, options)
@@ -97,10 +122,14 @@ def mixer_param_axes() -> tuple[tuple[str, tuple], ...]:
     # Encoders: the two directions of a wrapped mixer live under fwd/ and bwd/, next to the combine projection.
     axes.update({f"{d}/{s}": a for s, a in list(axes.items()) for d in ("fwd", "bwd")})
     axes.update(Bidirectional.param_axes)
+    # Parallel layers (mixers/parallel.py): each part's weights live under its own name.
+    axes.update({f"{n}/{s}": a for n, cls in MIXERS.items() for s, a in cls.param_axes.items()})
     # Longer suffixes first, so that "norm/scale" inside a mixer wins over a shorter generic match.
     return tuple(sorted((("mixer/" + s, a) for s, a in axes.items()), key=lambda e: -len(e[0])))
 
 
 def lora_target_names() -> tuple[str, ...]:
-    """Every registered mixer's default LoRA projections (module names inside ``mixer/``)."""
-    return tuple(sorted({n for cls in MIXERS.values() for n in cls.lora_targets}))
+    """Every registered mixer's default LoRA projections (module names inside ``mixer/``), also as a part of a
+    parallel layer (``attention/qkv``)."""
+    names = {t for cls in MIXERS.values() for t in cls.lora_targets}
+    return tuple(sorted(names | {f"{n}/{t}" for n, cls in MIXERS.items() for t in cls.lora_targets}))

@@ -21,7 +21,7 @@ from slm_jax.config import config_from_dict
 from slm_jax.errors import ConfigError
 from slm_jax.finetune.lora import LoraSpec, target_paths
 from slm_jax.mixers.contract import state_bytes
-from slm_jax.mixers.registry import MIXERS, build_mixer, mixer_names
+from slm_jax.mixers.registry import MIXERS, build_mixer, mixer_names, parallel_parts
 from slm_jax.models.lm import cache_bytes
 from slm_jax.quant.cache import Int8Leaf, quantize_cache
 from slm_jax.training.sharding import PARAM_AXES
@@ -29,21 +29,26 @@ from slm_jax.tree_paths import path_str
 from tests.mixers.flop_count import count_flops
 
 D, HEADS = 24, 3
-NAMES = mixer_names()
+# Every registered mixer, and parallel layers (mixers/parallel.py) held to the same contract.
+NAMES = mixer_names() + ("attention+mamba2",)
 
 
 def model_cfg(name: str, d_model: int = D, n_heads: int = HEADS, **model):
-    options = MIXERS[name].test_options
     raw = {
         "layer_pattern": [name],
         "d_model": d_model,
         "n_heads": n_heads,
         "n_layers": 2,
         "vocab_size": 29,
-        "mixers": {name: dict(options)},
+        "mixers": {part: dict(MIXERS[part].test_options) for part in parallel_parts(name)},
         **model,
     }
     return config_from_dict({"model": raw}).model
+
+
+def declared(name: str):
+    """The built mixer ``name``, whose attributes are its declarations (a parallel layer's come from its parts)."""
+    return build_mixer(model_cfg(name), name)
 
 
 def o1_params(params, key):
@@ -134,11 +139,11 @@ def test_bfloat16_close_to_the_reference(name):
     np.testing.assert_allclose(np.asarray(y, np.float32), y_ref, atol=0.03 * scale)
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if MIXERS[n].test_variants])
+@pytest.mark.parametrize("name", [n for n in NAMES if declared(n).test_variants])
 def test_variants_equal_the_reference(name):
     mixer, params, x, pos = setup(name, 21, seed=3)
     y_ref, state = jax.jit(mixer.reference)(params, x, pos)
-    for fields in MIXERS[name].test_variants:
+    for fields in mixer.test_variants:
         variant = mixer.clone(**fields)
         close(variant.apply(params, x, pos)[0], y_ref)
         y_pre, cache = variant.apply(params, x, pos, variant.init_cache(2, 21))
@@ -159,15 +164,15 @@ def test_gradients_equal_the_reference(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_declarations_cover_the_parameters(name):
     """Every weight has sharding axes; LoRA finds the declared projections in every layer."""
-    cls, cfg = MIXERS[name], model_cfg(name)
-    mixer = build_mixer(cfg, name)
+    cfg = model_cfg(name)
+    cls = mixer = build_mixer(cfg, name)
     x, pos = jnp.zeros((1, 5, D)), jnp.zeros((1, 5), jnp.int32)
     shapes = jax.eval_shape(mixer.init, jax.random.key(0), x, pos)
     suffixes = [s for s, _ in PARAM_AXES]
     for path, _ in jax.tree_util.tree_flatten_with_path(shapes)[0]:
         p = "params/layers_0/mixer/" + path_str(path).removeprefix("params/")
         matched = [s for s in suffixes if p.endswith("/" + s)]
-        assert matched, f"{name}: weight {p} has no sharding axes; add it to {cls.__name__}.param_axes"
+        assert matched, f"{name}: weight {p} has no sharding axes; add it to {type(cls).__name__}.param_axes"
     assert cls.lora_targets, f"{name} declares no LoRA targets"
     found = target_paths(cfg, LoraSpec())
     for layer in range(cfg.n_layers):
@@ -180,7 +185,7 @@ def test_declarations_cover_the_parameters(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_cache_declarations(name):
     """int8 covers every float state leaf; what grows with max_len is declared KV; bytes are derived."""
-    cls, mixer = MIXERS[name], build_mixer(model_cfg(name), name)
+    cls = mixer = declared(name)
     small, large = mixer.init_cache(2, 8), mixer.init_cache(2, 16)
     assert set(cls.kv_leaves) <= set(small), f"{name}: kv_leaves {cls.kv_leaves} are not cache leaves"
     floats = {k for k, v in small.items() if jnp.issubdtype(v.dtype, jnp.floating)}
@@ -259,7 +264,7 @@ def test_packed_rows_equal_documents_run_alone(name):
     mixer, params, x, _ = setup(name, sum(PACKED_DOCS[0]), seed=6)
     seg, pos = packed_inputs()
     w = jax.random.normal(jax.random.key(8), x.shape)
-    for fields in ({},) + tuple(MIXERS[name].test_variants):
+    for fields in ({},) + tuple(mixer.test_variants):
         check_packed(mixer.clone(**fields), params, x, seg, pos, w)
     with pytest.raises(ConfigError, match="decode one document per row"):
         mixer.apply(params, x, pos, mixer.init_cache(2, x.shape[1]), segment_ids=seg)
