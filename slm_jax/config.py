@@ -48,8 +48,8 @@ class QuantConfig:
 class MoEConfig:
     """A mixture-of-experts MLP in place of the dense MLP on chosen layers (slm_jax/modules/moe.py); 0 experts = off.
 
-    A router (d -> E, no bias) scores the experts; each token runs its ``top_k`` experts (gated MLPs of width
-    ``d_expert``, the activation of ``model.mlp``), summed with the router weights, plus an optional shared expert.
+    A router (d -> E, no bias) scores the experts; each token runs its ``top_k`` experts (MLPs of width
+    ``d_expert`` of the kind ``model.mlp``), summed with the router weights, plus an optional shared expert.
     Layer i is MoE when it is in ``layers`` or, with ``layers`` empty, when ``i % period == offset``.
     """
 
@@ -60,6 +60,12 @@ class MoEConfig:
     d_expert: int = 0  # hidden width of each expert; 0 -> model.d_ff's width
     d_shared: int = 0  # width of a shared expert every token passes through (Qwen, Granite); 0 -> none
     shared_gate: bool = False  # scale the shared expert by sigmoid(x . w) (Qwen's shared_expert_gate)
+    # a per-expert bias added to the scores to choose experts, not to weigh them (DeepSeek-V3's aux-loss-free
+    # e_score_correction_bias; Nemotron-H)
+    score_bias: bool = False
+    n_groups: int = 1  # group-limited routing (DeepSeek-V3's n_group): the experts in this many equal groups, and
+    top_groups: int = 1  # each token chooses among the groups with the best two-expert score sums, this many of them
+    scale: float = 1.0  # the routed experts' weights are multiplied by this (DeepSeek-V3's routed_scaling_factor)
     period: int = 1  # layer i is MoE when i % period == offset (Jamba: expert_layer_period 2, offset 1)
     offset: int = 0
     layers: tuple[int, ...] = ()  # explicit MoE layer indices (replaces period / offset), e.g. Qwen's sparse layers
@@ -73,8 +79,35 @@ class MoEConfig:
 
 
 @dataclass(frozen=True)
+class SharedBlockConfig:
+    """Transformer blocks whose parameters several layers reuse (slm_jax/models/shared_block.py); 0 blocks = off.
+
+    Zamba / Zamba2 (Glorioso et al. 2024, arXiv:2405.16712, arXiv:2411.15242): before each layer in ``layers`` its
+    use k runs block k % n_blocks on u = [x ; embeddings] (``concat_embed``, 2 d wide) or on x:
+    y = proj_k(mlp(norm(attention(norm(u))))) with no residual inside, model.n_heads / n_kv_heads heads, the use's
+    own adapters (low-rank, added to the query/key/value and MLP input projections) and its own KV cache; y then
+    joins that layer's mixer input (``add_to: mixer_input``) or the residual stream (``add_to: residual``).
+    """
+
+    n_blocks: int = 0  # distinct parameter sets, used in turn; 0 -> off
+    layers: tuple[int, ...] = ()  # 0-based indices of the layers a shared block runs before, ascending
+    concat_embed: bool = False  # the block reads [x ; the input embeddings] (2 d wide), Zamba's concatenation
+    head_dim: int = 0  # width of each attention head; 0 -> the input width / model.n_heads
+    mlp: str = "swiglu"  # the block's MLP kind, as model.mlp (none: attention only)
+    d_ff: int = 0  # the block's MLP hidden width; 0 -> model.d_ff's width
+    attn_adapter_rank: int = 0  # rank of each use's adapters on the query/key/value projections; 0 -> none
+    mlp_adapter_rank: int = 0  # rank of each use's adapter on the MLP input projection; 0 -> none
+    out_proj: bool = False  # each use projects the block's output with its own d x d matrix (Zamba2's linear)
+    add_to: str = "residual"  # residual: x + y | mixer_input: the next layer's mixer reads norm(x + y) (Zamba2)
+
+
+# A layer-pattern entry for a block without a mixer, x + mlp(norm(x)) (Nemotron-H's "-" and, with model.moe, "E").
+MLP_LAYER = "mlp"
+
+
+@dataclass(frozen=True)
 class ModelConfig:
-    """The architecture. ``layer_pattern`` (mixer names) is cycled to ``n_layers``."""
+    """The architecture. ``layer_pattern`` (mixer names, or ``mlp`` for an MLP-only block) is cycled to ``n_layers``."""
 
     preset: str = "transformer"
     layer_pattern: tuple[str, ...] = ()  # () -> the preset's pattern
@@ -84,7 +117,11 @@ class ModelConfig:
     n_kv_heads: int = 0  # 0 -> n_heads (MHA); 1 -> MQA; otherwise GQA
     head_dim: int = 0  # 0 -> d_model // n_heads
     vocab_size: int = 0  # 0 -> taken from the data
-    mlp: str = "swiglu"  # swiglu | geglu (tanh GELU) | geglu_erf (exact GELU) | gelu (not gated, exact) | none
+    # swiglu | geglu (tanh GELU) | geglu_erf (exact GELU) | gelu (not gated, exact) | relu2 (not gated, relu(x)^2:
+    # Primer, Nemotron-H) | none
+    mlp: str = "swiglu"
+    # False: blocks with a mixer have no MLP (mixer-only layers; the MLP lives in `mlp` pattern entries, Nemotron-H)
+    mixer_mlp: bool = True
     d_ff: int = 0  # 0 -> 8/3 * d_model rounded up to a multiple of 16
     tie_embeddings: bool = True
     rope_theta: float = 10000.0
@@ -113,6 +150,7 @@ class ModelConfig:
     attn_scale: float = 0.0  # attention scores are q.k times this; 0 -> 1 / sqrt(head width) (Gemma 2: its own)
     attn_softcap: float = 0.0  # 0 -> off; else attention scores -> cap * tanh(scores / cap) before softmax (Gemma 2)
     post_norms: bool = False  # a norm on the mixer's and the MLP's output before each residual add (Gemma 2's sandwich)
+    reordered_norms: tuple[str, ...] = ()  # mixers whose layers norm only each branch's output, x + norm(f(x)) (OLMo 2)
     parallel_residual: bool = False  # x + mixer(norm(x)) + mlp(norm'(x)): both branches read the block input (GPT-NeoX)
     residual_scale: float = 1.0  # each branch's output is multiplied by this before its residual add (Granite)
     logit_divisor: float = 1.0  # the output logits are divided by this, before logit_softcap (Granite's logits_scaling)
@@ -123,6 +161,7 @@ class ModelConfig:
     remat: bool = False
     mixers: MixerOptions = field(default_factory=MixerOptions)  # model.mixers.<name>.<field>: each mixer's own options
     moe: MoEConfig = field(default_factory=MoEConfig)  # model.moe.<field>: mixture-of-experts MLPs
+    shared_block: SharedBlockConfig = field(default_factory=SharedBlockConfig)  # weight-shared blocks (Zamba2)
     quant: QuantConfig = field(default_factory=QuantConfig)
     # none | int8 (KV and recurrent states) | int8_kv (KV only): decode cache stored int8 with group-wise scales
     # (quant/cache.py)
@@ -157,6 +196,12 @@ class ModelConfig:
         """Mixer name of every layer: the pattern cycled to ``n_layers``."""
         p = self.pattern
         return tuple(p[i % len(p)] for i in range(self.n_layers))
+
+    def has_mlp(self, layer: int) -> bool:
+        """Whether layer ``layer`` (0-based) has an MLP branch (dense or, where ``moe`` selects it, MoE)."""
+        if self.mlp == "none":
+            return False
+        return self.mixer_mlp or self.layers[layer] == MLP_LAYER
 
 
 @dataclass(frozen=True)
@@ -589,11 +634,13 @@ def validate(cfg: Config) -> None:
     )
     _require(m.embed_scale > 0, f"model.embed_scale must be positive (1 = no scaling), got {m.embed_scale}.")
     _require(
-        m.mlp in ("swiglu", "geglu", "geglu_erf", "gelu", "none"),
-        f"model.mlp must be swiglu, geglu, geglu_erf, gelu or none, got {m.mlp!r}.",
+        m.mlp in ("swiglu", "geglu", "geglu_erf", "gelu", "relu2", "none"),
+        f"model.mlp must be swiglu, geglu, geglu_erf, gelu, relu2 or none, got {m.mlp!r}.",
     )
+    _validate_mlp_layers(m)
     _validate_norms_positions(m)
     _validate_moe(m)
+    _validate_shared_block(m)
     for key in ("dtype", "param_dtype"):
         _require(
             getattr(m, key) in ("float32", "bfloat16", "float16"),
@@ -605,7 +652,8 @@ def validate(cfg: Config) -> None:
         f"model.bidirectional_combine must be sum or concat, got {m.bidirectional_combine!r}.",
     )
     for name in m.pattern:
-        build_mixer(m, name)  # an unknown name, or a mixer's own options that do not fit the model, fail here
+        if name != MLP_LAYER:
+            build_mixer(m, name)  # an unknown name, or a mixer's own options that do not fit the model, fail here
     _require(
         m.quant.bits in (0, 4, 8) and m.quant.group_size >= 0,
         "model.quant.bits must be 0, 4 or 8 and model.quant.group_size >= 0, "
@@ -730,7 +778,12 @@ def _validate_norms_positions(m: ModelConfig) -> None:
         _require(getattr(m, key) >= 0, f"model.{key} must be >= 0 (0 = off / the default), got {getattr(m, key)}.")
     for key in ("residual_scale", "logit_divisor"):
         _require(getattr(m, key) > 0, f"model.{key} must be positive (1 = off), got {getattr(m, key)}.")
-    for key in ("post_norms", "parallel_residual"):
+    unused = sorted(set(m.reordered_norms) - set(m.pattern))
+    _require(
+        not unused,
+        f"model.reordered_norms names {unused}, which no layer of model.layer_pattern uses; name its mixers.",
+    )
+    for key in ("post_norms", "parallel_residual", "reordered_norms"):
         _require(
             not getattr(m, key) or m.norm_position == "pre",
             f"model.{key} is a pre-norm block option; set model.norm_position=pre or model.{key}=false.",
@@ -743,6 +796,60 @@ def _validate_norms_positions(m: ModelConfig) -> None:
         (m.max_positions > 0) == (m.position == "learned"),
         f"model.max_positions ({m.max_positions}) is the learned position table's size: set it > 0 exactly when "
         f"model.position=learned (now {m.position!r}).",
+    )
+
+
+def _validate_mlp_layers(m: ModelConfig) -> None:
+    """``mlp`` pattern entries (MLP-only blocks) and ``model.mixer_mlp`` (mixer-only blocks): one sentence each."""
+    _require(
+        m.mlp != "none" or MLP_LAYER not in m.pattern,
+        f"model.layer_pattern has {MLP_LAYER!r} layers (an MLP alone) but model.mlp is none; give an MLP kind or "
+        "drop those layers.",
+    )
+    _require(
+        m.mixer_mlp or m.mlp != "none",
+        "model.mixer_mlp=false drops the MLP of mixer layers, but model.mlp is none already; leave mixer_mlp true.",
+    )
+    _require(
+        not m.parallel_residual or m.mixer_mlp,
+        "model.parallel_residual runs the MLP beside the mixer, but model.mixer_mlp=false takes it out of mixer "
+        "layers; set one of them back.",
+    )
+
+
+def _validate_shared_block(m: ModelConfig) -> None:
+    """``model.shared_block``: one sentence per mistake, naming the key."""
+    s, k = m.shared_block, "model.shared_block."
+    _require(s.n_blocks >= 0, f"{k}n_blocks must be >= 0 (0 = off), got {s.n_blocks}.")
+    if not s.n_blocks:
+        return
+    _require(
+        list(s.layers) == sorted(set(s.layers)) and all(0 <= i < m.n_layers for i in s.layers),
+        f"{k}layers must be distinct ascending layer indices below model.n_layers ({m.n_layers}), got {s.layers}.",
+    )
+    _require(
+        len(s.layers) >= s.n_blocks,
+        f"{k}layers has {len(s.layers)} uses for {s.n_blocks} blocks, so some block is never used; "
+        "lower n_blocks or add layers.",
+    )
+    _require(not m.scan_layers, f"{k}n_blocks > 0 needs unrolled layers; set model.scan_layers: false.")
+    _require(m.causal and m.norm_position == "pre", f"{k}n_blocks > 0 needs a causal pre-norm model; set it to 0.")
+    _require(m.cache_quant == "none", f"{k}n_blocks > 0 keeps a float KV cache; set model.cache_quant: none.")
+    _require(s.add_to in ("residual", "mixer_input"), f"{k}add_to must be residual or mixer_input, got {s.add_to!r}.")
+    _require(
+        s.add_to == "residual" or all(m.layers[i] != MLP_LAYER for i in s.layers),
+        f"{k}add_to: mixer_input needs a mixer in each of its layers, and some are {MLP_LAYER!r}; use residual.",
+    )
+    _require(
+        s.mlp in ("swiglu", "geglu", "geglu_erf", "gelu", "relu2", "none"),
+        f"{k}mlp must be swiglu, geglu, geglu_erf, gelu, relu2 or none, got {s.mlp!r}.",
+    )
+    for key in ("head_dim", "d_ff", "attn_adapter_rank", "mlp_adapter_rank"):
+        _require(getattr(s, key) >= 0, f"{k}{key} must be >= 0, got {getattr(s, key)}.")
+    width = m.d_model * (2 if s.concat_embed else 1)
+    _require(
+        s.head_dim > 0 or width % m.n_heads == 0,
+        f"The shared block's input width ({width}) must be divisible by model.n_heads ({m.n_heads}); set {k}head_dim.",
     )
 
 
@@ -778,9 +885,26 @@ def _validate_moe(m: ModelConfig) -> None:
         f"{k}period {e.period} and offset {e.offset} select none of the {m.n_layers} layers; lower the offset.",
     )
     _require(
-        m.mlp in ("swiglu", "geglu", "geglu_erf"),
-        f"{k}n_experts needs a gated model.mlp (swiglu, geglu or geglu_erf: the experts' activation), got {m.mlp!r}.",
+        m.mlp != "none",
+        f"{k}n_experts needs a model.mlp kind for its experts (swiglu, geglu, geglu_erf, gelu or relu2), got none.",
     )
+    _require(
+        all(m.has_mlp(i) for i in range(m.n_layers) if e.at(i)),
+        "model.moe selects layers without an MLP branch (model.mixer_mlp=false drops it from mixer layers); choose "
+        f"{k}layers among the mlp layers of model.layer_pattern, or set model.mixer_mlp=true.",
+    )
+    _require(
+        e.n_groups >= 1 and e.n_experts % e.n_groups == 0 and 1 <= e.top_groups <= e.n_groups,
+        f"{k}n_groups ({e.n_groups}) must divide {k}n_experts ({e.n_experts}) and {k}top_groups ({e.top_groups}) "
+        "be between 1 and n_groups; pick a divisor of the experts, or 1 group (no limit).",
+    )
+    size = e.n_experts // max(e.n_groups, 1)
+    _require(
+        e.n_groups == 1 or (size >= 2 and e.top_groups * size >= e.top_k),
+        f"{k}n_groups {e.n_groups} leaves {size} experts per group: groups need at least 2 (a group's score sums its "
+        f"best two) and the {k}top_groups groups at least {k}top_k experts; use fewer groups.",
+    )
+    _require(e.scale > 0, f"{k}scale must be positive (1 = off), got {e.scale}.")
     _require(not m.mlp_bias, f"MoE experts have no biases; set model.mlp_bias=false with {k}n_experts.")
     n_scanned = (m.n_layers // len(m.pattern)) * len(m.pattern) if m.scan_layers else 0
     _require(

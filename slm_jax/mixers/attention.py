@@ -124,10 +124,12 @@ class Attention(nn.Module):
         cache: PyTree = None,
         lengths: Array | None = None,
         segment_ids: Array | None = None,
+        qkv_delta: Array | None = None,
     ) -> tuple[Array, PyTree]:
         """x f32[b, t, d], positions i32[b, t] -> (f32[b, t, d], cache); ``lengths`` i32[b] (encoders only)
         hides the keys at and after each row's length (right padding); ``segment_ids`` i32[b, t] (packed
-        rows, no cache) hides the keys of other documents."""
+        rows, no cache) hides the keys of other documents. ``qkv_delta`` f32[b, t, qkv_width] is added to the
+        fused projection: a shared block's per-use adapters (models/shared_block.py)."""
         if not self.causal and cache is not None:
             raise ConfigError(NO_CACHE)
         check_parallel_only(segment_ids, cache)
@@ -139,6 +141,8 @@ class Attention(nn.Module):
         )
         # One fused projection: a single wider matmul is faster than three narrow ones on CPU.
         qkv = dense(self.qkv_width, "qkv", self.qkv_bias)(x)
+        if qkv_delta is not None:
+            qkv = qkv + qkv_delta.astype(qkv.dtype)
         q, key, value, gate = jnp.split(qkv, [h * e, (h + k) * e, (h + 2 * k) * e], axis=-1)
         norm = lambda name: RMSNorm(
             self.norm_eps, self.norm_offset, dtype=self.dtype, param_dtype=self.param_dtype, name=name

@@ -8,7 +8,7 @@
     y_t     = h_t C_t + D x_t                            D per head, init 1
     out     = out_proj(norm(y o silu(z)))                gated RMSNorm, one group per B/C group
 
-with w = expand * d inner channels split into h = w / e heads of width e, and k = n_groups
+with w = expand * d (or ``d_inner``) inner channels split into h = w / e heads of width e, and k = n_groups
 groups of (B, C) each shared by h / k heads (like keys in grouped-query attention). The
 training / prefill path is the chunked SSD algorithm (ops/ssd.py), the decode path the
 recurrence (``ssd_step``); both accumulate in float32.
@@ -17,7 +17,9 @@ Parameter names follow Hugging Face's ``Mamba2Mixer`` (in_proj, conv1d, dt_bias,
 norm, out_proj); the reference implementation is state-spaces/mamba
 ``mamba_ssm/modules/mamba2_simple.py`` (in-projection order [z, x, B, C, dt]). The gated norm
 is ``RMSNormGated(norm_before_gate=False, group_size=w / k)`` there: normalise y * silu(z) in
-k groups, then scale.
+k groups, then scale. ``gate_norm`` picks the other placements transformers' Mamba-2 hybrids use:
+``before_gate`` is rmsnorm(y) * scale * silu(z) (Falcon-H1's ``mamba_norm_before_gate``), ``none`` is
+y * silu(z) with no norm (Falcon-H1's ``mamba_rms_norm: false``).
 
 Decode cache: {"conv": [b, k_conv - 1, w + 2kn], "h": f32[b, h, e, n]}, constant in context length.
 """
@@ -39,16 +41,19 @@ from slm_jax.ops.segments import check_parallel_only
 from slm_jax.ops.ssd import ssd, ssd_flops_per_token, ssd_step
 
 _f32 = jnp.float32
+GATE_NORMS = ("after_gate", "before_gate", "none")
 
 
 class GatedRMSNorm(nn.Module):
     """rmsnorm(y o silu(z)) * scale, statistics in float32 over ``groups`` equal slices of the last axis.
 
-    y, z: [..., w] -> dtype[..., w]. Gate before norm (``norm_before_gate=False`` in Mamba-2).
+    y, z: [..., w] -> dtype[..., w]. Gate before norm (``norm_before_gate=False`` in Mamba-2); with
+    ``before_gate``, rmsnorm(y) * scale * silu(z).
     """
 
     groups: int = 1
     eps: float = 1e-5
+    before_gate: bool = False
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -56,10 +61,12 @@ class GatedRMSNorm(nn.Module):
     def __call__(self, y: Array, z: Array) -> Array:
         w = y.shape[-1]
         scale = self.param("scale", nn.initializers.ones, (w,), self.param_dtype)
-        v = y.astype(_f32) * jax.nn.silu(z.astype(_f32))
+        gate = jax.nn.silu(z.astype(_f32))
+        v = y.astype(_f32) if self.before_gate else y.astype(_f32) * gate
         v = v.reshape(*v.shape[:-1], self.groups, w // self.groups)  # [..., k, w / k]
         v = v * jax.lax.rsqrt(jnp.mean(v * v, axis=-1, keepdims=True) + self.eps)
-        return (v.reshape(y.shape) * scale.astype(_f32)).astype(self.dtype)
+        v = v.reshape(y.shape) * scale.astype(_f32)
+        return (v * gate if self.before_gate else v).astype(self.dtype)
 
 
 def _a_log_init(key: Array, shape: tuple[int, ...], dtype: Any = _f32) -> Array:
@@ -73,12 +80,15 @@ class Mamba2Options:
 
     d_state: int = 64
     expand: int = 2
+    d_inner: int = 0  # inner width w; 0 -> expand * d_model (Falcon-H1's mamba_d_ssm)
+    gate_norm: str = "after_gate"  # after_gate: norm(y silu(z)) | before_gate: norm(y) silu(z) | none: y silu(z)
     head_dim: int = 32
     n_groups: int = 1
     conv_width: int = 4
     chunk_size: int = 64
     dt_min: float = 0.001
     dt_max: float = 0.1
+    dt_floor: float = 0.0  # dt is clamped to at least this (Zamba2's time_step_limit (time_step_min, inf)); 0 = off
 
 
 class Mamba2(nn.Module):
@@ -97,7 +107,7 @@ class Mamba2(nn.Module):
     }
     lora_targets = ("in_proj", "out_proj")
     kv_leaves = ()
-    test_variants = ({"chunk_size": 7}, {"chunk_size": 64})
+    test_variants = ({"chunk_size": 7}, {"chunk_size": 64})  # gate_norm, d_inner: tests/mixers/test_mamba2.py
     test_options = {"d_state": 8, "head_dim": 12, "n_groups": 2, "chunk_size": 16}  # 2 groups of (B, C)
 
     width: int  # d
@@ -109,6 +119,8 @@ class Mamba2(nn.Module):
     chunk_size: int = 64  # c
     dt_min: float = 0.001
     dt_max: float = 0.1
+    dt_floor: float = 0.0  # lower clamp of dt after the softplus; 0 = off
+    gate_norm: str = "after_gate"
     norm_eps: float = 1e-5
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
@@ -129,10 +141,16 @@ class Mamba2(nn.Module):
         for key in ("d_state", "expand", "head_dim", "n_groups", "conv_width", "chunk_size"):
             if getattr(m, key) <= 0:
                 raise ConfigError(f"model.mixers.mamba2.{key} must be positive, got {getattr(m, key)}.")
-        w = m.expand * cfg.d_model
+        if m.d_inner < 0:
+            raise ConfigError(f"model.mixers.mamba2.d_inner must be >= 0 (0 = expand * d_model), got {m.d_inner}.")
+        if m.gate_norm not in GATE_NORMS:
+            raise ConfigError(
+                f"model.mixers.mamba2.gate_norm must be one of {', '.join(GATE_NORMS)}, got {m.gate_norm!r}."
+            )
+        w = m.d_inner or m.expand * cfg.d_model
         if w % m.head_dim:
             raise ConfigError(
-                f"model.mixers.mamba2.expand * model.d_model ({w}) "
+                f"The Mamba-2 inner width (d_inner, or expand * model.d_model: {w}) "
                 f"must be divisible by model.mixers.mamba2.head_dim ({m.head_dim}); change one of them."
             )
         if (w // m.head_dim) % m.n_groups:
@@ -144,6 +162,8 @@ class Mamba2(nn.Module):
             raise ConfigError(
                 f"model.mixers.mamba2 needs 0 < dt_min <= dt_max, got dt_min={m.dt_min}, dt_max={m.dt_max}."
             )
+        if m.dt_floor < 0:
+            raise ConfigError(f"model.mixers.mamba2.dt_floor must be >= 0 (0 = off), got {m.dt_floor}.")
         return cls(
             width=cfg.d_model,
             inner_width=w,
@@ -154,6 +174,8 @@ class Mamba2(nn.Module):
             chunk_size=m.chunk_size,
             dt_min=m.dt_min,
             dt_max=m.dt_max,
+            dt_floor=m.dt_floor,
+            gate_norm=m.gate_norm,
             norm_eps=cfg.norm_eps,
             **module_fields(cfg),
         )
@@ -192,7 +214,7 @@ class Mamba2(nn.Module):
         dt_bias = self.param("dt_bias", dt_bias_init(self.dt_min, self.dt_max), (h,), self.param_dtype)
         a_log = self.param("A_log", _a_log_init, (h,), self.param_dtype)
         d_skip = self.param("D", nn.initializers.ones, (h,), self.param_dtype).astype(_f32)
-        dt = jax.nn.softplus(dt.astype(_f32) + dt_bias.astype(_f32))  # [b, t, h]
+        dt = jnp.maximum(jax.nn.softplus(dt.astype(_f32) + dt_bias.astype(_f32)), self.dt_floor)  # [b, t, h]
         a = -jnp.exp(a_log.astype(_f32))  # [h]
 
         if cache is None:
@@ -203,9 +225,12 @@ class Mamba2(nn.Module):
         else:  # prefill continuing the cached state
             y, last = ssd(xs, dt, a, b, c, self.chunk_size, h0=cache["h"])
         y = y.astype(_f32) + d_skip[:, None] * xs.astype(_f32)  # [b, t, h, e]
-        y = GatedRMSNorm(k, self.norm_eps, dtype=self.dtype, param_dtype=self.param_dtype, name="norm")(
-            y.reshape(bsz, t, w), z
-        )
+        y = y.reshape(bsz, t, w)
+        if self.gate_norm == "none":
+            y = (y * jax.nn.silu(z.astype(_f32))).astype(self.dtype)
+        else:
+            before = self.gate_norm == "before_gate"
+            y = GatedRMSNorm(k, self.norm_eps, before, self.dtype, self.param_dtype, name="norm")(y, z)
         out = Linear(
             self.width,
             dtype=self.dtype,
@@ -229,7 +254,7 @@ class Mamba2(nn.Module):
             linear_params(d, 2 * w + 2 * gn + h)  # in_proj
             + conv_params(w + 2 * gn, self.conv_width)
             + 3 * h  # dt_bias, A_log, D
-            + w  # norm scale
+            + w * (self.gate_norm != "none")  # norm scale
             + linear_params(w, d)  # out_proj
         )
 
@@ -261,7 +286,7 @@ class Mamba2(nn.Module):
             xbc[..., w : w + k * n].reshape(bsz, t, k, n), h // k, axis=2
         )  # head j reads group j // (h / k)
         ch = jnp.repeat(xbc[..., w + k * n :].reshape(bsz, t, k, n), h // k, axis=2)
-        dt = jax.nn.softplus(dt + p["dt_bias"])  # [b, t, h]
+        dt = jnp.maximum(jax.nn.softplus(dt + p["dt_bias"]), self.dt_floor)  # [b, t, h]
         a = -jnp.exp(p["A_log"])  # [h]
         state = jnp.zeros((bsz, h, e, n))
         ys = []
@@ -269,7 +294,10 @@ class Mamba2(nn.Module):
             decay = jnp.exp(dt[:, i] * a)[:, :, None, None]  # [b, h, 1, 1]
             state = decay * state + dt[:, i, :, None, None] * xs[:, i, :, :, None] * bh[:, i, :, None, :]
             ys.append((jnp.einsum("bhen,bhn->bhe", state, ch[:, i]) + p["D"][:, None] * xs[:, i]).reshape(bsz, w))
-        y = jnp.stack(ys, axis=1) * jax.nn.silu(z)  # gate, then RMS-normalise each group of w / k
-        yg = y.reshape(bsz, t, k, w // k)
-        yg = yg / jnp.sqrt(jnp.mean(yg**2, axis=-1, keepdims=True) + self.norm_eps)
-        return (yg.reshape(bsz, t, w) * p["norm"]["scale"]) @ p["out_proj"]["kernel"], {"h": state}
+        y, gate = jnp.stack(ys, axis=1), jax.nn.silu(z)
+        if self.gate_norm == "none":
+            return (y * gate) @ p["out_proj"]["kernel"], {"h": state}
+        yg = (y if self.gate_norm == "before_gate" else y * gate).reshape(bsz, t, k, w // k)  # k groups of w / k
+        y = yg / jnp.sqrt(jnp.mean(yg**2, axis=-1, keepdims=True) + self.norm_eps)
+        y = y.reshape(bsz, t, w) * p["norm"]["scale"] * (gate if self.gate_norm == "before_gate" else 1.0)
+        return y @ p["out_proj"]["kernel"], {"h": state}

@@ -18,7 +18,8 @@ import jax.numpy as jnp
 
 from slm_jax.config import ModelConfig
 from slm_jax.mixers.contract import state_bytes
-from slm_jax.mixers.registry import build_mixer
+from slm_jax.models.block import layer_mixer
+from slm_jax.models.shared_block import shared_flops_per_token, shared_params, shared_state_bytes
 from slm_jax.modules.mlp import mlp_params
 from slm_jax.modules.moe import moe_params
 
@@ -29,18 +30,31 @@ def _norm_params(cfg: ModelConfig) -> int:
 
 def _mlp_params(cfg: ModelConfig, layer: int, experts: int = 0, bias: bool = True) -> int:
     """Parameters of layer ``layer``'s MLP (with its biases if ``bias``), or of its MoE counting ``experts``
-    experts (0: all of them)."""
+    experts (0: all of them); 0 for a mixer-only block."""
     e = cfg.moe
+    if not cfg.has_mlp(layer):
+        return 0
     if not e.at(layer):
         return mlp_params(cfg.mlp, cfg.d_model, cfg.ff_width, cfg.mlp_bias and bias)
-    return moe_params(cfg.d_model, e.n_experts, e.d_expert or cfg.ff_width, e.d_shared, e.shared_gate, experts)
+    f, bias = e.d_expert or cfg.ff_width, e.score_bias and bias  # the score bias is an add, not a multiply-add
+    return moe_params(cfg.d_model, e.n_experts, f, e.d_shared, e.shared_gate, experts, cfg.mlp, bias)
 
 
 def _block_params(cfg: ModelConfig, mixer_name: str, mixer_norm: bool, layer: int, active: bool = False) -> int:
-    norm = _norm_params(cfg)
-    post = norm if cfg.post_norms else 0  # a norm on each branch's output
-    mlp = _mlp_params(cfg, layer, cfg.moe.top_k if active else 0) + (norm + post if cfg.mlp != "none" else 0)
-    return build_mixer(cfg, mixer_name).num_params() + (norm if mixer_norm else 0) + post + mlp
+    norm, reordered = _norm_params(cfg), mixer_name in cfg.reordered_norms  # reordered: output norms only
+    post = norm if cfg.post_norms or reordered else 0  # a norm on each branch's output
+    mixer_norm = mixer_norm and not reordered
+    mlp_norms = norm * (not reordered) + post if cfg.has_mlp(layer) else 0
+    mlp = _mlp_params(cfg, layer, cfg.moe.top_k if active else 0) + mlp_norms
+    mixer = layer_mixer(cfg, mixer_name)
+    if mixer is None:  # an MLP-only block
+        return mlp
+    return mixer.num_params() + (norm if mixer_norm else 0) + post + mlp
+
+
+def _mixer_flops(cfg: ModelConfig, name: str, seq_len: int) -> float:
+    mixer = layer_mixer(cfg, name)
+    return 0.0 if mixer is None else mixer.flops_per_token(seq_len)
 
 
 def param_count(cfg: ModelConfig, include_embeddings: bool = True, active: bool = False) -> int:
@@ -55,7 +69,7 @@ def param_count(cfg: ModelConfig, include_embeddings: bool = True, active: bool 
     blocks = sum(
         _block_params(cfg, name, i > 0 or cfg.first_mixer_norm, i, active) for i, name in enumerate(cfg.layers)
     )
-    return embed + head + norms + blocks
+    return embed + head + norms + blocks + shared_params(cfg)  # + weight-shared blocks (model.shared_block)
 
 
 def forward_flops_per_token(
@@ -66,7 +80,8 @@ def forward_flops_per_token(
     MoE layers count their ``top_k`` experts, or with ``all_experts`` every expert (dense dispatch)."""
     experts = 0 if all_experts else cfg.moe.top_k
     mlp = lambda i: 2 * _mlp_params(cfg, i, experts, bias=False)  # biases are adds, not multiply-adds
-    layers = sum(build_mixer(cfg, name).flops_per_token(seq_len) + mlp(i) for i, name in enumerate(cfg.layers))
+    layers = sum(_mixer_flops(cfg, name, seq_len) + mlp(i) for i, name in enumerate(cfg.layers))
+    layers += shared_flops_per_token(cfg, seq_len)  # every use of a weight-shared block
     return layers + head_fraction * 2 * cfg.vocab_size * cfg.d_model
 
 
@@ -79,7 +94,9 @@ def decode_state_bytes(cfg: ModelConfig, batch: int, max_len: int, dtype: Any = 
     """Bytes of the decode cache for ``batch`` sequences of ``max_len`` tokens (0 for an encoder: it has none)."""
     if not cfg.causal:
         return 0
-    return sum(state_bytes(build_mixer(cfg, name), batch, max_len, dtype) for name in cfg.layers)
+    mixers = [layer_mixer(cfg, name) for name in cfg.layers]
+    shared = shared_state_bytes(cfg, batch, max_len, dtype)  # one KV cache per use of a shared block
+    return shared + sum(state_bytes(mixer, batch, max_len, dtype) for mixer in mixers if mixer is not None)
 
 
 def summary(cfg: ModelConfig, seq_len: int, head_fraction: float = 1.0) -> dict:

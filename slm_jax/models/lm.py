@@ -25,8 +25,8 @@ from slm_jax.array_typing import Array, PyTree
 from slm_jax.config import ModelConfig
 from slm_jax.errors import ConfigError
 from slm_jax.mixers.bidirectional import NO_CACHE
-from slm_jax.mixers.registry import build_mixer
-from slm_jax.models.block import Block, build_block
+from slm_jax.models.block import Block, build_block, layer_mixer
+from slm_jax.models.shared_block import SharedBlocks, init_shared_cache
 from slm_jax.modules.embed import Embed, soft_cap
 from slm_jax.modules.linear import Linear, dtype_of
 from slm_jax.modules.norms import make_norm
@@ -145,13 +145,21 @@ class CausalLM(nn.Module):
             )
         block_cls = nn.remat(Block) if cfg.remat else Block
         layer_caches = []
+        # Weight-shared blocks run before some layers (model.shared_block); never scanned, so x is the embedding.
+        shared = SharedBlocks(cfg, name="shared") if cfg.shared_block.n_blocks else None
+        shared_caches, embeds = None if cache is None else cache.get("shared"), x
         for i in range(first, cfg.n_layers):
             layer_cache = None if cache is None else cache["layers"][i - first]
             mixer_norm = cfg.first_mixer_norm or i > 0
             block = build_block(cfg, cfg.layers[i], block_cls, name=f"layers_{i}", mixer_norm=mixer_norm, layer=i)
-            x, layer_cache = block(x, positions, layer_cache, lengths, segment_ids)
+            mixer_add = None
+            if shared is not None and i in cfg.shared_block.layers:
+                x, mixer_add, shared_caches = shared(i, x, embeds, positions, shared_caches, segment_ids)
+            x, layer_cache = block(x, positions, layer_cache, lengths, segment_ids, mixer_add)
             layer_caches.append(layer_cache)
         new_cache["layers"] = tuple(layer_caches)
+        if shared_caches is not None:
+            new_cache["shared"] = shared_caches
         if cfg.norm_position == "pre":  # a post-norm stack ends normalised already
             x = norm("final_norm")(x)
         self.sow("intermediates", "final_hidden", x)  # [b, t, d]: task heads, distillation's cosine loss
@@ -180,7 +188,9 @@ class CausalLM(nn.Module):
         dtype = dtype or dtype_of(cfg.dtype)
 
         def one(name: str) -> PyTree:
-            mixer = build_mixer(cfg, name)
+            mixer = layer_mixer(cfg, name)
+            if mixer is None:  # an MLP-only block keeps no state
+                return {}
             cache = mixer.init_cache(batch, max_len, dtype)
             if cfg.cache_quant == "none":
                 return cache
@@ -191,6 +201,8 @@ class CausalLM(nn.Module):
         if n_rep:
             stack = lambda a: jnp.broadcast_to(a, (n_rep,) + a.shape)
             cache["periods"] = tuple(jax.tree.map(stack, one(name)) for name in cfg.pattern)
+        if cfg.shared_block.n_blocks:
+            cache["shared"] = init_shared_cache(cfg, batch, max_len, dtype)
         return cache
 
 

@@ -4,16 +4,21 @@ Sparsely-gated MoE (Shazeer et al. 2017, arXiv:1701.06538) in the form Switch Tr
 arXiv:2101.03961), Mixtral, Jamba, Qwen-MoE and Granite 4.0 use. With x the token's input:
 
   router   s = softmax(x R) (``routing: softmax``) or sigmoid(x R) (``sigmoid``: DeepSeek-V3-style scores), R [d, E]
-  choose   the k largest s_e; weights w_e = s_e, or s_e / sum of the chosen (``normalize_top_k``: Qwen's
-           norm_topk_prob; Granite's softmax over the top-k logits is the same thing); w_e = 0 off the top-k
+  choose   the k largest s_e + b_e (b: ``score_bias``, DeepSeek-V3's e_score_correction_bias, steers the choice
+           only; 0 when off), among the experts of each token's ``top_groups`` best of ``n_groups`` equal expert
+           groups, a group ranked by the sum of its two best s_e + b_e (DeepSeek-V3's group-limited routing;
+           1 group = no limit); weights w_e = s_e, or s_e / sum of the chosen (``normalize_top_k``: Qwen's
+           norm_topk_prob; Granite's softmax over the top-k logits is the same thing), times ``scale``
+           (routed_scaling_factor); w_e = 0 off the top-k
   output   y = sum_e w_e down_e(act(gate_e(x)) * up_e(x)) [+ sigmoid(x g) shared(x)  (Qwen's gated shared expert;
-           Granite's shared_mlp has no gate)]
+           Granite's shared_mlp has no gate)]; plain kinds (``relu2``, ``gelu``: Nemotron-H's experts) are
+           down_e(act(up_e(x)))
 
 Dispatch here is dense: every expert runs on every token and unchosen experts are weighted by 0, which is exact,
 needs no capacity factor and drops no token, at E / k times the expert FLOPs of a sparse dispatch (fine for small
 E on CPU; models/accounting.py reports both). Expert kernels are stacked, ``gate_up`` [E, d, 2f] (gate columns
-first) and ``down`` [E, f, d], as ``ExpertLinear`` modules, so quantization and LoRA treat them as projections
-and the sharding rules split their leading ``expert`` axis.
+first; ``up`` [E, d, f] for a plain kind) and ``down`` [E, f, d], as ``ExpertLinear`` modules, so quantization
+and LoRA treat them as projections and the sharding rules split their leading ``expert`` axis.
 
 Each call sows Switch Transformer's load-balancing loss ``E * sum_e f_e P_e`` as ``intermediates/moe_balance_loss``
 (``balance_loss``); training adds ``mean over layers * model.moe.aux_loss_weight`` to the loss (training/step.py).
@@ -28,7 +33,7 @@ import numpy as np
 
 from slm_jax.array_typing import Array, PyTree
 from slm_jax.modules.linear import Linear, kernel_param
-from slm_jax.modules.mlp import ACTIVATIONS, MLP, gated_mlp_params
+from slm_jax.modules.mlp import ACTIVATIONS, MLP, PLAIN_ACTIVATIONS, mlp_params
 
 BALANCE_LOSS = "moe_balance_loss"  # the name each MoE layer sows its balancing loss under, in "intermediates"
 
@@ -48,15 +53,33 @@ class ExpertLinear(Linear):
         return y.astype(self.dtype)
 
 
-def route(logits: Array, top_k: int, routing: str, normalize: bool) -> tuple[Array, Array, Array]:
+def route(
+    logits: Array,
+    top_k: int,
+    routing: str,
+    normalize: bool,
+    bias: Array | None = None,
+    n_groups: int = 1,
+    top_groups: int = 1,
+    scale: float = 1.0,
+) -> tuple[Array, Array, Array]:
     """Router logits f32[n, E] -> (weights f32[n, E], zero off each token's top-k; probabilities f32[n, E], each
     row summing to 1, for the balancing loss (sigmoid scores divided by their sum, as DeepSeek-V3's balance loss
-    does); chosen experts i32[n, k])."""
+    does); chosen experts i32[n, k]). ``bias`` f32[E], ``n_groups``, ``top_groups`` and ``scale``: module doc."""
     logits = logits.astype(jnp.float32)
     scores = jax.nn.softmax(logits, axis=-1) if routing == "softmax" else jax.nn.sigmoid(logits)
-    top, chosen = jax.lax.top_k(scores, top_k)  # [n, k] each
+    choice = scores if bias is None else scores + bias.astype(jnp.float32)
+    if n_groups > 1:  # keep the experts of the top_groups groups with the best two-expert sums
+        n, e = choice.shape
+        grouped = choice.reshape(n, n_groups, e // n_groups)
+        _, best = jax.lax.top_k(jax.lax.top_k(grouped, 2)[0].sum(axis=-1), top_groups)  # [n, top_groups]
+        keep = jax.nn.one_hot(best, n_groups, dtype=jnp.bool_).any(axis=1)  # [n, G]
+        choice = jnp.where(keep[:, :, None], grouped, -jnp.inf).reshape(n, e)
+    _, chosen = jax.lax.top_k(choice, top_k)  # [n, k]
+    top = jnp.take_along_axis(scores, chosen, axis=-1)  # the scores themselves weigh, never the bias
     if normalize:
         top = top / top.sum(axis=-1, keepdims=True)
+    top = top * scale
     weights = jnp.einsum("nk,nke->ne", top, jax.nn.one_hot(chosen, logits.shape[-1], dtype=top.dtype))
     probs = scores if routing == "softmax" else scores / scores.sum(axis=-1, keepdims=True)
     return weights, probs, chosen
@@ -90,7 +113,8 @@ def mean_balance_loss(intermediates: PyTree) -> Array | None:
 
 
 class MoE(nn.Module):
-    """The MoE MLP, f32[b, t, d] -> f32[b, t, d] (module docstring); ``kind`` names a gated ``ACTIVATIONS`` entry."""
+    """The MoE MLP, f32[b, t, d] -> f32[b, t, d] (module docstring); ``kind`` names an ``ACTIVATIONS`` (gated) or
+    ``PLAIN_ACTIVATIONS`` entry."""
 
     n_experts: int
     top_k: int
@@ -98,6 +122,10 @@ class MoE(nn.Module):
     kind: str = "swiglu"
     routing: str = "softmax"  # softmax | sigmoid
     normalize_top_k: bool = False
+    score_bias: bool = False  # a per-expert bias on the scores, for the choice only (``score_bias`` [E])
+    n_groups: int = 1  # group-limited routing: E experts in this many groups,
+    top_groups: int = 1  # of which each token chooses among the best this many
+    scale: float = 1.0  # the routed weights times this
     shared_hidden: int = 0  # 0 -> no shared expert
     shared_gate: bool = False
     dtype: Any = jnp.float32
@@ -112,14 +140,23 @@ class MoE(nn.Module):
         init = nn.initializers.normal(self.init_std)
         # The router runs in float32 whatever the compute dtype: bf16 logits would flip near-tied choices.
         logits = Linear(self.n_experts, param_dtype=self.param_dtype, kernel_init=init, name="router")(xs)
-        weights, probs, chosen = route(logits, self.top_k, self.routing, self.normalize_top_k)
+        bias = None  # float32 like the router; a zero gradient (it only steers the choice)
+        if self.score_bias:
+            bias = self.param("score_bias", nn.initializers.zeros, (self.n_experts,), jnp.float32)
+        weights, probs, chosen = route(
+            logits, self.top_k, self.routing, self.normalize_top_k, bias, self.n_groups, self.top_groups, self.scale
+        )
         self.sow("intermediates", BALANCE_LOSS, balance_loss(probs, chosen))
         kw = {"dtype": self.dtype, "param_dtype": self.param_dtype}
         experts = lambda f, name, kernel_init: ExpertLinear(
             f, kernel_init=kernel_init, n_experts=self.n_experts, name=name, **kw
         )
-        gate, up = jnp.split(experts(2 * self.hidden, "gate_up", init)(xs), 2, axis=-1)  # [E, n, f] each
-        out = experts(d, "down", self.out_init)(ACTIVATIONS[self.kind](gate) * up)  # [E, n, d]
+        if self.kind in PLAIN_ACTIVATIONS:
+            h = PLAIN_ACTIVATIONS[self.kind](experts(self.hidden, "up", init)(xs))  # [E, n, f]
+        else:
+            gate, up = jnp.split(experts(2 * self.hidden, "gate_up", init)(xs), 2, axis=-1)  # [E, n, f] each
+            h = ACTIVATIONS[self.kind](gate) * up
+        out = experts(d, "down", self.out_init)(h)  # [E, n, d]
         y = jnp.einsum("ne,end->nd", weights.astype(self.dtype), out, preferred_element_type=jnp.float32)
         if self.shared_hidden:
             shared = MLP(
@@ -138,19 +175,49 @@ class MoE(nn.Module):
 
 
 def moe_params(
-    d: int, n_experts: int, hidden: int, shared_hidden: int = 0, shared_gate: bool = False, experts: int = 0
+    d: int,
+    n_experts: int,
+    hidden: int,
+    shared_hidden: int = 0,
+    shared_gate: bool = False,
+    experts: int = 0,
+    kind: str = "swiglu",
+    score_bias: bool = False,
 ) -> int:
-    """Parameters of a ``MoE``: router, experts, shared expert and its gate (models/accounting.py); ``experts`` > 0
-    counts only that many experts (the ones a token uses), the router always scoring all ``n_experts``."""
-    shared = gated_mlp_params(d, shared_hidden) + (d if shared_gate else 0)
-    return d * n_experts + (experts or n_experts) * gated_mlp_params(d, hidden) + shared
+    """Parameters of a ``MoE``: router (and its score bias), experts, shared expert and its gate
+    (models/accounting.py); ``experts`` > 0 counts only that many experts (the ones a token uses), the router always
+    scoring all ``n_experts``."""
+    shared = mlp_params(kind, d, shared_hidden) + (d if shared_gate else 0)
+    router = (d + score_bias) * n_experts
+    return router + (experts or n_experts) * mlp_params(kind, d, hidden) + shared
+
+
+def _mlp_reference(kind: str, hidden: int, kernels: dict, x: Array) -> Array:
+    """One MLP on one token x f32[d]: ``kernels`` {"up" or "gate_up", "down"} (arrays)."""
+    if kind in PLAIN_ACTIVATIONS:
+        return PLAIN_ACTIVATIONS[kind](x @ kernels["up"]) @ kernels["down"]
+    h = x @ kernels["gate_up"]
+    return (ACTIVATIONS[kind](h[:hidden]) * h[hidden:]) @ kernels["down"]
+
+
+def _choose_reference(moe: MoE, choice: np.ndarray) -> np.ndarray:
+    """i32[n, k]: per token, the k best of ``choice`` f32[n, E] among the experts of its best groups."""
+    size = moe.n_experts // moe.n_groups
+    rows = []
+    for row in choice:
+        group_score = [np.sort(row[g * size : (g + 1) * size])[-2:].sum() for g in range(moe.n_groups)]
+        groups = set(np.argsort(-np.asarray(group_score), kind="stable")[: moe.top_groups].tolist())
+        ranked = [e for e in np.argsort(-row, kind="stable") if e // size in groups]
+        rows.append(ranked[: moe.top_k])
+    return np.asarray(rows)
 
 
 def moe_reference(moe: MoE, params: PyTree, x: Array, chosen: np.ndarray | None = None) -> Array:
     """The slow, obvious MoE, f32[b, t, d] -> f32[b, t, d]: a loop over tokens and their chosen experts.
 
     ``chosen`` i32[n, k] fixes the selection (so the loop is differentiable); None picks it here with numpy's
-    stable sort of the router scores (needs concrete ``params`` and ``x``). For tests of ``MoE``.
+    stable sort of the router scores plus the score bias, group by group (needs concrete ``params`` and ``x``).
+    For tests of ``MoE``.
     """
     p = params["params"]
     lead, d = x.shape[:-1], x.shape[-1]
@@ -158,21 +225,19 @@ def moe_reference(moe: MoE, params: PyTree, x: Array, chosen: np.ndarray | None 
     logits = xs @ p["router"]["kernel"]
     scores = jax.nn.softmax(logits, axis=-1) if moe.routing == "softmax" else jax.nn.sigmoid(logits)
     if chosen is None:
-        chosen = np.argsort(-np.asarray(scores), axis=-1, kind="stable")[:, : moe.top_k]
-    act = ACTIVATIONS[moe.kind]
-    gate_up, down = p["gate_up"]["kernel"], p["down"]["kernel"]
+        bias = np.asarray(p["score_bias"]) if moe.score_bias else 0.0
+        chosen = _choose_reference(moe, np.asarray(scores) + bias)
+    names = ("up", "down") if moe.kind in PLAIN_ACTIVATIONS else ("gate_up", "down")
     rows = []
     for i in range(xs.shape[0]):
         w = scores[i, chosen[i]]
-        w = w / w.sum() if moe.normalize_top_k else w
+        w = (w / w.sum() if moe.normalize_top_k else w) * moe.scale
         y = jnp.zeros(d)
         for j, e in enumerate(chosen[i]):
-            g, u = xs[i] @ gate_up[e, :, : moe.hidden], xs[i] @ gate_up[e, :, moe.hidden :]
-            y = y + w[j] * (act(g) * u) @ down[e]
+            y = y + w[j] * _mlp_reference(moe.kind, moe.hidden, {n: p[n]["kernel"][e] for n in names}, xs[i])
         if moe.shared_hidden:
-            sp = p["shared"]
-            h = xs[i] @ sp["gate_up"]["kernel"]
-            s = (act(h[: moe.shared_hidden]) * h[moe.shared_hidden :]) @ sp["down"]["kernel"]
+            shared = {n: p["shared"][n]["kernel"] for n in names}
+            s = _mlp_reference(moe.kind, moe.shared_hidden, shared, xs[i])
             y = y + (jax.nn.sigmoid(xs[i] @ p["shared_gate"]["kernel"]) * s if moe.shared_gate else s)
         rows.append(y)
     return jnp.stack(rows).reshape(*lead, d)

@@ -12,7 +12,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from slm_jax.config import ModelConfig
+from slm_jax.config import MLP_LAYER, ModelConfig
 from slm_jax.errors import ConfigError
 from slm_jax.mixers.registry import build_mixer, get_mixer
 from slm_jax.prune.linear import HEADED, TIED
@@ -61,6 +61,13 @@ def _at_most(key: str, new: int, old: int, what: str) -> int:
 def plan(m: ModelConfig, o: PruneOptions) -> tuple[Shapes, dict]:
     """(old and new sizes, dotted ``model.*`` changes for ``config.replace``) of pruning ``m`` as ``o`` asks."""
     layers = set(m.layers)
+    composite = sorted(name for name in layers if "+" in name or name == MLP_LAYER)
+    if composite or m.shared_block.n_blocks:
+        what = f"layers {composite}" if composite else "model.shared_block"
+        raise ConfigError(
+            f"slm prune does not handle {what} (parallel, MLP-only or weight-shared blocks) yet; "
+            "prune a model without them, or distill into a smaller one (slm distill)."
+        )
     if o.n_layers and o.depth_unit == "period" and o.n_layers % len(m.pattern):
         raise ConfigError(
             f"prune.n_layers ({o.n_layers}) is not a whole number of {len(m.pattern)}-layer periods; "

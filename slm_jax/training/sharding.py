@@ -58,6 +58,7 @@ MODEL_PARAM_AXES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
     ("head/bias", ("vocab",)),
     ("moe/gate_up/kernel", ("expert", "embed", "mlp")),  # modules/moe.py: before the dense MLP's suffixes
     ("moe/down/kernel", ("expert", "mlp", "embed")),
+    ("moe/up/kernel", ("expert", "embed", "mlp")),  # plain (not gated) experts: model.mlp relu2 / gelu
     ("moe/router/kernel", ("embed", None)),
     ("gate_up/kernel", ("embed", "mlp")),
     ("gate_up/bias", ("mlp",)),

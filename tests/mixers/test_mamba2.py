@@ -44,3 +44,33 @@ def test_initialisation_follows_the_reference():
 def test_bad_sizes_give_a_config_error(bad, match):
     with pytest.raises(ConfigError, match=match):
         model_cfg(**bad)
+
+
+@pytest.mark.parametrize(
+    "fields", [{"gate_norm": "before_gate"}, {"gate_norm": "none"}, {"d_inner": 48}, {"dt_floor": 0.05}]
+)
+def test_option_paths_equal_the_reference(fields):
+    """Falcon-H1's gate placements (norm before the gate, no norm), an inner width other than expand * d and a
+    dt floor (Zamba2): full sequence, prefill + token-by-token decode and the final state equal the reference."""
+    from tests.mixers.test_contract import close, o1_params
+
+    mixer = build_mixer(model_cfg(**fields), "mamba2")
+    t = 21
+    x = jax.random.normal(jax.random.key(1), (2, t, D))
+    pos = jnp.broadcast_to(jnp.arange(t), (2, t))
+    params = o1_params(mixer.init(jax.random.key(2), x, pos), jax.random.key(3))
+    assert ("norm" in params["params"]) == (mixer.gate_norm != "none")
+    assert mixer.num_params() == sum(a.size for a in jax.tree.leaves(params))
+    y_ref, state = mixer.reference(params, x, pos)
+    close(mixer.apply(params, x, pos)[0], y_ref)
+    y, cache = mixer.apply(params, x[:, :9], pos[:, :9], mixer.init_cache(2, t))
+    steps = [y]
+    for i in range(9, t):
+        y, cache = mixer.apply(params, x[:, i : i + 1], pos[:, i : i + 1], cache)
+        steps.append(y)
+    close(jnp.concatenate(steps, axis=1), y_ref)
+    close(cache["h"], state["h"])
+    plain = build_mixer(model_cfg(), "mamba2")
+    if "gate_norm" in fields:  # the placement changes the output (same parameters where they exist)
+        p = {"params": {**params["params"], "norm": {"scale": jnp.ones(72)}}}
+        assert np.abs(np.asarray(plain.apply(p, x, pos)[0] - mixer.apply(params, x, pos)[0])).max() > 1e-2

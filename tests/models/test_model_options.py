@@ -39,6 +39,13 @@ OPTIONS = {
     "logit_divisor": {"logit_divisor": 3.0},
     "attn_output_gate": {"attn_output_gate": True},
     "qk_norm_all_heads": {"qk_norm": True, "qk_norm_all_heads": True},
+    "reordered_norms": {"reordered_norms": ["attention"]},  # OLMo hybrid: only the attention layers
+    "olmo2_like": {
+        "reordered_norms": ["attention"],
+        "qk_norm": True,
+        "qk_norm_all_heads": True,
+        "layer_pattern": ["attention"],
+    },
     "qwen3_next_like": {
         "attn_output_gate": True,
         "qk_norm": True,
@@ -168,12 +175,13 @@ def test_logit_divisor_divides_the_logits():
     np.testing.assert_allclose(divided.apply(params, toks)[0], plain.apply(params, toks)[0] / 3.0, rtol=1e-6)
 
 
-@pytest.mark.parametrize("option", ["post_norms", "parallel_residual", "residual_scale"])
+@pytest.mark.parametrize("option", ["post_norms", "parallel_residual", "residual_scale", "reordered_norms"])
 def test_block_equals_its_composition(option):
     """post_norms: h = x + n3(mixer(n1(x))), out = h + n4(mlp(n2(h))); parallel_residual:
     out = x + mixer(n1(x)) + mlp(n2(x)); residual_scale r: h = x + r mixer(n1(x)), out = h + r mlp(n2(h));
-    all from the block's own submodules and parameters."""
-    cfg = _cfg(**({option: 0.4} if option == "residual_scale" else {option: True}))
+    reordered_norms: h = x + n3(mixer(x)), out = h + n4(mlp(h)); all from the block's own submodules and parameters."""
+    values = {"residual_scale": 0.4, "reordered_norms": ["attention"]}
+    cfg = _cfg(**{option: values.get(option, True)})
     block = build_block(cfg, "attention")
     x = jax.random.normal(jax.random.key(3), (2, 7, cfg.d_model))
     pos = jnp.broadcast_to(jnp.arange(7), (2, 7))
@@ -188,11 +196,15 @@ def test_block_equals_its_composition(option):
     elif option == "residual_scale":
         h = x + 0.4 * mixer(norm("mixer_norm", x))
         expected = h + 0.4 * mlp(norm("mlp_norm", h))
+    elif option == "reordered_norms":
+        assert "mixer_norm" not in p and "mlp_norm" not in p
+        h = x + norm("mixer_post_norm", mixer(x))
+        expected = h + norm("mlp_post_norm", mlp(h))
     else:
         h = x + norm("mixer_post_norm", mixer(norm("mixer_norm", x)))
         expected = h + norm("mlp_post_norm", mlp(norm("mlp_norm", h)))
     np.testing.assert_allclose(block.apply(variables, x, pos)[0], expected, rtol=1e-5, atol=1e-5)
-    if option == "post_norms":  # zero post-norm scales silence both branches exactly
+    if option in ("post_norms", "reordered_norms"):  # zero post-norm scales silence both branches exactly
         for name in ("mixer_post_norm", "mlp_post_norm"):
             p[name] = {"scale": jnp.zeros(cfg.d_model)}
         np.testing.assert_array_equal(block.apply(variables, x, pos)[0], x)
@@ -221,7 +233,9 @@ def test_scaled_capped_attention_equals_reference(window, kv, gate, qk):
     assert np.abs(np.asarray(got - uncapped)).max() > 1e-2
 
 
-@pytest.mark.parametrize("name", ["post_norms", "gemma2_like", "gpt_neox_like", "qwen3_next_like", "qk_norm_all_heads"])
+@pytest.mark.parametrize(
+    "name", ["post_norms", "gemma2_like", "gpt_neox_like", "qwen3_next_like", "qk_norm_all_heads", "reordered_norms"]
+)
 def test_param_count_formula(name):
     cfg = _cfg(**OPTIONS[name])
     params = CausalLM(cfg).init(jax.random.key(0), _tokens())
@@ -236,6 +250,8 @@ def test_param_count_formula(name):
         ({"parallel_residual": True, "mlp": "none"}, "model.parallel_residual"),
         ({"attn_softcap": -1.0}, "model.attn_softcap"),
         ({"qk_norm_all_heads": True}, "model.qk_norm_all_heads"),
+        ({"reordered_norms": ["mamba"]}, "model.reordered_norms"),
+        ({"reordered_norms": ["attention"], "norm_position": "post"}, "model.reordered_norms"),
         ({"attn_scale": -0.1}, "model.attn_scale"),
         ({"residual_scale": 0.0}, "model.residual_scale"),
         ({"logit_divisor": -2.0}, "model.logit_divisor"),

@@ -26,6 +26,18 @@ MOES = {
     "sigmoid_normalized": {"n_experts": 5, "top_k": 3, "routing": "sigmoid", "normalize_top_k": True},
     "shared_gated_geglu": {"n_experts": 3, "top_k": 1, "shared_hidden": 8, "shared_gate": True, "kind": "geglu"},
     "every_expert": {"n_experts": 3, "top_k": 3, "shared_hidden": 8},
+    "nemotron_h_like": {  # plain relu2 experts, a score bias for the choice, group-limited, scaled weights
+        "n_experts": 8,
+        "top_k": 2,
+        "routing": "sigmoid",
+        "normalize_top_k": True,
+        "score_bias": True,
+        "n_groups": 4,
+        "top_groups": 2,
+        "scale": 2.5,
+        "shared_hidden": 8,
+        "kind": "relu2",
+    },
 }
 MODEL = {
     "vocab_size": 31,
@@ -58,7 +70,10 @@ def test_dense_dispatch_equals_the_per_token_loop(name):
     np.testing.assert_allclose(got, moe_reference(moe, params, x), rtol=1e-5, atol=1e-5)
     # Gradients, with the loop's selection fixed to the one the forward pass made.
     logits = x.reshape(-1, D) @ params["params"]["router"]["kernel"]
-    _, _, chosen = route(logits, moe.top_k, moe.routing, moe.normalize_top_k)
+    bias = params["params"].get("score_bias")
+    _, _, chosen = route(
+        logits, moe.top_k, moe.routing, moe.normalize_top_k, bias, moe.n_groups, moe.top_groups, moe.scale
+    )
     w = jax.random.normal(jax.random.key(3), got.shape)
     grad = jax.grad(lambda p, u: jnp.sum(w * moe.apply(p, u)), argnums=(0, 1))(params, x)
     ref = jax.grad(lambda p, u: jnp.sum(w * moe_reference(moe, p, u, np.asarray(chosen))), argnums=(0, 1))(params, x)
@@ -76,6 +91,34 @@ def test_routing_weights():
     weights, probs, _ = route(logits, 2, "sigmoid", normalize=True)
     np.testing.assert_allclose(weights.sum(-1), [1.0, 1.0], rtol=1e-6)
     np.testing.assert_allclose(probs.sum(-1), [1.0, 1.0], rtol=1e-6)
+
+
+def test_score_bias_groups_and_scale():
+    """DeepSeek-V3 / Nemotron-H routing: the bias steers the choice only, groups limit it, the scale multiplies."""
+    logits = jnp.asarray([[2.0, 1.5, -1.0, -2.0, 0.5, 0.0]])
+    s = jax.nn.sigmoid(logits)[0]
+    bias = jnp.asarray([0.0, 0.0, 0.0, 5.0, 0.0, 0.0])
+    weights, _, chosen = route(logits, 2, "sigmoid", False, bias=bias, scale=3.0)
+    assert set(np.asarray(chosen[0]).tolist()) == {3, 0}  # expert 3 only through its bias
+    np.testing.assert_allclose(weights[0, [0, 3]], 3.0 * s[jnp.asarray([0, 3])], rtol=1e-6)  # weighed by scores
+    # 3 groups of 2 experts, ranked by their score sums: group 0 (2, 1.5), then group 2 (0.5, 0), not group 1
+    weights, _, chosen = route(logits, 3, "sigmoid", True, n_groups=3, top_groups=2)
+    assert set(np.asarray(chosen[0]).tolist()) == {0, 1, 4}
+    np.testing.assert_allclose(weights.sum(), 1.0, rtol=1e-6)
+    weights, _, chosen = route(logits, 2, "sigmoid", False, bias=bias, n_groups=3, top_groups=1)
+    assert set(np.asarray(chosen[0]).tolist()) == {2, 3}  # the bias lifts group 1 above group 0
+
+
+def test_plain_experts_param_count():
+    moe = {"n_experts": 4, "top_k": 2, "layers": [1, 3], "d_expert": 24, "d_shared": 16, "score_bias": True}
+    cfg = _cfg(mlp="relu2", moe=moe)
+    params = CausalLM(cfg).init(jax.random.key(0), _tokens())
+    assert set(params["params"]["layers_1"]["moe"]) == {"router", "score_bias", "up", "down", "shared"}
+    assert accounting.param_count(cfg) == sum(a.size for a in jax.tree.leaves(params))
+    d, e, k, f = 32, 4, 2, 24  # a plain expert is up + down, 2 d f
+    assert accounting.param_count(cfg) - accounting.param_count(cfg, active=True) == 2 * (e - k) * 2 * d * f
+    plain = accounting.forward_flops_per_token(_cfg(mlp="relu2", moe={**moe, "score_bias": False}), 16)
+    assert accounting.forward_flops_per_token(cfg, 16) == plain  # the bias is an add, not a multiply-add
 
 
 def test_balance_loss_is_k_when_uniform_and_grows_with_imbalance():
@@ -207,7 +250,12 @@ def test_lora_on_experts_merges_like_its_side_branch():
         ({"n_experts": 4, "period": 2, "offset": 2}, {}, "model.moe.period"),
         ({"n_experts": 4, "layers": [0, 9]}, {}, "model.moe.layers"),
         ({"n_experts": 4, "layers": [1], "period": 2}, {}, "model.moe.layers"),
-        ({"n_experts": 4}, {"mlp": "gelu"}, "gated model.mlp"),
+        ({"n_experts": 4}, {"mlp": "none"}, "model.moe.n_experts"),
+        ({"n_experts": 6, "n_groups": 4}, {}, "model.moe.n_groups"),
+        ({"n_experts": 6, "n_groups": 3, "top_groups": 4}, {}, "model.moe.top_groups"),
+        ({"n_experts": 6, "n_groups": 6}, {}, "model.moe.n_groups"),  # one expert per group
+        ({"n_experts": 8, "n_groups": 4, "top_k": 3}, {}, "model.moe.top_k"),  # top_groups 1 holds only 2
+        ({"n_experts": 4, "scale": 0.0}, {}, "model.moe.scale"),
         ({"n_experts": 4, "period": 3}, {"scan_layers": True}, "model.scan_layers"),
         ({"n_experts": 4}, {"quant": {"bits": 4, "method": "gptq"}}, "quantize this model with rtn"),
     ],

@@ -156,3 +156,19 @@ def test_silent_embedding_channels_and_mamba2_heads_are_the_ones_removed():
         pruned["params"]["layers_0"]["mixer"]["A_log"], params["params"]["layers_0"]["mixer"]["A_log"][[1, 2]]
     )
     assert np.isfinite(logits(model, pruned)).all()
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        {"layer_pattern": ["attention+mamba2"]},
+        {"layer_pattern": ["mamba2", "mlp"], "mixer_mlp": False, "mlp": "relu2"},
+    ],
+)
+def test_composite_layers_are_refused_with_a_fix(model):
+    """Parallel and MLP-only layers have no pruning rules yet: one sentence says so, before any work."""
+    from slm_jax.errors import ConfigError
+
+    m = config_from_dict({"model": {"d_model": 32, "n_heads": 4, "n_layers": 2, "vocab_size": 29, **model}}).model
+    with pytest.raises(ConfigError, match="slm prune does not handle"):
+        plan(m, prune_options({"d_model": 16}))
