@@ -37,10 +37,13 @@ from slm_jax.interop.families import (
     lfm2,
     mamba,
     modernbert,
+    nemotron_h,
+    olmo_hybrid,
     qwen3_next,
     recurrent_gemma,
     transformer,
     xlstm,
+    zamba2,
 )
 from slm_jax.interop.hf_config import load_hf_config
 from slm_jax.interop.hf_tokenizer import export_run_tokenizer
@@ -73,6 +76,8 @@ FAMILIES: dict[str, ModuleType] = {
     "granitemoehybrid": granitemoehybrid,
     "falcon_h1": falcon_h1,
     "jamba": jamba,
+    "nemotron_h": nemotron_h,
+    "olmo_hybrid": olmo_hybrid,
     "qwen3_next": qwen3_next,
     "qwen3_5": qwen3_next,
     "qwen3_5_text": qwen3_next,
@@ -83,6 +88,7 @@ FAMILIES: dict[str, ModuleType] = {
     "distilbert": bert,
     "modernbert": modernbert,
     "xlstm": xlstm,
+    "zamba2": zamba2,
 }
 
 
@@ -168,14 +174,20 @@ def infer_family(m) -> str:
         return "bert" if m.norm_position == "post" else "modernbert"
     if "rglru" in layers:
         return "recurrent_gemma"
+    if m.shared_block.n_blocks:  # weight-shared attention blocks between Mamba-2 layers
+        return "zamba2"
     if layers in ({"mamba"}, {"mamba2"}):
         return layers.pop()
     if falcon_h1.LAYER in layers:
         return "falcon_h1"
     if layers == {"mlstm"}:
         return "xlstm"
+    if nemotron_h.MLP_LAYER in layers or not m.mixer_mlp:  # single-op layers
+        return "nemotron_h"
     if "short_conv" in layers:
         return "lfm2"
+    if "gated_deltanet" in layers and m.reordered_norms:
+        return "olmo_hybrid"
     if "gated_deltanet" in layers:
         return "qwen3_next" if m.moe.n_experts else "qwen3_5_text"
     if "mamba" in layers and m.mixers.mamba.dt_bc_norms:

@@ -337,9 +337,9 @@ def require_block_options(m, family: str, moe: bool = False, **fixed) -> None:
     """Refuse the block and attention options that ``family`` cannot express, naming the field.
 
     Keyword arguments give the family's own value of ``attn_softcap``, ``attn_scale``, ``attn_output_gate``,
-    ``qk_norm_all_heads``, ``post_norms``, ``parallel_residual``, ``residual_scale`` or ``logit_divisor`` (default: off, with 0 scale meaning
-    1 / sqrt(head_dim)); None: the family has a config field for any value. ``moe``: the family has
-    mixture-of-experts MLPs (``model.moe``), refused otherwise.
+    ``qk_norm_all_heads``, ``post_norms``, ``reordered_norms``, ``parallel_residual``, ``residual_scale`` or
+    ``logit_divisor`` (default: off, with 0 scale meaning 1 / sqrt(head_dim)); None: the family has a config field
+    for any value. ``moe``: the family has mixture-of-experts MLPs (``model.moe``), refused otherwise.
     """
     wanted = {
         "attn_softcap": 0.0,
@@ -347,6 +347,7 @@ def require_block_options(m, family: str, moe: bool = False, **fixed) -> None:
         "attn_output_gate": False,
         "qk_norm_all_heads": False,
         "post_norms": False,
+        "reordered_norms": (),
         "parallel_residual": False,
         "residual_scale": 1.0,
         "logit_divisor": 1.0,

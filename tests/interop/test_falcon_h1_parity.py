@@ -3,8 +3,9 @@ transformers' own model, through our ``attention+mamba2`` parallel layers.
 
 Tiny random models (no download): GQA with attention biases, every multiplier far from 1 (folded into the weights
 on import, written as 1 on export), untied; and a tied model with a head width that is not hidden / heads, one
-key/value head and one (B, C) group. Unsupported Falcon-H1 options are refused naming the field. Needs the
-``interop`` extra.
+key/value head and one (B, C) group; the released checkpoints' Mamba-2 (transformers' defaults: no gated norm,
+y * silu(z), and an inner width ``mamba_d_ssm`` of its own) and the norm-before-gate placement. Unsupported
+Falcon-H1 options are refused naming the field. Needs the ``interop`` extra.
 """
 
 import pytest
@@ -61,6 +62,26 @@ CASES = {
         "mamba_n_heads": 6,
         "mamba_n_groups": 1,
     },
+    "falcon_h1_released_mamba": {  # mamba_rms_norm false and mamba_d_ssm != mamba_expand * hidden_size
+        "hidden_size": 32,
+        "intermediate_size": 24,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        **MAMBA,
+        "mamba_d_ssm": 48,  # 4 heads of 12, 2 groups
+        "mamba_rms_norm": False,
+        **MULTIPLIERS,
+    },
+    "falcon_h1_norm_before_gate": {
+        "hidden_size": 32,
+        "intermediate_size": 24,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        **MAMBA,
+        "mamba_norm_before_gate": True,
+    },
 }
 
 
@@ -72,9 +93,6 @@ def test_round_trip_parity(case, tmp_path):
 @pytest.mark.parametrize(
     "field,value",
     [
-        ("mamba_rms_norm", False),
-        ("mamba_norm_before_gate", True),
-        ("mamba_d_ssm", 48),
         ("projectors_bias", True),
         ("mamba_proj_bias", True),
         ("time_step_limit", (0.0, 1.0)),
@@ -83,8 +101,6 @@ def test_round_trip_parity(case, tmp_path):
 )
 def test_import_refuses_unsupported_options_by_name(field, value, tmp_path):
     kwargs = {**CASES["falcon_h1_gqa_multipliers"], field: value}
-    if field == "mamba_d_ssm":
-        kwargs["mamba_n_heads"] = 3  # 48 / 3 = 16 per head
     hf_model("FalconH1Config", kwargs).save_pretrained(tmp_path / "hf")
     with pytest.raises(CheckpointError, match=field):
         from_hf(tmp_path / "hf", tmp_path / "run")
@@ -99,3 +115,8 @@ def test_export_refuses_what_falcon_h1_cannot_express():
         export_hf(config_from_dict({"model": {**model, "residual_scale": 0.5}}), {}, "falcon_h1")
     with pytest.raises(ConfigError, match="attn_out_bias"):
         export_hf(config_from_dict({"model": {**model, "qkv_bias": True}}), {}, "falcon_h1")
+    hybrid = {**model, "layer_pattern": ["mamba2", "attention"], "rotary_fraction": 0.5}  # Bamba's layout
+    for option, value in (("gate_norm", "none"), ("gate_norm", "before_gate"), ("d_inner", 96)):
+        cfg = config_from_dict({"model": {**hybrid, "mixers": {"mamba2": {option: value, "head_dim": 16}}}})
+        with pytest.raises(ConfigError, match=f"mixers.mamba2.{option}"):  # Bamba's Mamba-2 has neither
+            export_hf(cfg, {}, "bamba")

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from slm_jax.interop.families.mamba import mamba2_from_hf, mamba2_to_hf
+from slm_jax.interop.families.mamba import mamba2_from_hf, mamba2_to_hf, require_mamba2_options
 from slm_jax.interop.hf_config import (
     EXPORT_TAIL,
     HFConfig,
@@ -73,17 +73,18 @@ def config_from_hf(c: HFConfig) -> dict:
     }
 
 
-def mamba2_from_fields(c: HFConfig, d: int) -> dict:
-    """Our ``mixers.mamba2`` options from the ``mamba_*`` fields of a Bamba / Granite 4.0-H ``config.json``
-    (``d``: hidden_size), refusing what the mixer cannot express."""
+def mamba2_from_fields(c: HFConfig, d: int, width: int = 0) -> dict:
+    """Our ``mixers.mamba2`` options from the ``mamba_*`` fields of a Bamba / Granite 4.0-H / Falcon-H1
+    ``config.json`` (``d``: hidden_size; ``width``: an inner width of the family's own, else expand * d), refusing
+    what the mixer cannot express."""
     expand = c.get("mamba_expand", 2)
     if int(expand) != expand:
         raise unsupported(c, "mamba_expand", expand, "slm_jax needs an integer expansion")
-    heads, width = int(c.get("mamba_n_heads", 128)), int(expand) * d
+    heads, width = int(c.get("mamba_n_heads", 128)), width or int(expand) * d
     head_dim = c.get("mamba_d_head", "auto")
     head_dim = width // heads if head_dim == "auto" else int(head_dim)
     if heads * head_dim != width:
-        why = f"mamba_n_heads * mamba_d_head must equal mamba_expand * hidden_size = {width}"
+        why = f"mamba_n_heads * mamba_d_head must equal the Mamba-2 inner width {width}"
         raise unsupported(c, "mamba_n_heads", heads, why)
     c.expect("mamba_proj_bias", (False,), False, "in_proj/out_proj biases of the Mamba-2 mixer are not implemented")
     c.get("mamba_conv_bias", True)  # False: imported as a zero conv bias (exact)
@@ -91,6 +92,7 @@ def mamba2_from_fields(c: HFConfig, d: int) -> dict:
     if list(limit) != [0.0, float("inf")]:
         raise unsupported(c, "time_step_limit", list(limit), "clamping dt is not implemented; only (0, inf) is")
     return {
+        **({"d_inner": width} if width != int(expand) * d else {}),
         "d_state": int(c.get("mamba_d_state", 256)),
         "expand": int(expand),
         "head_dim": head_dim,
@@ -104,7 +106,7 @@ def mamba2_to_fields(m) -> dict:
     """The ``mamba_*`` fields of a Bamba / Granite 4.0-H ``config.json`` for ModelConfig ``m``."""
     mc = m.mixers.mamba2
     return {
-        "mamba_n_heads": mc.expand * m.d_model // mc.head_dim,
+        "mamba_n_heads": (mc.d_inner or mc.expand * m.d_model) // mc.head_dim,
         "mamba_d_head": mc.head_dim,
         "mamba_n_groups": mc.n_groups,
         "mamba_d_state": mc.d_state,
@@ -116,10 +118,12 @@ def mamba2_to_fields(m) -> dict:
     }
 
 
-def attention_from_hf(t: Tensors, m, a: str) -> dict:
-    """Our ``attention`` mixer's parameters from ``a`` + ``{q,k,v,o}_proj`` (Llama's names; also Granite's)."""
+def attention_from_hf(t: Tensors, m, a: str, d_in: int = 0) -> dict:
+    """Our ``attention`` mixer's parameters from ``a`` + ``{q,k,v,o}_proj`` (Llama's names; also Granite's);
+    ``d_in``: the projections' input width when it is not d_model (Zamba2's shared block reads 2 d_model)."""
     d, h, k, e = m.d_model, m.n_heads, m.kv_heads, m.attn_head_dim
-    shapes = {"q": (h * e, d), "k": (k * e, d), "v": (k * e, d)}
+    d_in = d_in or d
+    shapes = {"q": (h * e, d_in), "k": (k * e, d_in), "v": (k * e, d_in)}
     qkv = {n: linear_from_hf(t, f"{a}{n}_proj", s, m.qkv_bias) for n, s in shapes.items()}
     return {
         "qkv": {key: np.concatenate([qkv[n][key] for n in "qkv"], axis=-1) for key in qkv["q"]},
@@ -187,6 +191,7 @@ def check_exportable(m, family: str) -> None:
     other = "export it as another family (--family) or retrain without it"
     require_exportable(m.rope_scaling.kind == "none", "rope_scaling.kind", m.rope_scaling.kind, ARCHITECTURE, other)
     require_block_options(m, ARCHITECTURE)
+    require_mamba2_options(m, ARCHITECTURE)
 
 
 def config_to_hf(m, family: str) -> dict:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from slm_jax.interop.families.bamba import attention_from_hf, attention_to_hf, mamba2_from_fields, mamba2_to_fields
-from slm_jax.interop.families.mamba import mamba2_from_hf, mamba2_to_hf
+from slm_jax.interop.families.mamba import mamba2_from_hf, mamba2_to_hf, require_mamba2_options
 from slm_jax.interop.hf_config import (
     EXPORT_TAIL,
     HFConfig,
@@ -40,6 +40,7 @@ from slm_jax.interop.hf_config import (
     write_rope,
 )
 from slm_jax.interop.hf_weights import Tensors, ends_to_hf, f32, gated_mlp_from_hf, gated_mlp_to_hf, head_from_hf
+from slm_jax.mixers.mamba2 import GATE_NORMS
 
 ARCHITECTURE = "FalconH1ForCausalLM"
 LAYER = "attention+mamba2"
@@ -73,12 +74,10 @@ def config_from_hf(c: HFConfig) -> dict:
         raise unsupported(c, "partial_rotary_factor", rope["rotary_fraction"], "Falcon-H1 rotates whole heads")
     c.expect("mlp_bias", (False,), False, "Falcon-H1's MLP has no biases")
     c.expect("projectors_bias", (False,), False, "a bias on the Mamba-2 out_proj is not implemented")
-    expand = c.get("mamba_expand", 2)
-    width = c.get("mamba_d_ssm", 1024)
-    if width is not None and width != expand * d:
-        raise unsupported(c, "mamba_d_ssm", width, "the Mamba-2 inner width must be mamba_expand * hidden_size")
-    c.expect("mamba_rms_norm", (True,), False, "only the gated RMSNorm of Mamba-2 is implemented")
-    c.expect("mamba_norm_before_gate", (False,), True, "only Mamba-2's gate-then-norm order is implemented")
+    width = c.get("mamba_d_ssm", 1024)  # None: mamba_expand * hidden_size
+    # mamba_rms_norm false: y * silu(z), no norm; true: a gated RMSNorm, normed before or after the gate
+    before = bool(c.get("mamba_norm_before_gate", True))
+    gate_norm = ("before_gate" if before else "after_gate") if c.get("mamba_rms_norm", False) else "none"
     bias, head = bool(c.get("attention_bias", False)), float(c.get("lm_head_multiplier", 1.0))
     if head <= 0:
         raise unsupported(c, "lm_head_multiplier", head, "it becomes logit_divisor = 1 / it, which must be positive")
@@ -99,7 +98,7 @@ def config_from_hf(c: HFConfig) -> dict:
         "logit_divisor": 1.0 / head,
         "norm_eps": float(c.get("rms_norm_eps", 1e-5)),
         "tie_embeddings": bool(c.get("tie_word_embeddings", False)),
-        "mixers": {"mamba2": mamba2_from_fields(c, d)},
+        "mixers": {"mamba2": {**mamba2_from_fields(c, d, int(width or 0)), "gate_norm": gate_norm}},
         **rope,
     }
 
@@ -107,7 +106,7 @@ def config_from_hf(c: HFConfig) -> dict:
 def _in_proj_scale(m, mult: dict) -> np.ndarray:
     """ssm_in_multiplier x the ``ssm_multipliers`` of each output group [z (w), x (w), B (kn), C (kn), dt (h)]."""
     mc = m.mixers.mamba2
-    w = mc.expand * m.d_model
+    w = mc.d_inner or mc.expand * m.d_model
     sizes = (w, w, mc.n_groups * mc.d_state, mc.n_groups * mc.d_state, w // mc.head_dim)
     return mult["ssm_in_multiplier"] * np.repeat(np.asarray(mult["ssm_multipliers"], np.float32), sizes)
 
@@ -161,6 +160,7 @@ def check_exportable(m, family: str) -> None:
         m.qkv_bias == m.attn_out_bias, "attn_out_bias", m.attn_out_bias, ARCHITECTURE, "one flag sets both biases"
     )
     require_block_options(m, ARCHITECTURE, logit_divisor=None)
+    require_mamba2_options(m, ARCHITECTURE, GATE_NORMS, any_width=True)
 
 
 def config_to_hf(m, family: str) -> dict:
@@ -183,8 +183,8 @@ def config_to_hf(m, family: str) -> dict:
         "projectors_bias": False,
         **mamba,
         "mamba_d_ssm": mamba["mamba_n_heads"] * mamba["mamba_d_head"],
-        "mamba_rms_norm": True,
-        "mamba_norm_before_gate": False,
+        "mamba_rms_norm": m.mixers.mamba2.gate_norm != "none",
+        "mamba_norm_before_gate": m.mixers.mamba2.gate_norm != "after_gate",
         "embedding_multiplier": m.embed_scale,
         "lm_head_multiplier": 1.0 / m.logit_divisor,
         **{k: 1.0 for k in _SCALARS},

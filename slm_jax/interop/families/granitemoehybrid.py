@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from slm_jax.interop.families.bamba import attention_from_hf, attention_to_hf, mamba2_from_fields, mamba2_to_fields
-from slm_jax.interop.families.mamba import mamba2_from_hf, mamba2_to_hf
+from slm_jax.interop.families.mamba import mamba2_from_hf, mamba2_to_hf, require_mamba2_options
 from slm_jax.interop.hf_config import (
     EXPORT_TAIL,
     HFConfig,
@@ -166,6 +166,7 @@ def check_exportable(m, family: str) -> None:
             require_exportable(getattr(e, key) == value, f"moe.{key}", getattr(e, key), ARCHITECTURE, other)
     require_exportable(m.rope_scaling.kind == "none", "rope_scaling.kind", m.rope_scaling.kind, ARCHITECTURE, other)
     require_block_options(m, ARCHITECTURE, moe=True, attn_scale=None, residual_scale=None, logit_divisor=None)
+    require_mamba2_options(m, ARCHITECTURE)
 
 
 def config_to_hf(m, family: str) -> dict:

@@ -140,15 +140,16 @@ def mamba_from_hf(t: Tensors, m, pre: str, conv_bias: bool) -> dict:
 def mamba2_from_hf(t: Tensors, m, pre: str, conv_bias: bool) -> dict:
     """Our ``mamba2`` mixer's parameters from HF Mamba-2 mixer tensors named ``pre`` + ... (also Bamba's)."""
     d, mc = m.d_model, m.mixers.mamba2
-    w = mc.expand * d
+    w = mc.d_inner or mc.expand * d
     h, gn = w // mc.head_dim, mc.n_groups * mc.d_state
+    norm = {} if mc.gate_norm == "none" else {"norm": {"scale": t.take(pre + "norm.weight", (w,))}}
     return {
         "in_proj": {"kernel": linear_in(t.take(pre + "in_proj.weight", (2 * w + 2 * gn + h, d)))},
         "conv1d": _conv(t, pre, w + 2 * gn, mc.conv_width, conv_bias),
         "dt_bias": t.take(pre + "dt_bias", (h,)),
         "A_log": t.take(pre + "A_log", (h,)),
         "D": t.take(pre + "D", (h,)),
-        "norm": {"scale": t.take(pre + "norm.weight", (w,))},
+        **norm,
         "out_proj": {"kernel": linear_in(t.take(pre + "out_proj.weight", (d, w)))},
     }
 
@@ -156,10 +157,26 @@ def mamba2_from_hf(t: Tensors, m, pre: str, conv_bias: bool) -> dict:
 # --------------------------------------------------------------------------- export
 
 
+def require_mamba2_options(
+    m, family: str, gate_norms: tuple[str, ...] = ("after_gate",), any_width: bool = False, dt_floor: float = 0.0
+):
+    """Refuse, naming the field, ``mixers.mamba2`` options that ``family``'s Mamba-2 cannot express: a gate norm
+    placement outside ``gate_norms``, an inner width other than expand * d_model (unless ``any_width``: the family
+    stores the width), a dt floor other than ``dt_floor`` (the family's own clamp; 0: none)."""
+    mc, other = m.mixers.mamba2, "export it as another family (--family) or retrain without it"
+    width_ok = any_width or mc.d_inner in (0, mc.expand * m.d_model)
+    require_exportable(width_ok, "mixers.mamba2.d_inner", mc.d_inner, family, "its width is expand * d_model")
+    require_exportable(mc.gate_norm in gate_norms, "mixers.mamba2.gate_norm", mc.gate_norm, family, other)
+    floor = f"it clamps dt at {dt_floor}" if dt_floor else "it does not clamp dt"
+    require_exportable(mc.dt_floor == dt_floor, "mixers.mamba2.dt_floor", mc.dt_floor, family, floor)
+
+
 def check_exportable(m, family: str) -> None:
     """Raise a ConfigError naming the first field of ``m`` that ``family`` cannot express."""
     name = ARCHITECTURES[family]
     require_block_options(m, name)
+    if family == "mamba2":
+        require_mamba2_options(m, name)
     other = "export it as another family (--family) or retrain without it"
     require_exportable(
         set(m.layers) == {family}, "layer_pattern", list(m.pattern), name, f"every layer must be {family}"
@@ -266,6 +283,6 @@ def mamba2_to_hf(mix: dict, pre: str) -> dict[str, np.ndarray]:
         pre + "dt_bias": f32(mix["dt_bias"]),
         pre + "A_log": f32(mix["A_log"]),
         pre + "D": f32(mix["D"]),
-        pre + "norm.weight": f32(mix["norm"]["scale"]),
+        **({pre + "norm.weight": f32(mix["norm"]["scale"])} if "norm" in mix else {}),
         pre + "out_proj.weight": linear_out(mix["out_proj"]["kernel"]),
     }
