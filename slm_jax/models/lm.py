@@ -129,11 +129,10 @@ class CausalLM(nn.Module):
         n_rep, first = _layout(cfg)
         new_cache = {}
         if n_rep:
-            period = Period
-            if cfg.remat:
-                period = nn.remat(Period, prevent_cse=False)
+            # With model.remat each block inside the period is rematerialised (Period); wrapping the period too
+            # would recompute every block twice in the backward pass.
             scanned = nn.scan(
-                period,
+                Period,
                 # MoE layers sow their balancing loss (modules/moe.py): stacked per period, like the params.
                 variable_axes={"params": 0, **({"intermediates": 0} if cfg.moe.n_experts else {})},
                 split_rngs={"params": True},
