@@ -164,8 +164,11 @@ def load_hf_config(directory: str | Path) -> HFConfig:
 # --------------------------------------------------------------------------- shared readers
 
 
-def read_rope(c: HFConfig, default_fraction: float = 1.0, default_theta: float = 10000.0) -> dict:
-    """Our ``rope_theta``, ``rotary_fraction`` and ``rope_scaling`` fields from either config format.
+def read_rope(
+    c: HFConfig, default_fraction: float = 1.0, default_theta: float = 10000.0, inert: tuple[str, ...] = ()
+) -> dict:
+    """Our ``rope_theta``, ``rotary_fraction`` and ``rope_scaling`` fields from either config format; ``inert``:
+    parameters that do not change a text model's RoPE (multimodal sections, when every stream has one position).
 
     transformers 5 writes ``rope_parameters`` {rope_type, rope_theta, partial_rotary_factor, ...};
     older files have top-level ``rope_theta`` / ``partial_rotary_factor`` and ``rope_scaling``.
@@ -177,7 +180,7 @@ def read_rope(c: HFConfig, default_fraction: float = 1.0, default_theta: float =
     key = "rope_parameters" if c.has("rope_parameters") and c.raw["rope_parameters"] else "rope_scaling"
     if not isinstance(params, dict) or any(isinstance(v, dict) for v in params.values()):
         raise unsupported(c, key, params, "RoPE parameters per layer type are not implemented")
-    params = dict(params)
+    params = {k: v for k, v in params.items() if k not in inert}
     kind = params.pop("rope_type", params.pop("type", "default"))
     theta = float(params.pop("rope_theta", top_theta if top_theta is not None else default_theta))
     fraction = float(

@@ -40,7 +40,13 @@ CASES = {
             "num_key_value_heads": 4,
             "num_hidden_layers": 4,
             "tie_word_embeddings": True,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 500.0, "partial_rotary_factor": 0.5},
+            "rope_parameters": {  # as Qwen3.5 checkpoints write it, multimodal sections included
+                "rope_type": "default",
+                "rope_theta": 500.0,
+                "partial_rotary_factor": 0.5,
+                "mrope_section": [2, 1, 1],
+                "mrope_interleaved": True,
+            },
         },
     ),
     "qwen3_next_moe": (

@@ -100,8 +100,12 @@ def _text_config_from_hf(c: HFConfig) -> dict:
     if len(types) != n_layers or any(t not in _LAYER_TYPES for t in types):
         raise unsupported(c, "layer_types", types, f"it needs {n_layers} entries, linear_attention or full_attention")
     c.ignore("full_attention_interval", "output_router_logits", "mlp_only_layers", "decoder_sparse_step")
+    # Qwen2's sliding-window switch, left in some Qwen3-Next config.json files: off, so its size is inert
+    c.expect("use_sliding_window", (False,), False, "Qwen3-Next / Qwen3.5 attention is global")
+    c.ignore("sliding_window", "max_window_layers")
     c.expect("hidden_act", ("silu",), "silu", "Qwen3-Next's MLPs and Gated DeltaNet use SiLU")
-    rope = read_rope(c, default_fraction=0.25)
+    # Qwen3.5's multimodal RoPE sections read one position for text, which is plain RoPE
+    rope = read_rope(c, default_fraction=0.25, inert=("mrope_section", "mrope_interleaved"))
     if rope["rope_scaling"]["kind"] != "none":
         raise unsupported(c, "rope_parameters.rope_type", rope["rope_scaling"]["kind"], "default RoPE only")
     bias = bool(c.get("attention_bias", False))
