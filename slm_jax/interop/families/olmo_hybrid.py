@@ -33,6 +33,7 @@ import numpy as np
 
 from slm_jax.errors import CheckpointError
 from slm_jax.interop.families.bamba import attention_from_hf, attention_to_hf
+from slm_jax.interop.families.qwen3_next import deltanet_sizes
 from slm_jax.interop.hf_config import (
     EXPORT_TAIL,
     HFConfig,
@@ -118,17 +119,9 @@ def config_from_hf(c: HFConfig) -> dict:
     }
 
 
-def _deltanet_widths(m) -> tuple[int, int]:
-    """(key width k n, value width h e) of the ``gated_deltanet`` layers of ``m``."""
-    g = m.mixers.gated_deltanet
-    nk = g.n_heads or m.n_heads
-    n = g.head_dim or m.d_model // nk
-    return nk * n, (g.n_v_heads or nk) * (g.v_head_dim or n)
-
-
 def _deltanet_from_hf(t: Tensors, m, a: str) -> dict:
-    d, (kw, vw) = m.d_model, _deltanet_widths(m)
-    nv, width = m.mixers.gated_deltanet.n_v_heads or m.n_heads, m.mixers.gated_deltanet.conv_width
+    nk, nv, n, e = deltanet_sizes(m)
+    d, kw, vw, width = m.d_model, nk * n, nv * e, m.mixers.gated_deltanet.conv_width
     rows = [
         t.take(a + "q_proj.weight", (kw, d)),
         t.take(a + "k_proj.weight", (kw, d)),
@@ -142,7 +135,7 @@ def _deltanet_from_hf(t: Tensors, m, a: str) -> dict:
         "conv1d": {"kernel": conv_in(_stored_conv(t, a, 2 * kw + vw, width))},
         "A_log": t.take(a + "A_log", (nv,)),
         "dt_bias": t.take(a + "dt_bias", (nv,)),
-        "o_norm": {"scale": t.take(a + "o_norm.weight", (vw // nv,))},
+        "o_norm": {"scale": t.take(a + "o_norm.weight", (e,))},
         "out_proj": {"kernel": linear_in(t.take(a + "o_proj.weight", (d, vw)))},
     }
 
@@ -160,7 +153,8 @@ def _stored_conv(t: Tensors, a: str, channels: int, width: int) -> np.ndarray:
 
 
 def _deltanet_to_hf(mixer: dict, m, a: str) -> dict[str, np.ndarray]:
-    kw, _ = _deltanet_widths(m)
+    nk, _, n, _ = deltanet_sizes(m)
+    kw = nk * n
     q, k, v = np.split(linear_out(mixer["in_proj_qkv"]["kernel"]), [kw, 2 * kw])
     q_conv, k_conv, v_conv = np.split(conv_out(mixer["conv1d"]["kernel"]), [kw, 2 * kw])
     return {
@@ -242,8 +236,7 @@ def config_to_hf(m, family: str) -> dict:
     """The ``config.json`` mapping for ModelConfig ``m`` (after ``check_exportable``)."""
     del family
     g = m.mixers.gated_deltanet
-    nk = g.n_heads or m.n_heads
-    n = g.head_dim or m.d_model // nk
+    nk, nv, n, e = deltanet_sizes(m)
     return {
         "architectures": [ARCHITECTURE],
         "model_type": "olmo_hybrid",
@@ -255,9 +248,9 @@ def config_to_hf(m, family: str) -> dict:
         "num_key_value_heads": m.kv_heads,
         "layer_types": ["linear_attention" if name == "gated_deltanet" else "full_attention" for name in m.layers],
         "linear_num_key_heads": nk,
-        "linear_num_value_heads": g.n_v_heads or nk,
+        "linear_num_value_heads": nv,
         "linear_key_head_dim": n,
-        "linear_value_head_dim": g.v_head_dim or n,
+        "linear_value_head_dim": e,
         "linear_conv_kernel_dim": g.conv_width,
         "linear_allow_neg_eigval": g.neg_eigval,
         "hidden_act": "silu",

@@ -208,7 +208,7 @@ def _attention_to_hf(mixer: dict, m, a: str) -> dict[str, np.ndarray]:
     return out
 
 
-def _deltanet_sizes(m) -> tuple[int, int, int, int]:
+def deltanet_sizes(m) -> tuple[int, int, int, int]:
     """(key heads, value heads, key width, value width) of the ``gated_deltanet`` layers of ``m``."""
     g = m.mixers.gated_deltanet
     nk = g.n_heads or m.n_heads
@@ -218,7 +218,7 @@ def _deltanet_sizes(m) -> tuple[int, int, int, int]:
 
 def _fused_groups(m) -> list[tuple[str, int]]:
     """Qwen3-Next's per-key-head groups: in_proj_qkvz rows [q | k | v | z], in_proj_ba rows [b | a]."""
-    nk, nv, n, e = _deltanet_sizes(m)
+    nk, nv, n, e = deltanet_sizes(m)
     r = nv // nk
     return [("q", n), ("k", n), ("v", r * e), ("z", r * e)], [("b", r), ("a", r)]
 
@@ -226,7 +226,7 @@ def _fused_groups(m) -> list[tuple[str, int]]:
 def _deltanet_from_hf(t: Tensors, m, a: str, fused: bool) -> dict:
     """Our ``gated_deltanet`` parameters from ``a`` = ``...linear_attn.``."""
     d = m.d_model
-    nk, nv, n, e = _deltanet_sizes(m)
+    nk, nv, n, e = deltanet_sizes(m)
     channels, width = 2 * nk * n + nv * e, m.mixers.gated_deltanet.conv_width
     if fused:
         parts = {}
@@ -255,7 +255,7 @@ def _deltanet_from_hf(t: Tensors, m, a: str, fused: bool) -> dict:
 
 def _deltanet_to_hf(mixer: dict, m, a: str, fused: bool) -> dict[str, np.ndarray]:
     """Inverse of ``_deltanet_from_hf``."""
-    nk, nv, n, e = _deltanet_sizes(m)
+    nk, nv, n, e = deltanet_sizes(m)
     rows = {name: linear_out(mixer[f"in_proj_{name}"]["kernel"]) for name in ("qkv", "z", "b", "a")}
     out = {
         a + "conv1d.weight": conv_out(mixer["conv1d"]["kernel"]),
@@ -337,7 +337,7 @@ def check_exportable(m, family: str) -> None:
 
 def config_to_hf(m, family: str) -> dict:
     """The ``config.json`` mapping for ModelConfig ``m`` (after ``check_exportable``)."""
-    nk, nv, n, e = _deltanet_sizes(m)
+    nk, nv, n, e = deltanet_sizes(m)
     out = {
         "architectures": [ARCHITECTURES[family]],
         "model_type": "qwen3_5_text" if family == "qwen3_5" else family,
